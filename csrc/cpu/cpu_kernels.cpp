@@ -1,0 +1,103 @@
+#include "cpu_kernels.h"
+
+#include <ATen/Version.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <cstdlib>
+
+#include "row_kernels.h"
+
+namespace fused_rnn::cpu {
+namespace {
+
+// Builds in this binary, best last, kept to those the CPU (and ATEN_CPU_CAPABILITY) allows.
+std::vector<const IsaKernels*> usable_builds() {
+  const std::string cap = at::get_cpu_capability();  // what ATen itself uses: "AVX512", "AVX2", ...
+  std::vector<const IsaKernels*> builds{&kIsaKernelsDEFAULT};
+#if defined(FUSED_RNN_CPU_AVX2)
+  if (cap == "AVX2" || cap == "AVX512") builds.push_back(&kIsaKernelsAVX2);
+#endif
+#if defined(FUSED_RNN_CPU_AVX512)
+  if (cap == "AVX512") builds.push_back(&kIsaKernelsAVX512);
+#endif
+  return builds;
+}
+
+std::atomic<const IsaKernels*>& active() {
+  static std::atomic<const IsaKernels*> kernels{usable_builds().back()};
+  return kernels;
+}
+
+template <typename scalar_t>
+const RowKernels<scalar_t>& rows();
+template <>
+const RowKernels<float>& rows<float>() {
+  return active().load(std::memory_order_relaxed)->f32;
+}
+template <>
+const RowKernels<double>& rows<double>() {
+  return active().load(std::memory_order_relaxed)->f64;
+}
+
+// Work below about this many elements per thread is not worth waking another thread for.
+constexpr int64_t kMinElementsPerTask = 4096;
+
+template <typename Params>
+void run_rows(void (*fn)(const Params&, int64_t, int64_t), const Params& p) {
+  if (p.batch == 0) return;
+  const int64_t grain = std::max<int64_t>(1, kMinElementsPerTask / std::max<int64_t>(1, p.hidden));
+  at::parallel_for(0, p.batch, grain, [&](int64_t b0, int64_t b1) { fn(p, b0, b1); });
+}
+
+template <typename S>
+void gru_forward(const GruForwardStep<S>& p) { run_rows(rows<S>().gru_forward, p); }
+template <typename S>
+void gru_backward(const GruBackwardStep<S>& p) { run_rows(rows<S>().gru_backward, p); }
+template <typename S>
+void lstm_forward(const LstmForwardStep<S>& p) { run_rows(rows<S>().lstm_forward, p); }
+template <typename S>
+void lstm_backward(const LstmBackwardStep<S>& p) { run_rows(rows<S>().lstm_backward, p); }
+
+std::string upper(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::toupper(c); });
+  return s;
+}
+
+}  // namespace
+
+template <typename scalar_t>
+const StepKernels<scalar_t>& step_kernels() {
+  static const StepKernels<scalar_t> kernels{&gru_forward<scalar_t>, &gru_backward<scalar_t>,
+                                             &lstm_forward<scalar_t>, &lstm_backward<scalar_t>};
+  return kernels;
+}
+template const StepKernels<float>& step_kernels<float>();
+template const StepKernels<double>& step_kernels<double>();
+
+std::string active_isa() { return active().load()->name; }
+
+std::vector<std::string> available_isas() {
+  std::vector<std::string> names;
+  for (const IsaKernels* k : usable_builds()) names.emplace_back(k->name);
+  return names;
+}
+
+void set_isa(const std::string& name) {
+  std::string wanted = upper(name);
+  std::string have;
+  for (const IsaKernels* k : usable_builds()) {
+    if (wanted == k->name) {
+      active().store(k);
+      return;
+    }
+    have += (have.empty() ? "" : ", ") + std::string(k->name);
+  }
+  TORCH_CHECK(false, "fused_rnn: CPU kernel build '", name, "' is not available here; available: ",
+              have);
+}
+
+}  // namespace fused_rnn::cpu

@@ -1,0 +1,38 @@
+// CPU implementations of the fused_rnn operators.
+#include <torch/library.h>
+
+#include "../rnn_ops.h"
+#include "cpu_kernels.h"
+
+namespace fused_rnn {
+namespace {
+
+struct CpuBackend {
+  template <typename S>
+  static const StepKernels<S>& kernels() {
+    return cpu::step_kernels<S>();
+  }
+  template <typename F>
+  static auto dispatch(const at::Tensor& input, const char* op, F&& f) {
+    switch (input.scalar_type()) {
+      case at::kFloat: return f(float{});
+      case at::kDouble: return f(double{});
+      default:
+        TORCH_CHECK(false, op, ": the CPU kernels support float32 and float64, got input of dtype ",
+                    input.scalar_type());
+    }
+  }
+};
+
+using CpuOps = RnnOps<CpuBackend>;
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {
+  m.impl("gru_forward", &CpuOps::gru_forward);
+  m.impl("gru_backward", &CpuOps::gru_backward);
+  m.impl("lstm_forward", &CpuOps::lstm_forward);
+  m.impl("lstm_backward", &CpuOps::lstm_backward);
+}
+
+}  // namespace fused_rnn

@@ -1,0 +1,187 @@
+// Vectorised CPU loops of one time step. This file is compiled once per instruction set:
+// setup.py builds it with -DCPU_CAPABILITY=AVX2 -mavx2 -mfma and -DCPU_CAPABILITY=AVX512
+// -mavx512f ... as extra objects; in the ordinary build it is the portable DEFAULT variant.
+// at::vec puts Vectorized<T> in the inline namespace CPU_CAPABILITY, so each build has its own
+// types and functions. The gate formulas come from gates.h; here only loads and stores.
+//
+// No scalar instantiation of the gate functions happens here: the tail of a row uses partial
+// vector loads, so every element of a row goes through the same code, and no inline function
+// compiled for AVX512 can be picked by the linker for a machine without it.
+#ifndef CPU_CAPABILITY
+#define CPU_CAPABILITY DEFAULT
+#define CPU_CAPABILITY_DEFAULT
+#endif
+
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+
+#include "../gates.h"
+#include "row_kernels.h"
+
+#define FUSED_RNN_CAT2(a, b) a##b
+#define FUSED_RNN_CAT(a, b) FUSED_RNN_CAT2(a, b)
+
+namespace fused_rnn {
+
+// Activations of one SIMD register of elements, for gates.h.
+template <typename S>
+struct Activations<at::vec::Vectorized<S>> {
+  using V = at::vec::Vectorized<S>;
+  static inline V sigmoid(V x) { return V(S(1)) / (V(S(1)) + x.neg().exp()); }
+  static inline V tanh(V x) { return x.tanh(); }
+};
+
+namespace cpu {
+inline namespace CPU_CAPABILITY {
+namespace {
+
+template <typename S>
+using Vec = at::vec::Vectorized<S>;
+
+// Elements [j, j + n) of a row, n <= Vec::size().
+template <typename S>
+inline Vec<S> load(const S* p, int64_t n) {
+  return n == Vec<S>::size() ? Vec<S>::loadu(p) : Vec<S>::loadu(p, n);
+}
+template <typename S>
+inline void store(const Vec<S>& v, S* p, int64_t n) {
+  if (n == Vec<S>::size()) {
+    v.store(p);
+  } else {
+    v.store(p, n);
+  }
+}
+
+template <typename S>
+void gru_forward_rows(const GruForwardStep<S>& p, int64_t b_begin, int64_t b_end) {
+  const int64_t H = p.hidden;
+  constexpr int64_t W = Vec<S>::size();
+  for (int64_t b = b_begin; b < b_end; ++b) {
+    const S* gi = p.gi + b * p.gi_row;              // [3H]
+    const S* gh = p.gh + b * p.gh_row;              // [3H]
+    const S* h_prev = p.h_prev + b * p.h_prev_row;  // [H]
+    S* h = p.h + b * p.h_row;                       // [H]
+    S* saved = p.saved ? p.saved + b * p.saved_row : nullptr;  // [4H]
+    for (int64_t j = 0; j < H; j += W) {
+      const int64_t n = std::min<int64_t>(W, H - j);
+      Vec<S> gh_r = load(gh + j, n), gh_z = load(gh + H + j, n), gh_n = load(gh + 2 * H + j, n);
+      if (p.b_hh) {
+        gh_r = gh_r + load(p.b_hh + j, n);
+        gh_z = gh_z + load(p.b_hh + H + j, n);
+        gh_n = gh_n + load(p.b_hh + 2 * H + j, n);
+      }
+      Vec<S> r, z, nn, hv;
+      gru_cell_forward(load(gi + j, n), load(gi + H + j, n), load(gi + 2 * H + j, n), gh_r, gh_z,
+                       gh_n, load(h_prev + j, n), r, z, nn, hv);
+      store(hv, h + j, n);
+      if (saved) {
+        store(r, saved + j, n);
+        store(z, saved + H + j, n);
+        store(nn, saved + 2 * H + j, n);
+        store(gh_n, saved + 3 * H + j, n);
+      }
+    }
+  }
+}
+
+template <typename S>
+void gru_backward_rows(const GruBackwardStep<S>& p, int64_t b_begin, int64_t b_end) {
+  const int64_t H = p.hidden;
+  constexpr int64_t W = Vec<S>::size();
+  for (int64_t b = b_begin; b < b_end; ++b) {
+    const S* grad_h = p.grad_h + b * p.grad_h_row;  // [H]
+    S* dh = p.dh + b * H;                           // [H]
+    const S* h_prev = p.h_prev + b * p.h_prev_row;  // [H]
+    const S* saved = p.saved + b * p.saved_row;     // [4H]
+    S* d_gi = p.d_gi + b * p.d_gi_row;              // [3H]
+    S* d_gh = p.d_gh + b * p.d_gh_row;              // [3H]
+    for (int64_t j = 0; j < H; j += W) {
+      const int64_t n = std::min<int64_t>(W, H - j);
+      const Vec<S> dh_total = load(dh + j, n) + load(grad_h + j, n);
+      Vec<S> d_r, d_z, d_gi_n, d_gh_n, dh_direct;
+      gru_cell_backward(dh_total, load(h_prev + j, n), load(saved + j, n), load(saved + H + j, n),
+                        load(saved + 2 * H + j, n), load(saved + 3 * H + j, n), d_r, d_z, d_gi_n,
+                        d_gh_n, dh_direct);
+      store(d_r, d_gi + j, n);
+      store(d_z, d_gi + H + j, n);
+      store(d_gi_n, d_gi + 2 * H + j, n);
+      store(d_r, d_gh + j, n);
+      store(d_z, d_gh + H + j, n);
+      store(d_gh_n, d_gh + 2 * H + j, n);
+      store(dh_direct, dh + j, n);
+    }
+  }
+}
+
+template <typename S>
+void lstm_forward_rows(const LstmForwardStep<S>& p, int64_t b_begin, int64_t b_end) {
+  const int64_t H = p.hidden;
+  constexpr int64_t W = Vec<S>::size();
+  for (int64_t b = b_begin; b < b_end; ++b) {
+    S* gates = p.gates + b * p.gates_row;           // [4H]
+    const S* c_prev = p.c_prev + b * p.c_prev_row;  // [H]
+    S* c = p.c + b * p.c_row;                       // [H]
+    S* h = p.h + b * p.h_row;                       // [H]
+    for (int64_t j = 0; j < H; j += W) {
+      const int64_t n = std::min<int64_t>(W, H - j);
+      Vec<S> i = load(gates + j, n), f = load(gates + H + j, n), g = load(gates + 2 * H + j, n),
+             o = load(gates + 3 * H + j, n);
+      Vec<S> cv, hv;
+      lstm_cell_forward(i, f, g, o, load(c_prev + j, n), cv, hv);
+      store(i, gates + j, n);
+      store(f, gates + H + j, n);
+      store(g, gates + 2 * H + j, n);
+      store(o, gates + 3 * H + j, n);
+      store(cv, c + j, n);
+      store(hv, h + j, n);
+    }
+  }
+}
+
+template <typename S>
+void lstm_backward_rows(const LstmBackwardStep<S>& p, int64_t b_begin, int64_t b_end) {
+  const int64_t H = p.hidden;
+  constexpr int64_t W = Vec<S>::size();
+  for (int64_t b = b_begin; b < b_end; ++b) {
+    const S* grad_h = p.grad_h + b * p.grad_h_row;  // [H]
+    const S* dh = p.dh + b * H;                     // [H]
+    S* dc = p.dc + b * H;                           // [H]
+    const S* gates = p.gates + b * p.gates_row;     // [4H]
+    const S* c_prev = p.c_prev + b * p.c_prev_row;  // [H]
+    const S* c = p.c + b * p.c_row;                 // [H]
+    S* d_gates = p.d_gates + b * p.d_gates_row;     // [4H]
+    for (int64_t j = 0; j < H; j += W) {
+      const int64_t n = std::min<int64_t>(W, H - j);
+      Vec<S> dcv = load(dc + j, n);
+      Vec<S> d_i, d_f, d_g, d_o;
+      lstm_cell_backward(load(dh + j, n) + load(grad_h + j, n), dcv, load(gates + j, n),
+                         load(gates + H + j, n), load(gates + 2 * H + j, n),
+                         load(gates + 3 * H + j, n), load(c_prev + j, n), load(c + j, n), d_i, d_f,
+                         d_g, d_o);
+      store(d_i, d_gates + j, n);
+      store(d_f, d_gates + H + j, n);
+      store(d_g, d_gates + 2 * H + j, n);
+      store(d_o, d_gates + 3 * H + j, n);
+      store(dcv, dc + j, n);
+    }
+  }
+}
+
+template <typename S>
+constexpr RowKernels<S> row_kernels() {
+  return {&gru_forward_rows<S>, &gru_backward_rows<S>, &lstm_forward_rows<S>,
+          &lstm_backward_rows<S>};
+}
+
+}  // namespace
+}  // namespace CPU_CAPABILITY
+
+#define FUSED_RNN_STR2(x) #x
+#define FUSED_RNN_STR(x) FUSED_RNN_STR2(x)
+
+extern const IsaKernels FUSED_RNN_CAT(kIsaKernels, CPU_CAPABILITY) = {
+    FUSED_RNN_STR(CPU_CAPABILITY), row_kernels<float>(), row_kernels<double>()};
+
+}  // namespace cpu
+}  // namespace fused_rnn

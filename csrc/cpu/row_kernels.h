@@ -1,0 +1,34 @@
+// The CPU pointwise step kernels, compiled once per instruction set (csrc/cpu/row_kernels.cpp
+// is built as DEFAULT, and where setup.py could, as AVX2 and AVX512) and chosen at run time.
+#pragma once
+
+#include <cstdint>
+
+#include "../step_params.h"
+
+namespace fused_rnn::cpu {
+
+// Each function handles the batch rows [b_begin, b_end) of one step.
+template <typename scalar_t>
+struct RowKernels {
+  void (*gru_forward)(const GruForwardStep<scalar_t>&, int64_t b_begin, int64_t b_end);
+  void (*gru_backward)(const GruBackwardStep<scalar_t>&, int64_t b_begin, int64_t b_end);
+  void (*lstm_forward)(const LstmForwardStep<scalar_t>&, int64_t b_begin, int64_t b_end);
+  void (*lstm_backward)(const LstmBackwardStep<scalar_t>&, int64_t b_begin, int64_t b_end);
+};
+
+struct IsaKernels {
+  const char* name;  // "default", "avx2", "avx512"
+  RowKernels<float> f32;
+  RowKernels<double> f64;
+};
+
+extern const IsaKernels kIsaKernelsDEFAULT;
+#if defined(FUSED_RNN_CPU_AVX2)
+extern const IsaKernels kIsaKernelsAVX2;
+#endif
+#if defined(FUSED_RNN_CPU_AVX512)
+extern const IsaKernels kIsaKernelsAVX512;
+#endif
+
+}  // namespace fused_rnn::cpu

@@ -1,0 +1,112 @@
+// Gate math of every fused cell, written once.
+//
+// Every function here is a template on the element type `T` and is compiled for
+//   * the CPU loops with T = float / double (scalar) and T = at::vec::Vectorized<float/double>
+//     (one SIMD register of elements; see csrc/cpu/pointwise_kernels.h), and
+//   * the CUDA kernels with T = float / double (half types are computed in float).
+// The only operations used are +, -, *, the constructor T(scalar) and the two activations of
+// `Activations<T>`, which is specialised for the vector types next to the CPU loops.
+// No other file writes a gate formula: tests on the CPU therefore cover the GPU's math.
+//
+// Naming: `gi_*` are input projections (x_t W_ih^T + b_ih), `gh_*` hidden projections
+// (h_{t-1} W_hh^T + b_hh), all pre-activation, one element of one gate each.
+#pragma once
+
+#include <math.h>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define FUSED_RNN_HD __host__ __device__ __forceinline__
+#else
+#define FUSED_RNN_HD inline
+#endif
+
+namespace fused_rnn {
+
+// sigmoid / tanh of one element (scalar types); vector types get their own specialisation.
+template <typename T>
+struct Activations;
+
+template <>
+struct Activations<float> {
+  static FUSED_RNN_HD float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+  static FUSED_RNN_HD float tanh(float x) { return tanhf(x); }
+};
+
+template <>
+struct Activations<double> {
+  static FUSED_RNN_HD double sigmoid(double x) { return 1.0 / (1.0 + ::exp(-x)); }
+  static FUSED_RNN_HD double tanh(double x) { return ::tanh(x); }
+};
+
+// ---------------------------------------------------------------------------------------------
+// GRU, PyTorch / cuDNN form (reset gate applied to W_hn h + b_hn), gate order r, z, n:
+//   r = sigmoid(gi_r + gh_r)
+//   z = sigmoid(gi_z + gh_z)
+//   n = tanh(gi_n + r * gh_n)
+//   h = (1 - z) * n + z * h_prev
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+FUSED_RNN_HD void gru_cell_forward(T gi_r, T gi_z, T gi_n, T gh_r, T gh_z, T gh_n, T h_prev,
+                                   T& r, T& z, T& n, T& h) {
+  using A = Activations<T>;
+  r = A::sigmoid(gi_r + gh_r);
+  z = A::sigmoid(gi_z + gh_z);
+  n = A::tanh(gi_n + r * gh_n);
+  h = n + z * (h_prev - n);
+}
+
+// Backward of gru_cell_forward for one element.
+//   dh:       dL/dh of this step (from the output at this step plus from the next step)
+//   r, z, n:  the activations saved by the forward; gh_n: the saved W_hn h_prev + b_hn
+// Gives the gradients of the pre-activations. The r and z gates enter gi and gh the same way,
+// so d_gh_r == d_gi_r and d_gh_z == d_gi_z; only the n gate differs (d_gh_n = d_gi_n * r).
+// dh_prev_direct is the part of dL/dh_prev that does not go through W_hh.
+template <typename T>
+FUSED_RNN_HD void gru_cell_backward(T dh, T h_prev, T r, T z, T n, T gh_n,
+                                    T& d_r, T& d_z, T& d_gi_n, T& d_gh_n, T& dh_prev_direct) {
+  const T one(1);
+  const T dn = dh * (one - z) * (one - n * n);  // through tanh
+  const T dz = dh * (h_prev - n);
+  const T dr = dn * gh_n;
+  d_r = dr * r * (one - r);
+  d_z = dz * z * (one - z);
+  d_gi_n = dn;
+  d_gh_n = dn * r;
+  dh_prev_direct = dh * z;
+}
+
+// ---------------------------------------------------------------------------------------------
+// LSTM, gate order i, f, g, o. `i, f, g, o` come in as pre-activations (gi + gh, both biases
+// included) and leave as activations; those activations are what the backward needs.
+//   c = f * c_prev + i * g,  h = o * tanh(c)
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+FUSED_RNN_HD void lstm_cell_forward(T& i, T& f, T& g, T& o, T c_prev, T& c, T& h) {
+  using A = Activations<T>;
+  i = A::sigmoid(i);
+  f = A::sigmoid(f);
+  g = A::tanh(g);
+  o = A::sigmoid(o);
+  c = f * c_prev + i * g;
+  h = o * A::tanh(c);
+}
+
+// Backward of lstm_cell_forward for one element.
+//   dh: dL/dh of this step; dc: in, dL/dc of this step coming from the next step; out, dL/dc_prev.
+//   i, f, g, o: saved activations; c_prev, c: the cell states before and after this step.
+// Gives the gradients of the four pre-activations (the same for gi and gh).
+template <typename T>
+FUSED_RNN_HD void lstm_cell_backward(T dh, T& dc, T i, T f, T g, T o, T c_prev, T c,
+                                     T& d_i, T& d_f, T& d_g, T& d_o) {
+  using A = Activations<T>;
+  const T one(1);
+  const T tc = A::tanh(c);
+  const T dc_total = dc + dh * o * (one - tc * tc);
+  d_o = dh * tc * o * (one - o);
+  d_i = dc_total * g * i * (one - i);
+  d_f = dc_total * c_prev * f * (one - f);
+  d_g = dc_total * i * (one - g * g);
+  dc = dc_total * f;
+}
+
+}  // namespace fused_rnn

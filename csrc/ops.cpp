@@ -1,0 +1,48 @@
+// The fused_rnn operator schemas (one TORCH_LIBRARY block; devices add TORCH_LIBRARY_IMPL) and
+// the small Python module fused_rnn._C.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "cpu/cpu_kernels.h"
+
+TORCH_LIBRARY(fused_rnn, m) {
+  // One layer, one direction. save_activations=True keeps what gru_backward needs in the third
+  // output: [T, B, 4H] (r, z, n, W_hn h + b_hn); False gives an empty tensor there.
+  m.def(
+      "gru_forward(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "bool reverse, bool save_activations) -> (Tensor output, Tensor h_n, Tensor saved)",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "gru_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, Tensor w_ih, "
+      "Tensor w_hh, Tensor output, Tensor saved, bool reverse, bool compute_input_grad) -> "
+      "(Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
+      "Tensor grad_b_hh)",
+      {at::Tag::pt2_compliant_tag});
+  // saved_gates: [T, B, 4H] activations i, f, g, o; saved_cells: [T, B, H] the cell states.
+  m.def(
+      "lstm_forward(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, bool reverse, bool save_activations) -> (Tensor output, Tensor h_n, "
+      "Tensor c_n, Tensor saved_gates, Tensor saved_cells)",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "lstm_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor hx, "
+      "Tensor cx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor saved_gates, "
+      "Tensor saved_cells, bool reverse, bool compute_input_grad) -> (Tensor grad_input, "
+      "Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
+      "Tensor grad_b_hh)",
+      {at::Tag::pt2_compliant_tag});
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fused_rnn C++/CUDA kernels; the operators live in torch.ops.fused_rnn";
+  m.def("cpu_isa", &fused_rnn::cpu::active_isa,
+        "Instruction-set build of the CPU step kernels in use (DEFAULT, AVX2, AVX512).");
+  m.def("available_cpu_isas", &fused_rnn::cpu::available_isas,
+        "Instruction-set builds compiled in that this CPU can run, best last.");
+  m.def("set_cpu_isa", &fused_rnn::cpu::set_isa, "Use another instruction-set build.");
+#if defined(FUSED_RNN_WITH_CUDA)
+  m.attr("built_with_cuda") = true;
+#else
+  m.attr("built_with_cuda") = false;
+#endif
+}

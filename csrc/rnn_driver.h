@@ -1,0 +1,265 @@
+// The time loops of every fused layer, written once for every device: the input projection of
+// all steps as one GEMM, per step one hidden GEMM into a preallocated buffer followed by one
+// pointwise step kernel (StepKernels: the CPU loops or the CUDA kernels), and after the backward
+// loop the weight gradients of the whole sequence as single large GEMMs.
+//
+// One call = one layer, one direction. `reverse` runs the steps from the last to the first.
+// Sequence tensors are [T, B, F] views in one of two memory layouts, following the input:
+// seq-major ([T, B, F] contiguous) or batch-major ([B, T, F] contiguous), so batch_first costs
+// no copy. Outputs and gradients of sequences come back in the input's layout.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+#include "checks.h"
+#include "step_params.h"
+
+namespace fused_rnn {
+
+using at::Tensor;
+
+struct SeqLayout {
+  bool batch_major;
+
+  static SeqLayout of(const Tensor& x) {  // x: [T, B, F]
+    return {!x.is_contiguous() && x.transpose(0, 1).is_contiguous()};
+  }
+  // x: [T, B, F] in this layout (copied into seq-major when it is in neither).
+  Tensor normalize(const Tensor& x) const { return batch_major ? x : x.contiguous(); }
+  Tensor empty(int64_t T, int64_t B, int64_t F, const at::TensorOptions& opts) const {
+    return batch_major ? at::empty({B, T, F}, opts).transpose(0, 1) : at::empty({T, B, F}, opts);
+  }
+  // [T*B, F] view of x: [T, B, F] (in this layout) in memory order.
+  Tensor rows(const Tensor& x) const {
+    return batch_major ? x.transpose(0, 1).reshape({-1, x.size(2)}) : x.reshape({-1, x.size(2)});
+  }
+  // Inverse of rows(): x2d: [T*B, F] -> [T, B, F].
+  Tensor unrows(const Tensor& x2d, int64_t T, int64_t B) const {
+    return batch_major ? x2d.view({B, T, x2d.size(1)}).transpose(0, 1)
+                       : x2d.view({T, B, x2d.size(1)});
+  }
+};
+
+template <typename S>
+inline S* ptr(const Tensor& t) { return t.data_ptr<S>(); }
+template <typename S>
+inline const S* opt_ptr(const Tensor& t) { return t.defined() ? t.data_ptr<S>() : nullptr; }
+
+// Time index of processing step s.
+inline int64_t time_of(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s : s; }
+
+// gi: [T, B, G] = x W^T + bias for all steps at once; x: [T, B, I] in `lay`, w: [G, I].
+inline Tensor input_projection(const SeqLayout& lay, const Tensor& x, const Tensor& w,
+                               const Tensor& bias) {
+  const Tensor x2d = lay.rows(x);
+  const Tensor g2d = bias.defined() ? at::addmm(bias, x2d, w.t()) : at::mm(x2d, w.t());
+  return lay.unrows(g2d, x.size(0), x.size(1));
+}
+
+// h_prevs: [T, B, H] (in `lay`), the state each step started from: hx, then the outputs.
+inline Tensor previous_states(const SeqLayout& lay, const Tensor& output, const Tensor& h0,
+                              bool reverse) {
+  const int64_t T = output.size(0);
+  Tensor h_prevs = lay.empty(T, output.size(1), output.size(2), output.options());
+  if (T == 0) return h_prevs;
+  if (!reverse) {
+    h_prevs.select(0, 0).copy_(h0);
+    h_prevs.narrow(0, 1, T - 1).copy_(output.narrow(0, 0, T - 1));
+  } else {
+    h_prevs.select(0, T - 1).copy_(h0);
+    h_prevs.narrow(0, 0, T - 1).copy_(output.narrow(0, 1, T - 1));
+  }
+  return h_prevs;
+}
+
+// Tensor with unit stride in its last dimension (gradients may arrive expanded or strided).
+inline Tensor inner_contiguous(const Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
+
+inline Tensor opt_contiguous(const c10::optional<Tensor>& t) {
+  return t.has_value() && t->defined() ? t->contiguous() : Tensor();
+}
+
+// ---------------------------------------------------------------------------------------------
+// GRU
+// ---------------------------------------------------------------------------------------------
+
+// Returns output: [T, B, H], h_n: [B, H], saved: [T, B, 4H] (r, z, n, gh_n) or [0].
+template <typename S>
+std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(const StepKernels<S>& k, const Tensor& input_,
+                                                    const Tensor& hx_, const Tensor& w_ih,
+                                                    const Tensor& w_hh, const Tensor& b_ih,
+                                                    const Tensor& b_hh, bool reverse, bool save) {
+  const SeqLayout lay = SeqLayout::of(input_);
+  const Tensor input = lay.normalize(input_);  // input: [T, B, I]
+  const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
+  const auto opts = input.options();
+  const Tensor hx = hx_.contiguous();                                  // hx: [B, H]
+  const Tensor gi = input_projection(lay, input, w_ih, b_ih);          // gi: [T, B, 3H]
+  Tensor output = lay.empty(T, B, H, opts);                            // output: [T, B, H]
+  Tensor saved = save ? at::empty({T, B, 4 * H}, opts) : at::empty({0}, opts);  // [T, B, 4H]
+  Tensor gh = at::empty({B, 3 * H}, opts);                             // gh: [B, 3H]
+  const Tensor w_hh_t = w_hh.t();                                      // [H, 3H]
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = time_of(s, T, reverse);
+    const Tensor h_prev = s == 0 ? hx : output.select(0, time_of(s - 1, T, reverse));  // [B, H]
+    at::mm_out(gh, h_prev, w_hh_t);
+    GruForwardStep<S> p{B, H,
+                        ptr<S>(gi) + t * gi.stride(0), gi.stride(1),
+                        ptr<S>(gh), gh.stride(0),
+                        opt_ptr<S>(b_hh),
+                        ptr<S>(h_prev), h_prev.stride(0),
+                        ptr<S>(output) + t * output.stride(0), output.stride(1),
+                        save ? ptr<S>(saved) + t * saved.stride(0) : nullptr, 4 * H};
+    k.gru_forward(p);
+  }
+  Tensor h_n = T > 0 ? output.select(0, time_of(T - 1, T, reverse)).clone(at::MemoryFormat::Contiguous)
+                     : hx.clone(at::MemoryFormat::Contiguous);
+  return {output, h_n, saved};
+}
+
+// Returns grad_input: [T, B, I] (or [0] if not asked for), grad_hx: [B, H],
+// grad_w_ih: [3H, I], grad_w_hh: [3H, H], grad_b_ih: [3H], grad_b_hh: [3H].
+template <typename S>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
+    const StepKernels<S>& k, const Tensor& grad_output_, const Tensor& grad_hy,
+    const Tensor& input_, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+    const Tensor& output, const Tensor& saved_, bool reverse, bool compute_input_grad) {
+  const SeqLayout lay = SeqLayout::of(input_);
+  const Tensor input = lay.normalize(input_);                 // input: [T, B, I]
+  const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
+  const auto opts = input.options();
+  const Tensor grad_output = inner_contiguous(grad_output_);  // grad_output: [T, B, H]
+  const Tensor saved = saved_.contiguous();                   // saved: [T, B, 4H]
+  const Tensor h0 = hx.contiguous();                          // h0: [B, H]
+  Tensor d_gi = lay.empty(T, B, 3 * H, opts);                 // d_gi: [T, B, 3H]
+  Tensor d_gh = lay.empty(T, B, 3 * H, opts);                 // d_gh: [T, B, 3H]
+  Tensor dh = grad_hy.clone(at::MemoryFormat::Contiguous);    // dh: [B, H]
+  for (int64_t s = T - 1; s >= 0; --s) {
+    const int64_t t = time_of(s, T, reverse);
+    const Tensor h_prev = s == 0 ? h0 : output.select(0, time_of(s - 1, T, reverse));  // [B, H]
+    const Tensor go = grad_output.select(0, t);                                         // [B, H]
+    GruBackwardStep<S> p{B, H,
+                         ptr<S>(go), go.stride(0),
+                         ptr<S>(dh),
+                         ptr<S>(h_prev), h_prev.stride(0),
+                         ptr<S>(saved) + t * saved.stride(0), 4 * H,
+                         ptr<S>(d_gi) + t * d_gi.stride(0), d_gi.stride(1),
+                         ptr<S>(d_gh) + t * d_gh.stride(0), d_gh.stride(1)};
+    k.gru_backward(p);
+    at::addmm_out(dh, dh, d_gh.select(0, t), w_hh);  // dh += d_gh_t W_hh
+  }
+  const Tensor d_gi2d = lay.rows(d_gi), d_gh2d = lay.rows(d_gh);  // [T*B, 3H]
+  const Tensor h_prevs = previous_states(lay, output, h0, reverse);  // [T, B, H]
+  Tensor grad_w_ih = at::mm(d_gi2d.t(), lay.rows(input));
+  Tensor grad_w_hh = at::mm(d_gh2d.t(), lay.rows(h_prevs));
+  Tensor grad_b_ih = d_gi2d.sum(0);
+  Tensor grad_b_hh = d_gh2d.sum(0);
+  Tensor grad_input = compute_input_grad ? lay.unrows(at::mm(d_gi2d, w_ih), T, B)
+                                         : at::empty({0}, opts);
+  return {grad_input, dh, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
+}
+
+// ---------------------------------------------------------------------------------------------
+// LSTM
+// ---------------------------------------------------------------------------------------------
+
+// Returns output: [T, B, H], h_n: [B, H], c_n: [B, H],
+// saved_gates: [T, B, 4H] (activations i, f, g, o) or [0], saved_cells: [T, B, H] or [0].
+template <typename S>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
+    const StepKernels<S>& k, const Tensor& input_, const Tensor& hx_, const Tensor& cx_,
+    const Tensor& w_ih, const Tensor& w_hh, const Tensor& b_ih, const Tensor& b_hh, bool reverse,
+    bool save) {
+  const SeqLayout lay = SeqLayout::of(input_);
+  const Tensor input = lay.normalize(input_);  // input: [T, B, I]
+  const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
+  const auto opts = input.options();
+  const Tensor hx = hx_.contiguous(), cx = cx_.contiguous();  // hx, cx: [B, H]
+  const Tensor bias = b_ih.defined() && b_hh.defined() ? b_ih + b_hh
+                      : b_ih.defined()                 ? b_ih
+                                                       : b_hh;  // bias: [4H] or undefined
+  // gates: [T, B, 4H]; step t adds h_{t-1} W_hh^T in place, then the step kernel turns it into
+  // activations, which are what the backward needs.
+  Tensor gates = input_projection(lay, input, w_ih, bias);
+  Tensor output = lay.empty(T, B, H, opts);  // output: [T, B, H]
+  // cells: [T, B, H] when saving, else two alternating [B, H] buffers.
+  Tensor cells = at::empty({save ? T : std::min<int64_t>(T, 2), B, H}, opts);
+  const Tensor w_hh_t = w_hh.t();  // [H, 4H]
+  auto cell_of = [&](int64_t s) { return cells.select(0, save ? time_of(s, T, reverse) : s % 2); };
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = time_of(s, T, reverse);
+    const Tensor h_prev = s == 0 ? hx : output.select(0, time_of(s - 1, T, reverse));  // [B, H]
+    const Tensor c_prev = s == 0 ? cx : cell_of(s - 1);                                // [B, H]
+    const Tensor c = cell_of(s);                                                       // [B, H]
+    Tensor g = gates.select(0, t);                                                     // [B, 4H]
+    at::addmm_out(g, g, h_prev, w_hh_t);
+    LstmForwardStep<S> p{B, H,
+                         ptr<S>(g), g.stride(0),
+                         ptr<S>(c_prev), c_prev.stride(0),
+                         ptr<S>(c), c.stride(0),
+                         ptr<S>(output) + t * output.stride(0), output.stride(1)};
+    k.lstm_forward(p);
+  }
+  Tensor h_n, c_n;
+  if (T > 0) {
+    h_n = output.select(0, time_of(T - 1, T, reverse)).clone(at::MemoryFormat::Contiguous);
+    c_n = cell_of(T - 1).clone(at::MemoryFormat::Contiguous);
+  } else {
+    h_n = hx.clone(at::MemoryFormat::Contiguous);
+    c_n = cx.clone(at::MemoryFormat::Contiguous);
+  }
+  if (!save) return {output, h_n, c_n, at::empty({0}, opts), at::empty({0}, opts)};
+  return {output, h_n, c_n, gates, cells};
+}
+
+// Returns grad_input: [T, B, I] (or [0] if not asked for), grad_hx: [B, H], grad_cx: [B, H],
+// grad_w_ih: [4H, I], grad_w_hh: [4H, H], grad_b_ih: [4H], grad_b_hh: [4H].
+template <typename S>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
+    const StepKernels<S>& k, const Tensor& grad_output_, const Tensor& grad_hy,
+    const Tensor& grad_cy, const Tensor& input_, const Tensor& hx, const Tensor& cx,
+    const Tensor& w_ih, const Tensor& w_hh, const Tensor& output, const Tensor& gates_,
+    const Tensor& cells_, bool reverse, bool compute_input_grad) {
+  const SeqLayout lay = SeqLayout::of(input_);
+  const Tensor input = lay.normalize(input_);  // input: [T, B, I]
+  const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
+  const auto opts = input.options();
+  const Tensor grad_output = inner_contiguous(grad_output_);  // grad_output: [T, B, H]
+  const Tensor gates = inner_contiguous(gates_);              // gates: [T, B, 4H]
+  const Tensor cells = inner_contiguous(cells_);              // cells: [T, B, H]
+  const Tensor h0 = hx.contiguous(), c0 = cx.contiguous();    // h0, c0: [B, H]
+  Tensor d_gates = lay.empty(T, B, 4 * H, opts);              // d_gates: [T, B, 4H]
+  Tensor dh = grad_hy.clone(at::MemoryFormat::Contiguous);    // dh: [B, H]
+  Tensor dc = grad_cy.clone(at::MemoryFormat::Contiguous);    // dc: [B, H]
+  for (int64_t s = T - 1; s >= 0; --s) {
+    const int64_t t = time_of(s, T, reverse);
+    const Tensor go = grad_output.select(0, t);                                          // [B, H]
+    const Tensor g = gates.select(0, t);                                                 // [B, 4H]
+    const Tensor c_prev = s == 0 ? c0 : cells.select(0, time_of(s - 1, T, reverse));     // [B, H]
+    const Tensor c = cells.select(0, t);                                                 // [B, H]
+    const Tensor dg = d_gates.select(0, t);                                              // [B, 4H]
+    LstmBackwardStep<S> p{B, H,
+                          ptr<S>(go), go.stride(0),
+                          ptr<S>(dh),
+                          ptr<S>(dc),
+                          ptr<S>(g), g.stride(0),
+                          ptr<S>(c_prev), c_prev.stride(0),
+                          ptr<S>(c), c.stride(0),
+                          ptr<S>(dg), dg.stride(0)};
+    k.lstm_backward(p);
+    at::mm_out(dh, dg, w_hh);  // dh = d_gates_t W_hh
+  }
+  const Tensor d_gates2d = lay.rows(d_gates);                        // [T*B, 4H]
+  const Tensor h_prevs = previous_states(lay, output, h0, reverse);  // [T, B, H]
+  Tensor grad_w_ih = at::mm(d_gates2d.t(), lay.rows(input));
+  Tensor grad_w_hh = at::mm(d_gates2d.t(), lay.rows(h_prevs));
+  Tensor grad_b_ih = d_gates2d.sum(0);
+  Tensor grad_b_hh = grad_b_ih.clone();
+  Tensor grad_input = compute_input_grad ? lay.unrows(at::mm(d_gates2d, w_ih), T, B)
+                                         : at::empty({0}, opts);
+  return {grad_input, dh, dc, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
+}
+
+}  // namespace fused_rnn

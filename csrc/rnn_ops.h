@@ -1,0 +1,92 @@
+// The operators' entry points, shared by every device: argument checks, then the dtype switch of
+// the device's Backend, then the time loops of rnn_driver.h with that device's step kernels.
+//
+// A Backend provides
+//   template <typename S> static const StepKernels<S>& kernels();
+//   template <typename F> static auto dispatch(const at::Tensor& input, const char* op, F&& f);
+// where dispatch calls f(S{}) for the element type S of `input` or raises for unsupported dtypes.
+#pragma once
+
+#include "checks.h"
+#include "rnn_driver.h"
+
+namespace fused_rnn {
+
+template <typename Backend>
+struct RnnOps {
+  // input: [T, B, I], hx: [B, H], w_ih: [3H, I], w_hh: [3H, H], b_ih, b_hh: [3H] or None
+  static std::tuple<Tensor, Tensor, Tensor> gru_forward(
+      const Tensor& input, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+      const c10::optional<Tensor>& b_ih, const c10::optional<Tensor>& b_hh, bool reverse,
+      bool save_activations) {
+    constexpr const char* op = "fused_rnn::gru_forward";
+    check_forward_args(op, 3, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh);
+    return Backend::dispatch(input, op, [&](auto tag) {
+      using S = decltype(tag);
+      return gru_forward_impl<S>(Backend::template kernels<S>(), input, hx, w_ih, w_hh,
+                                 opt_contiguous(b_ih), opt_contiguous(b_hh), reverse,
+                                 save_activations);
+    });
+  }
+
+  // grad_output: [T, B, H], grad_hy: [B, H], output: [T, B, H], saved: [T, B, 4H];
+  // the rest as in gru_forward.
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
+      const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input, const Tensor& hx,
+      const Tensor& w_ih, const Tensor& w_hh, const Tensor& output, const Tensor& saved,
+      bool reverse, bool compute_input_grad) {
+    constexpr const char* op = "fused_rnn::gru_backward";
+    const int64_t H = check_forward_args(op, 3, input, hx, nullptr, w_ih, w_hh, {}, {});
+    const int64_t T = input.size(0), B = input.size(1);
+    check_saved(op, "grad_output", grad_output, {T, B, H}, input);
+    check_saved(op, "grad_hy", grad_hy, {B, H}, input);
+    check_saved(op, "output", output, {T, B, H}, input);
+    check_saved(op, "saved", saved, {T, B, 4 * H}, input);
+    return Backend::dispatch(input, op, [&](auto tag) {
+      using S = decltype(tag);
+      return gru_backward_impl<S>(Backend::template kernels<S>(), grad_output, grad_hy, input, hx,
+                                  w_ih, w_hh, output, saved, reverse, compute_input_grad);
+    });
+  }
+
+  // input: [T, B, I], hx, cx: [B, H], w_ih: [4H, I], w_hh: [4H, H], b_ih, b_hh: [4H] or None
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
+      const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
+      const Tensor& w_hh, const c10::optional<Tensor>& b_ih, const c10::optional<Tensor>& b_hh,
+      bool reverse, bool save_activations) {
+    constexpr const char* op = "fused_rnn::lstm_forward";
+    check_forward_args(op, 4, input, hx, &cx, w_ih, w_hh, b_ih, b_hh);
+    return Backend::dispatch(input, op, [&](auto tag) {
+      using S = decltype(tag);
+      return lstm_forward_impl<S>(Backend::template kernels<S>(), input, hx, cx, w_ih, w_hh,
+                                  opt_contiguous(b_ih), opt_contiguous(b_hh), reverse,
+                                  save_activations);
+    });
+  }
+
+  // grad_output: [T, B, H], grad_hy, grad_cy: [B, H], output: [T, B, H],
+  // saved_gates: [T, B, 4H], saved_cells: [T, B, H]; the rest as in lstm_forward.
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward(
+      const Tensor& grad_output, const Tensor& grad_hy, const Tensor& grad_cy,
+      const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
+      const Tensor& w_hh, const Tensor& output, const Tensor& saved_gates,
+      const Tensor& saved_cells, bool reverse, bool compute_input_grad) {
+    constexpr const char* op = "fused_rnn::lstm_backward";
+    const int64_t H = check_forward_args(op, 4, input, hx, &cx, w_ih, w_hh, {}, {});
+    const int64_t T = input.size(0), B = input.size(1);
+    check_saved(op, "grad_output", grad_output, {T, B, H}, input);
+    check_saved(op, "grad_hy", grad_hy, {B, H}, input);
+    check_saved(op, "grad_cy", grad_cy, {B, H}, input);
+    check_saved(op, "output", output, {T, B, H}, input);
+    check_saved(op, "saved_gates", saved_gates, {T, B, 4 * H}, input);
+    check_saved(op, "saved_cells", saved_cells, {T, B, H}, input);
+    return Backend::dispatch(input, op, [&](auto tag) {
+      using S = decltype(tag);
+      return lstm_backward_impl<S>(Backend::template kernels<S>(), grad_output, grad_hy, grad_cy,
+                                   input, hx, cx, w_ih, w_hh, output, saved_gates, saved_cells,
+                                   reverse, compute_input_grad);
+    });
+  }
+};
+
+}  // namespace fused_rnn

@@ -1,0 +1,69 @@
+// Plain-old-data descriptions of one time step of each fused cell, shared by the CPU loops and
+// the CUDA kernels. Every pointer addresses the rows of one time step; `*_row` is the distance in
+// elements between two consecutive batch rows. The feature dimension is always contiguous.
+#pragma once
+
+#include <cstdint>
+
+namespace fused_rnn {
+
+template <typename scalar_t>
+struct GruForwardStep {
+  int64_t batch;   // B
+  int64_t hidden;  // H
+  const scalar_t* gi;      int64_t gi_row;      // gi: [B, 3H]  x_t W_ih^T + b_ih (gates r, z, n)
+  const scalar_t* gh;      int64_t gh_row;      // gh: [B, 3H]  h_prev W_hh^T, bias not yet added
+  const scalar_t* b_hh;                         // b_hh: [3H], or nullptr when the layer has no bias
+  const scalar_t* h_prev;  int64_t h_prev_row;  // h_prev: [B, H]
+  scalar_t* h;             int64_t h_row;       // h: [B, H]  this step's output
+  scalar_t* saved;         int64_t saved_row;   // saved: [B, 4H]  r, z, n, gh_n; nullptr: inference
+};
+
+template <typename scalar_t>
+struct GruBackwardStep {
+  int64_t batch;   // B
+  int64_t hidden;  // H
+  const scalar_t* grad_h;  int64_t grad_h_row;  // grad_h: [B, H]  dL/d(output at this step)
+  scalar_t* dh;                                 // dh: [B, H] contiguous; in: dL/dh from later
+                                                //   steps; out: the part of dL/dh_prev not via W_hh
+  const scalar_t* h_prev;  int64_t h_prev_row;  // h_prev: [B, H]
+  const scalar_t* saved;   int64_t saved_row;   // saved: [B, 4H]  r, z, n, gh_n of the forward
+  scalar_t* d_gi;          int64_t d_gi_row;    // d_gi: [B, 3H]  dL/d(gi)
+  scalar_t* d_gh;          int64_t d_gh_row;    // d_gh: [B, 3H]  dL/d(gh + b_hh)
+};
+
+template <typename scalar_t>
+struct LstmForwardStep {
+  int64_t batch;   // B
+  int64_t hidden;  // H
+  scalar_t* gates;         int64_t gates_row;   // gates: [B, 4H]  in: pre-activations i, f, g, o
+                                                //   (x and h terms, both biases); out: activations
+  const scalar_t* c_prev;  int64_t c_prev_row;  // c_prev: [B, H]
+  scalar_t* c;             int64_t c_row;       // c: [B, H]
+  scalar_t* h;             int64_t h_row;       // h: [B, H]
+};
+
+template <typename scalar_t>
+struct LstmBackwardStep {
+  int64_t batch;   // B
+  int64_t hidden;  // H
+  const scalar_t* grad_h;  int64_t grad_h_row;  // grad_h: [B, H]  dL/d(output at this step)
+  const scalar_t* dh;                           // dh: [B, H] contiguous, dL/dh from later steps
+  scalar_t* dc;                                 // dc: [B, H] contiguous; in: dL/dc from later
+                                                //   steps; out: dL/dc_prev
+  const scalar_t* gates;   int64_t gates_row;   // gates: [B, 4H]  saved activations i, f, g, o
+  const scalar_t* c_prev;  int64_t c_prev_row;  // c_prev: [B, H]
+  const scalar_t* c;       int64_t c_row;       // c: [B, H]
+  scalar_t* d_gates;       int64_t d_gates_row; // d_gates: [B, 4H]  dL/d(pre-activations)
+};
+
+// The pointwise part of one step on one device, for one dtype.
+template <typename scalar_t>
+struct StepKernels {
+  void (*gru_forward)(const GruForwardStep<scalar_t>&);
+  void (*gru_backward)(const GruBackwardStep<scalar_t>&);
+  void (*lstm_forward)(const LstmForwardStep<scalar_t>&);
+  void (*lstm_backward)(const LstmBackwardStep<scalar_t>&);
+};
+
+}  // namespace fused_rnn

@@ -1,0 +1,36 @@
+"""fused_rnn: GRU and LSTM layers whose time loops, forward and backward, run fused in C++ on
+the CPU (and CUDA on the GPU), as drop-in replacements of torch.nn.GRU / torch.nn.LSTM.
+
+    import fused_rnn
+    gru = fused_rnn.GRU(256, 256, batch_first=True)   # same arguments as nn.GRU
+    output, h_n = gru(x)
+
+The operators are torch.ops.fused_rnn.{gru,lstm}_{forward,backward}; `gru_layer` / `lstm_layer`
+are their differentiable one-layer entry points; `reference` holds the textbook cells.
+"""
+import torch  # noqa: F401  (loads libtorch before the extension)
+
+from . import _C, reference
+from ._ops import gru_layer, lstm_layer
+from .modules import GRU, LSTM
+
+__version__ = "0.1.0"
+
+
+def cpu_isa() -> str:
+    """Instruction-set build of the CPU step kernels in use: "DEFAULT", "AVX2" or "AVX512"."""
+    return _C.cpu_isa()
+
+
+def available_cpu_isas():
+    """The CPU kernel builds this machine can run, best last."""
+    return list(_C.available_cpu_isas())
+
+
+def set_cpu_isa(name: str) -> None:
+    """Use another CPU kernel build (for testing and benchmarking); see available_cpu_isas()."""
+    _C.set_cpu_isa(name)
+
+
+__all__ = ["GRU", "LSTM", "gru_layer", "lstm_layer", "reference", "cpu_isa",
+           "available_cpu_isas", "set_cpu_isa"]

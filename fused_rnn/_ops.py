@@ -1,0 +1,180 @@
+"""Python side of the fused_rnn operators: shapes for tracing (register_fake), autograd
+(register_autograd) and the one-layer functional entry points `gru_layer` / `lstm_layer`."""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _C  # noqa: F401  (loads the operator library and its kernels)
+
+ops = torch.ops.fused_rnn
+
+
+def _batch_major(input: Tensor) -> bool:
+    """The kernels keep sequence tensors in the input's memory layout: [T, B, F] contiguous
+    (seq-major) or [B, T, F] contiguous seen as [T, B, F] (batch-major, as batch_first gives)."""
+    return (not input.is_contiguous()) and input.transpose(0, 1).is_contiguous()
+
+
+def _seq_empty(input: Tensor, features: int) -> Tensor:
+    """Empty [T, B, features] in the layout the kernels give a sequence output for `input`."""
+    T, B = input.shape[0], input.shape[1]
+    if _batch_major(input):
+        return input.new_empty((B, T, features)).transpose(0, 1)
+    return input.new_empty((T, B, features))
+
+
+def _check_fake_args(op: str, gates: int, input: Tensor, w_hh: Tensor) -> int:
+    torch._check(input.dim() == 3, lambda: f"{op}: expected input to be 3-D [seq_len, batch, "
+                 f"input_size], got {input.dim()}-D tensor of shape {list(input.shape)}")
+    torch._check(w_hh.dim() == 2 and w_hh.shape[0] == gates * w_hh.shape[1],
+                 lambda: f"{op}: expected w_hh of shape [{gates}*hidden_size, hidden_size], "
+                 f"got {list(w_hh.shape)}")
+    return w_hh.shape[1]
+
+
+# --------------------------------------------------------------------------------------------
+# GRU
+# --------------------------------------------------------------------------------------------
+
+@torch.library.register_fake("fused_rnn::gru_forward")
+def _gru_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, reverse, save_activations):
+    H = _check_fake_args("fused_rnn::gru_forward", 3, input, w_hh)
+    T, B = input.shape[0], input.shape[1]
+    saved = input.new_empty((T, B, 4 * H)) if save_activations else input.new_empty((0,))
+    return _seq_empty(input, H), hx.new_empty((B, H)), saved
+
+
+@torch.library.register_fake("fused_rnn::gru_backward")
+def _gru_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, output, saved, reverse,
+                       compute_input_grad):
+    H = _check_fake_args("fused_rnn::gru_backward", 3, input, w_hh)
+    grad_input = _seq_empty(input, input.shape[2]) if compute_input_grad else input.new_empty((0,))
+    return (grad_input, hx.new_empty((input.shape[1], H)), w_ih.new_empty(w_ih.shape),
+            w_hh.new_empty(w_hh.shape), w_hh.new_empty((3 * H,)), w_hh.new_empty((3 * H,)))
+
+
+def _gru_setup_context(ctx, inputs, output):
+    input, hx, w_ih, w_hh, b_ih, b_hh, reverse, save_activations = inputs
+    out, _h_n, saved = output
+    ctx.mark_non_differentiable(saved)
+    ctx.save_for_backward(input, hx, w_ih, w_hh, out, saved)
+    ctx.reverse = reverse
+    ctx.saved_activations = save_activations
+    ctx.has_bias = (b_ih is not None, b_hh is not None)
+
+
+def _gru_backward(ctx, grad_output, grad_hy, _grad_saved):
+    if not ctx.saved_activations:
+        raise RuntimeError(
+            "fused_rnn::gru_forward was called with save_activations=False, so it cannot be "
+            "differentiated; call it with save_activations=True (fused_rnn.gru_layer does so "
+            "whenever a gradient is needed)")
+    input, hx, w_ih, w_hh, out, saved = ctx.saved_tensors
+    if grad_output is None:
+        grad_output = torch.zeros_like(out)
+    if grad_hy is None:
+        grad_hy = torch.zeros_like(hx)
+    need_input = ctx.needs_input_grad[0]
+    g_in, g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh = ops.gru_backward(
+        grad_output, grad_hy, input, hx, w_ih, w_hh, out, saved, ctx.reverse, need_input)
+    return (g_in if need_input else None, g_hx, g_w_ih, g_w_hh,
+            g_b_ih if ctx.has_bias[0] else None, g_b_hh if ctx.has_bias[1] else None, None, None)
+
+
+torch.library.register_autograd("fused_rnn::gru_forward", _gru_backward,
+                                setup_context=_gru_setup_context)
+
+
+# --------------------------------------------------------------------------------------------
+# LSTM
+# --------------------------------------------------------------------------------------------
+
+@torch.library.register_fake("fused_rnn::lstm_forward")
+def _lstm_forward_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse, save_activations):
+    H = _check_fake_args("fused_rnn::lstm_forward", 4, input, w_hh)
+    T, B = input.shape[0], input.shape[1]
+    if save_activations:
+        gates, cells = _seq_empty(input, 4 * H), input.new_empty((T, B, H))
+    else:
+        gates, cells = input.new_empty((0,)), input.new_empty((0,))
+    return _seq_empty(input, H), hx.new_empty((B, H)), cx.new_empty((B, H)), gates, cells
+
+
+@torch.library.register_fake("fused_rnn::lstm_backward")
+def _lstm_backward_fake(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, output,
+                        saved_gates, saved_cells, reverse, compute_input_grad):
+    H = _check_fake_args("fused_rnn::lstm_backward", 4, input, w_hh)
+    B = input.shape[1]
+    grad_input = _seq_empty(input, input.shape[2]) if compute_input_grad else input.new_empty((0,))
+    return (grad_input, hx.new_empty((B, H)), cx.new_empty((B, H)), w_ih.new_empty(w_ih.shape),
+            w_hh.new_empty(w_hh.shape), w_hh.new_empty((4 * H,)), w_hh.new_empty((4 * H,)))
+
+
+def _lstm_setup_context(ctx, inputs, output):
+    input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse, save_activations = inputs
+    out, _h_n, _c_n, gates, cells = output
+    ctx.mark_non_differentiable(gates, cells)
+    ctx.save_for_backward(input, hx, cx, w_ih, w_hh, out, gates, cells)
+    ctx.reverse = reverse
+    ctx.saved_activations = save_activations
+    ctx.has_bias = (b_ih is not None, b_hh is not None)
+
+
+def _lstm_backward(ctx, grad_output, grad_hy, grad_cy, _grad_gates, _grad_cells):
+    if not ctx.saved_activations:
+        raise RuntimeError(
+            "fused_rnn::lstm_forward was called with save_activations=False, so it cannot be "
+            "differentiated; call it with save_activations=True (fused_rnn.lstm_layer does so "
+            "whenever a gradient is needed)")
+    input, hx, cx, w_ih, w_hh, out, gates, cells = ctx.saved_tensors
+    if grad_output is None:
+        grad_output = torch.zeros_like(out)
+    if grad_hy is None:
+        grad_hy = torch.zeros_like(hx)
+    if grad_cy is None:
+        grad_cy = torch.zeros_like(cx)
+    need_input = ctx.needs_input_grad[0]
+    g_in, g_hx, g_cx, g_w_ih, g_w_hh, g_b_ih, g_b_hh = ops.lstm_backward(
+        grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, out, gates, cells, ctx.reverse,
+        need_input)
+    return (g_in if need_input else None, g_hx, g_cx, g_w_ih, g_w_hh,
+            g_b_ih if ctx.has_bias[0] else None, g_b_hh if ctx.has_bias[1] else None, None, None)
+
+
+torch.library.register_autograd("fused_rnn::lstm_forward", _lstm_backward,
+                                setup_context=_lstm_setup_context)
+
+
+# --------------------------------------------------------------------------------------------
+# Functional entry points
+# --------------------------------------------------------------------------------------------
+
+def _needs_grad(*tensors: Optional[Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
+              b_hh: Optional[Tensor] = None, reverse: bool = False) -> Tuple[Tensor, Tensor]:
+    """One fused GRU layer, one direction, PyTorch's gate order and semantics.
+
+    input: [T, B, I], hx: [B, H], w_ih: [3H, I], w_hh: [3H, H], b_ih, b_hh: [3H] or None.
+    Returns output: [T, B, H] (in input's memory layout) and h_n: [B, H].
+    `reverse=True` runs from the last step to the first (the backward direction).
+    """
+    save = _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh)
+    output, h_n, _ = ops.gru_forward(input, hx, w_ih, w_hh, b_ih, b_hh, reverse, save)
+    return output, h_n
+
+
+def lstm_layer(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor,
+               b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
+               reverse: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+    """One fused LSTM layer, one direction, PyTorch's gate order (i, f, g, o) and semantics.
+
+    input: [T, B, I], hx, cx: [B, H], w_ih: [4H, I], w_hh: [4H, H], b_ih, b_hh: [4H] or None.
+    Returns output: [T, B, H], h_n: [B, H], c_n: [B, H].
+    """
+    save = _needs_grad(input, hx, cx, w_ih, w_hh, b_ih, b_hh)
+    output, h_n, c_n, _, _ = ops.lstm_forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse, save)
+    return output, h_n, c_n
