@@ -11,8 +11,9 @@ template <typename scalar_t>
 struct GruForwardStep {
   int64_t batch;   // B
   int64_t hidden;  // H
-  const scalar_t* gi;      int64_t gi_row;      // gi: [B, 3H]  x_t W_ih^T + b_ih (gates r, z, n)
-  const scalar_t* gh;      int64_t gh_row;      // gh: [B, 3H]  h_prev W_hh^T, bias not yet added
+  const scalar_t* gi;      int64_t gi_row;      // gi: [B, 3H]  x_t W_ih^T (gates r, z, n), no bias
+  const scalar_t* gh;      int64_t gh_row;      // gh: [B, 3H]  h_prev W_hh^T, no bias
+  const scalar_t* b_ih;                         // b_ih: [3H], or nullptr when the layer has no bias
   const scalar_t* b_hh;                         // b_hh: [3H], or nullptr when the layer has no bias
   const scalar_t* h_prev;  int64_t h_prev_row;  // h_prev: [B, H]
   scalar_t* h;             int64_t h_row;       // h: [B, H]  this step's output
@@ -36,8 +37,9 @@ template <typename scalar_t>
 struct LstmForwardStep {
   int64_t batch;   // B
   int64_t hidden;  // H
-  scalar_t* gates;         int64_t gates_row;   // gates: [B, 4H]  in: pre-activations i, f, g, o
-                                                //   (x and h terms, both biases); out: activations
+  scalar_t* gates;         int64_t gates_row;   // gates: [B, 4H]  in: x_t W_ih^T + h_prev W_hh^T
+                                                //   (gates i, f, g, o, no bias); out: activations
+  const scalar_t* bias;                         // bias: [4H] b_ih + b_hh, or nullptr (no bias)
   const scalar_t* c_prev;  int64_t c_prev_row;  // c_prev: [B, H]
   scalar_t* c;             int64_t c_row;       // c: [B, H]
   scalar_t* h;             int64_t h_row;       // h: [B, H]
@@ -64,6 +66,9 @@ struct StepKernels {
   void (*gru_backward)(const GruBackwardStep<scalar_t>&);
   void (*lstm_forward)(const LstmForwardStep<scalar_t>&);
   void (*lstm_backward)(const LstmBackwardStep<scalar_t>&);
+  // dst: [cols, rows] = src: [rows, cols] transposed (both contiguous). Used once per call to
+  // give the per-step GEMMs a plain, non-transposed weight.
+  void (*transpose)(const scalar_t* src, int64_t rows, int64_t cols, scalar_t* dst);
 };
 
 }  // namespace fused_rnn

@@ -65,15 +65,20 @@ void gru_forward_rows(const GruForwardStep<S>& p, int64_t b_begin, int64_t b_end
     S* saved = p.saved ? p.saved + b * p.saved_row : nullptr;  // [4H]
     for (int64_t j = 0; j < H; j += W) {
       const int64_t n = std::min<int64_t>(W, H - j);
+      Vec<S> gi_r = load(gi + j, n), gi_z = load(gi + H + j, n), gi_n = load(gi + 2 * H + j, n);
       Vec<S> gh_r = load(gh + j, n), gh_z = load(gh + H + j, n), gh_n = load(gh + 2 * H + j, n);
+      if (p.b_ih) {
+        gi_r = gi_r + load(p.b_ih + j, n);
+        gi_z = gi_z + load(p.b_ih + H + j, n);
+        gi_n = gi_n + load(p.b_ih + 2 * H + j, n);
+      }
       if (p.b_hh) {
         gh_r = gh_r + load(p.b_hh + j, n);
         gh_z = gh_z + load(p.b_hh + H + j, n);
         gh_n = gh_n + load(p.b_hh + 2 * H + j, n);
       }
       Vec<S> r, z, nn, hv;
-      gru_cell_forward(load(gi + j, n), load(gi + H + j, n), load(gi + 2 * H + j, n), gh_r, gh_z,
-                       gh_n, load(h_prev + j, n), r, z, nn, hv);
+      gru_cell_forward(gi_r, gi_z, gi_n, gh_r, gh_z, gh_n, load(h_prev + j, n), r, z, nn, hv);
       store(hv, h + j, n);
       if (saved) {
         store(r, saved + j, n);
@@ -127,6 +132,12 @@ void lstm_forward_rows(const LstmForwardStep<S>& p, int64_t b_begin, int64_t b_e
       const int64_t n = std::min<int64_t>(W, H - j);
       Vec<S> i = load(gates + j, n), f = load(gates + H + j, n), g = load(gates + 2 * H + j, n),
              o = load(gates + 3 * H + j, n);
+      if (p.bias) {
+        i = i + load(p.bias + j, n);
+        f = f + load(p.bias + H + j, n);
+        g = g + load(p.bias + 2 * H + j, n);
+        o = o + load(p.bias + 3 * H + j, n);
+      }
       Vec<S> cv, hv;
       lstm_cell_forward(i, f, g, o, load(c_prev + j, n), cv, hv);
       store(i, gates + j, n);
