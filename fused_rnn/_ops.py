@@ -24,7 +24,12 @@ def _seq_empty(input: Tensor, features: int) -> Tensor:
     return input.new_empty((T, B, features))
 
 
-def _check_fake_args(op: str, gates: int, input: Tensor, w_hh: Tensor) -> int:
+def _check_fake_args(op: str, gates: int, input: Tensor, w_hh: Tensor, *others) -> int:
+    """Rank, w_hh shape and devices; the C++ kernels check everything else."""
+    for t in (w_hh, *others):
+        if isinstance(t, Tensor) and t.device != input.device:
+            raise RuntimeError(f"{op}: expected all tensors on device {input.device} (the device "
+                               f"of input), got one on {t.device}")
     torch._check(input.dim() == 3, lambda: f"{op}: expected input to be 3-D [seq_len, batch, "
                  f"input_size], got {input.dim()}-D tensor of shape {list(input.shape)}")
     torch._check(w_hh.dim() == 2 and w_hh.shape[0] == gates * w_hh.shape[1],
@@ -39,7 +44,7 @@ def _check_fake_args(op: str, gates: int, input: Tensor, w_hh: Tensor) -> int:
 
 @torch.library.register_fake("fused_rnn::gru_forward")
 def _gru_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, reverse, save_activations):
-    H = _check_fake_args("fused_rnn::gru_forward", 3, input, w_hh)
+    H = _check_fake_args("fused_rnn::gru_forward", 3, input, w_hh, hx, w_ih, b_ih, b_hh)
     T, B = input.shape[0], input.shape[1]
     saved = input.new_empty((T, B, 4 * H)) if save_activations else input.new_empty((0,))
     return _seq_empty(input, H), hx.new_empty((B, H)), saved
@@ -48,7 +53,8 @@ def _gru_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, reverse, save_activatio
 @torch.library.register_fake("fused_rnn::gru_backward")
 def _gru_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, output, saved, reverse,
                        compute_input_grad):
-    H = _check_fake_args("fused_rnn::gru_backward", 3, input, w_hh)
+    H = _check_fake_args("fused_rnn::gru_backward", 3, input, w_hh, grad_output, grad_hy, hx,
+                         w_ih, output, saved)
     grad_input = _seq_empty(input, input.shape[2]) if compute_input_grad else input.new_empty((0,))
     return (grad_input, hx.new_empty((input.shape[1], H)), w_ih.new_empty(w_ih.shape),
             w_hh.new_empty(w_hh.shape), w_hh.new_empty((3 * H,)), w_hh.new_empty((3 * H,)))
@@ -92,7 +98,7 @@ torch.library.register_autograd("fused_rnn::gru_forward", _gru_backward,
 
 @torch.library.register_fake("fused_rnn::lstm_forward")
 def _lstm_forward_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse, save_activations):
-    H = _check_fake_args("fused_rnn::lstm_forward", 4, input, w_hh)
+    H = _check_fake_args("fused_rnn::lstm_forward", 4, input, w_hh, hx, cx, w_ih, b_ih, b_hh)
     T, B = input.shape[0], input.shape[1]
     if save_activations:
         gates, cells = _seq_empty(input, 4 * H), input.new_empty((T, B, H))
@@ -104,7 +110,8 @@ def _lstm_forward_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse, save_acti
 @torch.library.register_fake("fused_rnn::lstm_backward")
 def _lstm_backward_fake(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, output,
                         saved_gates, saved_cells, reverse, compute_input_grad):
-    H = _check_fake_args("fused_rnn::lstm_backward", 4, input, w_hh)
+    H = _check_fake_args("fused_rnn::lstm_backward", 4, input, w_hh, grad_output, grad_hy,
+                         grad_cy, hx, cx, w_ih, output, saved_gates, saved_cells)
     B = input.shape[1]
     grad_input = _seq_empty(input, input.shape[2]) if compute_input_grad else input.new_empty((0,))
     return (grad_input, hx.new_empty((B, H)), cx.new_empty((B, H)), w_ih.new_empty(w_ih.shape),

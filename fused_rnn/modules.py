@@ -29,15 +29,18 @@ class _FusedRNNBase(nn.RNNBase):
 
     def _layer_weights(self, idx: int):
         """w_ih: [G*H, I_l], w_hh: [G*H, H], b_ih, b_hh: [G*H] or None, of layer*dirs + dir."""
-        per = len(self._flat_weights) // (self.num_layers * (2 if self.bidirectional else 1))
-        w = self._flat_weights[idx * per:(idx + 1) * per]
+        names = self._flat_weights_names
+        per = len(names) // (self.num_layers * (2 if self.bidirectional else 1))
+        # by name, not from the cached self._flat_weights: torch.func.functional_call and
+        # parametrizations replace the attributes without refreshing that cache
+        w = [getattr(self, n) for n in names[idx * per:(idx + 1) * per]]
         if self.bias:
             return w[0], w[1], w[2], w[3]
         return w[0], w[1], None, None
 
     def _check_devices_and_dtypes(self, input: Tensor, states: List[Tuple[str, Tensor]]) -> None:
         name = self._get_name()
-        weight = self._flat_weights[0]
+        weight = self.weight_ih_l0
         if input.device != weight.device:
             raise RuntimeError(f"fused_rnn.{name}: expected input on device {weight.device} (the "
                                f"device of the parameters), got {input.device}")

@@ -1,0 +1,75 @@
+"""Same constructor, parameters, state_dict and repr as nn.GRU / nn.LSTM; unsupported options
+raise clear errors instead of computing something else."""
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import fused_rnn
+
+KWARGS = [dict(), dict(num_layers=3, bias=False), dict(batch_first=True, bidirectional=True),
+          dict(num_layers=2, dropout=0.25)]
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+@pytest.mark.parametrize("kw", KWARGS)
+def test_parameters_state_dict_and_repr_match_nn(cell, kw):
+    ref = getattr(nn, cell)(7, 5, **kw)
+    fused = getattr(fused_rnn, cell)(7, 5, **kw)
+    assert repr(fused) == repr(ref)
+    assert [(n, p.shape) for n, p in fused.named_parameters()] == \
+           [(n, p.shape) for n, p in ref.named_parameters()]
+    assert list(fused.state_dict()) == list(ref.state_dict())
+    # state_dicts load both ways
+    ref.load_state_dict(fused.state_dict())
+    fused.load_state_dict(ref.state_dict())
+    for (n, a), (_, b) in zip(fused.named_parameters(), ref.named_parameters()):
+        assert torch.equal(a, b), n
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+def test_positional_constructor_arguments(cell):
+    ref = getattr(nn, cell)(3, 4, 2, False, True, 0.0, True)
+    fused = getattr(fused_rnn, cell)(3, 4, 2, False, True, 0.0, True)
+    assert repr(fused) == repr(ref)
+
+
+def test_not_an_instance_of_nn_gru_but_of_rnnbase():
+    """torch.compile refuses instances of nn.GRU/LSTM; ours are nn.RNNBase only."""
+    m = fused_rnn.GRU(2, 3)
+    assert isinstance(m, nn.RNNBase) and not isinstance(m, (nn.GRU, nn.LSTM, nn.RNN))
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+def test_factory_kwargs(cell):
+    m = getattr(fused_rnn, cell)(3, 4, dtype=torch.float64, device="cpu")
+    assert all(p.dtype == torch.float64 for p in m.parameters())
+    out, _ = m(torch.randn(2, 1, 3, dtype=torch.float64))
+    assert out.dtype == torch.float64
+
+
+def test_gru_rejects_proj_size_like_nn():
+    with pytest.raises(ValueError, match="proj_size argument is only supported for LSTM"):
+        fused_rnn.GRU(3, 4, proj_size=2)
+
+
+def test_lstm_proj_size_raises_not_implemented():
+    m = fused_rnn.LSTM(3, 4, proj_size=2)
+    with pytest.raises(NotImplementedError, match="proj_size=2"):
+        m(torch.randn(2, 1, 3))
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+def test_packed_sequence_raises_not_implemented(cell):
+    m = getattr(fused_rnn, cell)(3, 4)
+    packed = pack_padded_sequence(torch.randn(5, 2, 3), [5, 3])
+    with pytest.raises(NotImplementedError, match="PackedSequence"):
+        m(packed)
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+def test_flatten_parameters_is_harmless(cell):
+    m = getattr(fused_rnn, cell)(3, 4)
+    m.flatten_parameters()
+    out, _ = m(torch.randn(2, 1, 3))
+    assert out.shape == (2, 1, 4)

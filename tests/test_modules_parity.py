@@ -1,0 +1,116 @@
+"""fused_rnn.GRU / LSTM against nn.GRU / nn.LSTM with copied weights: outputs, final states and
+the gradients of input, initial states and every parameter."""
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+import fused_rnn
+from helpers import assert_close, assert_grads_close, grads
+
+CONFIGS = [  # num_layers, bidirectional, batch_first, bias
+    c for c in itertools.product([1, 2], [False, True], [False, True], [True, False])
+]
+
+
+def pair(cell, I, H, dtype, **kw):
+    ref = getattr(nn, cell)(I, H, dtype=dtype, **kw)
+    fused = getattr(fused_rnn, cell)(I, H, dtype=dtype, **kw)
+    fused.load_state_dict(ref.state_dict())
+    return ref, fused
+
+
+def flat(out, state):
+    return [out, *(state if isinstance(state, tuple) else (state,))]
+
+
+def compare(ref, fused, x, hx, dtype):
+    got = flat(*fused(x, hx))
+    want = flat(*ref(x, hx))
+    for g, w, n in zip(got, want, ["output", "h_n", "c_n"]):
+        assert g.shape == w.shape, n
+        assert_close(g, w, dtype, n)
+    seeds = [torch.randn_like(w) for w in want]
+    states = [] if hx is None else list(hx) if isinstance(hx, tuple) else [hx]
+    names = [n for n, _ in ref.named_parameters()]
+    assert_grads_close(grads(got, [x, *states, *fused.parameters()], seeds),
+                       grads(want, [x, *states, *ref.parameters()], seeds), dtype,
+                       ["input"] + [f"state{i}" for i in range(len(states))] + names)
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+@pytest.mark.parametrize("num_layers,bidirectional,batch_first,bias", CONFIGS)
+@pytest.mark.parametrize("with_h0", [False, True], ids=["no_h0", "h0"])
+def test_module_matches_nn(cell, num_layers, bidirectional, batch_first, bias, with_h0):
+    torch.manual_seed(num_layers + 2 * bidirectional + 4 * batch_first + 8 * bias)
+    T, B, I, H = 5, 3, 6, 9
+    ref, fused = pair(cell, I, H, torch.float32, num_layers=num_layers, bias=bias,
+                      bidirectional=bidirectional, batch_first=batch_first)
+    x = torch.randn(*((B, T, I) if batch_first else (T, B, I)), requires_grad=True)
+    hx = None
+    if with_h0:
+        shape = (num_layers * (2 if bidirectional else 1), B, H)
+        hx = torch.randn(shape, requires_grad=True)
+        if cell == "LSTM":
+            hx = (hx, torch.randn(shape, requires_grad=True))
+    compare(ref, fused, x, hx, torch.float32)
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (1, 4, 3, 5), (8, 1, 20, 8), (3, 2, 300, 17)])
+def test_module_matches_nn_sizes_float64(cell, T, B, I, H):
+    torch.manual_seed(0)
+    ref, fused = pair(cell, I, H, torch.float64)
+    compare(ref, fused, torch.randn(T, B, I, dtype=torch.float64, requires_grad=True), None,
+            torch.float64)
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_unbatched_input_matches_nn(cell, batch_first):
+    torch.manual_seed(0)
+    ref, fused = pair(cell, 4, 6, torch.float32, num_layers=2, batch_first=batch_first)
+    x = torch.randn(5, 4, requires_grad=True)
+    h = torch.randn(2, 6, requires_grad=True)
+    hx = (h, torch.randn(2, 6, requires_grad=True)) if cell == "LSTM" else h
+    compare(ref, fused, x, hx, torch.float32)
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+def test_batch_first_output_is_contiguous(cell):
+    _, fused = pair(cell, 4, 6, torch.float32, batch_first=True, bidirectional=True)
+    out, _ = fused(torch.randn(3, 5, 4))
+    assert out.shape == (3, 5, 12) and out.is_contiguous()
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+def test_dropout_between_layers_matches_nn_in_eval(cell):
+    torch.manual_seed(0)
+    ref, fused = pair(cell, 4, 6, torch.float32, num_layers=3, dropout=0.5)
+    ref.eval(), fused.eval()
+    compare(ref, fused, torch.randn(5, 2, 4, requires_grad=True), None, torch.float32)
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+def test_dropout_between_layers_active_in_training(cell):
+    """Training mode drops between layers (like nn.*), never on the last layer's output."""
+    torch.manual_seed(0)
+    _, fused = pair(cell, 4, 6, torch.float32, num_layers=2, dropout=0.9)
+    x = torch.randn(5, 2, 4)
+    fused.eval()
+    out_eval, _ = fused(x)
+    fused.train()
+    torch.manual_seed(1)
+    out_a, _ = fused(x)
+    torch.manual_seed(1)
+    out_b, _ = fused(x)
+    assert torch.equal(out_a, out_b)  # same seed, same mask
+    assert not torch.allclose(out_a, out_eval)
+    single = getattr(fused_rnn, cell)(4, 6)
+    single.train()
+    torch.manual_seed(2)
+    y1, _ = single(x)
+    single.eval()
+    y2, _ = single(x)
+    assert torch.equal(y1, y2)  # one layer: nothing to drop (as nn.*)

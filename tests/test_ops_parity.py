@@ -1,0 +1,112 @@
+"""The fused one-layer operators against the textbook cells: outputs, final states and the
+gradients of input, initial states and every weight and bias."""
+import pytest
+import torch
+
+import fused_rnn
+from fused_rnn import reference
+from helpers import SIZES, assert_close, assert_grads_close, grads
+
+GATES = {"GRU": 3, "LSTM": 4}
+
+
+def make_input(T, B, I, dtype, layout):
+    """x: [T, B, I] as seq-major, batch-major (what batch_first gives) or a strided slice."""
+    if layout == "seq_major":
+        return torch.randn(T, B, I, dtype=dtype)
+    if layout == "batch_major":
+        return torch.randn(B, T, I, dtype=dtype).transpose(0, 1)
+    return torch.randn(T, B, 2 * I + 1, dtype=dtype)[:, :, 1::2]  # inner stride 2
+
+
+def make_params(cell, I, H, dtype, bias):
+    scale = H ** -0.5
+    G = GATES[cell] * H
+    w_ih = torch.empty(G, I, dtype=dtype).uniform_(-scale, scale)
+    w_hh = torch.empty(G, H, dtype=dtype).uniform_(-scale, scale)
+    b = [torch.empty(G, dtype=dtype).uniform_(-scale, scale) for _ in range(2)] if bias else [None, None]
+    return [w_ih, w_hh, *b]
+
+
+def run_fused(cell, x, states, params, reverse):
+    if cell == "GRU":
+        out, h = fused_rnn.gru_layer(x, states[0], *params, reverse=reverse)
+        return [out, h]
+    out, h, c = fused_rnn.lstm_layer(x, states[0], states[1], *params, reverse=reverse)
+    return [out, h, c]
+
+
+def run_reference(cell, x, states, params, reverse):
+    if cell == "GRU":
+        out, h = reference.gru(x, states[0], reference.gru_params_from_torch(*params), reverse=reverse)
+        return [out, h]
+    out, h, c = reference.lstm(x, states[0], states[1],
+                               reference.lstm_params_from_torch(*params), reverse=reverse)
+    return [out, h, c]
+
+
+def check_against_reference(cell, T, B, I, H, dtype, bias, reverse, layout):
+    torch.manual_seed(T * 1000 + B * 100 + I * 10 + H)
+    x = make_input(T, B, I, dtype, layout).requires_grad_(True)
+    states = [torch.randn(B, H, dtype=dtype, requires_grad=True) for _ in range(GATES[cell] - 2)]
+    params = [p.requires_grad_(True) if p is not None else None
+              for p in make_params(cell, I, H, dtype, bias)]
+    got = run_fused(cell, x, states, params, reverse)
+    want = run_reference(cell, x, states, params, reverse)
+    names = ["output", "h_n", "c_n"]
+    for g, w, n in zip(got, want, names):
+        assert g.shape == w.shape, n
+        assert_close(g, w, dtype, n)
+    seeds = [torch.randn_like(w) for w in want]
+    inputs = [x, *states, *params]
+    input_names = ["input", "hx", "cx"][:1 + len(states)] + ["w_ih", "w_hh", "b_ih", "b_hh"]
+    assert_grads_close(grads(got, inputs, seeds), grads(want, inputs, seeds), dtype, input_names)
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("T,B,I,H", SIZES)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_op_matches_reference(cell, dtype, T, B, I, H, bias, reverse):
+    check_against_reference(cell, T, B, I, H, dtype, bias, reverse, "seq_major")
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+@pytest.mark.parametrize("layout", ["batch_major", "strided"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_op_matches_reference_any_input_layout(cell, layout, reverse):
+    check_against_reference(cell, 5, 3, 6, 11, torch.float32, True, reverse, layout)
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+def test_batch_major_input_gives_batch_major_output(cell):
+    """batch_first costs no copy: the output keeps the input's [B, T, H] memory layout."""
+    x = torch.randn(4, 6, 5).transpose(0, 1)  # [T=6, B=4, I=5] seen from [B, T, I] memory
+    states = [torch.zeros(4, 7)] * (GATES[cell] - 2)
+    out = run_fused(cell, x, states, make_params(cell, 5, 7, torch.float32, True), False)[0]
+    assert out.shape == (6, 4, 7)
+    assert out.transpose(0, 1).is_contiguous()
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+def test_empty_sequence_returns_initial_state(cell):
+    states = [torch.randn(3, 5) for _ in range(GATES[cell] - 2)]
+    res = run_fused(cell, torch.randn(0, 3, 4), states, make_params(cell, 4, 5, torch.float32, True), False)
+    assert res[0].shape == (0, 3, 5)
+    for got, s in zip(res[1:], states):
+        assert torch.equal(got, s)
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+def test_no_grad_forward_matches_training_forward(cell):
+    """Inference (save_activations=False) computes the same numbers as training."""
+    torch.manual_seed(1)
+    x = torch.randn(6, 3, 5)
+    states = [torch.randn(3, 7) for _ in range(GATES[cell] - 2)]
+    params = make_params(cell, 5, 7, torch.float32, True)
+    with torch.no_grad():
+        a = run_fused(cell, x, states, params, False)
+    b = run_fused(cell, x.requires_grad_(True), states, params, False)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
