@@ -40,6 +40,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("available_cpu_isas", &fused_rnn::cpu::available_isas,
         "Instruction-set builds compiled in that this CPU can run, best last.");
   m.def("set_cpu_isa", &fused_rnn::cpu::set_isa, "Use another instruction-set build.");
+  m.def("cpu_gemm_backend", &fused_rnn::cpu::gemm_backend,
+        "Per-step GEMM of the CPU kernels: 'mkl-packed' (float32 with MKL) or 'aten'.");
+  m.def("set_cpu_gemm_backend", &fused_rnn::cpu::set_gemm_backend,
+        "Choose 'mkl-packed' or 'aten' for the per-step GEMMs (testing, benchmarking).");
 #if defined(FUSED_RNN_WITH_CUDA)
   m.attr("built_with_cuda") = true;
 #else

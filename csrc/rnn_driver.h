@@ -14,6 +14,7 @@
 #include <tuple>
 
 #include "checks.h"
+#include "hidden_gemm.h"
 #include "step_params.h"
 
 namespace fused_rnn {
@@ -72,16 +73,6 @@ inline Tensor previous_states(const SeqLayout& lay, const Tensor& output, const 
   return h_prevs;
 }
 
-// w_t: [H, G] = w: [G, H] transposed into its own contiguous buffer. The per-step GEMMs
-// (few rows, B) run ~3x slower on a transposed view of the weight than on a plain one (MKL).
-template <typename S>
-Tensor transposed(const StepKernels<S>& k, const Tensor& w_) {
-  const Tensor w = w_.contiguous();
-  Tensor w_t = at::empty({w.size(1), w.size(0)}, w.options());
-  k.transpose(ptr<S>(w), w.size(0), w.size(1), ptr<S>(w_t));
-  return w_t;
-}
-
 // Tensor with unit stride in its last dimension (gradients may arrive expanded or strided).
 inline Tensor inner_contiguous(const Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
@@ -95,7 +86,9 @@ inline Tensor opt_contiguous(const c10::optional<Tensor>& t) {
 
 // Returns output: [T, B, H], h_n: [B, H], saved: [T, B, 4H] (r, z, n, gh_n) or [0].
 template <typename S>
-std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(const StepKernels<S>& k, const Tensor& input_,
+std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(const StepKernels<S>& k,
+                                                    HiddenGemmFactory<S> make_gemm,
+                                                    const Tensor& input_,
                                                     const Tensor& hx_, const Tensor& w_ih,
                                                     const Tensor& w_hh, const Tensor& b_ih,
                                                     const Tensor& b_hh, bool reverse, bool save) {
@@ -108,11 +101,11 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(const StepKernels<S>& k, con
   Tensor output = lay.empty(T, B, H, opts);                            // output: [T, B, H]
   Tensor saved = save ? at::empty({T, B, 4 * H}, opts) : at::empty({0}, opts);  // [T, B, 4H]
   Tensor gh = at::empty({B, 3 * H}, opts);                             // gh: [B, 3H]
-  const Tensor w_hh_t = transposed(k, w_hh);  // [H, 3H]
+  const auto hidden = make_gemm(w_hh, /*transpose_w=*/true, B);  // gh = h_prev W_hh^T
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = time_of(s, T, reverse);
     const Tensor h_prev = s == 0 ? hx : output.select(0, time_of(s - 1, T, reverse));  // [B, H]
-    at::mm_out(gh, h_prev, w_hh_t);
+    hidden->run(h_prev, gh, /*accumulate=*/false);
     GruForwardStep<S> p{B, H,
                         ptr<S>(gi) + t * gi.stride(0), gi.stride(1),
                         ptr<S>(gh), gh.stride(0),
@@ -132,8 +125,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(const StepKernels<S>& k, con
 // grad_w_ih: [3H, I], grad_w_hh: [3H, H], grad_b_ih: [3H], grad_b_hh: [3H].
 template <typename S>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
-    const StepKernels<S>& k, const Tensor& grad_output_, const Tensor& grad_hy,
-    const Tensor& input_, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+    const StepKernels<S>& k, HiddenGemmFactory<S> make_gemm, const Tensor& grad_output_,
+    const Tensor& grad_hy, const Tensor& input_, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
     const Tensor& output, const Tensor& saved_, bool reverse, bool compute_input_grad) {
   const SeqLayout lay = SeqLayout::of(input_);
   const Tensor input = lay.normalize(input_);                 // input: [T, B, I]
@@ -145,6 +138,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
   Tensor d_gi = lay.empty(T, B, 3 * H, opts);                 // d_gi: [T, B, 3H]
   Tensor d_gh = lay.empty(T, B, 3 * H, opts);                 // d_gh: [T, B, 3H]
   Tensor dh = grad_hy.clone(at::MemoryFormat::Contiguous);    // dh: [B, H]
+  const auto hidden = make_gemm(w_hh, /*transpose_w=*/false, B);  // dh += d_gh W_hh
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = time_of(s, T, reverse);
     const Tensor h_prev = s == 0 ? h0 : output.select(0, time_of(s - 1, T, reverse));  // [B, H]
@@ -157,7 +151,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
                          ptr<S>(d_gi) + t * d_gi.stride(0), d_gi.stride(1),
                          ptr<S>(d_gh) + t * d_gh.stride(0), d_gh.stride(1)};
     k.gru_backward(p);
-    at::addmm_out(dh, dh, d_gh.select(0, t), w_hh);  // dh += d_gh_t W_hh
+    hidden->run(d_gh.select(0, t), dh, /*accumulate=*/true);
   }
   const Tensor d_gi2d = lay.rows(d_gi), d_gh2d = lay.rows(d_gh);  // [T*B, 3H]
   const Tensor h_prevs = previous_states(lay, output, h0, reverse);  // [T, B, H]
@@ -178,7 +172,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
 // saved_gates: [T, B, 4H] (activations i, f, g, o) or [0], saved_cells: [T, B, H] or [0].
 template <typename S>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
-    const StepKernels<S>& k, const Tensor& input_, const Tensor& hx_, const Tensor& cx_,
+    const StepKernels<S>& k, HiddenGemmFactory<S> make_gemm, const Tensor& input_,
+    const Tensor& hx_, const Tensor& cx_,
     const Tensor& w_ih, const Tensor& w_hh, const Tensor& b_ih, const Tensor& b_hh, bool reverse,
     bool save) {
   const SeqLayout lay = SeqLayout::of(input_);
@@ -195,7 +190,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
   Tensor output = lay.empty(T, B, H, opts);  // output: [T, B, H]
   // cells: [T, B, H] when saving, else two alternating [B, H] buffers.
   Tensor cells = at::empty({save ? T : std::min<int64_t>(T, 2), B, H}, opts);
-  const Tensor w_hh_t = transposed(k, w_hh);  // [H, 4H]
+  const auto hidden = make_gemm(w_hh, /*transpose_w=*/true, B);  // gates += h_prev W_hh^T
   auto cell_of = [&](int64_t s) { return cells.select(0, save ? time_of(s, T, reverse) : s % 2); };
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = time_of(s, T, reverse);
@@ -203,7 +198,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
     const Tensor c_prev = s == 0 ? cx : cell_of(s - 1);                                // [B, H]
     const Tensor c = cell_of(s);                                                       // [B, H]
     Tensor g = gates.select(0, t);                                                     // [B, 4H]
-    at::addmm_out(g, g, h_prev, w_hh_t);
+    hidden->run(h_prev, g, /*accumulate=*/true);
     LstmForwardStep<S> p{B, H,
                          ptr<S>(g), g.stride(0),
                          opt_ptr<S>(bias),
@@ -228,8 +223,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
 // grad_w_ih: [4H, I], grad_w_hh: [4H, H], grad_b_ih: [4H], grad_b_hh: [4H].
 template <typename S>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
-    const StepKernels<S>& k, const Tensor& grad_output_, const Tensor& grad_hy,
-    const Tensor& grad_cy, const Tensor& input_, const Tensor& hx, const Tensor& cx,
+    const StepKernels<S>& k, HiddenGemmFactory<S> make_gemm, const Tensor& grad_output_,
+    const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& input_, const Tensor& hx, const Tensor& cx,
     const Tensor& w_ih, const Tensor& w_hh, const Tensor& output, const Tensor& gates_,
     const Tensor& cells_, bool reverse, bool compute_input_grad) {
   const SeqLayout lay = SeqLayout::of(input_);
@@ -243,6 +238,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   Tensor d_gates = lay.empty(T, B, 4 * H, opts);              // d_gates: [T, B, 4H]
   Tensor dh = grad_hy.clone(at::MemoryFormat::Contiguous);    // dh: [B, H]
   Tensor dc = grad_cy.clone(at::MemoryFormat::Contiguous);    // dc: [B, H]
+  const auto hidden = make_gemm(w_hh, /*transpose_w=*/false, B);  // dh = d_gates W_hh
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = time_of(s, T, reverse);
     const Tensor go = grad_output.select(0, t);                                          // [B, H]
@@ -259,7 +255,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                           ptr<S>(c), c.stride(0),
                           ptr<S>(dg), dg.stride(0)};
     k.lstm_backward(p);
-    at::mm_out(dh, dg, w_hh);  // dh = d_gates_t W_hh
+    hidden->run(dg, dh, /*accumulate=*/false);
   }
   const Tensor d_gates2d = lay.rows(d_gates);                        // [T*B, 4H]
   const Tensor h_prevs = previous_states(lay, output, h0, reverse);  // [T, B, H]

@@ -3,6 +3,7 @@
 //
 // A Backend provides
 //   template <typename S> static const StepKernels<S>& kernels();
+//   template <typename S> static std::unique_ptr<HiddenGemm<S>> hidden_gemm(w, transpose_w, rows);
 //   template <typename F> static auto dispatch(const at::Tensor& input, const char* op, F&& f);
 // where dispatch calls f(S{}) for the element type S of `input` or raises for unsupported dtypes.
 #pragma once
@@ -23,7 +24,8 @@ struct RnnOps {
     check_forward_args(op, 3, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh);
     return Backend::dispatch(input, op, [&](auto tag) {
       using S = decltype(tag);
-      return gru_forward_impl<S>(Backend::template kernels<S>(), input, hx, w_ih, w_hh,
+      return gru_forward_impl<S>(Backend::template kernels<S>(),
+                                 &Backend::template hidden_gemm<S>, input, hx, w_ih, w_hh,
                                  opt_contiguous(b_ih), opt_contiguous(b_hh), reverse,
                                  save_activations);
     });
@@ -44,7 +46,8 @@ struct RnnOps {
     check_saved(op, "saved", saved, {T, B, 4 * H}, input);
     return Backend::dispatch(input, op, [&](auto tag) {
       using S = decltype(tag);
-      return gru_backward_impl<S>(Backend::template kernels<S>(), grad_output, grad_hy, input, hx,
+      return gru_backward_impl<S>(Backend::template kernels<S>(),
+                                 &Backend::template hidden_gemm<S>, grad_output, grad_hy, input, hx,
                                   w_ih, w_hh, output, saved, reverse, compute_input_grad);
     });
   }
@@ -58,7 +61,8 @@ struct RnnOps {
     check_forward_args(op, 4, input, hx, &cx, w_ih, w_hh, b_ih, b_hh);
     return Backend::dispatch(input, op, [&](auto tag) {
       using S = decltype(tag);
-      return lstm_forward_impl<S>(Backend::template kernels<S>(), input, hx, cx, w_ih, w_hh,
+      return lstm_forward_impl<S>(Backend::template kernels<S>(),
+                                 &Backend::template hidden_gemm<S>, input, hx, cx, w_ih, w_hh,
                                   opt_contiguous(b_ih), opt_contiguous(b_hh), reverse,
                                   save_activations);
     });
@@ -82,7 +86,8 @@ struct RnnOps {
     check_saved(op, "saved_cells", saved_cells, {T, B, H}, input);
     return Backend::dispatch(input, op, [&](auto tag) {
       using S = decltype(tag);
-      return lstm_backward_impl<S>(Backend::template kernels<S>(), grad_output, grad_hy, grad_cy,
+      return lstm_backward_impl<S>(Backend::template kernels<S>(),
+                                 &Backend::template hidden_gemm<S>, grad_output, grad_hy, grad_cy,
                                    input, hx, cx, w_ih, w_hh, output, saved_gates, saved_cells,
                                    reverse, compute_input_grad);
     });

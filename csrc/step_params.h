@@ -66,9 +66,6 @@ struct StepKernels {
   void (*gru_backward)(const GruBackwardStep<scalar_t>&);
   void (*lstm_forward)(const LstmForwardStep<scalar_t>&);
   void (*lstm_backward)(const LstmBackwardStep<scalar_t>&);
-  // dst: [cols, rows] = src: [rows, cols] transposed (both contiguous). Used once per call to
-  // give the per-step GEMMs a plain, non-transposed weight.
-  void (*transpose)(const scalar_t* src, int64_t rows, int64_t cols, scalar_t* dst);
 };
 
 }  // namespace fused_rnn

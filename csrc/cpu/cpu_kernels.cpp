@@ -62,24 +62,6 @@ void lstm_forward(const LstmForwardStep<S>& p) { run_rows(rows<S>().lstm_forward
 template <typename S>
 void lstm_backward(const LstmBackwardStep<S>& p) { run_rows(rows<S>().lstm_backward, p); }
 
-// Cache-blocked transpose. Tiles of 8 rows: the 8 source rows of a tile can share one L1 set
-// (power-of-two strides) without evicting each other; the writes of a tile column are contiguous.
-// (ATen's strided copy moves a transposed 1 MB weight in ~300 us on the 2-core test machine.)
-template <typename S>
-void transpose(const S* src, int64_t rows, int64_t cols, S* dst) {
-  constexpr int64_t kTile = 8;
-  const int64_t col_tiles = (cols + kTile - 1) / kTile;
-  at::parallel_for(0, col_tiles, 16, [&](int64_t c0, int64_t c1) {
-    for (int64_t i0 = 0; i0 < rows; i0 += kTile) {
-      const int64_t i1 = std::min(rows, i0 + kTile);
-      for (int64_t j = c0 * kTile; j < std::min(cols, c1 * kTile); ++j) {
-        S* out = dst + j * rows;
-        for (int64_t i = i0; i < i1; ++i) out[i] = src[i * cols + j];
-      }
-    }
-  });
-}
-
 std::string upper(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::toupper(c); });
   return s;
@@ -90,8 +72,7 @@ std::string upper(std::string s) {
 template <typename scalar_t>
 const StepKernels<scalar_t>& step_kernels() {
   static const StepKernels<scalar_t> kernels{&gru_forward<scalar_t>, &gru_backward<scalar_t>,
-                                             &lstm_forward<scalar_t>, &lstm_backward<scalar_t>,
-                                             &transpose<scalar_t>};
+                                             &lstm_forward<scalar_t>, &lstm_backward<scalar_t>};
   return kernels;
 }
 template const StepKernels<float>& step_kernels<float>();

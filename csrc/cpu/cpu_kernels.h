@@ -5,12 +5,21 @@
 #include <string>
 #include <vector>
 
+#include "../hidden_gemm.h"
 #include "../step_params.h"
 
 namespace fused_rnn::cpu {
 
 template <typename scalar_t>
 const StepKernels<scalar_t>& step_kernels();
+
+// The per-step hidden GEMM (see hidden_gemm.h): MKL's packed GEMM for float where torch has
+// MKL, else ATen's mm on a contiguous op(W).
+template <typename scalar_t>
+std::unique_ptr<HiddenGemm<scalar_t>> hidden_gemm(const at::Tensor& w, bool transpose_w,
+                                                  int64_t rows);
+std::string gemm_backend();                     // "mkl-packed" or "aten"
+void set_gemm_backend(const std::string& name);  // for tests and benchmarks
 
 // Name of the instruction-set build in use ("DEFAULT", "AVX2", "AVX512").
 std::string active_isa();

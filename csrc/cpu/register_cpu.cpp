@@ -12,6 +12,11 @@ struct CpuBackend {
   static const StepKernels<S>& kernels() {
     return cpu::step_kernels<S>();
   }
+  template <typename S>
+  static std::unique_ptr<HiddenGemm<S>> hidden_gemm(const at::Tensor& w, bool transpose_w,
+                                                    int64_t rows) {
+    return cpu::hidden_gemm<S>(w, transpose_w, rows);
+  }
   template <typename F>
   static auto dispatch(const at::Tensor& input, const char* op, F&& f) {
     switch (input.scalar_type()) {

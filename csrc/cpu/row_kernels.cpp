@@ -29,7 +29,10 @@ template <typename S>
 struct Activations<at::vec::Vectorized<S>> {
   using V = at::vec::Vectorized<S>;
   static inline V sigmoid(V x) { return V(S(1)) / (V(S(1)) + x.neg().exp()); }
-  static inline V tanh(V x) { return x.tanh(); }
+  // tanh(x) = 1 - 2 / (1 + exp(2x)): one exp and one division, several times cheaper than
+  // Sleef's tanh; absolute error about one ulp of 1 (where |x| << 1 that is more than tanh's own
+  // ulp, well inside what the recurrence's GEMMs round anyway). Saturates to +-1, keeps NaN.
+  static inline V tanh(V x) { return V(S(1)) - V(S(2)) / (V(S(1)) + (x + x).exp()); }
 };
 
 namespace cpu {

@@ -1,0 +1,131 @@
+// CPU per-step hidden GEMMs. With MKL (x86 builds of torch) the weight is packed once per call
+// with cblas_sgemm_pack and every step runs cblas_sgemm_compute on it: no per-step repacking of
+// W and no transposed copy. MKL's symbols are declared weak: where torch has no MKL (or for
+// float64, which has no packed API) the weight is transposed once into a contiguous buffer and
+// ATen's mm runs each step (MKL/OpenBLAS run a plain B much faster than a transposed view
+// when B has few rows).
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <climits>
+
+#include "cpu_kernels.h"
+
+extern "C" {
+// MKL CBLAS packed-GEMM API (LP64: MKL_INT = int; enums are ints).
+size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k) __attribute__((weak));
+void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k, float alpha,
+                      const float* src, int ld, float* dest) __attribute__((weak));
+void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k, const float* a,
+                         int lda, const float* b, int ldb, float beta, float* c, int ldc)
+    __attribute__((weak));
+}
+
+namespace fused_rnn::cpu {
+namespace {
+
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162;
+
+bool mkl_packed_available() {
+  return cblas_sgemm_pack_get_size && cblas_sgemm_pack && cblas_sgemm_compute;
+}
+
+struct MklPackedGemm final : HiddenGemm<float> {
+  at::Tensor packed;  // MKL's opaque packed form of op(W), bytes
+  int n, k;
+
+  // w_: [N, K] if transpose_w else [K, N]; rows: the M (= B) of the steps to come
+  MklPackedGemm(const at::Tensor& w_, bool transpose_w, int64_t rows) {
+    const at::Tensor w = w_.contiguous();
+    n = static_cast<int>(transpose_w ? w.size(0) : w.size(1));
+    k = static_cast<int>(transpose_w ? w.size(1) : w.size(0));
+    const int m = static_cast<int>(std::max<int64_t>(1, rows));
+    const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, m, n, k);
+    packed = at::empty({static_cast<int64_t>(bytes)}, w.options().dtype(at::kByte));
+    cblas_sgemm_pack(kRowMajor, kBMatrix, transpose_w ? kTrans : kNoTrans, m, n, k, 1.0f,
+                     w.data_ptr<float>(), static_cast<int>(w.size(1)),
+                     reinterpret_cast<float*>(packed.data_ptr()));
+  }
+
+  void run(const at::Tensor& h, const at::Tensor& out, bool accumulate) const override {
+    const int64_t m = h.size(0);
+    if (m == 0 || n == 0) return;
+    if (k == 0) {
+      if (!accumulate) out.zero_();
+      return;
+    }
+    cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, static_cast<int>(m), n, k,
+                        h.data_ptr<float>(), static_cast<int>(std::max<int64_t>(1, h.stride(0))),
+                        reinterpret_cast<const float*>(packed.data_ptr()), n,
+                        accumulate ? 1.0f : 0.0f, out.data_ptr<float>(),
+                        static_cast<int>(std::max<int64_t>(1, out.stride(0))));
+  }
+};
+
+// Cache-blocked transpose. Tiles of 8 rows: the 8 source rows of a tile can share one L1 set
+// (power-of-two strides) without evicting each other; the writes of a tile column are contiguous.
+template <typename S>
+void transpose(const S* src, int64_t rows, int64_t cols, S* dst) {
+  constexpr int64_t kTile = 8;
+  const int64_t col_tiles = (cols + kTile - 1) / kTile;
+  at::parallel_for(0, col_tiles, 16, [&](int64_t c0, int64_t c1) {
+    for (int64_t i0 = 0; i0 < rows; i0 += kTile) {
+      const int64_t i1 = std::min(rows, i0 + kTile);
+      for (int64_t j = c0 * kTile; j < std::min(cols, c1 * kTile); ++j) {
+        S* out = dst + j * rows;
+        for (int64_t i = i0; i < i1; ++i) out[i] = src[i * cols + j];
+      }
+    }
+  });
+}
+
+template <typename S>
+std::unique_ptr<HiddenGemm<S>> aten_gemm(const at::Tensor& w_, bool transpose_w) {
+  // w_: [N, K] if transpose_w else [K, N]
+  if (!transpose_w) return std::make_unique<AtenHiddenGemm<S>>(w_);
+  const at::Tensor w = w_.contiguous();
+  at::Tensor w_t = at::empty({w.size(1), w.size(0)}, w.options());
+  transpose(w.data_ptr<S>(), w.size(0), w.size(1), w_t.data_ptr<S>());
+  return std::make_unique<AtenHiddenGemm<S>>(w_t);
+}
+
+bool& mkl_enabled() {
+  static bool enabled = true;
+  return enabled;
+}
+
+}  // namespace
+
+template <>
+std::unique_ptr<HiddenGemm<float>> hidden_gemm<float>(const at::Tensor& w, bool transpose_w,
+                                                      int64_t rows) {
+  if (mkl_enabled() && mkl_packed_available() && w.numel() > 0 && w.size(0) < INT_MAX &&
+      w.size(1) < INT_MAX && rows < INT_MAX) {
+    return std::make_unique<MklPackedGemm>(w, transpose_w, rows);
+  }
+  return aten_gemm<float>(w, transpose_w);
+}
+
+template <>
+std::unique_ptr<HiddenGemm<double>> hidden_gemm<double>(const at::Tensor& w, bool transpose_w,
+                                                        int64_t /*rows*/) {
+  return aten_gemm<double>(w, transpose_w);
+}
+
+std::string gemm_backend() {
+  return mkl_enabled() && mkl_packed_available() ? "mkl-packed" : "aten";
+}
+
+void set_gemm_backend(const std::string& name) {
+  if (name == "aten") {
+    mkl_enabled() = false;
+  } else if (name == "mkl-packed") {
+    TORCH_CHECK(mkl_packed_available(),
+                "fused_rnn: gemm backend 'mkl-packed' is not available (torch has no MKL here)");
+    mkl_enabled() = true;
+  } else {
+    TORCH_CHECK(false, "fused_rnn: unknown gemm backend '", name, "'; expected 'mkl-packed' or 'aten'");
+  }
+}
+
+}  // namespace fused_rnn::cpu
