@@ -11,8 +11,10 @@ namespace fused_rnn {
 template <typename S>
 struct HiddenGemm {
   virtual ~HiddenGemm() = default;
-  // h: [B, K] (unit inner stride), out: [B, N] (unit inner stride); accumulate: out += ...
-  virtual void run(const at::Tensor& h, const at::Tensor& out, bool accumulate) const = 0;
+  // h: [rows, K] with row stride h_row, out: [rows, N] with row stride out_row (both unit inner
+  // stride); accumulate: out += h op(W), else out = h op(W). Raw pointers: no tensor per step.
+  virtual void run(const S* h, int64_t h_row, S* out, int64_t out_row, int64_t rows,
+                   bool accumulate) const = 0;
 };
 
 // w: [N, K] when transpose_w (op(W) = w^T, the forward's h W_hh^T), else w: [K, N];
@@ -24,14 +26,17 @@ using HiddenGemmFactory = std::unique_ptr<HiddenGemm<S>> (*)(const at::Tensor& w
 // Any device: ATen's mm on op(W) given as `w_op`: [K, N].
 template <typename S>
 struct AtenHiddenGemm final : HiddenGemm<S> {
-  at::Tensor w_op;
+  at::Tensor w_op;  // [K, N]
   explicit AtenHiddenGemm(at::Tensor w_op_) : w_op(std::move(w_op_)) {}
-  void run(const at::Tensor& h, const at::Tensor& out, bool accumulate) const override {
-    at::Tensor o = out;
+  void run(const S* h, int64_t h_row, S* out, int64_t out_row, int64_t rows,
+           bool accumulate) const override {
+    const int64_t K = w_op.size(0), N = w_op.size(1);
+    const at::Tensor h_t = at::from_blob(const_cast<S*>(h), {rows, K}, {h_row, 1}, w_op.options());
+    at::Tensor out_t = at::from_blob(out, {rows, N}, {out_row, 1}, w_op.options());
     if (accumulate) {
-      at::addmm_out(o, out, h, w_op);
+      at::addmm_out(out_t, out_t, h_t, w_op);
     } else {
-      at::mm_out(o, h, w_op);
+      at::mm_out(out_t, h_t, w_op);
     }
   }
 };

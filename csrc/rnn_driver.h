@@ -80,44 +80,48 @@ inline Tensor opt_contiguous(const c10::optional<Tensor>& t) {
   return t.has_value() && t->defined() ? t->contiguous() : Tensor();
 }
 
+// Rows of one time step of a sequence tensor x: [T, B, F] (unit inner stride).
+template <typename S>
+struct StepRows {
+  S* base;
+  int64_t step_stride, row;  // elements between steps / between batch rows
+  StepRows(const Tensor& x) : base(x.data_ptr<S>()), step_stride(x.stride(0)), row(x.stride(1)) {}
+  S* at(int64_t t) const { return base + t * step_stride; }
+};
+
 // ---------------------------------------------------------------------------------------------
 // GRU
 // ---------------------------------------------------------------------------------------------
 
 // Returns output: [T, B, H], h_n: [B, H], saved: [T, B, 4H] (r, z, n, gh_n) or [0].
 template <typename S>
-std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(const StepKernels<S>& k,
-                                                    HiddenGemmFactory<S> make_gemm,
-                                                    const Tensor& input_,
-                                                    const Tensor& hx_, const Tensor& w_ih,
-                                                    const Tensor& w_hh, const Tensor& b_ih,
-                                                    const Tensor& b_hh, bool reverse, bool save) {
+std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(
+    const StepKernels<S>& k, HiddenGemmFactory<S> make_gemm, const Tensor& input_,
+    const Tensor& hx_, const Tensor& w_ih, const Tensor& w_hh, const Tensor& b_ih,
+    const Tensor& b_hh, bool reverse, bool save) {
   const SeqLayout lay = SeqLayout::of(input_);
   const Tensor input = lay.normalize(input_);  // input: [T, B, I]
   const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
   const auto opts = input.options();
-  const Tensor hx = hx_.contiguous();                                  // hx: [B, H]
-  const Tensor gi = input_projection(lay, input, w_ih);                // gi: [T, B, 3H]
-  Tensor output = lay.empty(T, B, H, opts);                            // output: [T, B, H]
-  Tensor saved = save ? at::empty({T, B, 4 * H}, opts) : at::empty({0}, opts);  // [T, B, 4H]
-  Tensor gh = at::empty({B, 3 * H}, opts);                             // gh: [B, 3H]
+  const Tensor hx = hx_.contiguous();                    // hx: [B, H]
+  const Tensor gi = input_projection(lay, input, w_ih);  // gi: [T, B, 3H]
+  Tensor output = lay.empty(T, B, H, opts);              // output: [T, B, H]
+  Tensor saved = at::empty({save ? T : 0, B, 4 * H}, opts);  // saved: [T, B, 4H]
+  Tensor gh = at::empty({B, 3 * H}, opts);               // gh: [B, 3H]
   const auto hidden = make_gemm(w_hh, /*transpose_w=*/true, B);  // gh = h_prev W_hh^T
+  const StepRows<S> gi_s(gi), out_s(output);
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = time_of(s, T, reverse);
-    const Tensor h_prev = s == 0 ? hx : output.select(0, time_of(s - 1, T, reverse));  // [B, H]
-    hidden->run(h_prev, gh, /*accumulate=*/false);
-    GruForwardStep<S> p{B, H,
-                        ptr<S>(gi) + t * gi.stride(0), gi.stride(1),
-                        ptr<S>(gh), gh.stride(0),
-                        opt_ptr<S>(b_ih),
-                        opt_ptr<S>(b_hh),
-                        ptr<S>(h_prev), h_prev.stride(0),
-                        ptr<S>(output) + t * output.stride(0), output.stride(1),
-                        save ? ptr<S>(saved) + t * saved.stride(0) : nullptr, 4 * H};
-    k.gru_forward(p);
+    const S* h_prev = s == 0 ? ptr<S>(hx) : out_s.at(time_of(s - 1, T, reverse));  // [B, H]
+    const int64_t h_prev_row = s == 0 ? H : out_s.row;
+    hidden->run(h_prev, h_prev_row, ptr<S>(gh), 3 * H, B, /*accumulate=*/false);
+    k.gru_forward({B, H, gi_s.at(t), gi_s.row, ptr<S>(gh), 3 * H, opt_ptr<S>(b_ih),
+                   opt_ptr<S>(b_hh), h_prev, h_prev_row, out_s.at(t), out_s.row,
+                   save ? ptr<S>(saved) + t * B * 4 * H : nullptr, 4 * H});
   }
   Tensor h_n = T > 0 ? output.select(0, time_of(T - 1, T, reverse)).clone(at::MemoryFormat::Contiguous)
                      : hx.clone(at::MemoryFormat::Contiguous);
+  if (!save) saved = at::empty({0}, opts);
   return {output, h_n, saved};
 }
 
@@ -126,35 +130,32 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(const StepKernels<S>& k,
 template <typename S>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
     const StepKernels<S>& k, HiddenGemmFactory<S> make_gemm, const Tensor& grad_output_,
-    const Tensor& grad_hy, const Tensor& input_, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
-    const Tensor& output, const Tensor& saved_, bool reverse, bool compute_input_grad) {
+    const Tensor& grad_hy, const Tensor& input_, const Tensor& hx, const Tensor& w_ih,
+    const Tensor& w_hh, const Tensor& output, const Tensor& saved_, bool reverse,
+    bool compute_input_grad) {
   const SeqLayout lay = SeqLayout::of(input_);
   const Tensor input = lay.normalize(input_);                 // input: [T, B, I]
   const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
   const auto opts = input.options();
   const Tensor grad_output = inner_contiguous(grad_output_);  // grad_output: [T, B, H]
+  const Tensor out = inner_contiguous(output);                // out: [T, B, H]
   const Tensor saved = saved_.contiguous();                   // saved: [T, B, 4H]
   const Tensor h0 = hx.contiguous();                          // h0: [B, H]
   Tensor d_gi = lay.empty(T, B, 3 * H, opts);                 // d_gi: [T, B, 3H]
   Tensor d_gh = lay.empty(T, B, 3 * H, opts);                 // d_gh: [T, B, 3H]
   Tensor dh = grad_hy.clone(at::MemoryFormat::Contiguous);    // dh: [B, H]
   const auto hidden = make_gemm(w_hh, /*transpose_w=*/false, B);  // dh += d_gh W_hh
+  const StepRows<S> go_s(grad_output), out_s(out), d_gi_s(d_gi), d_gh_s(d_gh);
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = time_of(s, T, reverse);
-    const Tensor h_prev = s == 0 ? h0 : output.select(0, time_of(s - 1, T, reverse));  // [B, H]
-    const Tensor go = grad_output.select(0, t);                                         // [B, H]
-    GruBackwardStep<S> p{B, H,
-                         ptr<S>(go), go.stride(0),
-                         ptr<S>(dh),
-                         ptr<S>(h_prev), h_prev.stride(0),
-                         ptr<S>(saved) + t * saved.stride(0), 4 * H,
-                         ptr<S>(d_gi) + t * d_gi.stride(0), d_gi.stride(1),
-                         ptr<S>(d_gh) + t * d_gh.stride(0), d_gh.stride(1)};
-    k.gru_backward(p);
-    hidden->run(d_gh.select(0, t), dh, /*accumulate=*/true);
+    const S* h_prev = s == 0 ? ptr<S>(h0) : out_s.at(time_of(s - 1, T, reverse));  // [B, H]
+    k.gru_backward({B, H, go_s.at(t), go_s.row, ptr<S>(dh), h_prev, s == 0 ? H : out_s.row,
+                    ptr<S>(saved) + t * B * 4 * H, 4 * H, d_gi_s.at(t), d_gi_s.row,
+                    d_gh_s.at(t), d_gh_s.row});
+    hidden->run(d_gh_s.at(t), d_gh_s.row, ptr<S>(dh), H, B, /*accumulate=*/true);
   }
   const Tensor d_gi2d = lay.rows(d_gi), d_gh2d = lay.rows(d_gh);  // [T*B, 3H]
-  const Tensor h_prevs = previous_states(lay, output, h0, reverse);  // [T, B, H]
+  const Tensor h_prevs = previous_states(lay, out, h0, reverse);  // [T, B, H]
   Tensor grad_w_ih = at::mm(d_gi2d.t(), lay.rows(input));
   Tensor grad_w_hh = at::mm(d_gh2d.t(), lay.rows(h_prevs));
   Tensor grad_b_ih = d_gi2d.sum(0);
@@ -173,9 +174,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
 template <typename S>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
     const StepKernels<S>& k, HiddenGemmFactory<S> make_gemm, const Tensor& input_,
-    const Tensor& hx_, const Tensor& cx_,
-    const Tensor& w_ih, const Tensor& w_hh, const Tensor& b_ih, const Tensor& b_hh, bool reverse,
-    bool save) {
+    const Tensor& hx_, const Tensor& cx_, const Tensor& w_ih, const Tensor& w_hh,
+    const Tensor& b_ih, const Tensor& b_hh, bool reverse, bool save) {
   const SeqLayout lay = SeqLayout::of(input_);
   const Tensor input = lay.normalize(input_);  // input: [T, B, I]
   const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
@@ -191,26 +191,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
   // cells: [T, B, H] when saving, else two alternating [B, H] buffers.
   Tensor cells = at::empty({save ? T : std::min<int64_t>(T, 2), B, H}, opts);
   const auto hidden = make_gemm(w_hh, /*transpose_w=*/true, B);  // gates += h_prev W_hh^T
-  auto cell_of = [&](int64_t s) { return cells.select(0, save ? time_of(s, T, reverse) : s % 2); };
+  const StepRows<S> g_s(gates), out_s(output), c_s(cells);
+  auto cell_of = [&](int64_t s) { return c_s.at(save ? time_of(s, T, reverse) : s % 2); };
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = time_of(s, T, reverse);
-    const Tensor h_prev = s == 0 ? hx : output.select(0, time_of(s - 1, T, reverse));  // [B, H]
-    const Tensor c_prev = s == 0 ? cx : cell_of(s - 1);                                // [B, H]
-    const Tensor c = cell_of(s);                                                       // [B, H]
-    Tensor g = gates.select(0, t);                                                     // [B, 4H]
-    hidden->run(h_prev, g, /*accumulate=*/true);
-    LstmForwardStep<S> p{B, H,
-                         ptr<S>(g), g.stride(0),
-                         opt_ptr<S>(bias),
-                         ptr<S>(c_prev), c_prev.stride(0),
-                         ptr<S>(c), c.stride(0),
-                         ptr<S>(output) + t * output.stride(0), output.stride(1)};
-    k.lstm_forward(p);
+    const S* h_prev = s == 0 ? ptr<S>(hx) : out_s.at(time_of(s - 1, T, reverse));  // [B, H]
+    const int64_t h_prev_row = s == 0 ? H : out_s.row;
+    hidden->run(h_prev, h_prev_row, g_s.at(t), g_s.row, B, /*accumulate=*/true);
+    k.lstm_forward({B, H, g_s.at(t), g_s.row, opt_ptr<S>(bias),
+                    s == 0 ? ptr<S>(cx) : cell_of(s - 1), H, cell_of(s), H, out_s.at(t),
+                    out_s.row});
   }
   Tensor h_n, c_n;
   if (T > 0) {
     h_n = output.select(0, time_of(T - 1, T, reverse)).clone(at::MemoryFormat::Contiguous);
-    c_n = cell_of(T - 1).clone(at::MemoryFormat::Contiguous);
+    c_n = cells.select(0, save ? time_of(T - 1, T, reverse) : (T - 1) % 2).clone();
   } else {
     h_n = hx.clone(at::MemoryFormat::Contiguous);
     c_n = cx.clone(at::MemoryFormat::Contiguous);
@@ -224,41 +219,32 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
 template <typename S>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_impl(
     const StepKernels<S>& k, HiddenGemmFactory<S> make_gemm, const Tensor& grad_output_,
-    const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& input_, const Tensor& hx, const Tensor& cx,
-    const Tensor& w_ih, const Tensor& w_hh, const Tensor& output, const Tensor& gates_,
-    const Tensor& cells_, bool reverse, bool compute_input_grad) {
+    const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& input_, const Tensor& hx,
+    const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
+    const Tensor& gates_, const Tensor& cells_, bool reverse, bool compute_input_grad) {
   const SeqLayout lay = SeqLayout::of(input_);
   const Tensor input = lay.normalize(input_);  // input: [T, B, I]
   const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
   const auto opts = input.options();
   const Tensor grad_output = inner_contiguous(grad_output_);  // grad_output: [T, B, H]
+  const Tensor out = inner_contiguous(output);                // out: [T, B, H]
   const Tensor gates = inner_contiguous(gates_);              // gates: [T, B, 4H]
-  const Tensor cells = inner_contiguous(cells_);              // cells: [T, B, H]
+  const Tensor cells = cells_.contiguous();                   // cells: [T, B, H]
   const Tensor h0 = hx.contiguous(), c0 = cx.contiguous();    // h0, c0: [B, H]
   Tensor d_gates = lay.empty(T, B, 4 * H, opts);              // d_gates: [T, B, 4H]
   Tensor dh = grad_hy.clone(at::MemoryFormat::Contiguous);    // dh: [B, H]
   Tensor dc = grad_cy.clone(at::MemoryFormat::Contiguous);    // dc: [B, H]
   const auto hidden = make_gemm(w_hh, /*transpose_w=*/false, B);  // dh = d_gates W_hh
+  const StepRows<S> go_s(grad_output), g_s(gates), c_s(cells), dg_s(d_gates);
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = time_of(s, T, reverse);
-    const Tensor go = grad_output.select(0, t);                                          // [B, H]
-    const Tensor g = gates.select(0, t);                                                 // [B, 4H]
-    const Tensor c_prev = s == 0 ? c0 : cells.select(0, time_of(s - 1, T, reverse));     // [B, H]
-    const Tensor c = cells.select(0, t);                                                 // [B, H]
-    const Tensor dg = d_gates.select(0, t);                                              // [B, 4H]
-    LstmBackwardStep<S> p{B, H,
-                          ptr<S>(go), go.stride(0),
-                          ptr<S>(dh),
-                          ptr<S>(dc),
-                          ptr<S>(g), g.stride(0),
-                          ptr<S>(c_prev), c_prev.stride(0),
-                          ptr<S>(c), c.stride(0),
-                          ptr<S>(dg), dg.stride(0)};
-    k.lstm_backward(p);
-    hidden->run(dg, dh, /*accumulate=*/false);
+    const S* c_prev = s == 0 ? ptr<S>(c0) : c_s.at(time_of(s - 1, T, reverse));  // [B, H]
+    k.lstm_backward({B, H, go_s.at(t), go_s.row, ptr<S>(dh), ptr<S>(dc), g_s.at(t), g_s.row,
+                     c_prev, H, c_s.at(t), H, dg_s.at(t), dg_s.row});
+    hidden->run(dg_s.at(t), dg_s.row, ptr<S>(dh), H, B, /*accumulate=*/false);
   }
-  const Tensor d_gates2d = lay.rows(d_gates);                        // [T*B, 4H]
-  const Tensor h_prevs = previous_states(lay, output, h0, reverse);  // [T, B, H]
+  const Tensor d_gates2d = lay.rows(d_gates);                     // [T*B, 4H]
+  const Tensor h_prevs = previous_states(lay, out, h0, reverse);  // [T, B, H]
   Tensor grad_w_ih = at::mm(d_gates2d.t(), lay.rows(input));
   Tensor grad_w_hh = at::mm(d_gates2d.t(), lay.rows(h_prevs));
   Tensor grad_b_ih = d_gates2d.sum(0);

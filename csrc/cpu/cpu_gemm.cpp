@@ -47,18 +47,20 @@ struct MklPackedGemm final : HiddenGemm<float> {
                      reinterpret_cast<float*>(packed.data_ptr()));
   }
 
-  void run(const at::Tensor& h, const at::Tensor& out, bool accumulate) const override {
-    const int64_t m = h.size(0);
-    if (m == 0 || n == 0) return;
+  void run(const float* h, int64_t h_row, float* out, int64_t out_row, int64_t rows,
+           bool accumulate) const override {
+    if (rows == 0 || n == 0) return;
     if (k == 0) {
-      if (!accumulate) out.zero_();
+      if (!accumulate) {
+        for (int64_t r = 0; r < rows; ++r) std::fill(out + r * out_row, out + r * out_row + n, 0.f);
+      }
       return;
     }
-    cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, static_cast<int>(m), n, k,
-                        h.data_ptr<float>(), static_cast<int>(std::max<int64_t>(1, h.stride(0))),
+    cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, static_cast<int>(rows), n, k, h,
+                        static_cast<int>(std::max<int64_t>(k, h_row)),
                         reinterpret_cast<const float*>(packed.data_ptr()), n,
-                        accumulate ? 1.0f : 0.0f, out.data_ptr<float>(),
-                        static_cast<int>(std::max<int64_t>(1, out.stride(0))));
+                        accumulate ? 1.0f : 0.0f, out,
+                        static_cast<int>(std::max<int64_t>(n, out_row)));
   }
 };
 
