@@ -114,3 +114,25 @@ def test_dropout_between_layers_active_in_training(cell):
     single.eval()
     y2, _ = single(x)
     assert torch.equal(y1, y2)  # one layer: nothing to drop (as nn.*)
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+def test_saturated_gates_match_nn(cell):
+    """Inputs far outside the activations' linear range (|pre-activation| in the thousands)."""
+    torch.manual_seed(0)
+    ref, fused = pair(cell, 4, 19, torch.float32)
+    compare(ref, fused, (torch.randn(5, 3, 4) * 3000).requires_grad_(True), None, torch.float32)
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+def test_nan_and_inf_propagate_like_nn(cell):
+    torch.manual_seed(0)
+    ref, fused = pair(cell, 4, 19, torch.float32)
+    x = torch.randn(5, 3, 4)
+    x[1, 0, 2] = float("nan")
+    x[2, 2, 1] = float("inf")
+    with torch.no_grad():
+        want, got = flat(*ref(x)), flat(*fused(x))
+    for g, w in zip(got, want):
+        assert torch.equal(torch.isnan(g), torch.isnan(w))
+        torch.testing.assert_close(g, w, atol=2e-5, rtol=1e-4, equal_nan=True)

@@ -28,11 +28,14 @@ namespace fused_rnn {
 template <typename S>
 struct Activations<at::vec::Vectorized<S>> {
   using V = at::vec::Vectorized<S>;
-  static inline V sigmoid(V x) { return V(S(1)) / (V(S(1)) + x.neg().exp()); }
+  // exp_u20: ATen's fast exp (a few ulp, clamps its argument to the finite range, so large
+  // |x| saturate correctly); it would turn NaN into a number, so NaN is put back.
+  static inline V exp(V x) { return V::blendv(x.exp_u20(), x, x.isnan()); }
+  static inline V sigmoid(V x) { return V(S(1)) / (V(S(1)) + exp(x.neg())); }
   // tanh(x) = 1 - 2 / (1 + exp(2x)): one exp and one division, several times cheaper than
   // Sleef's tanh; absolute error about one ulp of 1 (where |x| << 1 that is more than tanh's own
   // ulp, well inside what the recurrence's GEMMs round anyway). Saturates to +-1, keeps NaN.
-  static inline V tanh(V x) { return V(S(1)) - V(S(2)) / (V(S(1)) + (x + x).exp()); }
+  static inline V tanh(V x) { return V(S(1)) - V(S(2)) / (V(S(1)) + exp(x + x)); }
 };
 
 namespace cpu {
