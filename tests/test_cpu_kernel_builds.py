@@ -1,4 +1,4 @@
-"""Every instruction-set build of the CPU step kernels (DEFAULT, AVX2, AVX512 where the CPU has
+"""CPU kernel builds and backends. Every instruction-set build of the CPU step kernels (DEFAULT, AVX2, AVX512 where the CPU has
 them) computes the same function, forward and backward; the best one is used by default."""
 import pytest
 import torch
@@ -39,3 +39,29 @@ def test_every_build_matches_portable_build(cell, dtype, restore_isa):
         for a, b in zip(out, base_out):
             assert_close(a, b, dtype, f"{isa} output")
         assert_grads_close(grads, base_grads, dtype, [f"{isa} grad {i}" for i in range(len(grads))])
+
+
+@pytest.fixture
+def restore_gemm():
+    active = fused_rnn._C.cpu_gemm_backend()
+    yield
+    fused_rnn._C.set_cpu_gemm_backend(active)
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+def test_aten_gemm_fallback_matches_mkl_packed(cell, restore_gemm):
+    """The per-step GEMM through MKL's packed API (float32 where torch has MKL) and through
+    ATen's mm (float64, and torch builds without MKL) give the same results."""
+    if fused_rnn._C.cpu_gemm_backend() != "mkl-packed":
+        pytest.skip("this torch has no MKL packed GEMM")
+    packed_out, packed_grads = run(cell, fused_rnn.cpu_isa(), torch.float32)
+    fused_rnn._C.set_cpu_gemm_backend("aten")
+    aten_out, aten_grads = run(cell, fused_rnn.cpu_isa(), torch.float32)
+    for a, b in zip(aten_out, packed_out):
+        assert_close(a, b, torch.float32, "output")
+    assert_grads_close(aten_grads, packed_grads, torch.float32, [f"grad {i}" for i in range(len(aten_grads))])
+
+
+def test_unknown_gemm_backend():
+    with pytest.raises(RuntimeError, match="unknown gemm backend 'cublas'; expected 'mkl-packed' or 'aten'"):
+        fused_rnn._C.set_cpu_gemm_backend("cublas")
