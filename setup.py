@@ -89,8 +89,9 @@ class BuildWithIsaVariants(BuildExtension):
 def extension():
     with_cuda = want_cuda()
     sources = [os.path.join(CSRC, "ops.cpp")] + sorted(glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
-    cxx = ["-O3", "-fopenmp", "-Wall", "-Wno-unused-function", "-Wno-unknown-pragmas", "-Wno-psabi"]
-    nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+    cxx = ["-O3", "-fopenmp", "-Wall", "-Wno-unused-function", "-Wno-unknown-pragmas", "-Wno-psabi",
+           "-Wno-maybe-uninitialized"]
+    nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]  # -std: torch picks its own
     macros = [(f"FUSED_RNN_CPU_{name}", None) for name in isa_builds()]
     depends = sorted(glob.glob(os.path.join(CSRC, "**", "*.h"), recursive=True)) + [ISA_SOURCE]
     kwargs = dict(

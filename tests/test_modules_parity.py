@@ -7,16 +7,16 @@ import torch
 from torch import nn
 
 import fused_rnn
-from helpers import assert_close, assert_grads_close, grads
+from helpers import DEVICES, assert_close, assert_grads_close, grads
 
 CONFIGS = [  # num_layers, bidirectional, batch_first, bias
     c for c in itertools.product([1, 2], [False, True], [False, True], [True, False])
 ]
 
 
-def pair(cell, I, H, dtype, **kw):
-    ref = getattr(nn, cell)(I, H, dtype=dtype, **kw)
-    fused = getattr(fused_rnn, cell)(I, H, dtype=dtype, **kw)
+def pair(cell, I, H, dtype, device="cpu", **kw):
+    ref = getattr(nn, cell)(I, H, dtype=dtype, device=device, **kw)
+    fused = getattr(fused_rnn, cell)(I, H, dtype=dtype, device=device, **kw)
     fused.load_state_dict(ref.state_dict())
     return ref, fused
 
@@ -39,31 +39,33 @@ def compare(ref, fused, x, hx, dtype):
                        ["input"] + [f"state{i}" for i in range(len(states))] + names)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cell", ["GRU", "LSTM"])
 @pytest.mark.parametrize("num_layers,bidirectional,batch_first,bias", CONFIGS)
 @pytest.mark.parametrize("with_h0", [False, True], ids=["no_h0", "h0"])
-def test_module_matches_nn(cell, num_layers, bidirectional, batch_first, bias, with_h0):
+def test_module_matches_nn(device, cell, num_layers, bidirectional, batch_first, bias, with_h0):
     torch.manual_seed(num_layers + 2 * bidirectional + 4 * batch_first + 8 * bias)
     T, B, I, H = 5, 3, 6, 9
-    ref, fused = pair(cell, I, H, torch.float32, num_layers=num_layers, bias=bias,
+    ref, fused = pair(cell, I, H, torch.float32, device, num_layers=num_layers, bias=bias,
                       bidirectional=bidirectional, batch_first=batch_first)
-    x = torch.randn(*((B, T, I) if batch_first else (T, B, I)), requires_grad=True)
+    x = torch.randn(*((B, T, I) if batch_first else (T, B, I)), device=device, requires_grad=True)
     hx = None
     if with_h0:
         shape = (num_layers * (2 if bidirectional else 1), B, H)
-        hx = torch.randn(shape, requires_grad=True)
+        hx = torch.randn(shape, device=device, requires_grad=True)
         if cell == "LSTM":
-            hx = (hx, torch.randn(shape, requires_grad=True))
+            hx = (hx, torch.randn(shape, device=device, requires_grad=True))
     compare(ref, fused, x, hx, torch.float32)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cell", ["GRU", "LSTM"])
 @pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (1, 4, 3, 5), (8, 1, 20, 8), (3, 2, 300, 17)])
-def test_module_matches_nn_sizes_float64(cell, T, B, I, H):
+def test_module_matches_nn_sizes_float64(device, cell, T, B, I, H):
     torch.manual_seed(0)
-    ref, fused = pair(cell, I, H, torch.float64)
-    compare(ref, fused, torch.randn(T, B, I, dtype=torch.float64, requires_grad=True), None,
-            torch.float64)
+    ref, fused = pair(cell, I, H, torch.float64, device)
+    compare(ref, fused, torch.randn(T, B, I, dtype=torch.float64, device=device,
+                                    requires_grad=True), None, torch.float64)
 
 
 @pytest.mark.parametrize("cell", ["GRU", "LSTM"])

@@ -4,41 +4,45 @@ import pytest
 import torch
 
 import fused_rnn  # noqa: F401  (registers the ops)
+from helpers import DEVICES
 
 ops = torch.ops.fused_rnn
 
 
-def tensors(G, T=4, B=3, I=5, H=6, batch_major=False, requires_grad=True):
+def tensors(G, device, T=4, B=3, I=5, H=6, batch_major=False, requires_grad=True):
     torch.manual_seed(0)
     x = torch.randn(B, T, I).transpose(0, 1) if batch_major else torch.randn(T, B, I)
     t = dict(x=x, hx=torch.randn(B, H), cx=torch.randn(B, H), w_ih=torch.randn(G * H, I) * 0.3,
              w_hh=torch.randn(G * H, H) * 0.3, b_ih=torch.randn(G * H), b_hh=torch.randn(G * H))
-    return {k: v.requires_grad_(requires_grad) for k, v in t.items()}
+    return {k: v.to(device).requires_grad_(requires_grad) for k, v in t.items()}
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batch_major", [False, True])
 @pytest.mark.parametrize("save", [False, True])
 @pytest.mark.parametrize("bias", [True, False])
-def test_opcheck_gru_forward(batch_major, save, bias):
-    t = tensors(3, batch_major=batch_major, requires_grad=save)
+def test_opcheck_gru_forward(device, batch_major, save, bias):
+    t = tensors(3, device, batch_major=batch_major, requires_grad=save)
     b = (t["b_ih"], t["b_hh"]) if bias else (None, None)
     torch.library.opcheck(ops.gru_forward.default,
                           (t["x"], t["hx"], t["w_ih"], t["w_hh"], *b, False, save))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batch_major", [False, True])
 @pytest.mark.parametrize("save", [False, True])
-def test_opcheck_lstm_forward(batch_major, save):
-    t = tensors(4, batch_major=batch_major, requires_grad=save)
+def test_opcheck_lstm_forward(device, batch_major, save):
+    t = tensors(4, device, batch_major=batch_major, requires_grad=save)
     torch.library.opcheck(ops.lstm_forward.default,
                           (t["x"], t["hx"], t["cx"], t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"],
                            True, save))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batch_major", [False, True])
 @pytest.mark.parametrize("input_grad", [False, True])
-def test_opcheck_gru_backward(batch_major, input_grad):
-    t = tensors(3, batch_major=batch_major, requires_grad=False)
+def test_opcheck_gru_backward(device, batch_major, input_grad):
+    t = tensors(3, device, batch_major=batch_major, requires_grad=False)
     out, h_n, saved = ops.gru_forward(t["x"], t["hx"], t["w_ih"], t["w_hh"], t["b_ih"],
                                       t["b_hh"], False, True)
     torch.library.opcheck(ops.gru_backward.default,
@@ -46,10 +50,11 @@ def test_opcheck_gru_backward(batch_major, input_grad):
                            t["w_ih"], t["w_hh"], out, saved, False, input_grad))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batch_major", [False, True])
 @pytest.mark.parametrize("input_grad", [False, True])
-def test_opcheck_lstm_backward(batch_major, input_grad):
-    t = tensors(4, batch_major=batch_major, requires_grad=False)
+def test_opcheck_lstm_backward(device, batch_major, input_grad):
+    t = tensors(4, device, batch_major=batch_major, requires_grad=False)
     out, h_n, c_n, gates, cells = ops.lstm_forward(t["x"], t["hx"], t["cx"], t["w_ih"], t["w_hh"],
                                                    t["b_ih"], t["b_hh"], False, True)
     torch.library.opcheck(ops.lstm_backward.default,

@@ -5,27 +5,26 @@ import torch
 
 import fused_rnn
 from fused_rnn import reference
-from helpers import SIZES, assert_close, assert_grads_close, grads
+from helpers import DEVICES, SIZES, assert_close, assert_grads_close, grads
 
 GATES = {"GRU": 3, "LSTM": 4}
 
 
-def make_input(T, B, I, dtype, layout):
+def make_input(T, B, I, dtype, layout, device="cpu"):
     """x: [T, B, I] as seq-major, batch-major (what batch_first gives) or a strided slice."""
     if layout == "seq_major":
-        return torch.randn(T, B, I, dtype=dtype)
+        return torch.randn(T, B, I, dtype=dtype, device=device)
     if layout == "batch_major":
-        return torch.randn(B, T, I, dtype=dtype).transpose(0, 1)
-    return torch.randn(T, B, 2 * I + 1, dtype=dtype)[:, :, 1::2]  # inner stride 2
+        return torch.randn(B, T, I, dtype=dtype, device=device).transpose(0, 1)
+    return torch.randn(T, B, 2 * I + 1, dtype=dtype, device=device)[:, :, 1::2]  # inner stride 2
 
 
-def make_params(cell, I, H, dtype, bias):
+def make_params(cell, I, H, dtype, bias, device="cpu"):
+    """w_ih: [G*H, I], w_hh: [G*H, H], b_ih, b_hh: [G*H] or None."""
     scale = H ** -0.5
     G = GATES[cell] * H
-    w_ih = torch.empty(G, I, dtype=dtype).uniform_(-scale, scale)
-    w_hh = torch.empty(G, H, dtype=dtype).uniform_(-scale, scale)
-    b = [torch.empty(G, dtype=dtype).uniform_(-scale, scale) for _ in range(2)] if bias else [None, None]
-    return [w_ih, w_hh, *b]
+    u = lambda *shape: torch.empty(*shape, dtype=dtype, device=device).uniform_(-scale, scale)
+    return [u(G, I), u(G, H), *([u(G), u(G)] if bias else [None, None])]
 
 
 def run_fused(cell, x, states, params, reverse):
@@ -45,38 +44,59 @@ def run_reference(cell, x, states, params, reverse):
     return [out, h, c]
 
 
-def check_against_reference(cell, T, B, I, H, dtype, bias, reverse, layout):
+def float64_copy(t):
+    return None if t is None else t.detach().double().requires_grad_(True)
+
+
+def check_against_reference(cell, T, B, I, H, dtype, bias, reverse, layout, device="cpu"):
+    """The fused op in `dtype` on `device` against the textbook cells in float64 on the same
+    values: outputs, final states, and the gradients of every input."""
     torch.manual_seed(T * 1000 + B * 100 + I * 10 + H)
-    x = make_input(T, B, I, dtype, layout).requires_grad_(True)
-    states = [torch.randn(B, H, dtype=dtype, requires_grad=True) for _ in range(GATES[cell] - 2)]
+    x = make_input(T, B, I, dtype, layout, device).requires_grad_(True)
+    states = [torch.randn(B, H, dtype=dtype, device=device, requires_grad=True)
+              for _ in range(GATES[cell] - 2)]
     params = [p.requires_grad_(True) if p is not None else None
-              for p in make_params(cell, I, H, dtype, bias)]
+              for p in make_params(cell, I, H, dtype, bias, device)]
+    inputs = [x, *states, *params]
+    ref_inputs = [float64_copy(t) for t in inputs]
+    n_states = len(states)
     got = run_fused(cell, x, states, params, reverse)
-    want = run_reference(cell, x, states, params, reverse)
+    want = run_reference(cell, ref_inputs[0], ref_inputs[1:1 + n_states], ref_inputs[1 + n_states:],
+                         reverse)
     names = ["output", "h_n", "c_n"]
     for g, w, n in zip(got, want, names):
-        assert g.shape == w.shape, n
+        assert g.shape == w.shape and g.dtype == dtype and g.device.type == device, n
         assert_close(g, w, dtype, n)
     seeds = [torch.randn_like(w) for w in want]
-    inputs = [x, *states, *params]
-    input_names = ["input", "hx", "cx"][:1 + len(states)] + ["w_ih", "w_hh", "b_ih", "b_hh"]
-    assert_grads_close(grads(got, inputs, seeds), grads(want, inputs, seeds), dtype, input_names)
+    input_names = ["input", "hx", "cx"][:1 + n_states] + ["w_ih", "w_hh", "b_ih", "b_hh"]
+    assert_grads_close(grads(got, inputs, [sd.to(dtype) for sd in seeds]),
+                       grads(want, ref_inputs, seeds), dtype, input_names)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cell", ["GRU", "LSTM"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("T,B,I,H", SIZES)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-def test_op_matches_reference(cell, dtype, T, B, I, H, bias, reverse):
-    check_against_reference(cell, T, B, I, H, dtype, bias, reverse, "seq_major")
+def test_op_matches_reference(device, cell, dtype, T, B, I, H, bias, reverse):
+    check_against_reference(cell, T, B, I, H, dtype, bias, reverse, "seq_major", device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cell", ["GRU", "LSTM"])
 @pytest.mark.parametrize("layout", ["batch_major", "strided"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-def test_op_matches_reference_any_input_layout(cell, layout, reverse):
-    check_against_reference(cell, 5, 3, 6, 11, torch.float32, True, reverse, layout)
+def test_op_matches_reference_any_input_layout(device, cell, layout, reverse):
+    check_against_reference(cell, 5, 3, 6, 11, torch.float32, True, reverse, layout, device)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+@pytest.mark.parametrize("T,B,I,H", SIZES)
+def test_op_half_types_on_cuda_match_reference(cell, dtype, T, B, I, H):
+    check_against_reference(cell, T, B, I, H, dtype, True, False, "seq_major", "cuda")
 
 
 @pytest.mark.parametrize("cell", ["GRU", "LSTM"])

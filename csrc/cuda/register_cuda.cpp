@@ -1,0 +1,49 @@
+// CUDA implementations of the fused_rnn operators (general path): the same time loops as the
+// CPU (rnn_driver.h), per-step GEMMs through ATen (cuBLAS), step kernels from step_kernels.cu.
+// TF32: the GEMMs follow torch.backends.cuda.matmul.allow_tf32 (PyTorch's default: off).
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../rnn_ops.h"
+#include "cuda_kernels.h"
+
+namespace fused_rnn {
+namespace {
+
+struct CudaBackend {
+  template <typename S>
+  static const StepKernels<S>& kernels() {
+    return cuda::step_kernels<S>();
+  }
+  template <typename S>
+  static std::unique_ptr<HiddenGemm<S>> hidden_gemm(const at::Tensor& w, bool transpose_w,
+                                                    int64_t /*rows*/) {
+    return std::make_unique<AtenHiddenGemm<S>>(transpose_w ? w.t() : w);  // cuBLAS transposes
+  }
+  template <typename F>
+  static auto dispatch(const at::Tensor& input, const char* op, F&& f) {
+    const c10::cuda::CUDAGuard guard(input.device());
+    switch (input.scalar_type()) {
+      case at::kFloat: return f(float{});
+      case at::kDouble: return f(double{});
+      case at::kHalf: return f(c10::Half{});
+      case at::kBFloat16: return f(c10::BFloat16{});
+      default:
+        TORCH_CHECK(false, op, ": the CUDA kernels support float32, float64, float16 and ",
+                    "bfloat16, got input of dtype ", input.scalar_type());
+    }
+  }
+};
+
+using CudaOps = RnnOps<CudaBackend>;
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fused_rnn, CUDA, m) {
+  m.impl("gru_forward", &CudaOps::gru_forward);
+  m.impl("gru_backward", &CudaOps::gru_backward);
+  m.impl("lstm_forward", &CudaOps::lstm_forward);
+  m.impl("lstm_backward", &CudaOps::lstm_backward);
+}
+
+}  // namespace fused_rnn
