@@ -118,6 +118,6 @@ setup(
     cmdclass={"build_ext": BuildWithIsaVariants},
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "numpy"],
-    extras_require={"test": ["pytest", "expecttest"]},
+    extras_require={"test": ["pytest"]},
     zip_safe=False,
 )

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The prepared GPU check, one script for a machine with an NVIDIA GPU (written for the lent H100
+# box: python3 3.12 with torch 2.11.0+cu130, nvcc 13.0, ninja, no network; it starts bare).
+#   1. builds fused_rnn in place against that machine's own torch (no pip, no downloads)
+#   2. runs the CUDA tests (every test parametrised on device=cuda, and the half-type tests)
+#   3. compute-sanitizer memcheck and racecheck on a small forward+backward
+#   4. the GPU benchmark, fused vs nn.* on cuDNN
+# and writes logs plus report.md / gpu_benchmark.{md,json} into $OUT (default
+# benchmarks/results/gpu_check_out). Budget: about 8 minutes of GPU time.
+#   QUICK=1 bash benchmarks/gpu_check.sh   # small benchmark grid
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-benchmarks/results/gpu_check_out}"
+mkdir -p "$OUT"
+py="${PYTHON:-python3}"
+export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" FORCE_CUDA=1 MAX_JOBS="${MAX_JOBS:-16}"
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
+report="$OUT/report.md"
+status() { printf '| %s | %s | %s |\n' "$1" "$2" "$3" >> "$report"; }
+t0=$(date +%s)
+{
+  echo "# fused_rnn GPU check ($(date -u +%Y-%m-%d))"
+  echo
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/GPU: /'
+  "$py" -c 'import torch; print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}")'
+  echo
+  echo "| step | result | seconds |"
+  echo "|---|---|---|"
+} > "$report"
+
+s=$(date +%s)
+"$py" setup.py build_ext --inplace > "$OUT/build.log" 2>&1
+rc=$?; status build "rc=$rc" $(( $(date +%s) - s ))
+if [ $rc -ne 0 ]; then tail -40 "$OUT/build.log"; cat "$report"; exit 1; fi
+
+s=$(date +%s)
+"$py" -m pytest -q -p no:cacheprovider tests -k "cuda" > "$OUT/tests.log" 2>&1
+rc=$?; status "CUDA tests" "rc=$rc, $(tail -1 "$OUT/tests.log")" $(( $(date +%s) - s ))
+
+for tool in memcheck racecheck; do
+  s=$(date +%s)
+  if command -v compute-sanitizer > /dev/null; then
+    compute-sanitizer --tool "$tool" --error-exitcode 9 "$py" benchmarks/gpu_sanitize_case.py > "$OUT/$tool.log" 2>&1
+    rc=$?; status "compute-sanitizer $tool" "rc=$rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool.log" | tail -1)" $(( $(date +%s) - s ))
+  else
+    status "compute-sanitizer $tool" "not installed" 0
+  fi
+done
+
+s=$(date +%s)
+"$py" benchmarks/gpu_benchmark.py ${QUICK:+--quick} --json "$OUT/gpu_benchmark.json" --md "$OUT/gpu_benchmark.md" > "$OUT/benchmark.log" 2>&1
+rc=$?; status benchmark "rc=$rc" $(( $(date +%s) - s ))
+{ echo; echo "Total $(( $(date +%s) - t0 )) s."; echo; [ -f "$OUT/gpu_benchmark.md" ] && cat "$OUT/gpu_benchmark.md"; } >> "$report"
+grep -E "FAILED|Error" "$OUT/tests.log" | head -20
+head -12 "$report"
