@@ -62,6 +62,25 @@ inline int64_t check_forward_args(const char* op, int64_t gates, const at::Tenso
   return H;
 }
 
+// lengths: int64 [B] on input's device with values in [0, T] (values checked on the CPU only:
+// on a GPU that would cost a synchronisation; the modules check them before moving them).
+inline void check_lengths(const char* op, const c10::optional<at::Tensor>& lengths,
+                          const at::Tensor& input) {
+  if (!lengths.has_value() || !lengths->defined()) return;
+  const at::Tensor& l = *lengths;
+  const int64_t T = input.size(0), B = input.size(1);
+  check_shape(op, "lengths", l, {B}, "[batch]");
+  TORCH_CHECK(l.scalar_type() == at::kLong, op, ": expected lengths of dtype Long, got ",
+              l.scalar_type());
+  TORCH_CHECK(l.device() == input.device(), op, ": expected lengths on device ", input.device(),
+              " (the device of input), got ", l.device());
+  if (l.is_cpu() && B > 0) {
+    const int64_t lo = l.min().item<int64_t>(), hi = l.max().item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi <= T, op, ": expected lengths in [0, seq_len=", T, "], got values in [",
+                lo, ", ", hi, "]");
+  }
+}
+
 // A tensor saved by the forward must have the shape the forward gave it.
 inline void check_saved(const char* op, const char* name, const at::Tensor& t,
                         at::IntArrayRef expected, const at::Tensor& ref) {

@@ -26,16 +26,21 @@ namespace fused_rnn {
 template <typename T>
 struct Activations;
 
+// relu keeps NaN (as torch.relu); relu_grad(y) is 1 where the output y > 0, else 0.
 template <>
 struct Activations<float> {
   static FUSED_RNN_HD float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
   static FUSED_RNN_HD float tanh(float x) { return tanhf(x); }
+  static FUSED_RNN_HD float relu(float x) { return x > 0.0f || x != x ? x : 0.0f; }
+  static FUSED_RNN_HD float relu_grad(float y) { return y > 0.0f ? 1.0f : 0.0f; }
 };
 
 template <>
 struct Activations<double> {
   static FUSED_RNN_HD double sigmoid(double x) { return 1.0 / (1.0 + ::exp(-x)); }
   static FUSED_RNN_HD double tanh(double x) { return ::tanh(x); }
+  static FUSED_RNN_HD double relu(double x) { return x > 0.0 || x != x ? x : 0.0; }
+  static FUSED_RNN_HD double relu_grad(double y) { return y > 0.0 ? 1.0 : 0.0; }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -107,6 +112,31 @@ FUSED_RNN_HD void lstm_cell_backward(T dh, T& dc, T i, T f, T g, T o, T c_prev, 
   d_f = dc_total * c_prev * f * (one - f);
   d_g = dc_total * i * (one - g * g);
   dc = dc_total * f;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elman RNN: h = act(gi + gh), act = tanh or relu (kRelu); `pre` includes both biases.
+// The backward needs only the output h: tanh' = 1 - h^2, relu' = [h > 0].
+// ---------------------------------------------------------------------------------------------
+template <bool kRelu, typename T>
+FUSED_RNN_HD T rnn_cell_forward(T pre) {
+  using A = Activations<T>;
+  if constexpr (kRelu) {
+    return A::relu(pre);
+  } else {
+    return A::tanh(pre);
+  }
+}
+
+// dh: dL/dh of this step, h: this step's output; gives dL/d(pre-activation).
+template <bool kRelu, typename T>
+FUSED_RNN_HD T rnn_cell_backward(T dh, T h) {
+  using A = Activations<T>;
+  if constexpr (kRelu) {
+    return dh * A::relu_grad(h);
+  } else {
+    return dh * (T(1) - h * h);
+  }
 }
 
 }  // namespace fused_rnn

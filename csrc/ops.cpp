@@ -6,30 +6,47 @@
 #include "cpu/cpu_kernels.h"
 
 TORCH_LIBRARY(fused_rnn, m) {
-  // One layer, one direction. save_activations=True keeps what gru_backward needs in the third
-  // output: [T, B, 4H] (r, z, n, W_hn h + b_hn); False gives an empty tensor there.
+  // One layer, one direction each; input: [T, B, I]. `lengths` (int64 [B] on input's device, or
+  // None) makes each sequence stop at its length: its state is carried past the end, its
+  // outputs there are zero (as pad_packed_sequence gives). `reverse` runs the last step first.
+  //
+  // GRU. save_activations=True keeps what gru_backward needs in `saved`: [T, B, 4H]
+  // (r, z, n, W_hn h + b_hn); False gives an empty tensor there.
   m.def(
       "gru_forward(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
-      "bool reverse, bool save_activations) -> (Tensor output, Tensor h_n, Tensor saved)",
+      "Tensor? lengths, bool reverse, bool save_activations) -> (Tensor output, Tensor h_n, "
+      "Tensor saved)",
       {at::Tag::pt2_compliant_tag});
   m.def(
       "gru_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, Tensor w_ih, "
-      "Tensor w_hh, Tensor output, Tensor saved, bool reverse, bool compute_input_grad) -> "
-      "(Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
-      "Tensor grad_b_hh)",
+      "Tensor w_hh, Tensor output, Tensor saved, Tensor? lengths, bool reverse, "
+      "bool compute_input_grad) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, "
+      "Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)",
       {at::Tag::pt2_compliant_tag});
-  // saved_gates: [T, B, 4H] activations i, f, g, o; saved_cells: [T, B, H] the cell states.
+  // LSTM. saved_gates: [T, B, 4H] activations i, f, g, o; saved_cells: [T, B, H] cell states.
   m.def(
       "lstm_forward(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
-      "Tensor? b_hh, bool reverse, bool save_activations) -> (Tensor output, Tensor h_n, "
-      "Tensor c_n, Tensor saved_gates, Tensor saved_cells)",
+      "Tensor? b_hh, Tensor? lengths, bool reverse, bool save_activations) -> (Tensor output, "
+      "Tensor h_n, Tensor c_n, Tensor saved_gates, Tensor saved_cells)",
       {at::Tag::pt2_compliant_tag});
   m.def(
       "lstm_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, Tensor hx, "
       "Tensor cx, Tensor w_ih, Tensor w_hh, Tensor output, Tensor saved_gates, "
-      "Tensor saved_cells, bool reverse, bool compute_input_grad) -> (Tensor grad_input, "
-      "Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
-      "Tensor grad_b_hh)",
+      "Tensor saved_cells, Tensor? lengths, bool reverse, bool compute_input_grad) -> "
+      "(Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, "
+      "Tensor grad_b_ih, Tensor grad_b_hh)",
+      {at::Tag::pt2_compliant_tag});
+  // Elman RNN, h = tanh or relu(x W_ih^T + b_ih + h W_hh^T + b_hh); the backward needs only the
+  // output.
+  m.def(
+      "rnn_forward(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "Tensor? lengths, bool relu, bool reverse) -> (Tensor output, Tensor h_n)",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "rnn_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, Tensor w_ih, "
+      "Tensor w_hh, Tensor output, Tensor? lengths, bool relu, bool reverse, "
+      "bool compute_input_grad) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, "
+      "Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)",
       {at::Tag::pt2_compliant_tag});
 }
 

@@ -57,9 +57,11 @@ inline Tensor input_projection(const SeqLayout& lay, const Tensor& x, const Tens
   return lay.unrows(at::mm(lay.rows(x), w.t()), x.size(0), x.size(1));
 }
 
-// h_prevs: [T, B, H] (in `lay`), the state each step started from: hx, then the outputs.
+// h_prevs: [T, B, H] (in `lay`), the state each step started from: h0, then the outputs
+// (before padding was zeroed). With lengths, a reversed sequence starts at its own last step
+// t = len-1 from h0; steps after its end (t >= len) are never used.
 inline Tensor previous_states(const SeqLayout& lay, const Tensor& output, const Tensor& h0,
-                              bool reverse) {
+                              bool reverse, const Tensor& lengths) {
   const int64_t T = output.size(0);
   Tensor h_prevs = lay.empty(T, output.size(1), output.size(2), output.options());
   if (T == 0) return h_prevs;
@@ -69,8 +71,37 @@ inline Tensor previous_states(const SeqLayout& lay, const Tensor& output, const 
   } else {
     h_prevs.select(0, T - 1).copy_(h0);
     h_prevs.narrow(0, 0, T - 1).copy_(output.narrow(0, 1, T - 1));
+    if (lengths.defined()) {  // [T, B, 1]: the step t = len-1 starts from h0
+      const Tensor starts = (at::arange(T, lengths.options()).unsqueeze(1) ==
+                             (lengths - 1).unsqueeze(0)).unsqueeze(2);
+      h_prevs.copy_(at::where(starts, h0.unsqueeze(0), h_prevs));
+    }
   }
   return h_prevs;
+}
+
+// Zero the outputs of steps past each sequence's length (as pad_packed_sequence does).
+inline void zero_padding(Tensor& output, const Tensor& lengths) {
+  if (!lengths.defined() || output.numel() == 0) return;
+  const Tensor pad = (at::arange(output.size(0), lengths.options()).unsqueeze(1) >=
+                      lengths.unsqueeze(0)).unsqueeze(2);  // [T, B, 1]
+  output.masked_fill_(pad, 0);
+}
+
+inline const int64_t* lengths_ptr(const Tensor& lengths) {
+  return lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
+}
+
+// h_n: [B, H], the state after the last processed step (carried past the end of a sequence).
+inline Tensor last_state(const Tensor& output, const Tensor& h0, bool reverse) {
+  const int64_t T = output.size(0);
+  return (T > 0 ? output.select(0, reverse ? 0 : T - 1) : h0).clone(at::MemoryFormat::Contiguous);
+}
+
+// b_ih + b_hh (either may be missing); undefined when the layer has no bias.
+inline Tensor combined_bias(const Tensor& b_ih, const Tensor& b_hh) {
+  if (b_ih.defined() && b_hh.defined()) return b_ih + b_hh;
+  return b_ih.defined() ? b_ih : b_hh;
 }
 
 // Tensor with unit stride in its last dimension (gradients may arrive expanded or strided).
@@ -98,16 +129,16 @@ template <typename S>
 std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(
     const StepKernels<S>& k, HiddenGemmFactory<S> make_gemm, const Tensor& input_,
     const Tensor& hx_, const Tensor& w_ih, const Tensor& w_hh, const Tensor& b_ih,
-    const Tensor& b_hh, bool reverse, bool save) {
+    const Tensor& b_hh, const Tensor& lengths, bool reverse, bool save) {
   const SeqLayout lay = SeqLayout::of(input_);
   const Tensor input = lay.normalize(input_);  // input: [T, B, I]
   const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
   const auto opts = input.options();
-  const Tensor hx = hx_.contiguous();                    // hx: [B, H]
-  const Tensor gi = input_projection(lay, input, w_ih);  // gi: [T, B, 3H]
-  Tensor output = lay.empty(T, B, H, opts);              // output: [T, B, H]
+  const Tensor hx = hx_.contiguous();                        // hx: [B, H]
+  const Tensor gi = input_projection(lay, input, w_ih);      // gi: [T, B, 3H]
+  Tensor output = lay.empty(T, B, H, opts);                  // output: [T, B, H]
   Tensor saved = at::empty({save ? T : 0, B, 4 * H}, opts);  // saved: [T, B, 4H]
-  Tensor gh = at::empty({B, 3 * H}, opts);               // gh: [B, 3H]
+  Tensor gh = at::empty({B, 3 * H}, opts);                   // gh: [B, 3H]
   const auto hidden = make_gemm(w_hh, /*transpose_w=*/true, B);  // gh = h_prev W_hh^T
   const StepRows<S> gi_s(gi), out_s(output);
   for (int64_t s = 0; s < T; ++s) {
@@ -117,10 +148,11 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(
     hidden->run(h_prev, h_prev_row, ptr<S>(gh), 3 * H, B, /*accumulate=*/false);
     k.gru_forward({B, H, gi_s.at(t), gi_s.row, ptr<S>(gh), 3 * H, opt_ptr<S>(b_ih),
                    opt_ptr<S>(b_hh), h_prev, h_prev_row, out_s.at(t), out_s.row,
-                   save ? ptr<S>(saved) + t * B * 4 * H : nullptr, 4 * H});
+                   save ? ptr<S>(saved) + t * B * 4 * H : nullptr, 4 * H, t,
+                   lengths_ptr(lengths)});
   }
-  Tensor h_n = T > 0 ? output.select(0, time_of(T - 1, T, reverse)).clone(at::MemoryFormat::Contiguous)
-                     : hx.clone(at::MemoryFormat::Contiguous);
+  Tensor h_n = last_state(output, hx, reverse);
+  zero_padding(output, lengths);
   if (!save) saved = at::empty({0}, opts);
   return {output, h_n, saved};
 }
@@ -131,31 +163,29 @@ template <typename S>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
     const StepKernels<S>& k, HiddenGemmFactory<S> make_gemm, const Tensor& grad_output_,
     const Tensor& grad_hy, const Tensor& input_, const Tensor& hx, const Tensor& w_ih,
-    const Tensor& w_hh, const Tensor& output, const Tensor& saved_, bool reverse,
-    bool compute_input_grad) {
+    const Tensor& w_hh, const Tensor& output, const Tensor& saved_, const Tensor& lengths,
+    bool reverse, bool compute_input_grad) {
   const SeqLayout lay = SeqLayout::of(input_);
   const Tensor input = lay.normalize(input_);                 // input: [T, B, I]
   const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
   const auto opts = input.options();
   const Tensor grad_output = inner_contiguous(grad_output_);  // grad_output: [T, B, H]
-  const Tensor out = inner_contiguous(output);                // out: [T, B, H]
   const Tensor saved = saved_.contiguous();                   // saved: [T, B, 4H]
   const Tensor h0 = hx.contiguous();                          // h0: [B, H]
+  const Tensor h_prevs = previous_states(lay, inner_contiguous(output), h0, reverse, lengths);
   Tensor d_gi = lay.empty(T, B, 3 * H, opts);                 // d_gi: [T, B, 3H]
   Tensor d_gh = lay.empty(T, B, 3 * H, opts);                 // d_gh: [T, B, 3H]
   Tensor dh = grad_hy.clone(at::MemoryFormat::Contiguous);    // dh: [B, H]
   const auto hidden = make_gemm(w_hh, /*transpose_w=*/false, B);  // dh += d_gh W_hh
-  const StepRows<S> go_s(grad_output), out_s(out), d_gi_s(d_gi), d_gh_s(d_gh);
+  const StepRows<S> go_s(grad_output), hp_s(h_prevs), d_gi_s(d_gi), d_gh_s(d_gh);
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = time_of(s, T, reverse);
-    const S* h_prev = s == 0 ? ptr<S>(h0) : out_s.at(time_of(s - 1, T, reverse));  // [B, H]
-    k.gru_backward({B, H, go_s.at(t), go_s.row, ptr<S>(dh), h_prev, s == 0 ? H : out_s.row,
+    k.gru_backward({B, H, go_s.at(t), go_s.row, ptr<S>(dh), hp_s.at(t), hp_s.row,
                     ptr<S>(saved) + t * B * 4 * H, 4 * H, d_gi_s.at(t), d_gi_s.row,
-                    d_gh_s.at(t), d_gh_s.row});
+                    d_gh_s.at(t), d_gh_s.row, t, lengths_ptr(lengths)});
     hidden->run(d_gh_s.at(t), d_gh_s.row, ptr<S>(dh), H, B, /*accumulate=*/true);
   }
   const Tensor d_gi2d = lay.rows(d_gi), d_gh2d = lay.rows(d_gh);  // [T*B, 3H]
-  const Tensor h_prevs = previous_states(lay, out, h0, reverse);  // [T, B, H]
   Tensor grad_w_ih = at::mm(d_gi2d.t(), lay.rows(input));
   Tensor grad_w_hh = at::mm(d_gh2d.t(), lay.rows(h_prevs));
   Tensor grad_b_ih = d_gi2d.sum(0);
@@ -175,15 +205,13 @@ template <typename S>
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
     const StepKernels<S>& k, HiddenGemmFactory<S> make_gemm, const Tensor& input_,
     const Tensor& hx_, const Tensor& cx_, const Tensor& w_ih, const Tensor& w_hh,
-    const Tensor& b_ih, const Tensor& b_hh, bool reverse, bool save) {
+    const Tensor& b_ih, const Tensor& b_hh, const Tensor& lengths, bool reverse, bool save) {
   const SeqLayout lay = SeqLayout::of(input_);
   const Tensor input = lay.normalize(input_);  // input: [T, B, I]
   const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
   const auto opts = input.options();
   const Tensor hx = hx_.contiguous(), cx = cx_.contiguous();  // hx, cx: [B, H]
-  const Tensor bias = b_ih.defined() && b_hh.defined() ? b_ih + b_hh
-                      : b_ih.defined()                 ? b_ih
-                                                       : b_hh;  // bias: [4H] or undefined
+  const Tensor bias = combined_bias(b_ih, b_hh);               // bias: [4H] or undefined
   // gates: [T, B, 4H]; step t adds h_{t-1} W_hh^T in place, then the step kernel adds the bias
   // and turns it into activations, which are what the backward needs.
   Tensor gates = input_projection(lay, input, w_ih);
@@ -198,18 +226,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
     const S* h_prev = s == 0 ? ptr<S>(hx) : out_s.at(time_of(s - 1, T, reverse));  // [B, H]
     const int64_t h_prev_row = s == 0 ? H : out_s.row;
     hidden->run(h_prev, h_prev_row, g_s.at(t), g_s.row, B, /*accumulate=*/true);
-    k.lstm_forward({B, H, g_s.at(t), g_s.row, opt_ptr<S>(bias),
+    k.lstm_forward({B, H, g_s.at(t), g_s.row, opt_ptr<S>(bias), h_prev, h_prev_row,
                     s == 0 ? ptr<S>(cx) : cell_of(s - 1), H, cell_of(s), H, out_s.at(t),
-                    out_s.row});
+                    out_s.row, t, lengths_ptr(lengths)});
   }
-  Tensor h_n, c_n;
-  if (T > 0) {
-    h_n = output.select(0, time_of(T - 1, T, reverse)).clone(at::MemoryFormat::Contiguous);
-    c_n = cells.select(0, save ? time_of(T - 1, T, reverse) : (T - 1) % 2).clone();
-  } else {
-    h_n = hx.clone(at::MemoryFormat::Contiguous);
-    c_n = cx.clone(at::MemoryFormat::Contiguous);
-  }
+  Tensor h_n = last_state(output, hx, reverse);
+  Tensor c_n = T > 0 ? cells.select(0, save ? time_of(T - 1, T, reverse) : (T - 1) % 2).clone()
+                     : cx.clone(at::MemoryFormat::Contiguous);
+  zero_padding(output, lengths);
   if (!save) return {output, h_n, c_n, at::empty({0}, opts), at::empty({0}, opts)};
   return {output, h_n, c_n, gates, cells};
 }
@@ -221,30 +245,30 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     const StepKernels<S>& k, HiddenGemmFactory<S> make_gemm, const Tensor& grad_output_,
     const Tensor& grad_hy, const Tensor& grad_cy, const Tensor& input_, const Tensor& hx,
     const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
-    const Tensor& gates_, const Tensor& cells_, bool reverse, bool compute_input_grad) {
+    const Tensor& gates_, const Tensor& cells_, const Tensor& lengths, bool reverse,
+    bool compute_input_grad) {
   const SeqLayout lay = SeqLayout::of(input_);
   const Tensor input = lay.normalize(input_);  // input: [T, B, I]
   const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
   const auto opts = input.options();
   const Tensor grad_output = inner_contiguous(grad_output_);  // grad_output: [T, B, H]
-  const Tensor out = inner_contiguous(output);                // out: [T, B, H]
   const Tensor gates = inner_contiguous(gates_);              // gates: [T, B, 4H]
   const Tensor cells = cells_.contiguous();                   // cells: [T, B, H]
   const Tensor h0 = hx.contiguous(), c0 = cx.contiguous();    // h0, c0: [B, H]
   Tensor d_gates = lay.empty(T, B, 4 * H, opts);              // d_gates: [T, B, 4H]
   Tensor dh = grad_hy.clone(at::MemoryFormat::Contiguous);    // dh: [B, H]
   Tensor dc = grad_cy.clone(at::MemoryFormat::Contiguous);    // dc: [B, H]
-  const auto hidden = make_gemm(w_hh, /*transpose_w=*/false, B);  // dh = d_gates W_hh
+  const auto hidden = make_gemm(w_hh, /*transpose_w=*/false, B);  // dh += d_gates W_hh
   const StepRows<S> go_s(grad_output), g_s(gates), c_s(cells), dg_s(d_gates);
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = time_of(s, T, reverse);
     const S* c_prev = s == 0 ? ptr<S>(c0) : c_s.at(time_of(s - 1, T, reverse));  // [B, H]
     k.lstm_backward({B, H, go_s.at(t), go_s.row, ptr<S>(dh), ptr<S>(dc), g_s.at(t), g_s.row,
-                     c_prev, H, c_s.at(t), H, dg_s.at(t), dg_s.row});
-    hidden->run(dg_s.at(t), dg_s.row, ptr<S>(dh), H, B, /*accumulate=*/false);
+                     c_prev, H, c_s.at(t), H, dg_s.at(t), dg_s.row, t, lengths_ptr(lengths)});
+    hidden->run(dg_s.at(t), dg_s.row, ptr<S>(dh), H, B, /*accumulate=*/true);
   }
-  const Tensor d_gates2d = lay.rows(d_gates);                     // [T*B, 4H]
-  const Tensor h_prevs = previous_states(lay, out, h0, reverse);  // [T, B, H]
+  const Tensor d_gates2d = lay.rows(d_gates);  // [T*B, 4H]
+  const Tensor h_prevs = previous_states(lay, inner_contiguous(output), h0, reverse, lengths);
   Tensor grad_w_ih = at::mm(d_gates2d.t(), lay.rows(input));
   Tensor grad_w_hh = at::mm(d_gates2d.t(), lay.rows(h_prevs));
   Tensor grad_b_ih = d_gates2d.sum(0);
@@ -252,6 +276,76 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   Tensor grad_input = compute_input_grad ? lay.unrows(at::mm(d_gates2d, w_ih), T, B)
                                          : at::empty({0}, opts);
   return {grad_input, dh, dc, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Elman RNN (tanh or relu)
+// ---------------------------------------------------------------------------------------------
+
+// Returns output: [T, B, H], h_n: [B, H]. The backward needs only the output.
+template <typename S>
+std::tuple<Tensor, Tensor> rnn_forward_impl(const StepKernels<S>& k,
+                                            HiddenGemmFactory<S> make_gemm, const Tensor& input_,
+                                            const Tensor& hx_, const Tensor& w_ih,
+                                            const Tensor& w_hh, const Tensor& b_ih,
+                                            const Tensor& b_hh, const Tensor& lengths, bool relu,
+                                            bool reverse) {
+  const SeqLayout lay = SeqLayout::of(input_);
+  const Tensor input = lay.normalize(input_);  // input: [T, B, I]
+  const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
+  const Tensor hx = hx_.contiguous();                    // hx: [B, H]
+  const Tensor bias = combined_bias(b_ih, b_hh);          // bias: [H] or undefined
+  Tensor pre = input_projection(lay, input, w_ih);        // pre: [T, B, H], += h W_hh^T per step
+  Tensor output = lay.empty(T, B, H, input.options());    // output: [T, B, H]
+  const auto hidden = make_gemm(w_hh, /*transpose_w=*/true, B);
+  const StepRows<S> pre_s(pre), out_s(output);
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = time_of(s, T, reverse);
+    const S* h_prev = s == 0 ? ptr<S>(hx) : out_s.at(time_of(s - 1, T, reverse));  // [B, H]
+    const int64_t h_prev_row = s == 0 ? H : out_s.row;
+    hidden->run(h_prev, h_prev_row, pre_s.at(t), pre_s.row, B, /*accumulate=*/true);
+    k.rnn_forward({B, H, pre_s.at(t), pre_s.row, opt_ptr<S>(bias), h_prev, h_prev_row,
+                   out_s.at(t), out_s.row, relu, t, lengths_ptr(lengths)});
+  }
+  Tensor h_n = last_state(output, hx, reverse);
+  zero_padding(output, lengths);
+  return {output, h_n};
+}
+
+// Returns grad_input: [T, B, I] (or [0]), grad_hx: [B, H], grad_w_ih: [H, I],
+// grad_w_hh: [H, H], grad_b_ih: [H], grad_b_hh: [H].
+template <typename S>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_impl(
+    const StepKernels<S>& k, HiddenGemmFactory<S> make_gemm, const Tensor& grad_output_,
+    const Tensor& grad_hy, const Tensor& input_, const Tensor& hx, const Tensor& w_ih,
+    const Tensor& w_hh, const Tensor& output_, const Tensor& lengths, bool relu, bool reverse,
+    bool compute_input_grad) {
+  const SeqLayout lay = SeqLayout::of(input_);
+  const Tensor input = lay.normalize(input_);  // input: [T, B, I]
+  const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
+  const auto opts = input.options();
+  const Tensor grad_output = inner_contiguous(grad_output_);  // grad_output: [T, B, H]
+  const Tensor output = inner_contiguous(output_);            // output: [T, B, H]
+  const Tensor h0 = hx.contiguous();                          // h0: [B, H]
+  Tensor d_pre = lay.empty(T, B, H, opts);                    // d_pre: [T, B, H]
+  Tensor dh = grad_hy.clone(at::MemoryFormat::Contiguous);    // dh: [B, H]
+  const auto hidden = make_gemm(w_hh, /*transpose_w=*/false, B);  // dh += d_pre W_hh
+  const StepRows<S> go_s(grad_output), out_s(output), dp_s(d_pre);
+  for (int64_t s = T - 1; s >= 0; --s) {
+    const int64_t t = time_of(s, T, reverse);
+    k.rnn_backward({B, H, go_s.at(t), go_s.row, ptr<S>(dh), out_s.at(t), out_s.row,
+                    dp_s.at(t), dp_s.row, relu, t, lengths_ptr(lengths)});
+    hidden->run(dp_s.at(t), dp_s.row, ptr<S>(dh), H, B, /*accumulate=*/true);
+  }
+  const Tensor d_pre2d = lay.rows(d_pre);  // [T*B, H]
+  const Tensor h_prevs = previous_states(lay, output, h0, reverse, lengths);
+  Tensor grad_w_ih = at::mm(d_pre2d.t(), lay.rows(input));
+  Tensor grad_w_hh = at::mm(d_pre2d.t(), lay.rows(h_prevs));
+  Tensor grad_b_ih = d_pre2d.sum(0);
+  Tensor grad_b_hh = grad_b_ih.clone();
+  Tensor grad_input = compute_input_grad ? lay.unrows(at::mm(d_pre2d, w_ih), T, B)
+                                         : at::empty({0}, opts);
+  return {grad_input, dh, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
 }
 
 }  // namespace fused_rnn

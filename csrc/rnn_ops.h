@@ -13,20 +13,26 @@
 
 namespace fused_rnn {
 
+inline Tensor opt_lengths(const c10::optional<Tensor>& lengths) {
+  return lengths.has_value() && lengths->defined() ? lengths->contiguous() : Tensor();
+}
+
 template <typename Backend>
 struct RnnOps {
-  // input: [T, B, I], hx: [B, H], w_ih: [3H, I], w_hh: [3H, H], b_ih, b_hh: [3H] or None
+  // input: [T, B, I], hx: [B, H], w_ih: [3H, I], w_hh: [3H, H], b_ih, b_hh: [3H] or None,
+  // lengths: [B] or None
   static std::tuple<Tensor, Tensor, Tensor> gru_forward(
       const Tensor& input, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
-      const c10::optional<Tensor>& b_ih, const c10::optional<Tensor>& b_hh, bool reverse,
-      bool save_activations) {
+      const c10::optional<Tensor>& b_ih, const c10::optional<Tensor>& b_hh,
+      const c10::optional<Tensor>& lengths, bool reverse, bool save_activations) {
     constexpr const char* op = "fused_rnn::gru_forward";
     check_forward_args(op, 3, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh);
+    check_lengths(op, lengths, input);
     return Backend::dispatch(input, op, [&](auto tag) {
       using S = decltype(tag);
-      return gru_forward_impl<S>(Backend::template kernels<S>(),
-                                 &Backend::template hidden_gemm<S>, input, hx, w_ih, w_hh,
-                                 opt_contiguous(b_ih), opt_contiguous(b_hh), reverse,
+      return gru_forward_impl<S>(Backend::template kernels<S>(), &Backend::template hidden_gemm<S>,
+                                 input, hx, w_ih, w_hh, opt_contiguous(b_ih),
+                                 opt_contiguous(b_hh), opt_lengths(lengths), reverse,
                                  save_activations);
     });
   }
@@ -36,7 +42,7 @@ struct RnnOps {
   static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward(
       const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input, const Tensor& hx,
       const Tensor& w_ih, const Tensor& w_hh, const Tensor& output, const Tensor& saved,
-      bool reverse, bool compute_input_grad) {
+      const c10::optional<Tensor>& lengths, bool reverse, bool compute_input_grad) {
     constexpr const char* op = "fused_rnn::gru_backward";
     const int64_t H = check_forward_args(op, 3, input, hx, nullptr, w_ih, w_hh, {}, {});
     const int64_t T = input.size(0), B = input.size(1);
@@ -44,11 +50,13 @@ struct RnnOps {
     check_saved(op, "grad_hy", grad_hy, {B, H}, input);
     check_saved(op, "output", output, {T, B, H}, input);
     check_saved(op, "saved", saved, {T, B, 4 * H}, input);
+    check_lengths(op, lengths, input);
     return Backend::dispatch(input, op, [&](auto tag) {
       using S = decltype(tag);
       return gru_backward_impl<S>(Backend::template kernels<S>(),
-                                 &Backend::template hidden_gemm<S>, grad_output, grad_hy, input, hx,
-                                  w_ih, w_hh, output, saved, reverse, compute_input_grad);
+                                  &Backend::template hidden_gemm<S>, grad_output, grad_hy, input,
+                                  hx, w_ih, w_hh, output, saved, opt_lengths(lengths), reverse,
+                                  compute_input_grad);
     });
   }
 
@@ -56,15 +64,16 @@ struct RnnOps {
   static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(
       const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
       const Tensor& w_hh, const c10::optional<Tensor>& b_ih, const c10::optional<Tensor>& b_hh,
-      bool reverse, bool save_activations) {
+      const c10::optional<Tensor>& lengths, bool reverse, bool save_activations) {
     constexpr const char* op = "fused_rnn::lstm_forward";
     check_forward_args(op, 4, input, hx, &cx, w_ih, w_hh, b_ih, b_hh);
+    check_lengths(op, lengths, input);
     return Backend::dispatch(input, op, [&](auto tag) {
       using S = decltype(tag);
       return lstm_forward_impl<S>(Backend::template kernels<S>(),
-                                 &Backend::template hidden_gemm<S>, input, hx, cx, w_ih, w_hh,
-                                  opt_contiguous(b_ih), opt_contiguous(b_hh), reverse,
-                                  save_activations);
+                                  &Backend::template hidden_gemm<S>, input, hx, cx, w_ih, w_hh,
+                                  opt_contiguous(b_ih), opt_contiguous(b_hh), opt_lengths(lengths),
+                                  reverse, save_activations);
     });
   }
 
@@ -74,7 +83,8 @@ struct RnnOps {
       const Tensor& grad_output, const Tensor& grad_hy, const Tensor& grad_cy,
       const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
       const Tensor& w_hh, const Tensor& output, const Tensor& saved_gates,
-      const Tensor& saved_cells, bool reverse, bool compute_input_grad) {
+      const Tensor& saved_cells, const c10::optional<Tensor>& lengths, bool reverse,
+      bool compute_input_grad) {
     constexpr const char* op = "fused_rnn::lstm_backward";
     const int64_t H = check_forward_args(op, 4, input, hx, &cx, w_ih, w_hh, {}, {});
     const int64_t T = input.size(0), B = input.size(1);
@@ -84,12 +94,52 @@ struct RnnOps {
     check_saved(op, "output", output, {T, B, H}, input);
     check_saved(op, "saved_gates", saved_gates, {T, B, 4 * H}, input);
     check_saved(op, "saved_cells", saved_cells, {T, B, H}, input);
+    check_lengths(op, lengths, input);
     return Backend::dispatch(input, op, [&](auto tag) {
       using S = decltype(tag);
       return lstm_backward_impl<S>(Backend::template kernels<S>(),
-                                 &Backend::template hidden_gemm<S>, grad_output, grad_hy, grad_cy,
-                                   input, hx, cx, w_ih, w_hh, output, saved_gates, saved_cells,
-                                   reverse, compute_input_grad);
+                                   &Backend::template hidden_gemm<S>, grad_output, grad_hy,
+                                   grad_cy, input, hx, cx, w_ih, w_hh, output, saved_gates,
+                                   saved_cells, opt_lengths(lengths), reverse, compute_input_grad);
+    });
+  }
+
+  // input: [T, B, I], hx: [B, H], w_ih: [H, I], w_hh: [H, H], b_ih, b_hh: [H] or None
+  static std::tuple<Tensor, Tensor> rnn_forward(const Tensor& input, const Tensor& hx,
+                                                const Tensor& w_ih, const Tensor& w_hh,
+                                                const c10::optional<Tensor>& b_ih,
+                                                const c10::optional<Tensor>& b_hh,
+                                                const c10::optional<Tensor>& lengths, bool relu,
+                                                bool reverse) {
+    constexpr const char* op = "fused_rnn::rnn_forward";
+    check_forward_args(op, 1, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh);
+    check_lengths(op, lengths, input);
+    return Backend::dispatch(input, op, [&](auto tag) {
+      using S = decltype(tag);
+      return rnn_forward_impl<S>(Backend::template kernels<S>(), &Backend::template hidden_gemm<S>,
+                                 input, hx, w_ih, w_hh, opt_contiguous(b_ih),
+                                 opt_contiguous(b_hh), opt_lengths(lengths), relu, reverse);
+    });
+  }
+
+  // grad_output: [T, B, H], grad_hy: [B, H], output: [T, B, H]; the rest as in rnn_forward.
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward(
+      const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input, const Tensor& hx,
+      const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
+      const c10::optional<Tensor>& lengths, bool relu, bool reverse, bool compute_input_grad) {
+    constexpr const char* op = "fused_rnn::rnn_backward";
+    const int64_t H = check_forward_args(op, 1, input, hx, nullptr, w_ih, w_hh, {}, {});
+    const int64_t T = input.size(0), B = input.size(1);
+    check_saved(op, "grad_output", grad_output, {T, B, H}, input);
+    check_saved(op, "grad_hy", grad_hy, {B, H}, input);
+    check_saved(op, "output", output, {T, B, H}, input);
+    check_lengths(op, lengths, input);
+    return Backend::dispatch(input, op, [&](auto tag) {
+      using S = decltype(tag);
+      return rnn_backward_impl<S>(Backend::template kernels<S>(),
+                                  &Backend::template hidden_gemm<S>, grad_output, grad_hy, input,
+                                  hx, w_ih, w_hh, output, opt_lengths(lengths), relu, reverse,
+                                  compute_input_grad);
     });
   }
 };

@@ -1,6 +1,10 @@
 // Plain-old-data descriptions of one time step of each fused cell, shared by the CPU loops and
 // the CUDA kernels. Every pointer addresses the rows of one time step; `*_row` is the distance in
 // elements between two consecutive batch rows. The feature dimension is always contiguous.
+//
+// Variable lengths: `lengths` (nullptr: every sequence has all T steps) gives each batch row's
+// length; at time index `t`, rows with t >= lengths[b] are inactive: they carry their state
+// unchanged (h = h_prev, c = c_prev) and get zero gate gradients, their dh / dc pass through.
 #pragma once
 
 #include <cstdint>
@@ -18,6 +22,8 @@ struct GruForwardStep {
   const scalar_t* h_prev;  int64_t h_prev_row;  // h_prev: [B, H]
   scalar_t* h;             int64_t h_row;       // h: [B, H]  this step's output
   scalar_t* saved;         int64_t saved_row;   // saved: [B, 4H]  r, z, n, gh_n; nullptr: inference
+  int64_t t;                                    // time index of this step
+  const int64_t* lengths;                       // lengths: [B] or nullptr
 };
 
 template <typename scalar_t>
@@ -31,6 +37,8 @@ struct GruBackwardStep {
   const scalar_t* saved;   int64_t saved_row;   // saved: [B, 4H]  r, z, n, gh_n of the forward
   scalar_t* d_gi;          int64_t d_gi_row;    // d_gi: [B, 3H]  dL/d(gi)
   scalar_t* d_gh;          int64_t d_gh_row;    // d_gh: [B, 3H]  dL/d(gh + b_hh)
+  int64_t t;
+  const int64_t* lengths;
 };
 
 template <typename scalar_t>
@@ -40,9 +48,12 @@ struct LstmForwardStep {
   scalar_t* gates;         int64_t gates_row;   // gates: [B, 4H]  in: x_t W_ih^T + h_prev W_hh^T
                                                 //   (gates i, f, g, o, no bias); out: activations
   const scalar_t* bias;                         // bias: [4H] b_ih + b_hh, or nullptr (no bias)
+  const scalar_t* h_prev;  int64_t h_prev_row;  // h_prev: [B, H]
   const scalar_t* c_prev;  int64_t c_prev_row;  // c_prev: [B, H]
   scalar_t* c;             int64_t c_row;       // c: [B, H]
   scalar_t* h;             int64_t h_row;       // h: [B, H]
+  int64_t t;
+  const int64_t* lengths;
 };
 
 template <typename scalar_t>
@@ -50,13 +61,43 @@ struct LstmBackwardStep {
   int64_t batch;   // B
   int64_t hidden;  // H
   const scalar_t* grad_h;  int64_t grad_h_row;  // grad_h: [B, H]  dL/d(output at this step)
-  const scalar_t* dh;                           // dh: [B, H] contiguous, dL/dh from later steps
+  scalar_t* dh;                                 // dh: [B, H] contiguous; in: dL/dh from later
+                                                //   steps; out: the part of dL/dh_prev not via W_hh
   scalar_t* dc;                                 // dc: [B, H] contiguous; in: dL/dc from later
                                                 //   steps; out: dL/dc_prev
   const scalar_t* gates;   int64_t gates_row;   // gates: [B, 4H]  saved activations i, f, g, o
   const scalar_t* c_prev;  int64_t c_prev_row;  // c_prev: [B, H]
   const scalar_t* c;       int64_t c_row;       // c: [B, H]
   scalar_t* d_gates;       int64_t d_gates_row; // d_gates: [B, 4H]  dL/d(pre-activations)
+  int64_t t;
+  const int64_t* lengths;
+};
+
+template <typename scalar_t>
+struct RnnForwardStep {
+  int64_t batch;   // B
+  int64_t hidden;  // H
+  const scalar_t* pre;     int64_t pre_row;     // pre: [B, H]  x_t W_ih^T + h_prev W_hh^T, no bias
+  const scalar_t* bias;                         // bias: [H] b_ih + b_hh, or nullptr (no bias)
+  const scalar_t* h_prev;  int64_t h_prev_row;  // h_prev: [B, H]
+  scalar_t* h;             int64_t h_row;       // h: [B, H]
+  bool relu;                                    // nonlinearity: relu (true) or tanh
+  int64_t t;
+  const int64_t* lengths;
+};
+
+template <typename scalar_t>
+struct RnnBackwardStep {
+  int64_t batch;   // B
+  int64_t hidden;  // H
+  const scalar_t* grad_h;  int64_t grad_h_row;  // grad_h: [B, H]  dL/d(output at this step)
+  scalar_t* dh;                                 // dh: [B, H] contiguous; in: dL/dh from later
+                                                //   steps; out: the part of dL/dh_prev not via W_hh
+  const scalar_t* h;       int64_t h_row;       // h: [B, H]  this step's output
+  scalar_t* d_pre;         int64_t d_pre_row;   // d_pre: [B, H]  dL/d(pre-activation)
+  bool relu;
+  int64_t t;
+  const int64_t* lengths;
 };
 
 // The pointwise part of one step on one device, for one dtype.
@@ -66,6 +107,8 @@ struct StepKernels {
   void (*gru_backward)(const GruBackwardStep<scalar_t>&);
   void (*lstm_forward)(const LstmForwardStep<scalar_t>&);
   void (*lstm_backward)(const LstmBackwardStep<scalar_t>&);
+  void (*rnn_forward)(const RnnForwardStep<scalar_t>&);
+  void (*rnn_backward)(const RnnBackwardStep<scalar_t>&);
 };
 
 }  // namespace fused_rnn

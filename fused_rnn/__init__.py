@@ -1,18 +1,19 @@
 """fused_rnn: GRU and LSTM layers whose time loops, forward and backward, run fused in C++ on
-the CPU (and CUDA on the GPU), as drop-in replacements of torch.nn.GRU / torch.nn.LSTM.
+the CPU (and CUDA on the GPU), as drop-in replacements of torch.nn.GRU / LSTM / RNN.
 
     import fused_rnn
     gru = fused_rnn.GRU(256, 256, batch_first=True)   # same arguments as nn.GRU
     output, h_n = gru(x)
 
-The operators are torch.ops.fused_rnn.{gru,lstm}_{forward,backward}; `gru_layer` / `lstm_layer`
-are their differentiable one-layer entry points; `reference` holds the textbook cells.
+The operators are torch.ops.fused_rnn.{gru,lstm,rnn}_{forward,backward}; `gru_layer`,
+`lstm_layer` and `rnn_layer` are their differentiable one-layer entry points; `reference` holds
+the textbook cells.
 """
 import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _C, reference
-from ._ops import gru_layer, lstm_layer
-from .modules import GRU, LSTM
+from ._ops import gru_layer, lstm_layer, rnn_layer
+from .modules import GRU, LSTM, RNN
 
 __version__ = "0.1.0"
 
@@ -32,5 +33,5 @@ def set_cpu_isa(name: str) -> None:
     _C.set_cpu_isa(name)
 
 
-__all__ = ["GRU", "LSTM", "gru_layer", "lstm_layer", "reference", "cpu_isa",
+__all__ = ["GRU", "LSTM", "RNN", "gru_layer", "lstm_layer", "rnn_layer", "reference", "cpu_isa",
            "available_cpu_isas", "set_cpu_isa"]

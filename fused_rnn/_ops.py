@@ -43,7 +43,7 @@ def _check_fake_args(op: str, gates: int, input: Tensor, w_hh: Tensor, *others) 
 # --------------------------------------------------------------------------------------------
 
 @torch.library.register_fake("fused_rnn::gru_forward")
-def _gru_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, reverse, save_activations):
+def _gru_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save_activations):
     H = _check_fake_args("fused_rnn::gru_forward", 3, input, w_hh, hx, w_ih, b_ih, b_hh)
     T, B = input.shape[0], input.shape[1]
     saved = input.new_empty((T, B, 4 * H)) if save_activations else input.new_empty((0,))
@@ -51,8 +51,8 @@ def _gru_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, reverse, save_activatio
 
 
 @torch.library.register_fake("fused_rnn::gru_backward")
-def _gru_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, output, saved, reverse,
-                       compute_input_grad):
+def _gru_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, output, saved, lengths,
+                       reverse, compute_input_grad):
     H = _check_fake_args("fused_rnn::gru_backward", 3, input, w_hh, grad_output, grad_hy, hx,
                          w_ih, output, saved)
     grad_input = _seq_empty(input, input.shape[2]) if compute_input_grad else input.new_empty((0,))
@@ -61,10 +61,10 @@ def _gru_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, output, save
 
 
 def _gru_setup_context(ctx, inputs, output):
-    input, hx, w_ih, w_hh, b_ih, b_hh, reverse, save_activations = inputs
+    input, hx, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save_activations = inputs
     out, _h_n, saved = output
     ctx.mark_non_differentiable(saved)
-    ctx.save_for_backward(input, hx, w_ih, w_hh, out, saved)
+    ctx.save_for_backward(input, hx, w_ih, w_hh, out, saved, lengths)
     ctx.reverse = reverse
     ctx.saved_activations = save_activations
     ctx.has_bias = (b_ih is not None, b_hh is not None)
@@ -76,16 +76,17 @@ def _gru_backward(ctx, grad_output, grad_hy, _grad_saved):
             "fused_rnn::gru_forward was called with save_activations=False, so it cannot be "
             "differentiated; call it with save_activations=True (fused_rnn.gru_layer does so "
             "whenever a gradient is needed)")
-    input, hx, w_ih, w_hh, out, saved = ctx.saved_tensors
+    input, hx, w_ih, w_hh, out, saved, lengths = ctx.saved_tensors
     if grad_output is None:
         grad_output = torch.zeros_like(out)
     if grad_hy is None:
         grad_hy = torch.zeros_like(hx)
     need_input = ctx.needs_input_grad[0]
     g_in, g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh = ops.gru_backward(
-        grad_output, grad_hy, input, hx, w_ih, w_hh, out, saved, ctx.reverse, need_input)
+        grad_output, grad_hy, input, hx, w_ih, w_hh, out, saved, lengths, ctx.reverse, need_input)
     return (g_in if need_input else None, g_hx, g_w_ih, g_w_hh,
-            g_b_ih if ctx.has_bias[0] else None, g_b_hh if ctx.has_bias[1] else None, None, None)
+            g_b_ih if ctx.has_bias[0] else None, g_b_hh if ctx.has_bias[1] else None,
+            None, None, None)
 
 
 torch.library.register_autograd("fused_rnn::gru_forward", _gru_backward,
@@ -97,7 +98,7 @@ torch.library.register_autograd("fused_rnn::gru_forward", _gru_backward,
 # --------------------------------------------------------------------------------------------
 
 @torch.library.register_fake("fused_rnn::lstm_forward")
-def _lstm_forward_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse, save_activations):
+def _lstm_forward_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save_activations):
     H = _check_fake_args("fused_rnn::lstm_forward", 4, input, w_hh, hx, cx, w_ih, b_ih, b_hh)
     T, B = input.shape[0], input.shape[1]
     if save_activations:
@@ -109,7 +110,7 @@ def _lstm_forward_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse, save_acti
 
 @torch.library.register_fake("fused_rnn::lstm_backward")
 def _lstm_backward_fake(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, output,
-                        saved_gates, saved_cells, reverse, compute_input_grad):
+                        saved_gates, saved_cells, lengths, reverse, compute_input_grad):
     H = _check_fake_args("fused_rnn::lstm_backward", 4, input, w_hh, grad_output, grad_hy,
                          grad_cy, hx, cx, w_ih, output, saved_gates, saved_cells)
     B = input.shape[1]
@@ -119,10 +120,10 @@ def _lstm_backward_fake(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh
 
 
 def _lstm_setup_context(ctx, inputs, output):
-    input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse, save_activations = inputs
+    input, hx, cx, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save_activations = inputs
     out, _h_n, _c_n, gates, cells = output
     ctx.mark_non_differentiable(gates, cells)
-    ctx.save_for_backward(input, hx, cx, w_ih, w_hh, out, gates, cells)
+    ctx.save_for_backward(input, hx, cx, w_ih, w_hh, out, gates, cells, lengths)
     ctx.reverse = reverse
     ctx.saved_activations = save_activations
     ctx.has_bias = (b_ih is not None, b_hh is not None)
@@ -134,7 +135,7 @@ def _lstm_backward(ctx, grad_output, grad_hy, grad_cy, _grad_gates, _grad_cells)
             "fused_rnn::lstm_forward was called with save_activations=False, so it cannot be "
             "differentiated; call it with save_activations=True (fused_rnn.lstm_layer does so "
             "whenever a gradient is needed)")
-    input, hx, cx, w_ih, w_hh, out, gates, cells = ctx.saved_tensors
+    input, hx, cx, w_ih, w_hh, out, gates, cells, lengths = ctx.saved_tensors
     if grad_output is None:
         grad_output = torch.zeros_like(out)
     if grad_hy is None:
@@ -143,14 +144,62 @@ def _lstm_backward(ctx, grad_output, grad_hy, grad_cy, _grad_gates, _grad_cells)
         grad_cy = torch.zeros_like(cx)
     need_input = ctx.needs_input_grad[0]
     g_in, g_hx, g_cx, g_w_ih, g_w_hh, g_b_ih, g_b_hh = ops.lstm_backward(
-        grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, out, gates, cells, ctx.reverse,
-        need_input)
+        grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, out, gates, cells, lengths,
+        ctx.reverse, need_input)
     return (g_in if need_input else None, g_hx, g_cx, g_w_ih, g_w_hh,
-            g_b_ih if ctx.has_bias[0] else None, g_b_hh if ctx.has_bias[1] else None, None, None)
+            g_b_ih if ctx.has_bias[0] else None, g_b_hh if ctx.has_bias[1] else None,
+            None, None, None)
 
 
 torch.library.register_autograd("fused_rnn::lstm_forward", _lstm_backward,
                                 setup_context=_lstm_setup_context)
+
+
+# --------------------------------------------------------------------------------------------
+# Elman RNN
+# --------------------------------------------------------------------------------------------
+
+@torch.library.register_fake("fused_rnn::rnn_forward")
+def _rnn_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, lengths, relu, reverse):
+    H = _check_fake_args("fused_rnn::rnn_forward", 1, input, w_hh, hx, w_ih, b_ih, b_hh)
+    return _seq_empty(input, H), hx.new_empty((input.shape[1], H))
+
+
+@torch.library.register_fake("fused_rnn::rnn_backward")
+def _rnn_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, output, lengths, relu,
+                       reverse, compute_input_grad):
+    H = _check_fake_args("fused_rnn::rnn_backward", 1, input, w_hh, grad_output, grad_hy, hx,
+                         w_ih, output)
+    grad_input = _seq_empty(input, input.shape[2]) if compute_input_grad else input.new_empty((0,))
+    return (grad_input, hx.new_empty((input.shape[1], H)), w_ih.new_empty(w_ih.shape),
+            w_hh.new_empty(w_hh.shape), w_hh.new_empty((H,)), w_hh.new_empty((H,)))
+
+
+def _rnn_setup_context(ctx, inputs, output):
+    input, hx, w_ih, w_hh, b_ih, b_hh, lengths, relu, reverse = inputs
+    out, _h_n = output
+    ctx.save_for_backward(input, hx, w_ih, w_hh, out, lengths)
+    ctx.relu, ctx.reverse = relu, reverse
+    ctx.has_bias = (b_ih is not None, b_hh is not None)
+
+
+def _rnn_backward(ctx, grad_output, grad_hy):
+    input, hx, w_ih, w_hh, out, lengths = ctx.saved_tensors
+    if grad_output is None:
+        grad_output = torch.zeros_like(out)
+    if grad_hy is None:
+        grad_hy = torch.zeros_like(hx)
+    need_input = ctx.needs_input_grad[0]
+    g_in, g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh = ops.rnn_backward(
+        grad_output, grad_hy, input, hx, w_ih, w_hh, out, lengths, ctx.relu, ctx.reverse,
+        need_input)
+    return (g_in if need_input else None, g_hx, g_w_ih, g_w_hh,
+            g_b_ih if ctx.has_bias[0] else None, g_b_hh if ctx.has_bias[1] else None,
+            None, None, None)
+
+
+torch.library.register_autograd("fused_rnn::rnn_forward", _rnn_backward,
+                                setup_context=_rnn_setup_context)
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,26 +211,45 @@ def _needs_grad(*tensors: Optional[Tensor]) -> bool:
 
 
 def gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
-              b_hh: Optional[Tensor] = None, reverse: bool = False) -> Tuple[Tensor, Tensor]:
+              b_hh: Optional[Tensor] = None, reverse: bool = False,
+              lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """One fused GRU layer, one direction, PyTorch's gate order and semantics.
 
     input: [T, B, I], hx: [B, H], w_ih: [3H, I], w_hh: [3H, H], b_ih, b_hh: [3H] or None.
     Returns output: [T, B, H] (in input's memory layout) and h_n: [B, H].
     `reverse=True` runs from the last step to the first (the backward direction).
+    lengths: int64 [B] on input's device, or None: sequence b has lengths[b] steps (h_n is its
+    state after its own last step; outputs past its end are zero).
     """
     save = _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh)
-    output, h_n, _ = ops.gru_forward(input, hx, w_ih, w_hh, b_ih, b_hh, reverse, save)
+    output, h_n, _ = ops.gru_forward(input, hx, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save)
     return output, h_n
 
 
 def lstm_layer(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor,
                b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
-               reverse: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
+               reverse: bool = False, lengths: Optional[Tensor] = None
+               ) -> Tuple[Tensor, Tensor, Tensor]:
     """One fused LSTM layer, one direction, PyTorch's gate order (i, f, g, o) and semantics.
 
-    input: [T, B, I], hx, cx: [B, H], w_ih: [4H, I], w_hh: [4H, H], b_ih, b_hh: [4H] or None.
-    Returns output: [T, B, H], h_n: [B, H], c_n: [B, H].
+    input: [T, B, I], hx, cx: [B, H], w_ih: [4H, I], w_hh: [4H, H], b_ih, b_hh: [4H] or None,
+    lengths: int64 [B] or None (see gru_layer). Returns output: [T, B, H], h_n, c_n: [B, H].
     """
     save = _needs_grad(input, hx, cx, w_ih, w_hh, b_ih, b_hh)
-    output, h_n, c_n, _, _ = ops.lstm_forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse, save)
+    output, h_n, c_n, _, _ = ops.lstm_forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh, lengths,
+                                              reverse, save)
     return output, h_n, c_n
+
+
+def rnn_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
+              b_hh: Optional[Tensor] = None, nonlinearity: str = "tanh", reverse: bool = False,
+              lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """One fused Elman RNN layer: h = act(x W_ih^T + b_ih + h W_hh^T + b_hh), act tanh or relu.
+
+    input: [T, B, I], hx: [B, H], w_ih: [H, I], w_hh: [H, H], b_ih, b_hh: [H] or None,
+    lengths: int64 [B] or None (see gru_layer). Returns output: [T, B, H], h_n: [B, H].
+    """
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    return ops.rnn_forward(input, hx, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity == "relu",
+                           reverse)

@@ -1,16 +1,17 @@
-"""Drop-in replacements of nn.GRU and nn.LSTM whose time loops run in the fused kernels.
+"""Drop-in replacements of nn.GRU, nn.LSTM and nn.RNN whose time loops run in the fused kernels.
 
-They subclass nn.RNNBase (not nn.GRU / nn.LSTM: torch.compile refuses any instance of those), so
-constructor, parameter names, state_dict and repr are nn.GRU's / nn.LSTM's own.
+They subclass nn.RNNBase (not nn.GRU / nn.LSTM / nn.RNN: torch.compile refuses any instance of
+those), so constructor, parameter names, state_dict and repr are nn.*'s own.
+PackedSequence input is run as a padded batch with per-sequence lengths inside the fused loop.
 """
 from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from ._ops import gru_layer, lstm_layer
+from ._ops import gru_layer, lstm_layer, rnn_layer
 
 
 class _FusedRNNBase(nn.RNNBase):
@@ -19,10 +20,6 @@ class _FusedRNNBase(nn.RNNBase):
 
     def _unsupported(self, input) -> None:
         name = self._get_name()
-        if isinstance(input, PackedSequence):
-            raise NotImplementedError(
-                f"fused_rnn.{name}: PackedSequence input is not supported yet; pass a padded "
-                f"tensor (and mask the padding) instead")
         if self.proj_size > 0:
             raise NotImplementedError(f"fused_rnn.{name}: proj_size={self.proj_size} is not "
                                       f"supported yet; only proj_size=0")
@@ -52,9 +49,10 @@ class _FusedRNNBase(nn.RNNBase):
                 raise RuntimeError(f"fused_rnn.{name}: expected {state_name} on device "
                                    f"{input.device} (the device of input), got {t.device}")
 
-    def _run(self, x: Tensor, states: List[Tensor], layer_fn) -> Tuple[Tensor, List[Tensor]]:
-        """x: [T, B, I] (any layout the kernels keep); states: each [L*D, B, H].
-        Returns output: [T, B, D*H] and the final states, each [L*D, B, H]."""
+    def _run(self, x: Tensor, states: List[Tensor], layer_fn, lengths: Optional[Tensor] = None
+             ) -> Tuple[Tensor, List[Tensor]]:
+        """x: [T, B, I] (any layout the kernels keep); states: each [L*D, B, H]; lengths: int64
+        [B] on x's device or None. Returns output: [T, B, D*H], final states each [L*D, B, H]."""
         num_dirs = 2 if self.bidirectional else 1
         finals: List[List[Tensor]] = [[] for _ in states]
         layer_input = x
@@ -62,8 +60,8 @@ class _FusedRNNBase(nn.RNNBase):
             outs = []
             for d in range(num_dirs):
                 idx = layer * num_dirs + d
-                results = layer_fn(layer_input, [s[idx] for s in states],
-                                   self._layer_weights(idx), d == 1)
+                results = layer_fn(self, layer_input, [s[idx] for s in states],
+                                   self._layer_weights(idx), d == 1, lengths)
                 outs.append(results[0])
                 for final, r in zip(finals, results[1:]):
                     final.append(r)
@@ -78,10 +76,50 @@ class _FusedRNNBase(nn.RNNBase):
             layer_input = layer_output
         return layer_input, [torch.stack(f) for f in finals]
 
+    def _forward(self, input, hx, num_states: int, layer_fn):
+        """The whole forward: nn.*'s input handling, then the layers. Returns the output (a
+        tensor or a PackedSequence, like input) and the final states, each [L*D, B, H]."""
+        self._unsupported(input)
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, hx, num_states, layer_fn)
+        input, states, batched = self._prepare(input, hx, num_states)
+        self._check_states(input, states, None)
+        x = input.transpose(0, 1) if self.batch_first else input
+        output, finals = self._run(x, states, layer_fn)
+        if not batched:
+            finals = [f.squeeze(1) for f in finals]
+        return self._finish(output, batched), finals
+
+    def _forward_packed(self, packed: PackedSequence, hx, num_states: int, layer_fn):
+        """PackedSequence: padded [T, B, I] in the caller's batch order plus per-sequence lengths,
+        which the fused loop honours (no per-length slicing); repacked like the input."""
+        x, lengths = pad_packed_sequence(packed)  # x: [T, B, I], lengths: [B] (CPU int64)
+        B = x.size(1)
+        states = self._initial_states(hx, num_states, B, x)
+        self._check_states(packed.data, states, packed.batch_sizes)
+        output, finals = self._run(x, states, layer_fn, lengths.to(x.device))
+        if packed.sorted_indices is not None:  # pack in the input's own order of sequences
+            output = output.index_select(1, packed.sorted_indices)
+            lengths = lengths.index_select(0, packed.sorted_indices.cpu())
+        data, batch_sizes, _, _ = pack_padded_sequence(output, lengths)
+        return PackedSequence(data, batch_sizes, packed.sorted_indices, packed.unsorted_indices), finals
+
+    def _initial_states(self, hx, num_states: int, batch: int, like: Tensor) -> List[Tensor]:
+        if hx is not None:
+            return list(hx) if num_states > 1 else [hx]
+        num_dirs = 2 if self.bidirectional else 1
+        zeros = torch.zeros(self.num_layers * num_dirs, batch, self.hidden_size,
+                            dtype=like.dtype, device=like.device)
+        return [zeros] * num_states
+
+    def _check_states(self, input: Tensor, states: List[Tensor], batch_sizes) -> None:
+        self.check_forward_args(input, states[0] if len(states) == 1 else tuple(states), batch_sizes)
+        names = ["hx"] if len(states) == 1 else ["h0", "c0"]
+        self._check_devices_and_dtypes(input, list(zip(names, states)))
+
     def _prepare(self, input: Tensor, hx, num_states: int):
         """nn.*'s input handling: rank check, unbatched input, zero initial states.
         Returns x: [T, B, I], the states (each [L*D, B, H]) and whether input was batched."""
-        self._unsupported(input)
         name = self._get_name()
         if input.dim() not in (2, 3):
             raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D input "
@@ -101,10 +139,7 @@ class _FusedRNNBase(nn.RNNBase):
                 states = [s.unsqueeze(1) for s in states]
         batch = input.size(0) if self.batch_first else input.size(1)
         if states is None:
-            num_dirs = 2 if self.bidirectional else 1
-            zeros = torch.zeros(self.num_layers * num_dirs, batch, self.hidden_size,
-                                dtype=input.dtype, device=input.device)
-            states = [zeros] * num_states
+            states = self._initial_states(None, num_states, batch, input)
         return input, states, batched
 
     def _finish(self, output: Tensor, batched: bool) -> Tensor:
@@ -115,13 +150,17 @@ class _FusedRNNBase(nn.RNNBase):
         return output
 
 
-def _gru_layer_fn(x, states, weights, reverse):
-    out, h_n = gru_layer(x, states[0], *weights, reverse=reverse)
-    return out, h_n
+def _gru_layer_fn(module, x, states, weights, reverse, lengths):
+    return gru_layer(x, states[0], *weights, reverse=reverse, lengths=lengths)
 
 
-def _lstm_layer_fn(x, states, weights, reverse):
-    return lstm_layer(x, states[0], states[1], *weights, reverse=reverse)
+def _lstm_layer_fn(module, x, states, weights, reverse, lengths):
+    return lstm_layer(x, states[0], states[1], *weights, reverse=reverse, lengths=lengths)
+
+
+def _rnn_layer_fn(module, x, states, weights, reverse, lengths):
+    return rnn_layer(x, states[0], *weights, nonlinearity=module.nonlinearity, reverse=reverse,
+                     lengths=lengths)
 
 
 class GRU(_FusedRNNBase):
@@ -136,17 +175,11 @@ class GRU(_FusedRNNBase):
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, **kwargs)
 
-    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        """input: [T, B, I] ([B, T, I] if batch_first) or unbatched [T, I];
+    def forward(self, input, hx: Optional[Tensor] = None):
+        """input: [T, B, I] ([B, T, I] if batch_first), unbatched [T, I] or a PackedSequence;
         hx: [L*D, B, H] (or [L*D, H]) or None. Returns output: [T, B, D*H], h_n: [L*D, B, H]."""
-        input, (h0,), batched = self._prepare(input, hx, 1)
-        self.check_forward_args(input, h0, None)
-        self._check_devices_and_dtypes(input, [("hx", h0)])
-        x = input.transpose(0, 1) if self.batch_first else input
-        output, (h_n,) = self._run(x, [h0], _gru_layer_fn)
-        if not batched:
-            h_n = h_n.squeeze(1)
-        return self._finish(output, batched), h_n
+        output, (h_n,) = self._forward(input, hx, 1, _gru_layer_fn)
+        return output, h_n
 
 
 class LSTM(_FusedRNNBase):
@@ -176,11 +209,36 @@ class LSTM(_FusedRNNBase):
         if hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
             raise RuntimeError(f"fused_rnn.LSTM: expected hx to be a tuple (h0, c0), got "
                                f"{type(hx).__name__}")
-        input, (h0, c0), batched = self._prepare(input, hx, 2)
-        self.check_forward_args(input, (h0, c0), None)
-        self._check_devices_and_dtypes(input, [("h0", h0), ("c0", c0)])
-        x = input.transpose(0, 1) if self.batch_first else input
-        output, (h_n, c_n) = self._run(x, [h0, c0], _lstm_layer_fn)
-        if not batched:
-            h_n, c_n = h_n.squeeze(1), c_n.squeeze(1)
-        return self._finish(output, batched), (h_n, c_n)
+        output, (h_n, c_n) = self._forward(input, hx, 2, _lstm_layer_fn)
+        return output, (h_n, c_n)
+
+
+class RNN(_FusedRNNBase):
+    """Fused drop-in for ``torch.nn.RNN`` (Elman, tanh or relu): same arguments, parameters,
+    state_dict and results.
+
+    Args as nn.RNN: input_size, hidden_size, num_layers=1, nonlinearity='tanh', bias=True,
+    batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None.
+    """
+
+    def __init__(self, *args, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if len(args) > 3:  # nn.RNN's positional order: nonlinearity is the fourth argument
+            self.nonlinearity = args[3]
+            args = args[:3] + args[4:]
+        else:
+            self.nonlinearity = kwargs.pop("nonlinearity", "tanh")
+        if self.nonlinearity == "tanh":
+            mode = "RNN_TANH"
+        elif self.nonlinearity == "relu":
+            mode = "RNN_RELU"
+        else:
+            raise ValueError(f"Unknown nonlinearity '{self.nonlinearity}'. Select from 'tanh' or "
+                             f"'relu'.")
+        super().__init__(mode, *args, **kwargs)
+
+    def forward(self, input, hx: Optional[Tensor] = None):
+        """As fused_rnn.GRU.forward."""
+        output, (h_n,) = self._forward(input, hx, 1, _rnn_layer_fn)
+        return output, h_n

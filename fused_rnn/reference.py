@@ -10,6 +10,7 @@ GRU:  R = sigmoid(X W_xr + H W_hr + b_r)            reset gate
       H = Z * H + (1 - Z) * H~
 LSTM: I = sigmoid(X W_xi + H W_hi + b_i), F = sigmoid(...f), O = sigmoid(...o),
       C~ = tanh(X W_xc + H W_hc + b_c),  C = F * C + I * C~,  H = O * tanh(C)
+RNN:  H = phi(X W_xh + H W_hh + b_h), phi = tanh or relu
 
 `*_params_from_torch` convert nn.GRU / nn.LSTM's layout (w_ih: [G*H, I] with gate blocks
 r, z, n / i, f, g, o, separate b_ih and b_hh) into these names.
@@ -51,6 +52,13 @@ class LSTMParams:
     b_c: Tensor
 
 
+@dataclass
+class RNNParams:
+    W_xh: Tensor  # [I, H]
+    W_hh: Tensor  # [H, H]
+    b_h: Tensor   # [H]
+
+
 def _blocks(w: Tensor, n: int):
     """Split a [n*H, ...] PyTorch weight into n gate blocks, each transposed to [..., H]."""
     return [blk.t() if blk.dim() == 2 else blk for blk in w.chunk(n, 0)]
@@ -77,6 +85,20 @@ def lstm_params_from_torch(w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = 
     (W_xi, W_xf, W_xc, W_xo), (W_hi, W_hf, W_hc, W_ho) = _blocks(w_ih, 4), _blocks(w_hh, 4)
     b_i, b_f, b_c, b_o = b.chunk(4)
     return LSTMParams(W_xi, W_hi, b_i, W_xf, W_hf, b_f, W_xo, W_ho, b_o, W_xc, W_hc, b_c)
+
+
+def rnn_params_from_torch(w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
+                          b_hh: Optional[Tensor] = None) -> RNNParams:
+    """w_ih: [H, I], w_hh: [H, H], b_ih, b_hh: [H] or None (nn.RNN's weight_ih_l0 etc.)."""
+    zeros = w_hh.new_zeros(w_hh.shape[0])
+    b = (zeros if b_ih is None else b_ih) + (zeros if b_hh is None else b_hh)
+    return RNNParams(w_ih.t(), w_hh.t(), b)
+
+
+def rnn_cell(X: Tensor, H: Tensor, p: RNNParams, nonlinearity: str = "tanh") -> Tensor:
+    """One step. X: [B, I], H: [B, H] -> new H: [B, H]."""
+    phi = torch.tanh if nonlinearity == "tanh" else torch.relu
+    return phi(X @ p.W_xh + H @ p.W_hh + p.b_h)
 
 
 def gru_cell(X: Tensor, H: Tensor, p: GRUParams, reset_after: bool = True) -> Tensor:
@@ -114,6 +136,16 @@ def gru(inputs: Tensor, H: Tensor, p: GRUParams, reverse: bool = False,
     return torch.stack(outputs) if outputs else inputs.new_zeros(0, *H.shape), H
 
 
+def rnn(inputs: Tensor, H: Tensor, p: RNNParams, nonlinearity: str = "tanh",
+        reverse: bool = False) -> Tuple[Tensor, Tensor]:
+    """inputs: [T, B, I], H: [B, H] -> outputs: [T, B, H], final H: [B, H]."""
+    outputs = [None] * inputs.shape[0]
+    for t in _steps(inputs.shape[0], reverse):
+        H = rnn_cell(inputs[t], H, p, nonlinearity)
+        outputs[t] = H
+    return torch.stack(outputs) if outputs else inputs.new_zeros(0, *H.shape), H
+
+
 def lstm(inputs: Tensor, H: Tensor, C: Tensor, p: LSTMParams, reverse: bool = False
          ) -> Tuple[Tensor, Tensor, Tensor]:
     """inputs: [T, B, I], H, C: [B, H] -> outputs: [T, B, H], final H, final C: [B, H]."""
@@ -125,7 +157,7 @@ def lstm(inputs: Tensor, H: Tensor, C: Tensor, p: LSTMParams, reverse: bool = Fa
 
 
 def run_module(module, input: Tensor, hx=None):
-    """The textbook cells run with the parameters of an nn.GRU / nn.LSTM (or fused_rnn) module,
+    """The textbook cells run with the parameters of an nn.GRU / LSTM / RNN (or fused_rnn) module,
     any num_layers / bidirectional / batch_first, no dropout. Returns what the module returns."""
     is_lstm = module.mode == "LSTM"
     if module.proj_size:
@@ -149,8 +181,11 @@ def run_module(module, input: Tensor, hx=None):
             if is_lstm:
                 out, h, c = lstm(x, h0[idx], c0[idx], lstm_params_from_torch(*w, *b), reverse=d == 1)
                 finals_c.append(c)
-            else:
+            elif module.mode == "GRU":
                 out, h = gru(x, h0[idx], gru_params_from_torch(*w, *b), reverse=d == 1)
+            else:
+                phi = "relu" if module.mode == "RNN_RELU" else "tanh"
+                out, h = rnn(x, h0[idx], rnn_params_from_torch(*w, *b), phi, reverse=d == 1)
             outs.append(out)
             finals_h.append(h)
         x = torch.cat(outs, 2)

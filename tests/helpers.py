@@ -43,6 +43,6 @@ def assert_grads_close(actual, expected, dtype, names):
 def grads(outputs, inputs, grad_outputs):
     """d(sum <outputs, grad_outputs>)/d(inputs); None for inputs that are None."""
     present = [t for t in inputs if t is not None]
-    got = torch.autograd.grad(outputs, present, grad_outputs, allow_unused=False)
+    got = torch.autograd.grad(outputs, present, grad_outputs, allow_unused=False, retain_graph=True)
     it = iter(got)
     return [None if t is None else next(it) for t in inputs]

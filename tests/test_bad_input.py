@@ -81,7 +81,7 @@ def gru_args(**over):
     a = dict(input=torch.randn(T, B, I), hx=torch.randn(B, H), w_ih=torch.randn(3 * H, I),
              w_hh=torch.randn(3 * H, H), b_ih=torch.randn(3 * H), b_hh=torch.randn(3 * H))
     a.update(over)
-    return (a["input"], a["hx"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], False, False)
+    return (a["input"], a["hx"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], None, False, False)
 
 
 def test_op_input_rank():
@@ -122,7 +122,7 @@ def test_op_device_mismatch():
 def test_op_lstm_cx_shape():
     with pytest.raises(RuntimeError, match=r"expected cx of shape \[batch, hidden_size\] = \[3, 6\], got \[3, 7\]"):
         ops.lstm_forward(torch.randn(T, B, I), torch.randn(B, H), torch.randn(B, H + 1),
-                         torch.randn(4 * H, I), torch.randn(4 * H, H), None, None, False, False)
+                         torch.randn(4 * H, I), torch.randn(4 * H, H), None, None, None, False, False)
 
 
 def test_backward_without_saved_activations():
@@ -138,7 +138,7 @@ def test_backward_op_saved_shape():
     out, h_n, _ = ops.gru_forward(*a)
     with pytest.raises(RuntimeError, match=r"expected saved of shape \[4, 3, 24\], got \[0\] \(was the forward called with save_activations=False\?\)"):
         ops.gru_backward(torch.ones_like(out), torch.ones_like(h_n), a[0], a[1], a[2], a[3], out,
-                         torch.empty(0), False, True)
+                         torch.empty(0), None, False, True)
 
 
 def test_set_cpu_isa_unknown_name():

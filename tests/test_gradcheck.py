@@ -60,3 +60,34 @@ def test_module_gradcheck_deep_bidirectional(device, cell):
         return (out, *(state if cell == "LSTM" else (state,)))
 
     assert torch.autograd.gradcheck(fn, (x, *[p.detach().requires_grad_(True) for p in m.parameters()]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_rnn_gradcheck(device, nonlinearity, reverse):
+    torch.manual_seed(0)
+    T, B, I, H = 4, 2, 3, 5
+    f64 = dict(dtype=torch.float64, device=device)
+    x = torch.randn(T, B, I, **f64, requires_grad=True)
+    hx = leaf(torch.randn(B, H, **f64))
+    w = [leaf(p) for p in params(1, I, H, True, device)]
+    fn = lambda x, hx, *w: fused_rnn.rnn_layer(x, hx, *w, nonlinearity=nonlinearity, reverse=reverse)
+    assert torch.autograd.gradcheck(fn, (x, hx, *w))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gradcheck_with_lengths(device, cell, reverse):
+    """Unsorted per-sequence lengths, one of them 0, inside the fused loop."""
+    torch.manual_seed(0)
+    T, B, I, H = 4, 3, 3, 4
+    f64 = dict(dtype=torch.float64, device=device)
+    lengths = torch.tensor([2, 4, 0], device=device)
+    x = torch.randn(T, B, I, **f64, requires_grad=True)
+    states = [leaf(torch.randn(B, H, **f64)) for _ in range(2 if cell == "lstm" else 1)]
+    w = [leaf(p) for p in params(dict(gru=3, lstm=4, rnn=1)[cell], I, H, True, device)]
+    layer = getattr(fused_rnn, f"{cell}_layer")
+    fn = lambda x, *rest: layer(x, *rest, reverse=reverse, lengths=lengths)
+    assert torch.autograd.gradcheck(fn, (x, *states, *w))

@@ -1,9 +1,8 @@
-"""Same constructor, parameters, state_dict and repr as nn.GRU / nn.LSTM; unsupported options
-raise clear errors instead of computing something else."""
+"""Same constructor, parameters, state_dict and repr as nn.GRU / nn.LSTM / nn.RNN; unsupported
+options raise clear errors instead of computing something else."""
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
 
 import fused_rnn
 
@@ -11,9 +10,11 @@ KWARGS = [dict(), dict(num_layers=3, bias=False), dict(batch_first=True, bidirec
           dict(num_layers=2, dropout=0.25)]
 
 
-@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
-@pytest.mark.parametrize("kw", KWARGS)
+@pytest.mark.parametrize("cell", ["GRU", "LSTM", "RNN"])
+@pytest.mark.parametrize("kw", KWARGS + [dict(nonlinearity="relu")])
 def test_parameters_state_dict_and_repr_match_nn(cell, kw):
+    if "nonlinearity" in kw and cell != "RNN":
+        pytest.skip("nonlinearity is nn.RNN's only")
     ref = getattr(nn, cell)(7, 5, **kw)
     fused = getattr(fused_rnn, cell)(7, 5, **kw)
     assert repr(fused) == repr(ref)
@@ -34,9 +35,21 @@ def test_positional_constructor_arguments(cell):
     assert repr(fused) == repr(ref)
 
 
-def test_not_an_instance_of_nn_gru_but_of_rnnbase():
-    """torch.compile refuses instances of nn.GRU/LSTM; ours are nn.RNNBase only."""
-    m = fused_rnn.GRU(2, 3)
+def test_rnn_positional_nonlinearity_like_nn():
+    ref = nn.RNN(3, 4, 2, "relu", False, True)
+    fused = fused_rnn.RNN(3, 4, 2, "relu", False, True)
+    assert repr(fused) == repr(ref) and fused.nonlinearity == "relu"
+
+
+def test_rnn_unknown_nonlinearity():
+    with pytest.raises(ValueError, match="Unknown nonlinearity 'gelu'. Select from 'tanh' or 'relu'."):
+        fused_rnn.RNN(3, 4, nonlinearity="gelu")
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM", "RNN"])
+def test_not_an_instance_of_nn_classes_but_of_rnnbase(cell):
+    """torch.compile refuses instances of nn.GRU/LSTM/RNN; ours are nn.RNNBase only."""
+    m = getattr(fused_rnn, cell)(2, 3)
     assert isinstance(m, nn.RNNBase) and not isinstance(m, (nn.GRU, nn.LSTM, nn.RNN))
 
 
@@ -57,14 +70,6 @@ def test_lstm_proj_size_raises_not_implemented():
     m = fused_rnn.LSTM(3, 4, proj_size=2)
     with pytest.raises(NotImplementedError, match="proj_size=2"):
         m(torch.randn(2, 1, 3))
-
-
-@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
-def test_packed_sequence_raises_not_implemented(cell):
-    m = getattr(fused_rnn, cell)(3, 4)
-    packed = pack_padded_sequence(torch.randn(5, 2, 3), [5, 3])
-    with pytest.raises(NotImplementedError, match="PackedSequence"):
-        m(packed)
 
 
 @pytest.mark.parametrize("cell", ["GRU", "LSTM"])

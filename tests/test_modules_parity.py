@@ -1,5 +1,5 @@
-"""fused_rnn.GRU / LSTM against nn.GRU / nn.LSTM with copied weights: outputs, final states and
-the gradients of input, initial states and every parameter."""
+"""fused_rnn.GRU / LSTM / RNN against nn.GRU / nn.LSTM / nn.RNN with copied weights: outputs,
+final states and the gradients of input, initial states and every parameter."""
 import itertools
 
 import pytest
@@ -14,7 +14,13 @@ CONFIGS = [  # num_layers, bidirectional, batch_first, bias
 ]
 
 
+# "RNN_RELU" is nn.RNN with nonlinearity="relu"
+CELLS = ["GRU", "LSTM", "RNN", "RNN_RELU"]
+
+
 def pair(cell, I, H, dtype, device="cpu", **kw):
+    if cell == "RNN_RELU":
+        cell, kw = "RNN", dict(kw, nonlinearity="relu")
     ref = getattr(nn, cell)(I, H, dtype=dtype, device=device, **kw)
     fused = getattr(fused_rnn, cell)(I, H, dtype=dtype, device=device, **kw)
     fused.load_state_dict(ref.state_dict())
@@ -40,7 +46,7 @@ def compare(ref, fused, x, hx, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("num_layers,bidirectional,batch_first,bias", CONFIGS)
 @pytest.mark.parametrize("with_h0", [False, True], ids=["no_h0", "h0"])
 def test_module_matches_nn(device, cell, num_layers, bidirectional, batch_first, bias, with_h0):
@@ -59,7 +65,7 @@ def test_module_matches_nn(device, cell, num_layers, bidirectional, batch_first,
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (1, 4, 3, 5), (8, 1, 20, 8), (3, 2, 300, 17)])
 def test_module_matches_nn_sizes_float64(device, cell, T, B, I, H):
     torch.manual_seed(0)
@@ -68,7 +74,7 @@ def test_module_matches_nn_sizes_float64(device, cell, T, B, I, H):
                                     requires_grad=True), None, torch.float64)
 
 
-@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_unbatched_input_matches_nn(cell, batch_first):
     torch.manual_seed(0)
@@ -86,7 +92,7 @@ def test_batch_first_output_is_contiguous(cell):
     assert out.shape == (3, 5, 12) and out.is_contiguous()
 
 
-@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_dropout_between_layers_matches_nn_in_eval(cell):
     torch.manual_seed(0)
     ref, fused = pair(cell, 4, 6, torch.float32, num_layers=3, dropout=0.5)
@@ -118,7 +124,7 @@ def test_dropout_between_layers_active_in_training(cell):
     assert torch.equal(y1, y2)  # one layer: nothing to drop (as nn.*)
 
 
-@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_saturated_gates_match_nn(cell):
     """Inputs far outside the activations' linear range (|pre-activation| in the thousands)."""
     torch.manual_seed(0)
@@ -126,7 +132,7 @@ def test_saturated_gates_match_nn(cell):
     compare(ref, fused, (torch.randn(5, 3, 4) * 3000).requires_grad_(True), None, torch.float32)
 
 
-@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_nan_and_inf_propagate_like_nn(cell):
     torch.manual_seed(0)
     ref, fused = pair(cell, 4, 19, torch.float32)

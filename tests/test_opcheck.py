@@ -25,7 +25,7 @@ def test_opcheck_gru_forward(device, batch_major, save, bias):
     t = tensors(3, device, batch_major=batch_major, requires_grad=save)
     b = (t["b_ih"], t["b_hh"]) if bias else (None, None)
     torch.library.opcheck(ops.gru_forward.default,
-                          (t["x"], t["hx"], t["w_ih"], t["w_hh"], *b, False, save))
+                          (t["x"], t["hx"], t["w_ih"], t["w_hh"], *b, None, False, save))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -35,7 +35,7 @@ def test_opcheck_lstm_forward(device, batch_major, save):
     t = tensors(4, device, batch_major=batch_major, requires_grad=save)
     torch.library.opcheck(ops.lstm_forward.default,
                           (t["x"], t["hx"], t["cx"], t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"],
-                           True, save))
+                           None, True, save))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -44,10 +44,10 @@ def test_opcheck_lstm_forward(device, batch_major, save):
 def test_opcheck_gru_backward(device, batch_major, input_grad):
     t = tensors(3, device, batch_major=batch_major, requires_grad=False)
     out, h_n, saved = ops.gru_forward(t["x"], t["hx"], t["w_ih"], t["w_hh"], t["b_ih"],
-                                      t["b_hh"], False, True)
+                                      t["b_hh"], None, False, True)
     torch.library.opcheck(ops.gru_backward.default,
                           (torch.randn_like(out), torch.randn_like(h_n), t["x"], t["hx"],
-                           t["w_ih"], t["w_hh"], out, saved, False, input_grad))
+                           t["w_ih"], t["w_hh"], out, saved, None, False, input_grad))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -56,8 +56,49 @@ def test_opcheck_gru_backward(device, batch_major, input_grad):
 def test_opcheck_lstm_backward(device, batch_major, input_grad):
     t = tensors(4, device, batch_major=batch_major, requires_grad=False)
     out, h_n, c_n, gates, cells = ops.lstm_forward(t["x"], t["hx"], t["cx"], t["w_ih"], t["w_hh"],
-                                                   t["b_ih"], t["b_hh"], False, True)
+                                                   t["b_ih"], t["b_hh"], None, False, True)
     torch.library.opcheck(ops.lstm_backward.default,
                           (torch.randn_like(out), torch.randn_like(h_n), torch.randn_like(c_n),
                            t["x"], t["hx"], t["cx"], t["w_ih"], t["w_hh"], out, gates, cells,
-                           False, input_grad))
+                           None, False, input_grad))
+
+
+def lengths_for(device, B=3, T=4):
+    return torch.tensor([T, 1, 0, 2, 3][:B], device=device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_opcheck_forward_with_lengths(device, cell, reverse):
+    G = dict(gru=3, lstm=4, rnn=1)[cell]
+    t = tensors(G, device)
+    common = (t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"], lengths_for(device))
+    if cell == "gru":
+        args = (t["x"], t["hx"], *common, reverse, True)
+    elif cell == "lstm":
+        args = (t["x"], t["hx"], t["cx"], *common, reverse, True)
+    else:
+        args = (t["x"], t["hx"], *common, False, reverse)
+    torch.library.opcheck(getattr(ops, f"{cell}_forward").default, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch_major", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_opcheck_rnn_forward(device, batch_major, relu):
+    t = tensors(1, device, batch_major=batch_major)
+    torch.library.opcheck(ops.rnn_forward.default,
+                          (t["x"], t["hx"], t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"], None,
+                           relu, False))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("input_grad", [False, True])
+def test_opcheck_rnn_backward(device, input_grad):
+    t = tensors(1, device, requires_grad=False)
+    out, h_n = ops.rnn_forward(t["x"], t["hx"], t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"], None,
+                               False, False)
+    torch.library.opcheck(ops.rnn_backward.default,
+                          (torch.randn_like(out), torch.randn_like(h_n), t["x"], t["hx"],
+                           t["w_ih"], t["w_hh"], out, None, False, False, input_grad))

@@ -7,7 +7,9 @@ import fused_rnn
 from fused_rnn import reference
 from helpers import DEVICES, SIZES, assert_close, assert_grads_close, grads
 
-GATES = {"GRU": 3, "LSTM": 4}
+GATES = {"GRU": 3, "LSTM": 4, "RNN_TANH": 1, "RNN_RELU": 1}
+CELLS = list(GATES)
+N_STATES = {"GRU": 1, "LSTM": 2, "RNN_TANH": 1, "RNN_RELU": 1}
 
 
 def make_input(T, B, I, dtype, layout, device="cpu"):
@@ -27,42 +29,59 @@ def make_params(cell, I, H, dtype, bias, device="cpu"):
     return [u(G, I), u(G, H), *([u(G), u(G)] if bias else [None, None])]
 
 
-def run_fused(cell, x, states, params, reverse):
+def run_fused(cell, x, states, params, reverse, lengths=None):
     if cell == "GRU":
-        out, h = fused_rnn.gru_layer(x, states[0], *params, reverse=reverse)
-        return [out, h]
-    out, h, c = fused_rnn.lstm_layer(x, states[0], states[1], *params, reverse=reverse)
-    return [out, h, c]
+        return list(fused_rnn.gru_layer(x, states[0], *params, reverse=reverse, lengths=lengths))
+    if cell == "LSTM":
+        return list(fused_rnn.lstm_layer(x, *states, *params, reverse=reverse, lengths=lengths))
+    phi = "relu" if cell == "RNN_RELU" else "tanh"
+    return list(fused_rnn.rnn_layer(x, states[0], *params, nonlinearity=phi, reverse=reverse,
+                                    lengths=lengths))
 
 
-def run_reference(cell, x, states, params, reverse):
+def run_reference_full(cell, x, states, params, reverse):
     if cell == "GRU":
-        out, h = reference.gru(x, states[0], reference.gru_params_from_torch(*params), reverse=reverse)
-        return [out, h]
-    out, h, c = reference.lstm(x, states[0], states[1],
-                               reference.lstm_params_from_torch(*params), reverse=reverse)
-    return [out, h, c]
+        return list(reference.gru(x, states[0], reference.gru_params_from_torch(*params), reverse=reverse))
+    if cell == "LSTM":
+        return list(reference.lstm(x, *states, reference.lstm_params_from_torch(*params), reverse=reverse))
+    phi = "relu" if cell == "RNN_RELU" else "tanh"
+    return list(reference.rnn(x, states[0], reference.rnn_params_from_torch(*params), phi, reverse=reverse))
+
+
+def run_reference(cell, x, states, params, reverse, lengths=None):
+    """The textbook cells; with lengths, each sequence alone on its own steps, zero padded."""
+    if lengths is None:
+        return run_reference_full(cell, x, states, params, reverse)
+    outs, finals = [], [[] for _ in states]
+    for b, n in enumerate(lengths.tolist()):
+        res = run_reference_full(cell, x[:n, b:b + 1], [s[b:b + 1] for s in states], params, reverse)
+        outs.append(torch.cat([res[0], res[0].new_zeros(x.shape[0] - n, *res[0].shape[1:])]))
+        for f, r in zip(finals, res[1:]):
+            f.append(r)
+    return [torch.cat(outs, 1)] + [torch.cat(f) for f in finals]
 
 
 def float64_copy(t):
     return None if t is None else t.detach().double().requires_grad_(True)
 
 
-def check_against_reference(cell, T, B, I, H, dtype, bias, reverse, layout, device="cpu"):
+def check_against_reference(cell, T, B, I, H, dtype, bias, reverse, layout, device="cpu",
+                            lengths=None):
     """The fused op in `dtype` on `device` against the textbook cells in float64 on the same
     values: outputs, final states, and the gradients of every input."""
     torch.manual_seed(T * 1000 + B * 100 + I * 10 + H)
     x = make_input(T, B, I, dtype, layout, device).requires_grad_(True)
     states = [torch.randn(B, H, dtype=dtype, device=device, requires_grad=True)
-              for _ in range(GATES[cell] - 2)]
+              for _ in range(N_STATES[cell])]
     params = [p.requires_grad_(True) if p is not None else None
               for p in make_params(cell, I, H, dtype, bias, device)]
     inputs = [x, *states, *params]
     ref_inputs = [float64_copy(t) for t in inputs]
     n_states = len(states)
-    got = run_fused(cell, x, states, params, reverse)
+    got = run_fused(cell, x, states, params, reverse,
+                    None if lengths is None else lengths.to(device))
     want = run_reference(cell, ref_inputs[0], ref_inputs[1:1 + n_states], ref_inputs[1 + n_states:],
-                         reverse)
+                         reverse, lengths)
     names = ["output", "h_n", "c_n"]
     for g, w, n in zip(got, want, names):
         assert g.shape == w.shape and g.dtype == dtype and g.device.type == device, n
@@ -74,7 +93,7 @@ def check_against_reference(cell, T, B, I, H, dtype, bias, reverse, layout, devi
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("T,B,I,H", SIZES)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
@@ -84,11 +103,22 @@ def test_op_matches_reference(device, cell, dtype, T, B, I, H, bias, reverse):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("layout", ["batch_major", "strided"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_op_matches_reference_any_input_layout(device, cell, layout, reverse):
     check_against_reference(cell, 5, 3, 6, 11, torch.float32, True, reverse, layout, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("layout", ["seq_major", "batch_major"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_op_with_lengths_matches_reference_per_sequence(device, cell, layout, reverse):
+    """Per-sequence lengths inside the fused loop (unsorted, one empty, one full): each
+    sequence gives what it gives alone, zero outputs past its end, and the right gradients."""
+    lengths = torch.tensor([3, 6, 0, 1, 6])
+    check_against_reference(cell, 6, 5, 4, 7, torch.float64, True, reverse, layout, device, lengths)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -99,31 +129,31 @@ def test_op_half_types_on_cuda_match_reference(cell, dtype, T, B, I, H):
     check_against_reference(cell, T, B, I, H, dtype, True, False, "seq_major", "cuda")
 
 
-@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_batch_major_input_gives_batch_major_output(cell):
     """batch_first costs no copy: the output keeps the input's [B, T, H] memory layout."""
     x = torch.randn(4, 6, 5).transpose(0, 1)  # [T=6, B=4, I=5] seen from [B, T, I] memory
-    states = [torch.zeros(4, 7)] * (GATES[cell] - 2)
+    states = [torch.zeros(4, 7)] * N_STATES[cell]
     out = run_fused(cell, x, states, make_params(cell, 5, 7, torch.float32, True), False)[0]
     assert out.shape == (6, 4, 7)
     assert out.transpose(0, 1).is_contiguous()
 
 
-@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_empty_sequence_returns_initial_state(cell):
-    states = [torch.randn(3, 5) for _ in range(GATES[cell] - 2)]
+    states = [torch.randn(3, 5) for _ in range(N_STATES[cell])]
     res = run_fused(cell, torch.randn(0, 3, 4), states, make_params(cell, 4, 5, torch.float32, True), False)
     assert res[0].shape == (0, 3, 5)
     for got, s in zip(res[1:], states):
         assert torch.equal(got, s)
 
 
-@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_no_grad_forward_matches_training_forward(cell):
     """Inference (save_activations=False) computes the same numbers as training."""
     torch.manual_seed(1)
     x = torch.randn(6, 3, 5)
-    states = [torch.randn(3, 7) for _ in range(GATES[cell] - 2)]
+    states = [torch.randn(3, 7) for _ in range(N_STATES[cell])]
     params = make_params(cell, 5, 7, torch.float32, True)
     with torch.no_grad():
         a = run_fused(cell, x, states, params, False)

@@ -61,6 +61,10 @@ template <typename S>
 void lstm_forward(const LstmForwardStep<S>& p) { run_rows(rows<S>().lstm_forward, p); }
 template <typename S>
 void lstm_backward(const LstmBackwardStep<S>& p) { run_rows(rows<S>().lstm_backward, p); }
+template <typename S>
+void rnn_forward(const RnnForwardStep<S>& p) { run_rows(rows<S>().rnn_forward, p); }
+template <typename S>
+void rnn_backward(const RnnBackwardStep<S>& p) { run_rows(rows<S>().rnn_backward, p); }
 
 std::string upper(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::toupper(c); });
@@ -72,7 +76,8 @@ std::string upper(std::string s) {
 template <typename scalar_t>
 const StepKernels<scalar_t>& step_kernels() {
   static const StepKernels<scalar_t> kernels{&gru_forward<scalar_t>, &gru_backward<scalar_t>,
-                                             &lstm_forward<scalar_t>, &lstm_backward<scalar_t>};
+                                             &lstm_forward<scalar_t>, &lstm_backward<scalar_t>,
+                                             &rnn_forward<scalar_t>, &rnn_backward<scalar_t>};
   return kernels;
 }
 template const StepKernels<float>& step_kernels<float>();

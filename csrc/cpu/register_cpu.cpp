@@ -38,6 +38,8 @@ TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {
   m.impl("gru_backward", &CpuOps::gru_backward);
   m.impl("lstm_forward", &CpuOps::lstm_forward);
   m.impl("lstm_backward", &CpuOps::lstm_backward);
+  m.impl("rnn_forward", &CpuOps::rnn_forward);
+  m.impl("rnn_backward", &CpuOps::rnn_backward);
 }
 
 }  // namespace fused_rnn

@@ -36,6 +36,8 @@ struct Activations<at::vec::Vectorized<S>> {
   // Sleef's tanh; absolute error about one ulp of 1 (where |x| << 1 that is more than tanh's own
   // ulp, well inside what the recurrence's GEMMs round anyway). Saturates to +-1, keeps NaN.
   static inline V tanh(V x) { return V(S(1)) - V(S(2)) / (V(S(1)) + exp(x + x)); }
+  static inline V relu(V x) { return at::vec::maximum(x, V(S(0))); }  // keeps NaN
+  static inline V relu_grad(V y) { return V::blendv(V(S(0)), V(S(1)), y > V(S(0))); }
 };
 
 namespace cpu {
@@ -59,6 +61,20 @@ inline void store(const Vec<S>& v, S* p, int64_t n) {
   }
 }
 
+inline bool active(const int64_t* lengths, int64_t t, int64_t b) {
+  return lengths == nullptr || t < lengths[b];
+}
+
+// Rows of inactive (finished or not yet started) sequences: carried state, zero gradients.
+template <typename S>
+inline void copy_row(S* dst, const S* src, int64_t n) {
+  if (dst != src) std::copy(src, src + n, dst);
+}
+template <typename S>
+inline void zero_row(S* dst, int64_t n) {
+  std::fill(dst, dst + n, S(0));
+}
+
 template <typename S>
 void gru_forward_rows(const GruForwardStep<S>& p, int64_t b_begin, int64_t b_end) {
   const int64_t H = p.hidden;
@@ -69,6 +85,11 @@ void gru_forward_rows(const GruForwardStep<S>& p, int64_t b_begin, int64_t b_end
     const S* h_prev = p.h_prev + b * p.h_prev_row;  // [H]
     S* h = p.h + b * p.h_row;                       // [H]
     S* saved = p.saved ? p.saved + b * p.saved_row : nullptr;  // [4H]
+    if (!active(p.lengths, p.t, b)) {
+      copy_row(h, h_prev, H);
+      if (saved) zero_row(saved, 4 * H);
+      continue;
+    }
     for (int64_t j = 0; j < H; j += W) {
       const int64_t n = std::min<int64_t>(W, H - j);
       Vec<S> gi_r = load(gi + j, n), gi_z = load(gi + H + j, n), gi_n = load(gi + 2 * H + j, n);
@@ -107,6 +128,11 @@ void gru_backward_rows(const GruBackwardStep<S>& p, int64_t b_begin, int64_t b_e
     const S* saved = p.saved + b * p.saved_row;     // [4H]
     S* d_gi = p.d_gi + b * p.d_gi_row;              // [3H]
     S* d_gh = p.d_gh + b * p.d_gh_row;              // [3H]
+    if (!active(p.lengths, p.t, b)) {  // dh passes through; no gate gradient
+      zero_row(d_gi, 3 * H);
+      zero_row(d_gh, 3 * H);
+      continue;
+    }
     for (int64_t j = 0; j < H; j += W) {
       const int64_t n = std::min<int64_t>(W, H - j);
       const Vec<S> dh_total = load(dh + j, n) + load(grad_h + j, n);
@@ -134,6 +160,12 @@ void lstm_forward_rows(const LstmForwardStep<S>& p, int64_t b_begin, int64_t b_e
     const S* c_prev = p.c_prev + b * p.c_prev_row;  // [H]
     S* c = p.c + b * p.c_row;                       // [H]
     S* h = p.h + b * p.h_row;                       // [H]
+    if (!active(p.lengths, p.t, b)) {
+      zero_row(gates, 4 * H);
+      copy_row(c, c_prev, H);
+      copy_row(h, p.h_prev + b * p.h_prev_row, H);
+      continue;
+    }
     for (int64_t j = 0; j < H; j += W) {
       const int64_t n = std::min<int64_t>(W, H - j);
       Vec<S> i = load(gates + j, n), f = load(gates + H + j, n), g = load(gates + 2 * H + j, n),
@@ -162,12 +194,16 @@ void lstm_backward_rows(const LstmBackwardStep<S>& p, int64_t b_begin, int64_t b
   constexpr int64_t W = Vec<S>::size();
   for (int64_t b = b_begin; b < b_end; ++b) {
     const S* grad_h = p.grad_h + b * p.grad_h_row;  // [H]
-    const S* dh = p.dh + b * H;                     // [H]
+    S* dh = p.dh + b * H;                           // [H]
     S* dc = p.dc + b * H;                           // [H]
     const S* gates = p.gates + b * p.gates_row;     // [4H]
     const S* c_prev = p.c_prev + b * p.c_prev_row;  // [H]
     const S* c = p.c + b * p.c_row;                 // [H]
     S* d_gates = p.d_gates + b * p.d_gates_row;     // [4H]
+    if (!active(p.lengths, p.t, b)) {  // dh and dc pass through; no gate gradient
+      zero_row(d_gates, 4 * H);
+      continue;
+    }
     for (int64_t j = 0; j < H; j += W) {
       const int64_t n = std::min<int64_t>(W, H - j);
       Vec<S> dcv = load(dc + j, n);
@@ -181,14 +217,75 @@ void lstm_backward_rows(const LstmBackwardStep<S>& p, int64_t b_begin, int64_t b
       store(d_g, d_gates + 2 * H + j, n);
       store(d_o, d_gates + 3 * H + j, n);
       store(dcv, dc + j, n);
+      store(Vec<S>(S(0)), dh + j, n);  // all of dL/dh_prev goes through W_hh
     }
+  }
+}
+
+template <bool kRelu, typename S>
+void rnn_forward_rows_impl(const RnnForwardStep<S>& p, int64_t b_begin, int64_t b_end) {
+  const int64_t H = p.hidden;
+  constexpr int64_t W = Vec<S>::size();
+  for (int64_t b = b_begin; b < b_end; ++b) {
+    const S* pre = p.pre + b * p.pre_row;  // [H]
+    S* h = p.h + b * p.h_row;              // [H]
+    if (!active(p.lengths, p.t, b)) {
+      copy_row(h, p.h_prev + b * p.h_prev_row, H);
+      continue;
+    }
+    for (int64_t j = 0; j < H; j += W) {
+      const int64_t n = std::min<int64_t>(W, H - j);
+      Vec<S> x = load(pre + j, n);
+      if (p.bias) x = x + load(p.bias + j, n);
+      store(rnn_cell_forward<kRelu>(x), h + j, n);
+    }
+  }
+}
+
+template <typename S>
+void rnn_forward_rows(const RnnForwardStep<S>& p, int64_t b_begin, int64_t b_end) {
+  if (p.relu) {
+    rnn_forward_rows_impl<true>(p, b_begin, b_end);
+  } else {
+    rnn_forward_rows_impl<false>(p, b_begin, b_end);
+  }
+}
+
+template <bool kRelu, typename S>
+void rnn_backward_rows_impl(const RnnBackwardStep<S>& p, int64_t b_begin, int64_t b_end) {
+  const int64_t H = p.hidden;
+  constexpr int64_t W = Vec<S>::size();
+  for (int64_t b = b_begin; b < b_end; ++b) {
+    const S* grad_h = p.grad_h + b * p.grad_h_row;  // [H]
+    S* dh = p.dh + b * H;                           // [H]
+    const S* h = p.h + b * p.h_row;                 // [H]
+    S* d_pre = p.d_pre + b * p.d_pre_row;           // [H]
+    if (!active(p.lengths, p.t, b)) {  // dh passes through
+      zero_row(d_pre, H);
+      continue;
+    }
+    for (int64_t j = 0; j < H; j += W) {
+      const int64_t n = std::min<int64_t>(W, H - j);
+      store(rnn_cell_backward<kRelu>(load(dh + j, n) + load(grad_h + j, n), load(h + j, n)),
+            d_pre + j, n);
+      store(Vec<S>(S(0)), dh + j, n);  // all of dL/dh_prev goes through W_hh
+    }
+  }
+}
+
+template <typename S>
+void rnn_backward_rows(const RnnBackwardStep<S>& p, int64_t b_begin, int64_t b_end) {
+  if (p.relu) {
+    rnn_backward_rows_impl<true>(p, b_begin, b_end);
+  } else {
+    rnn_backward_rows_impl<false>(p, b_begin, b_end);
   }
 }
 
 template <typename S>
 constexpr RowKernels<S> row_kernels() {
   return {&gru_forward_rows<S>, &gru_backward_rows<S>, &lstm_forward_rows<S>,
-          &lstm_backward_rows<S>};
+          &lstm_backward_rows<S>, &rnn_forward_rows<S>, &rnn_backward_rows<S>};
 }
 
 }  // namespace

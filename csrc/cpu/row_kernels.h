@@ -15,6 +15,8 @@ struct RowKernels {
   void (*gru_backward)(const GruBackwardStep<scalar_t>&, int64_t b_begin, int64_t b_end);
   void (*lstm_forward)(const LstmForwardStep<scalar_t>&, int64_t b_begin, int64_t b_end);
   void (*lstm_backward)(const LstmBackwardStep<scalar_t>&, int64_t b_begin, int64_t b_end);
+  void (*rnn_forward)(const RnnForwardStep<scalar_t>&, int64_t b_begin, int64_t b_end);
+  void (*rnn_backward)(const RnnBackwardStep<scalar_t>&, int64_t b_begin, int64_t b_end);
 };
 
 struct IsaKernels {

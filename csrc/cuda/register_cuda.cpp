@@ -44,6 +44,8 @@ TORCH_LIBRARY_IMPL(fused_rnn, CUDA, m) {
   m.impl("gru_backward", &CudaOps::gru_backward);
   m.impl("lstm_forward", &CudaOps::lstm_forward);
   m.impl("lstm_backward", &CudaOps::lstm_backward);
+  m.impl("rnn_forward", &CudaOps::rnn_forward);
+  m.impl("rnn_backward", &CudaOps::rnn_backward);
 }
 
 }  // namespace fused_rnn

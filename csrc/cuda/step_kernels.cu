@@ -24,6 +24,10 @@ __device__ __forceinline__ acc_t<S> ld(const S* p) {
   return static_cast<acc_t<S>>(*p);
 }
 
+__device__ __forceinline__ bool active(const int64_t* lengths, int64_t t, int64_t b) {
+  return lengths == nullptr || t < lengths[b];
+}
+
 // Grid-stride loop over the B*H elements of one step.
 #define FUSED_RNN_FOR_EACH_ELEMENT(n, i)                                                   \
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
@@ -35,6 +39,13 @@ __global__ void gru_forward_kernel(GruForwardStep<S> p) {
   const int64_t H = p.hidden;
   FUSED_RNN_FOR_EACH_ELEMENT(p.batch * H, i) {
     const int64_t b = i / H, j = i - b * H;
+    if (!active(p.lengths, p.t, b)) {  // carried state
+      p.h[b * p.h_row + j] = p.h_prev[b * p.h_prev_row + j];
+      if (p.saved) {
+        for (int k = 0; k < 4; ++k) p.saved[b * p.saved_row + k * H + j] = S(0);
+      }
+      continue;
+    }
     const S* gi = p.gi + b * p.gi_row;  // [3H]
     const S* gh = p.gh + b * p.gh_row;  // [3H]
     A gi_r = ld(gi + j), gi_z = ld(gi + H + j), gi_n = ld(gi + 2 * H + j);
@@ -69,6 +80,12 @@ __global__ void gru_backward_kernel(GruBackwardStep<S> p) {
   const int64_t H = p.hidden;
   FUSED_RNN_FOR_EACH_ELEMENT(p.batch * H, i) {
     const int64_t b = i / H, j = i - b * H;
+    S* d_gi = p.d_gi + b * p.d_gi_row;  // [3H]
+    S* d_gh = p.d_gh + b * p.d_gh_row;  // [3H]
+    if (!active(p.lengths, p.t, b)) {  // dh passes through
+      for (int k = 0; k < 3; ++k) d_gi[k * H + j] = d_gh[k * H + j] = S(0);
+      continue;
+    }
     const S* saved = p.saved + b * p.saved_row;  // [4H]
     S* dh = p.dh + b * H + j;
     A d_r, d_z, d_gi_n, d_gh_n, dh_direct;
@@ -76,8 +93,6 @@ __global__ void gru_backward_kernel(GruBackwardStep<S> p) {
                          ld(p.h_prev + b * p.h_prev_row + j), ld(saved + j), ld(saved + H + j),
                          ld(saved + 2 * H + j), ld(saved + 3 * H + j), d_r, d_z, d_gi_n, d_gh_n,
                          dh_direct);
-    S* d_gi = p.d_gi + b * p.d_gi_row;  // [3H]
-    S* d_gh = p.d_gh + b * p.d_gh_row;  // [3H]
     d_gi[j] = d_gh[j] = static_cast<S>(d_r);
     d_gi[H + j] = d_gh[H + j] = static_cast<S>(d_z);
     d_gi[2 * H + j] = static_cast<S>(d_gi_n);
@@ -93,6 +108,12 @@ __global__ void lstm_forward_kernel(LstmForwardStep<S> p) {
   FUSED_RNN_FOR_EACH_ELEMENT(p.batch * H, i) {
     const int64_t b = i / H, j = i - b * H;
     S* gates = p.gates + b * p.gates_row;  // [4H]
+    if (!active(p.lengths, p.t, b)) {  // carried state
+      for (int k = 0; k < 4; ++k) gates[k * H + j] = S(0);
+      p.c[b * p.c_row + j] = p.c_prev[b * p.c_prev_row + j];
+      p.h[b * p.h_row + j] = p.h_prev[b * p.h_prev_row + j];
+      continue;
+    }
     A gi = ld(gates + j), gf = ld(gates + H + j), gg = ld(gates + 2 * H + j),
       go = ld(gates + 3 * H + j);
     if (p.bias) {
@@ -118,6 +139,11 @@ __global__ void lstm_backward_kernel(LstmBackwardStep<S> p) {
   const int64_t H = p.hidden;
   FUSED_RNN_FOR_EACH_ELEMENT(p.batch * H, i) {
     const int64_t b = i / H, j = i - b * H;
+    S* d_gates = p.d_gates + b * p.d_gates_row;  // [4H]
+    if (!active(p.lengths, p.t, b)) {  // dh and dc pass through
+      for (int k = 0; k < 4; ++k) d_gates[k * H + j] = S(0);
+      continue;
+    }
     const S* gates = p.gates + b * p.gates_row;  // [4H]
     S* dc_ptr = p.dc + b * H + j;
     A dc = ld(dc_ptr);
@@ -126,12 +152,46 @@ __global__ void lstm_backward_kernel(LstmBackwardStep<S> p) {
                           ld(gates + j), ld(gates + H + j), ld(gates + 2 * H + j),
                           ld(gates + 3 * H + j), ld(p.c_prev + b * p.c_prev_row + j),
                           ld(p.c + b * p.c_row + j), d_i, d_f, d_g, d_o);
-    S* d_gates = p.d_gates + b * p.d_gates_row;  // [4H]
     d_gates[j] = static_cast<S>(d_i);
     d_gates[H + j] = static_cast<S>(d_f);
     d_gates[2 * H + j] = static_cast<S>(d_g);
     d_gates[3 * H + j] = static_cast<S>(d_o);
     *dc_ptr = static_cast<S>(dc);
+    p.dh[b * H + j] = S(0);  // all of dL/dh_prev goes through W_hh
+  }
+}
+
+template <bool kRelu, typename S>
+__global__ void rnn_forward_kernel(RnnForwardStep<S> p) {
+  using A = acc_t<S>;
+  const int64_t H = p.hidden;
+  FUSED_RNN_FOR_EACH_ELEMENT(p.batch * H, i) {
+    const int64_t b = i / H, j = i - b * H;
+    if (!active(p.lengths, p.t, b)) {  // carried state
+      p.h[b * p.h_row + j] = p.h_prev[b * p.h_prev_row + j];
+      continue;
+    }
+    A x = ld(p.pre + b * p.pre_row + j);
+    if (p.bias) x += ld(p.bias + j);
+    p.h[b * p.h_row + j] = static_cast<S>(rnn_cell_forward<kRelu, A>(x));
+  }
+}
+
+template <bool kRelu, typename S>
+__global__ void rnn_backward_kernel(RnnBackwardStep<S> p) {
+  using A = acc_t<S>;
+  const int64_t H = p.hidden;
+  FUSED_RNN_FOR_EACH_ELEMENT(p.batch * H, i) {
+    const int64_t b = i / H, j = i - b * H;
+    S* d_pre = p.d_pre + b * p.d_pre_row + j;
+    if (!active(p.lengths, p.t, b)) {  // dh passes through
+      *d_pre = S(0);
+      continue;
+    }
+    S* dh = p.dh + b * H + j;
+    *d_pre = static_cast<S>(rnn_cell_backward<kRelu, A>(
+        ld(dh) + ld(p.grad_h + b * p.grad_h_row + j), ld(p.h + b * p.h_row + j)));
+    *dh = S(0);  // all of dL/dh_prev goes through W_hh
   }
 }
 
@@ -152,13 +212,21 @@ template <typename S>
 void lstm_forward(const LstmForwardStep<S>& p) { launch(&lstm_forward_kernel<S>, p); }
 template <typename S>
 void lstm_backward(const LstmBackwardStep<S>& p) { launch(&lstm_backward_kernel<S>, p); }
+template <typename S>
+void rnn_forward(const RnnForwardStep<S>& p) {
+  launch(p.relu ? &rnn_forward_kernel<true, S> : &rnn_forward_kernel<false, S>, p);
+}
+template <typename S>
+void rnn_backward(const RnnBackwardStep<S>& p) {
+  launch(p.relu ? &rnn_backward_kernel<true, S> : &rnn_backward_kernel<false, S>, p);
+}
 
 }  // namespace
 
 template <typename S>
 const StepKernels<S>& step_kernels() {
   static const StepKernels<S> kernels{&gru_forward<S>, &gru_backward<S>, &lstm_forward<S>,
-                                      &lstm_backward<S>};
+                                      &lstm_backward<S>, &rnn_forward<S>, &rnn_backward<S>};
   return kernels;
 }
 
