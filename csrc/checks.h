@@ -26,39 +26,70 @@ inline void check_shape(const char* op, const char* name, const at::Tensor& t,
               shape_str(expected), ", got ", shape_str(t.sizes()));
 }
 
-// `t` must share dtype and device with `ref` (the input of the call).
+// `t` must share dtype and device with `ref` (the input of the call, or for token-id input
+// the weights).
 inline void check_same(const char* op, const char* name, const at::Tensor& t,
-                       const at::Tensor& ref) {
+                       const at::Tensor& ref, const char* ref_name = "input") {
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), op, ": expected ", name, " to have dtype ",
-              ref.scalar_type(), " (the dtype of input), got ", t.scalar_type());
+              ref.scalar_type(), " (the dtype of ", ref_name, "), got ", t.scalar_type());
   TORCH_CHECK(t.device() == ref.device(), op, ": expected ", name, " on device ", ref.device(),
-              " (the device of input), got ", t.device());
+              " (the device of ", ref_name, "), got ", t.device());
 }
 
 // Checks of a one-layer, one-direction forward with `gates` gates (GRU 3, LSTM 4).
 // Returns the hidden size, taken from w_hh: [gates*H, H].
+// Integer input holds token ids: [T, B], standing for one-hot rows of width input_size.
+inline bool is_token_input(const at::Tensor& input) {
+  return at::isIntegralType(input.scalar_type(), /*includeBool=*/false);
+}
+
+// Checks of a one-layer, one-direction forward with `gates` gates (GRU 3, LSTM 4, RNN 1).
+// input: [T, B, I] floating point, or [T, B] token ids in [0, I). Returns the hidden size,
+// taken from w_hh: [gates*H, H].
 inline int64_t check_forward_args(const char* op, int64_t gates, const at::Tensor& input,
                                   const at::Tensor& hx, const at::Tensor* cx,
                                   const at::Tensor& w_ih, const at::Tensor& w_hh,
                                   const c10::optional<at::Tensor>& b_ih,
                                   const c10::optional<at::Tensor>& b_hh) {
-  TORCH_CHECK(input.dim() == 3, op, ": expected input to be 3-D [seq_len, batch, input_size], got ",
-              input.dim(), "-D tensor of shape ", shape_str(input.sizes()));
+  const bool tokens = is_token_input(input);
+  if (tokens) {
+    TORCH_CHECK(input.dim() == 2, op, ": expected token-id input to be 2-D [seq_len, batch], got ",
+                input.dim(), "-D tensor of shape ", shape_str(input.sizes()));
+  } else {
+    TORCH_CHECK(input.dim() == 3, op,
+                ": expected input to be 3-D [seq_len, batch, input_size], got ", input.dim(),
+                "-D tensor of shape ", shape_str(input.sizes()));
+  }
   TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == gates * w_hh.size(1), op,
               ": expected w_hh of shape [", gates, "*hidden_size, hidden_size], got ",
               shape_str(w_hh.sizes()));
-  const int64_t B = input.size(1), I = input.size(2), H = w_hh.size(1);
+  TORCH_CHECK(w_ih.dim() == 2, op, ": expected w_ih to be 2-D, got shape ",
+              shape_str(w_ih.sizes()));
+  const int64_t B = input.size(1), I = tokens ? w_ih.size(1) : input.size(2), H = w_hh.size(1);
   check_shape(op, "w_ih", w_ih, {gates * H, I}, "[gates*hidden_size, input_size]");
+  // dtype and device every floating-point argument must share: input's, or for token ids w_hh's
+  const at::Tensor& ref = tokens ? w_hh : input;
+  const char* ref_name = tokens ? "w_hh" : "input";
   check_shape(op, "hx", hx, {B, H}, "[batch, hidden_size]");
   if (cx) check_shape(op, "cx", *cx, {B, H}, "[batch, hidden_size]");
   if (b_ih) check_shape(op, "b_ih", *b_ih, {gates * H}, "[gates*hidden_size]");
   if (b_hh) check_shape(op, "b_hh", *b_hh, {gates * H}, "[gates*hidden_size]");
-  check_same(op, "hx", hx, input);
-  if (cx) check_same(op, "cx", *cx, input);
-  check_same(op, "w_ih", w_ih, input);
-  check_same(op, "w_hh", w_hh, input);
-  if (b_ih) check_same(op, "b_ih", *b_ih, input);
-  if (b_hh) check_same(op, "b_hh", *b_hh, input);
+  if (tokens) {
+    TORCH_CHECK(input.device() == ref.device(), op, ": expected input on device ", ref.device(),
+                " (the device of the weights), got ", input.device());
+    if (input.is_cpu() && input.numel() > 0) {
+      const int64_t lo = input.min().item<int64_t>(), hi = input.max().item<int64_t>();
+      TORCH_CHECK(lo >= 0 && hi < I, op, ": expected token ids in [0, input_size=", I,
+                  "), got values in [", lo, ", ", hi, "]");
+    }
+  } else {
+    check_same(op, "w_hh", w_hh, input);
+  }
+  check_same(op, "hx", hx, ref, ref_name);
+  if (cx) check_same(op, "cx", *cx, ref, ref_name);
+  check_same(op, "w_ih", w_ih, ref, ref_name);
+  if (b_ih) check_same(op, "b_ih", *b_ih, ref, ref_name);
+  if (b_hh) check_same(op, "b_hh", *b_hh, ref, ref_name);
   return H;
 }
 
@@ -82,12 +113,13 @@ inline void check_lengths(const char* op, const c10::optional<at::Tensor>& lengt
 }
 
 // A tensor saved by the forward must have the shape the forward gave it.
+// ref: w_hh (which every floating-point tensor of a call matches in dtype and device).
 inline void check_saved(const char* op, const char* name, const at::Tensor& t,
                         at::IntArrayRef expected, const at::Tensor& ref) {
   TORCH_CHECK(t.sizes().equals(expected), op, ": expected ", name, " of shape ",
               shape_str(expected), ", got ", shape_str(t.sizes()),
               (t.numel() == 0 ? " (was the forward called with save_activations=False?)" : ""));
-  check_same(op, name, t, ref);
+  check_same(op, name, t, ref, "w_hh");
 }
 
 }  // namespace fused_rnn

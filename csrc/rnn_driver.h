@@ -51,10 +51,40 @@ inline const S* opt_ptr(const Tensor& t) { return t.defined() ? t.data_ptr<S>() 
 // Time index of processing step s.
 inline int64_t time_of(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s : s; }
 
+// Token-id input x: [T, B] (layout `lay`) as int64 [T*B] in memory order.
+inline Tensor token_rows(const SeqLayout& lay, const Tensor& x) {
+  const Tensor ids = lay.batch_major ? x.transpose(0, 1).reshape({-1}) : x.reshape({-1});
+  return ids.scalar_type() == at::kLong ? ids : ids.to(at::kLong);
+}
+
 // gi: [T, B, G] = x W^T for all steps at once; x: [T, B, I] in `lay`, w: [G, I]. Biases are
 // added by the step kernels (addmm would first copy the broadcast bias into all T*B rows).
+// Token ids x: [T, B] stand for one-hot rows: gi[t, b] = w[:, x[t, b]], gathered, no one-hot.
 inline Tensor input_projection(const SeqLayout& lay, const Tensor& x, const Tensor& w) {
+  if (is_token_input(x)) {
+    return lay.unrows(w.t().index_select(0, token_rows(lay, x)), x.size(0), x.size(1));
+  }
   return lay.unrows(at::mm(lay.rows(x), w.t()), x.size(0), x.size(1));
+}
+
+// dL/dW_ih: [G, I] = d_g^T x over all steps; d_g2d: [T*B, G] in `lay`'s row order.
+// Token ids: the columns of the ids seen get their rows of d_g added (index_add, no one-hot).
+inline Tensor input_weight_grad(const SeqLayout& lay, const Tensor& x, const Tensor& d_g2d,
+                                const Tensor& w_ih) {
+  if (is_token_input(x)) {
+    return at::zeros_like(w_ih, at::MemoryFormat::Contiguous)
+        .index_add_(1, token_rows(lay, x), d_g2d.t());
+  }
+  return at::mm(d_g2d.t(), lay.rows(x));
+}
+
+// dL/dx: [T, B, I] = d_g W_ih (not for token ids, which have no gradient), or [0].
+inline Tensor input_grad(const SeqLayout& lay, const Tensor& x, const Tensor& d_g2d,
+                         const Tensor& w_ih, bool compute) {
+  TORCH_CHECK(!(compute && is_token_input(x)),
+              "fused_rnn: token-id input has no gradient (compute_input_grad must be False)");
+  if (!compute) return at::empty({0}, w_ih.options());
+  return lay.unrows(at::mm(d_g2d, w_ih), x.size(0), x.size(1));
 }
 
 // h_prevs: [T, B, H] (in `lay`), the state each step started from: h0, then the outputs
@@ -133,7 +163,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(
   const SeqLayout lay = SeqLayout::of(input_);
   const Tensor input = lay.normalize(input_);  // input: [T, B, I]
   const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
-  const auto opts = input.options();
+  const auto opts = w_hh.options();
   const Tensor hx = hx_.contiguous();                        // hx: [B, H]
   const Tensor gi = input_projection(lay, input, w_ih);      // gi: [T, B, 3H]
   Tensor output = lay.empty(T, B, H, opts);                  // output: [T, B, H]
@@ -168,7 +198,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
   const SeqLayout lay = SeqLayout::of(input_);
   const Tensor input = lay.normalize(input_);                 // input: [T, B, I]
   const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
-  const auto opts = input.options();
+  const auto opts = w_hh.options();
   const Tensor grad_output = inner_contiguous(grad_output_);  // grad_output: [T, B, H]
   const Tensor saved = saved_.contiguous();                   // saved: [T, B, 4H]
   const Tensor h0 = hx.contiguous();                          // h0: [B, H]
@@ -186,12 +216,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
     hidden->run(d_gh_s.at(t), d_gh_s.row, ptr<S>(dh), H, B, /*accumulate=*/true);
   }
   const Tensor d_gi2d = lay.rows(d_gi), d_gh2d = lay.rows(d_gh);  // [T*B, 3H]
-  Tensor grad_w_ih = at::mm(d_gi2d.t(), lay.rows(input));
+  Tensor grad_w_ih = input_weight_grad(lay, input, d_gi2d, w_ih);
   Tensor grad_w_hh = at::mm(d_gh2d.t(), lay.rows(h_prevs));
   Tensor grad_b_ih = d_gi2d.sum(0);
   Tensor grad_b_hh = d_gh2d.sum(0);
-  Tensor grad_input = compute_input_grad ? lay.unrows(at::mm(d_gi2d, w_ih), T, B)
-                                         : at::empty({0}, opts);
+  Tensor grad_input = input_grad(lay, input, d_gi2d, w_ih, compute_input_grad);
   return {grad_input, dh, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
 }
 
@@ -209,7 +238,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
   const SeqLayout lay = SeqLayout::of(input_);
   const Tensor input = lay.normalize(input_);  // input: [T, B, I]
   const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
-  const auto opts = input.options();
+  const auto opts = w_hh.options();
   const Tensor hx = hx_.contiguous(), cx = cx_.contiguous();  // hx, cx: [B, H]
   const Tensor bias = combined_bias(b_ih, b_hh);               // bias: [4H] or undefined
   // gates: [T, B, 4H]; step t adds h_{t-1} W_hh^T in place, then the step kernel adds the bias
@@ -250,7 +279,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   const SeqLayout lay = SeqLayout::of(input_);
   const Tensor input = lay.normalize(input_);  // input: [T, B, I]
   const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
-  const auto opts = input.options();
+  const auto opts = w_hh.options();
   const Tensor grad_output = inner_contiguous(grad_output_);  // grad_output: [T, B, H]
   const Tensor gates = inner_contiguous(gates_);              // gates: [T, B, 4H]
   const Tensor cells = cells_.contiguous();                   // cells: [T, B, H]
@@ -269,12 +298,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   }
   const Tensor d_gates2d = lay.rows(d_gates);  // [T*B, 4H]
   const Tensor h_prevs = previous_states(lay, inner_contiguous(output), h0, reverse, lengths);
-  Tensor grad_w_ih = at::mm(d_gates2d.t(), lay.rows(input));
+  Tensor grad_w_ih = input_weight_grad(lay, input, d_gates2d, w_ih);
   Tensor grad_w_hh = at::mm(d_gates2d.t(), lay.rows(h_prevs));
   Tensor grad_b_ih = d_gates2d.sum(0);
   Tensor grad_b_hh = grad_b_ih.clone();
-  Tensor grad_input = compute_input_grad ? lay.unrows(at::mm(d_gates2d, w_ih), T, B)
-                                         : at::empty({0}, opts);
+  Tensor grad_input = input_grad(lay, input, d_gates2d, w_ih, compute_input_grad);
   return {grad_input, dh, dc, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
 }
 
@@ -296,7 +324,7 @@ std::tuple<Tensor, Tensor> rnn_forward_impl(const StepKernels<S>& k,
   const Tensor hx = hx_.contiguous();                    // hx: [B, H]
   const Tensor bias = combined_bias(b_ih, b_hh);          // bias: [H] or undefined
   Tensor pre = input_projection(lay, input, w_ih);        // pre: [T, B, H], += h W_hh^T per step
-  Tensor output = lay.empty(T, B, H, input.options());    // output: [T, B, H]
+  Tensor output = lay.empty(T, B, H, w_hh.options());     // output: [T, B, H]
   const auto hidden = make_gemm(w_hh, /*transpose_w=*/true, B);
   const StepRows<S> pre_s(pre), out_s(output);
   for (int64_t s = 0; s < T; ++s) {
@@ -323,7 +351,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_impl(
   const SeqLayout lay = SeqLayout::of(input_);
   const Tensor input = lay.normalize(input_);  // input: [T, B, I]
   const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
-  const auto opts = input.options();
+  const auto opts = w_hh.options();
   const Tensor grad_output = inner_contiguous(grad_output_);  // grad_output: [T, B, H]
   const Tensor output = inner_contiguous(output_);            // output: [T, B, H]
   const Tensor h0 = hx.contiguous();                          // h0: [B, H]
@@ -339,12 +367,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_impl(
   }
   const Tensor d_pre2d = lay.rows(d_pre);  // [T*B, H]
   const Tensor h_prevs = previous_states(lay, output, h0, reverse, lengths);
-  Tensor grad_w_ih = at::mm(d_pre2d.t(), lay.rows(input));
+  Tensor grad_w_ih = input_weight_grad(lay, input, d_pre2d, w_ih);
   Tensor grad_w_hh = at::mm(d_pre2d.t(), lay.rows(h_prevs));
   Tensor grad_b_ih = d_pre2d.sum(0);
   Tensor grad_b_hh = grad_b_ih.clone();
-  Tensor grad_input = compute_input_grad ? lay.unrows(at::mm(d_pre2d, w_ih), T, B)
-                                         : at::empty({0}, opts);
+  Tensor grad_input = input_grad(lay, input, d_pre2d, w_ih, compute_input_grad);
   return {grad_input, dh, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
 }
 

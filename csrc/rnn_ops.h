@@ -4,8 +4,9 @@
 // A Backend provides
 //   template <typename S> static const StepKernels<S>& kernels();
 //   template <typename S> static std::unique_ptr<HiddenGemm<S>> hidden_gemm(w, transpose_w, rows);
-//   template <typename F> static auto dispatch(const at::Tensor& input, const char* op, F&& f);
-// where dispatch calls f(S{}) for the element type S of `input` or raises for unsupported dtypes.
+//   template <typename F> static auto dispatch(const at::Tensor& w, const char* op, F&& f);
+// where dispatch calls f(S{}) for the element type S of the weights (= that of a floating-point
+// input; token-id input is integer) or raises for unsupported dtypes.
 #pragma once
 
 #include "checks.h"
@@ -28,7 +29,7 @@ struct RnnOps {
     constexpr const char* op = "fused_rnn::gru_forward";
     check_forward_args(op, 3, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh);
     check_lengths(op, lengths, input);
-    return Backend::dispatch(input, op, [&](auto tag) {
+    return Backend::dispatch(w_hh, op, [&](auto tag) {
       using S = decltype(tag);
       return gru_forward_impl<S>(Backend::template kernels<S>(), &Backend::template hidden_gemm<S>,
                                  input, hx, w_ih, w_hh, opt_contiguous(b_ih),
@@ -46,12 +47,12 @@ struct RnnOps {
     constexpr const char* op = "fused_rnn::gru_backward";
     const int64_t H = check_forward_args(op, 3, input, hx, nullptr, w_ih, w_hh, {}, {});
     const int64_t T = input.size(0), B = input.size(1);
-    check_saved(op, "grad_output", grad_output, {T, B, H}, input);
-    check_saved(op, "grad_hy", grad_hy, {B, H}, input);
-    check_saved(op, "output", output, {T, B, H}, input);
-    check_saved(op, "saved", saved, {T, B, 4 * H}, input);
+    check_saved(op, "grad_output", grad_output, {T, B, H}, w_hh);
+    check_saved(op, "grad_hy", grad_hy, {B, H}, w_hh);
+    check_saved(op, "output", output, {T, B, H}, w_hh);
+    check_saved(op, "saved", saved, {T, B, 4 * H}, w_hh);
     check_lengths(op, lengths, input);
-    return Backend::dispatch(input, op, [&](auto tag) {
+    return Backend::dispatch(w_hh, op, [&](auto tag) {
       using S = decltype(tag);
       return gru_backward_impl<S>(Backend::template kernels<S>(),
                                   &Backend::template hidden_gemm<S>, grad_output, grad_hy, input,
@@ -68,7 +69,7 @@ struct RnnOps {
     constexpr const char* op = "fused_rnn::lstm_forward";
     check_forward_args(op, 4, input, hx, &cx, w_ih, w_hh, b_ih, b_hh);
     check_lengths(op, lengths, input);
-    return Backend::dispatch(input, op, [&](auto tag) {
+    return Backend::dispatch(w_hh, op, [&](auto tag) {
       using S = decltype(tag);
       return lstm_forward_impl<S>(Backend::template kernels<S>(),
                                   &Backend::template hidden_gemm<S>, input, hx, cx, w_ih, w_hh,
@@ -88,14 +89,14 @@ struct RnnOps {
     constexpr const char* op = "fused_rnn::lstm_backward";
     const int64_t H = check_forward_args(op, 4, input, hx, &cx, w_ih, w_hh, {}, {});
     const int64_t T = input.size(0), B = input.size(1);
-    check_saved(op, "grad_output", grad_output, {T, B, H}, input);
-    check_saved(op, "grad_hy", grad_hy, {B, H}, input);
-    check_saved(op, "grad_cy", grad_cy, {B, H}, input);
-    check_saved(op, "output", output, {T, B, H}, input);
-    check_saved(op, "saved_gates", saved_gates, {T, B, 4 * H}, input);
-    check_saved(op, "saved_cells", saved_cells, {T, B, H}, input);
+    check_saved(op, "grad_output", grad_output, {T, B, H}, w_hh);
+    check_saved(op, "grad_hy", grad_hy, {B, H}, w_hh);
+    check_saved(op, "grad_cy", grad_cy, {B, H}, w_hh);
+    check_saved(op, "output", output, {T, B, H}, w_hh);
+    check_saved(op, "saved_gates", saved_gates, {T, B, 4 * H}, w_hh);
+    check_saved(op, "saved_cells", saved_cells, {T, B, H}, w_hh);
     check_lengths(op, lengths, input);
-    return Backend::dispatch(input, op, [&](auto tag) {
+    return Backend::dispatch(w_hh, op, [&](auto tag) {
       using S = decltype(tag);
       return lstm_backward_impl<S>(Backend::template kernels<S>(),
                                    &Backend::template hidden_gemm<S>, grad_output, grad_hy,
@@ -114,7 +115,7 @@ struct RnnOps {
     constexpr const char* op = "fused_rnn::rnn_forward";
     check_forward_args(op, 1, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh);
     check_lengths(op, lengths, input);
-    return Backend::dispatch(input, op, [&](auto tag) {
+    return Backend::dispatch(w_hh, op, [&](auto tag) {
       using S = decltype(tag);
       return rnn_forward_impl<S>(Backend::template kernels<S>(), &Backend::template hidden_gemm<S>,
                                  input, hx, w_ih, w_hh, opt_contiguous(b_ih),
@@ -130,11 +131,11 @@ struct RnnOps {
     constexpr const char* op = "fused_rnn::rnn_backward";
     const int64_t H = check_forward_args(op, 1, input, hx, nullptr, w_ih, w_hh, {}, {});
     const int64_t T = input.size(0), B = input.size(1);
-    check_saved(op, "grad_output", grad_output, {T, B, H}, input);
-    check_saved(op, "grad_hy", grad_hy, {B, H}, input);
-    check_saved(op, "output", output, {T, B, H}, input);
+    check_saved(op, "grad_output", grad_output, {T, B, H}, w_hh);
+    check_saved(op, "grad_hy", grad_hy, {B, H}, w_hh);
+    check_saved(op, "output", output, {T, B, H}, w_hh);
     check_lengths(op, lengths, input);
-    return Backend::dispatch(input, op, [&](auto tag) {
+    return Backend::dispatch(w_hh, op, [&](auto tag) {
       using S = decltype(tag);
       return rnn_backward_impl<S>(Backend::template kernels<S>(),
                                   &Backend::template hidden_gemm<S>, grad_output, grad_hy, input,

@@ -13,6 +13,7 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _C, reference
 from ._ops import gru_layer, lstm_layer, rnn_layer
+from .convert import from_torch, replace_rnns
 from .modules import GRU, LSTM, RNN
 
 __version__ = "0.1.0"
@@ -33,5 +34,6 @@ def set_cpu_isa(name: str) -> None:
     _C.set_cpu_isa(name)
 
 
-__all__ = ["GRU", "LSTM", "RNN", "gru_layer", "lstm_layer", "rnn_layer", "reference", "cpu_isa",
+__all__ = ["GRU", "LSTM", "RNN", "from_torch", "replace_rnns", "gru_layer", "lstm_layer",
+           "rnn_layer", "reference", "cpu_isa",
            "available_cpu_isas", "set_cpu_isa"]

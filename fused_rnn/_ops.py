@@ -16,12 +16,17 @@ def _batch_major(input: Tensor) -> bool:
     return (not input.is_contiguous()) and input.transpose(0, 1).is_contiguous()
 
 
-def _seq_empty(input: Tensor, features: int) -> Tensor:
-    """Empty [T, B, features] in the layout the kernels give a sequence output for `input`."""
+def _seq_empty(input: Tensor, features: int, like: Tensor) -> Tensor:
+    """Empty [T, B, features] with like's dtype and device, in the layout the kernels give a
+    sequence output for `input` ([T, B, I], or [T, B] token ids)."""
     T, B = input.shape[0], input.shape[1]
     if _batch_major(input):
-        return input.new_empty((B, T, features)).transpose(0, 1)
-    return input.new_empty((T, B, features))
+        return like.new_empty((B, T, features)).transpose(0, 1)
+    return like.new_empty((T, B, features))
+
+
+def _is_tokens(input: Tensor) -> bool:
+    return not input.is_floating_point() and not input.is_complex() and input.dtype != torch.bool
 
 
 def _check_fake_args(op: str, gates: int, input: Tensor, w_hh: Tensor, *others) -> int:
@@ -30,12 +35,22 @@ def _check_fake_args(op: str, gates: int, input: Tensor, w_hh: Tensor, *others) 
         if isinstance(t, Tensor) and t.device != input.device:
             raise RuntimeError(f"{op}: expected all tensors on device {input.device} (the device "
                                f"of input), got one on {t.device}")
-    torch._check(input.dim() == 3, lambda: f"{op}: expected input to be 3-D [seq_len, batch, "
-                 f"input_size], got {input.dim()}-D tensor of shape {list(input.shape)}")
+    if _is_tokens(input):
+        torch._check(input.dim() == 2, lambda: f"{op}: expected token-id input to be 2-D "
+                     f"[seq_len, batch], got {input.dim()}-D tensor of shape {list(input.shape)}")
+    else:
+        torch._check(input.dim() == 3, lambda: f"{op}: expected input to be 3-D [seq_len, "
+                     f"batch, input_size], got {input.dim()}-D tensor of shape {list(input.shape)}")
     torch._check(w_hh.dim() == 2 and w_hh.shape[0] == gates * w_hh.shape[1],
                  lambda: f"{op}: expected w_hh of shape [{gates}*hidden_size, hidden_size], "
                  f"got {list(w_hh.shape)}")
     return w_hh.shape[1]
+
+
+def _grad_input_fake(input: Tensor, w_hh: Tensor, compute_input_grad: bool) -> Tensor:
+    if compute_input_grad and not _is_tokens(input):
+        return _seq_empty(input, input.shape[2], w_hh)
+    return w_hh.new_empty((0,))
 
 
 # --------------------------------------------------------------------------------------------
@@ -46,8 +61,8 @@ def _check_fake_args(op: str, gates: int, input: Tensor, w_hh: Tensor, *others) 
 def _gru_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save_activations):
     H = _check_fake_args("fused_rnn::gru_forward", 3, input, w_hh, hx, w_ih, b_ih, b_hh)
     T, B = input.shape[0], input.shape[1]
-    saved = input.new_empty((T, B, 4 * H)) if save_activations else input.new_empty((0,))
-    return _seq_empty(input, H), hx.new_empty((B, H)), saved
+    saved = w_hh.new_empty((T, B, 4 * H)) if save_activations else w_hh.new_empty((0,))
+    return _seq_empty(input, H, w_hh), hx.new_empty((B, H)), saved
 
 
 @torch.library.register_fake("fused_rnn::gru_backward")
@@ -55,9 +70,9 @@ def _gru_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, output, save
                        reverse, compute_input_grad):
     H = _check_fake_args("fused_rnn::gru_backward", 3, input, w_hh, grad_output, grad_hy, hx,
                          w_ih, output, saved)
-    grad_input = _seq_empty(input, input.shape[2]) if compute_input_grad else input.new_empty((0,))
-    return (grad_input, hx.new_empty((input.shape[1], H)), w_ih.new_empty(w_ih.shape),
-            w_hh.new_empty(w_hh.shape), w_hh.new_empty((3 * H,)), w_hh.new_empty((3 * H,)))
+    return (_grad_input_fake(input, w_hh, compute_input_grad), hx.new_empty((input.shape[1], H)),
+            w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape), w_hh.new_empty((3 * H,)),
+            w_hh.new_empty((3 * H,)))
 
 
 def _gru_setup_context(ctx, inputs, output):
@@ -102,10 +117,10 @@ def _lstm_forward_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh, lengths, reverse, 
     H = _check_fake_args("fused_rnn::lstm_forward", 4, input, w_hh, hx, cx, w_ih, b_ih, b_hh)
     T, B = input.shape[0], input.shape[1]
     if save_activations:
-        gates, cells = _seq_empty(input, 4 * H), input.new_empty((T, B, H))
+        gates, cells = _seq_empty(input, 4 * H, w_hh), w_hh.new_empty((T, B, H))
     else:
-        gates, cells = input.new_empty((0,)), input.new_empty((0,))
-    return _seq_empty(input, H), hx.new_empty((B, H)), cx.new_empty((B, H)), gates, cells
+        gates, cells = w_hh.new_empty((0,)), w_hh.new_empty((0,))
+    return _seq_empty(input, H, w_hh), hx.new_empty((B, H)), cx.new_empty((B, H)), gates, cells
 
 
 @torch.library.register_fake("fused_rnn::lstm_backward")
@@ -114,9 +129,9 @@ def _lstm_backward_fake(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh
     H = _check_fake_args("fused_rnn::lstm_backward", 4, input, w_hh, grad_output, grad_hy,
                          grad_cy, hx, cx, w_ih, output, saved_gates, saved_cells)
     B = input.shape[1]
-    grad_input = _seq_empty(input, input.shape[2]) if compute_input_grad else input.new_empty((0,))
-    return (grad_input, hx.new_empty((B, H)), cx.new_empty((B, H)), w_ih.new_empty(w_ih.shape),
-            w_hh.new_empty(w_hh.shape), w_hh.new_empty((4 * H,)), w_hh.new_empty((4 * H,)))
+    return (_grad_input_fake(input, w_hh, compute_input_grad), hx.new_empty((B, H)),
+            cx.new_empty((B, H)), w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
+            w_hh.new_empty((4 * H,)), w_hh.new_empty((4 * H,)))
 
 
 def _lstm_setup_context(ctx, inputs, output):
@@ -162,7 +177,7 @@ torch.library.register_autograd("fused_rnn::lstm_forward", _lstm_backward,
 @torch.library.register_fake("fused_rnn::rnn_forward")
 def _rnn_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, lengths, relu, reverse):
     H = _check_fake_args("fused_rnn::rnn_forward", 1, input, w_hh, hx, w_ih, b_ih, b_hh)
-    return _seq_empty(input, H), hx.new_empty((input.shape[1], H))
+    return _seq_empty(input, H, w_hh), hx.new_empty((input.shape[1], H))
 
 
 @torch.library.register_fake("fused_rnn::rnn_backward")
@@ -170,9 +185,9 @@ def _rnn_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, output, leng
                        reverse, compute_input_grad):
     H = _check_fake_args("fused_rnn::rnn_backward", 1, input, w_hh, grad_output, grad_hy, hx,
                          w_ih, output)
-    grad_input = _seq_empty(input, input.shape[2]) if compute_input_grad else input.new_empty((0,))
-    return (grad_input, hx.new_empty((input.shape[1], H)), w_ih.new_empty(w_ih.shape),
-            w_hh.new_empty(w_hh.shape), w_hh.new_empty((H,)), w_hh.new_empty((H,)))
+    return (_grad_input_fake(input, w_hh, compute_input_grad), hx.new_empty((input.shape[1], H)),
+            w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape), w_hh.new_empty((H,)),
+            w_hh.new_empty((H,)))
 
 
 def _rnn_setup_context(ctx, inputs, output):

@@ -3,6 +3,9 @@
 They subclass nn.RNNBase (not nn.GRU / nn.LSTM / nn.RNN: torch.compile refuses any instance of
 those), so constructor, parameter names, state_dict and repr are nn.*'s own.
 PackedSequence input is run as a padded batch with per-sequence lengths inside the fused loop.
+Integer input holds token ids ([T, B], [B, T] if batch_first, or [T]) of a layer built with
+input_size = vocabulary size: the result equals feeding one-hot vectors, computed by gathering
+columns of weight_ih_l0 (no one-hot tensor is built).
 """
 from typing import List, Optional, Tuple
 
@@ -11,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from ._ops import gru_layer, lstm_layer, rnn_layer
+from ._ops import _is_tokens, gru_layer, lstm_layer, rnn_layer
 
 
 class _FusedRNNBase(nn.RNNBase):
@@ -41,10 +44,11 @@ class _FusedRNNBase(nn.RNNBase):
         if input.device != weight.device:
             raise RuntimeError(f"fused_rnn.{name}: expected input on device {weight.device} (the "
                                f"device of the parameters), got {input.device}")
+        dtype, of = (weight.dtype, "parameters") if _is_tokens(input) else (input.dtype, "input")
         for state_name, t in states:
-            if t.dtype != input.dtype:
+            if t.dtype != dtype:
                 raise RuntimeError(f"fused_rnn.{name}: expected {state_name} with dtype "
-                                   f"{input.dtype} (the dtype of input), got {t.dtype}")
+                                   f"{dtype} (the dtype of {of}), got {t.dtype}")
             if t.device != input.device:
                 raise RuntimeError(f"fused_rnn.{name}: expected {state_name} on device "
                                    f"{input.device} (the device of input), got {t.device}")
@@ -108,23 +112,48 @@ class _FusedRNNBase(nn.RNNBase):
         if hx is not None:
             return list(hx) if num_states > 1 else [hx]
         num_dirs = 2 if self.bidirectional else 1
+        dtype = self.weight_ih_l0.dtype if _is_tokens(like) else like.dtype
         zeros = torch.zeros(self.num_layers * num_dirs, batch, self.hidden_size,
-                            dtype=like.dtype, device=like.device)
+                            dtype=dtype, device=like.device)
         return [zeros] * num_states
 
     def _check_states(self, input: Tensor, states: List[Tensor], batch_sizes) -> None:
-        self.check_forward_args(input, states[0] if len(states) == 1 else tuple(states), batch_sizes)
         names = ["hx"] if len(states) == 1 else ["h0", "c0"]
+        if _is_tokens(input):
+            self._check_tokens(input, batch_sizes)
+            expected = self.get_expected_hidden_size(input, batch_sizes)
+            for i, state in enumerate(states):
+                msg = "Expected hidden size {}, got {}" if len(states) == 1 else \
+                    f"Expected hidden[{i}] size {{}}, got {{}}"
+                self.check_hidden_size(state, expected, msg)
+        else:
+            self.check_forward_args(input, states[0] if len(states) == 1 else tuple(states),
+                                    batch_sizes)
         self._check_devices_and_dtypes(input, list(zip(names, states)))
+
+    def _check_tokens(self, ids: Tensor, batch_sizes) -> None:
+        """Token ids: [T, B] ([B, T] if batch_first), or packed [N]; values in [0, input_size)."""
+        name = self._get_name()
+        want = 1 if batch_sizes is not None else 2
+        if ids.dim() != want:
+            raise RuntimeError(f"fused_rnn.{name}: expected token-id input of {want} dimensions, "
+                               f"got {ids.dim()}-D tensor of shape {list(ids.shape)}")
+        if ids.numel() and not torch.compiler.is_compiling():  # (a compiled graph checks in C++)
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= self.input_size:
+                raise IndexError(f"fused_rnn.{name}: token ids must be in [0, input_size="
+                                 f"{self.input_size}), got values in [{lo}, {hi}]")
 
     def _prepare(self, input: Tensor, hx, num_states: int):
         """nn.*'s input handling: rank check, unbatched input, zero initial states.
         Returns x: [T, B, I], the states (each [L*D, B, H]) and whether input was batched."""
         name = self._get_name()
-        if input.dim() not in (2, 3):
-            raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D input "
-                             f"instead")
-        batched = input.dim() == 3
+        tokens = _is_tokens(input)
+        dims = (1, 2) if tokens else (2, 3)
+        if input.dim() not in dims:
+            kind = "token-id input to be 1D or 2D" if tokens else "input to be 2D or 3D"
+            raise ValueError(f"{name}: Expected {kind}, got {input.dim()}D input instead")
+        batched = input.dim() == dims[1]
         states = None if hx is None else (list(hx) if num_states > 1 else [hx])
         if states is not None:
             want = 3 if batched else 2

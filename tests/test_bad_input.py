@@ -72,7 +72,7 @@ def test_module_lstm_hx_not_a_pair(lstm):
 
 def test_module_unsupported_dtype_bfloat16():
     m = fused_rnn.GRU(I, H, dtype=torch.bfloat16)
-    with pytest.raises(RuntimeError, match="the CPU kernels support float32 and float64, got input of dtype BFloat16"):
+    with pytest.raises(RuntimeError, match="the CPU kernels support float32 and float64, got dtype BFloat16"):
         m(torch.randn(T, B, I, dtype=torch.bfloat16))
 
 

@@ -18,13 +18,13 @@ struct CpuBackend {
     return cpu::hidden_gemm<S>(w, transpose_w, rows);
   }
   template <typename F>
-  static auto dispatch(const at::Tensor& input, const char* op, F&& f) {
-    switch (input.scalar_type()) {
+  static auto dispatch(const at::Tensor& w, const char* op, F&& f) {  // w: the weights
+    switch (w.scalar_type()) {
       case at::kFloat: return f(float{});
       case at::kDouble: return f(double{});
       default:
-        TORCH_CHECK(false, op, ": the CPU kernels support float32 and float64, got input of dtype ",
-                    input.scalar_type());
+        TORCH_CHECK(false, op, ": the CPU kernels support float32 and float64, got dtype ",
+                    w.scalar_type());
     }
   }
 };

@@ -21,16 +21,16 @@ struct CudaBackend {
     return std::make_unique<AtenHiddenGemm<S>>(transpose_w ? w.t() : w);  // cuBLAS transposes
   }
   template <typename F>
-  static auto dispatch(const at::Tensor& input, const char* op, F&& f) {
-    const c10::cuda::CUDAGuard guard(input.device());
-    switch (input.scalar_type()) {
+  static auto dispatch(const at::Tensor& w, const char* op, F&& f) {  // w: the weights
+    const c10::cuda::CUDAGuard guard(w.device());
+    switch (w.scalar_type()) {
       case at::kFloat: return f(float{});
       case at::kDouble: return f(double{});
       case at::kHalf: return f(c10::Half{});
       case at::kBFloat16: return f(c10::BFloat16{});
       default:
         TORCH_CHECK(false, op, ": the CUDA kernels support float32, float64, float16 and ",
-                    "bfloat16, got input of dtype ", input.scalar_type());
+                    "bfloat16, got dtype ", w.scalar_type());
     }
   }
 };
