@@ -80,16 +80,21 @@ class _FusedRNNBase(nn.RNNBase):
             layer_input = layer_output
         return layer_input, [torch.stack(f) for f in finals]
 
-    def _forward(self, input, hx, num_states: int, layer_fn):
+    def _forward(self, input, hx, num_states: int, layer_fn, lengths: Optional[Tensor] = None):
         """The whole forward: nn.*'s input handling, then the layers. Returns the output (a
         tensor or a PackedSequence, like input) and the final states, each [L*D, B, H]."""
         self._unsupported(input)
         if isinstance(input, PackedSequence):
+            if lengths is not None:
+                raise ValueError(f"fused_rnn.{self._get_name()}: lengths= goes with a padded "
+                                 f"tensor, not with a PackedSequence (which has its own)")
             return self._forward_packed(input, hx, num_states, layer_fn)
         input, states, batched = self._prepare(input, hx, num_states)
         self._check_states(input, states, None)
         x = input.transpose(0, 1) if self.batch_first else input
-        output, finals = self._run(x, states, layer_fn)
+        if lengths is not None:
+            lengths = self._check_lengths(lengths, x)
+        output, finals = self._run(x, states, layer_fn, lengths)
         if not batched:
             finals = [f.squeeze(1) for f in finals]
         return self._finish(output, batched), finals
@@ -107,6 +112,21 @@ class _FusedRNNBase(nn.RNNBase):
             lengths = lengths.index_select(0, packed.sorted_indices.cpu())
         data, batch_sizes, _, _ = pack_padded_sequence(output, lengths)
         return PackedSequence(data, batch_sizes, packed.sorted_indices, packed.unsorted_indices), finals
+
+    def _check_lengths(self, lengths: Tensor, x: Tensor) -> Tensor:
+        """lengths: [B] integers in [0, T] for x: [T, B, ...]; returned as int64 on x's device."""
+        name = self._get_name()
+        if not isinstance(lengths, Tensor):
+            lengths = torch.as_tensor(lengths)
+        if lengths.dim() != 1 or lengths.shape[0] != x.shape[1] or lengths.is_floating_point():
+            raise ValueError(f"fused_rnn.{name}: expected lengths as integers of shape [batch="
+                             f"{x.shape[1]}], got {lengths.dtype} of shape {list(lengths.shape)}")
+        if lengths.numel() and not torch.compiler.is_compiling():
+            lo, hi = int(lengths.min()), int(lengths.max())
+            if lo < 0 or hi > x.shape[0]:
+                raise ValueError(f"fused_rnn.{name}: expected lengths in [0, seq_len={x.shape[0]}],"
+                                 f" got values in [{lo}, {hi}]")
+        return lengths.to(device=x.device, dtype=torch.long)
 
     def _initial_states(self, hx, num_states: int, batch: int, like: Tensor) -> List[Tensor]:
         if hx is not None:
@@ -204,10 +224,13 @@ class GRU(_FusedRNNBase):
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         super().__init__("GRU", *args, **kwargs)
 
-    def forward(self, input, hx: Optional[Tensor] = None):
-        """input: [T, B, I] ([B, T, I] if batch_first), unbatched [T, I] or a PackedSequence;
-        hx: [L*D, B, H] (or [L*D, H]) or None. Returns output: [T, B, D*H], h_n: [L*D, B, H]."""
-        output, (h_n,) = self._forward(input, hx, 1, _gru_layer_fn)
+    def forward(self, input, hx: Optional[Tensor] = None, lengths: Optional[Tensor] = None):
+        """input: [T, B, I] ([B, T, I] if batch_first), unbatched [T, I], token ids, or a
+        PackedSequence; hx: [L*D, B, H] (or [L*D, H]) or None.
+        lengths (fused_rnn only): [B] per-sequence lengths of a padded batch, the same result
+        as packing it, with no PackedSequence (which torch.compile cannot trace).
+        Returns output: [T, B, D*H], h_n: [L*D, B, H]."""
+        output, (h_n,) = self._forward(input, hx, 1, _gru_layer_fn, lengths)
         return output, h_n
 
 
@@ -230,15 +253,15 @@ class LSTM(_FusedRNNBase):
         self.check_hidden_size(hidden[1], self.get_expected_hidden_size(input, batch_sizes),
                                "Expected hidden[1] size {}, got {}")
 
-    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
-                ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
-        """input: [T, B, I] ([B, T, I] if batch_first) or unbatched [T, I];
-        hx: (h0, c0), each [L*D, B, H] (or [L*D, H]), or None.
+    def forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None,
+                lengths: Optional[Tensor] = None):
+        """input as in fused_rnn.GRU.forward; hx: (h0, c0), each [L*D, B, H] (or [L*D, H]), or
+        None; lengths as in fused_rnn.GRU.forward.
         Returns output: [T, B, D*H] and (h_n, c_n), each [L*D, B, H]."""
         if hx is not None and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
             raise RuntimeError(f"fused_rnn.LSTM: expected hx to be a tuple (h0, c0), got "
                                f"{type(hx).__name__}")
-        output, (h_n, c_n) = self._forward(input, hx, 2, _lstm_layer_fn)
+        output, (h_n, c_n) = self._forward(input, hx, 2, _lstm_layer_fn, lengths)
         return output, (h_n, c_n)
 
 
@@ -267,7 +290,7 @@ class RNN(_FusedRNNBase):
                              f"'relu'.")
         super().__init__(mode, *args, **kwargs)
 
-    def forward(self, input, hx: Optional[Tensor] = None):
+    def forward(self, input, hx: Optional[Tensor] = None, lengths: Optional[Tensor] = None):
         """As fused_rnn.GRU.forward."""
-        output, (h_n,) = self._forward(input, hx, 1, _rnn_layer_fn)
+        output, (h_n,) = self._forward(input, hx, 1, _rnn_layer_fn, lengths)
         return output, h_n

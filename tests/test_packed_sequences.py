@@ -64,3 +64,28 @@ def test_pack_sequence_of_tensors(cell):
     packed = pack_sequence(seqs, enforce_sorted=False)
     for g, w in zip(flat(*fused(packed)), flat(*ref(packed))):
         assert_close(g, w, torch.float64, "packed result")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_lengths_keyword_equals_packing(cell, batch_first):
+    """module(padded, lengths=...) == module(pack_padded_sequence(padded, lengths)), padded."""
+    torch.manual_seed(0)
+    _, fused = pair(cell, "cpu", bidirectional=True, batch_first=batch_first)
+    x = torch.randn(*((3, 6, 5) if batch_first else (6, 3, 5)), dtype=torch.float64)
+    lengths = torch.tensor([2, 6, 4])
+    out, state = fused(x, lengths=lengths)
+    packed_out, packed_state = fused(pack_padded_sequence(x, lengths, batch_first=batch_first,
+                                                          enforce_sorted=False))
+    padded, _ = torch.nn.utils.rnn.pad_packed_sequence(packed_out, batch_first=batch_first)
+    assert_close(out, padded, torch.float64, "output")
+    for a, b in zip(state if cell == "LSTM" else (state,), packed_state if cell == "LSTM" else (packed_state,)):
+        assert_close(a, b, torch.float64, "state")
+
+
+def test_lengths_keyword_bad_values():
+    m = fused_rnn.GRU(5, 7)
+    with pytest.raises(ValueError, match=r"expected lengths in \[0, seq_len=4\], got values in \[1, 9\]"):
+        m(torch.randn(4, 2, 5), lengths=torch.tensor([1, 9]))
+    with pytest.raises(ValueError, match=r"expected lengths as integers of shape \[batch=2\]"):
+        m(torch.randn(4, 2, 5), lengths=torch.tensor([1, 2, 3]))
