@@ -9,10 +9,18 @@
 // input; token-id input is integer) or raises for unsupported dtypes.
 #pragma once
 
+#include <c10/core/impl/LocalDispatchKeySet.h>
+
 #include "checks.h"
 #include "rnn_driver.h"
 
 namespace fused_rnn {
+
+// The kernels' own ATen calls (GEMMs, sums) must run in the dtype the op was called with, not
+// be recast by an autocast region around the call (autocast decisions belong to the op level).
+struct NoAutocast {
+  c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
+};
 
 inline Tensor opt_lengths(const c10::optional<Tensor>& lengths) {
   return lengths.has_value() && lengths->defined() ? lengths->contiguous() : Tensor();
@@ -27,6 +35,7 @@ struct RnnOps {
       const c10::optional<Tensor>& b_ih, const c10::optional<Tensor>& b_hh,
       const c10::optional<Tensor>& lengths, bool reverse, bool save_activations) {
     constexpr const char* op = "fused_rnn::gru_forward";
+    const NoAutocast no_autocast;
     check_forward_args(op, 3, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh);
     check_lengths(op, lengths, input);
     return Backend::dispatch(w_hh, op, [&](auto tag) {
@@ -45,6 +54,7 @@ struct RnnOps {
       const Tensor& w_ih, const Tensor& w_hh, const Tensor& output, const Tensor& saved,
       const c10::optional<Tensor>& lengths, bool reverse, bool compute_input_grad) {
     constexpr const char* op = "fused_rnn::gru_backward";
+    const NoAutocast no_autocast;
     const int64_t H = check_forward_args(op, 3, input, hx, nullptr, w_ih, w_hh, {}, {});
     const int64_t T = input.size(0), B = input.size(1);
     check_saved(op, "grad_output", grad_output, {T, B, H}, w_hh);
@@ -67,6 +77,7 @@ struct RnnOps {
       const Tensor& w_hh, const c10::optional<Tensor>& b_ih, const c10::optional<Tensor>& b_hh,
       const c10::optional<Tensor>& lengths, bool reverse, bool save_activations) {
     constexpr const char* op = "fused_rnn::lstm_forward";
+    const NoAutocast no_autocast;
     check_forward_args(op, 4, input, hx, &cx, w_ih, w_hh, b_ih, b_hh);
     check_lengths(op, lengths, input);
     return Backend::dispatch(w_hh, op, [&](auto tag) {
@@ -87,6 +98,7 @@ struct RnnOps {
       const Tensor& saved_cells, const c10::optional<Tensor>& lengths, bool reverse,
       bool compute_input_grad) {
     constexpr const char* op = "fused_rnn::lstm_backward";
+    const NoAutocast no_autocast;
     const int64_t H = check_forward_args(op, 4, input, hx, &cx, w_ih, w_hh, {}, {});
     const int64_t T = input.size(0), B = input.size(1);
     check_saved(op, "grad_output", grad_output, {T, B, H}, w_hh);
@@ -113,6 +125,7 @@ struct RnnOps {
                                                 const c10::optional<Tensor>& lengths, bool relu,
                                                 bool reverse) {
     constexpr const char* op = "fused_rnn::rnn_forward";
+    const NoAutocast no_autocast;
     check_forward_args(op, 1, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh);
     check_lengths(op, lengths, input);
     return Backend::dispatch(w_hh, op, [&](auto tag) {
@@ -129,6 +142,7 @@ struct RnnOps {
       const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
       const c10::optional<Tensor>& lengths, bool relu, bool reverse, bool compute_input_grad) {
     constexpr const char* op = "fused_rnn::rnn_backward";
+    const NoAutocast no_autocast;
     const int64_t H = check_forward_args(op, 1, input, hx, nullptr, w_ih, w_hh, {}, {});
     const int64_t T = input.size(0), B = input.size(1);
     check_saved(op, "grad_output", grad_output, {T, B, H}, w_hh);

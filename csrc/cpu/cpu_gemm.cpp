@@ -114,6 +114,13 @@ std::unique_ptr<HiddenGemm<double>> hidden_gemm<double>(const at::Tensor& w, boo
   return aten_gemm<double>(w, transpose_w);
 }
 
+template <>
+std::unique_ptr<HiddenGemm<c10::BFloat16>> hidden_gemm<c10::BFloat16>(const at::Tensor& w,
+                                                                      bool transpose_w,
+                                                                      int64_t /*rows*/) {
+  return aten_gemm<c10::BFloat16>(w, transpose_w);
+}
+
 std::string gemm_backend() {
   return mkl_enabled() && mkl_packed_available() ? "mkl-packed" : "aten";
 }

@@ -42,6 +42,10 @@ template <>
 const RowKernels<double>& rows<double>() {
   return active().load(std::memory_order_relaxed)->f64;
 }
+template <>
+const RowKernels<c10::BFloat16>& rows<c10::BFloat16>() {
+  return active().load(std::memory_order_relaxed)->bf16;
+}
 
 // Work below about this many elements per thread is not worth waking another thread for.
 constexpr int64_t kMinElementsPerTask = 4096;
@@ -82,6 +86,7 @@ const StepKernels<scalar_t>& step_kernels() {
 }
 template const StepKernels<float>& step_kernels<float>();
 template const StepKernels<double>& step_kernels<double>();
+template const StepKernels<c10::BFloat16>& step_kernels<c10::BFloat16>();
 
 std::string active_isa() { return active().load()->name; }
 

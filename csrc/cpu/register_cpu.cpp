@@ -1,4 +1,6 @@
 // CPU implementations of the fused_rnn operators.
+#include <ATen/autocast_mode.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include "../rnn_ops.h"
@@ -22,14 +24,52 @@ struct CpuBackend {
     switch (w.scalar_type()) {
       case at::kFloat: return f(float{});
       case at::kDouble: return f(double{});
+      case at::kBFloat16: return f(c10::BFloat16{});
       default:
-        TORCH_CHECK(false, op, ": the CPU kernels support float32 and float64, got dtype ",
+        TORCH_CHECK(false, op, ": the CPU kernels support float32, float64 and bfloat16, got dtype ",
                     w.scalar_type());
     }
   }
 };
 
 using CpuOps = RnnOps<CpuBackend>;
+
+// CPU autocast, as nn.*: nn.LSTM and nn.RNN run in the autocast dtype (bfloat16 by default),
+// nn.GRU stays in float32 (so gru_forward has no autocast kernel). Floating-point arguments are
+// cast (differentiably), then the op runs below autocast.
+at::Tensor autocast_cast(const at::Tensor& t) {
+  return t.is_floating_point() ? t.to(at::autocast::get_autocast_dtype(at::kCPU)) : t;
+}
+c10::optional<at::Tensor> autocast_cast(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? c10::optional<at::Tensor>(autocast_cast(*t)) : t;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_autocast(
+    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const c10::optional<at::Tensor>& b_ih,
+    const c10::optional<at::Tensor>& b_hh, const c10::optional<at::Tensor>& lengths,
+    bool reverse, bool save_activations) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fused_rnn::lstm_forward", "")
+                             .typed<decltype(lstm_forward_autocast)>();
+  return op.call(autocast_cast(input), autocast_cast(hx), autocast_cast(cx), autocast_cast(w_ih),
+                 autocast_cast(w_hh), autocast_cast(b_ih), autocast_cast(b_hh), lengths, reverse,
+                 save_activations);
+}
+
+std::tuple<at::Tensor, at::Tensor> rnn_forward_autocast(
+    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
+    const c10::optional<at::Tensor>& lengths, bool relu, bool reverse) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fused_rnn::rnn_forward", "")
+                             .typed<decltype(rnn_forward_autocast)>();
+  return op.call(autocast_cast(input), autocast_cast(hx), autocast_cast(w_ih),
+                 autocast_cast(w_hh), autocast_cast(b_ih), autocast_cast(b_hh), lengths, relu,
+                 reverse);
+}
 
 }  // namespace
 
@@ -40,6 +80,11 @@ TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {
   m.impl("lstm_backward", &CpuOps::lstm_backward);
   m.impl("rnn_forward", &CpuOps::rnn_forward);
   m.impl("rnn_backward", &CpuOps::rnn_backward);
+}
+
+TORCH_LIBRARY_IMPL(fused_rnn, AutocastCPU, m) {
+  m.impl("lstm_forward", &lstm_forward_autocast);
+  m.impl("rnn_forward", &rnn_forward_autocast);
 }
 
 }  // namespace fused_rnn

@@ -4,6 +4,7 @@
 // at::vec puts Vectorized<T> in the inline namespace CPU_CAPABILITY, so each build has its own
 // types and functions. The gate formulas come from gates.h; here only loads and stores.
 //
+// bfloat16 rows are loaded into float vectors and computed in float.
 // No scalar instantiation of the gate functions happens here: the tail of a row uses partial
 // vector loads, so every element of a row goes through the same code, and no inline function
 // compiled for AVX512 can be picked by the linker for a machine without it.
@@ -15,6 +16,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "../gates.h"
 #include "row_kernels.h"
@@ -47,17 +49,43 @@ namespace {
 template <typename S>
 using Vec = at::vec::Vectorized<S>;
 
-// Elements [j, j + n) of a row, n <= Vec::size().
+// The type the gate math runs in: bfloat16 rows are computed in float.
 template <typename S>
-inline Vec<S> load(const S* p, int64_t n) {
-  return n == Vec<S>::size() ? Vec<S>::loadu(p) : Vec<S>::loadu(p, n);
+struct Acc {
+  using type = S;
+};
+template <>
+struct Acc<c10::BFloat16> {
+  using type = float;
+};
+template <typename S>
+using acc_t = typename Acc<S>::type;
+
+// Elements [j, j + n) of a row, n <= Vec<acc_t<S>>::size(), as acc_t<S>.
+template <typename S>
+inline Vec<acc_t<S>> load(const S* p, int64_t n) {
+  using A = acc_t<S>;
+  if constexpr (std::is_same_v<S, A>) {
+    return n == Vec<S>::size() ? Vec<S>::loadu(p) : Vec<S>::loadu(p, n);
+  } else {
+    alignas(64) A tmp[Vec<A>::size()] = {};
+    for (int64_t i = 0; i < n; ++i) tmp[i] = static_cast<A>(p[i]);
+    return Vec<A>::loadu(tmp);
+  }
 }
 template <typename S>
-inline void store(const Vec<S>& v, S* p, int64_t n) {
-  if (n == Vec<S>::size()) {
-    v.store(p);
+inline void store(const Vec<acc_t<S>>& v, S* p, int64_t n) {
+  using A = acc_t<S>;
+  if constexpr (std::is_same_v<S, A>) {
+    if (n == Vec<S>::size()) {
+      v.store(p);
+    } else {
+      v.store(p, n);
+    }
   } else {
-    v.store(p, n);
+    alignas(64) A tmp[Vec<A>::size()];
+    v.store(tmp);
+    for (int64_t i = 0; i < n; ++i) p[i] = static_cast<S>(tmp[i]);
   }
 }
 
@@ -78,7 +106,8 @@ inline void zero_row(S* dst, int64_t n) {
 template <typename S>
 void gru_forward_rows(const GruForwardStep<S>& p, int64_t b_begin, int64_t b_end) {
   const int64_t H = p.hidden;
-  constexpr int64_t W = Vec<S>::size();
+  using A = acc_t<S>;
+  constexpr int64_t W = Vec<A>::size();
   for (int64_t b = b_begin; b < b_end; ++b) {
     const S* gi = p.gi + b * p.gi_row;              // [3H]
     const S* gh = p.gh + b * p.gh_row;              // [3H]
@@ -92,8 +121,8 @@ void gru_forward_rows(const GruForwardStep<S>& p, int64_t b_begin, int64_t b_end
     }
     for (int64_t j = 0; j < H; j += W) {
       const int64_t n = std::min<int64_t>(W, H - j);
-      Vec<S> gi_r = load(gi + j, n), gi_z = load(gi + H + j, n), gi_n = load(gi + 2 * H + j, n);
-      Vec<S> gh_r = load(gh + j, n), gh_z = load(gh + H + j, n), gh_n = load(gh + 2 * H + j, n);
+      Vec<A> gi_r = load(gi + j, n), gi_z = load(gi + H + j, n), gi_n = load(gi + 2 * H + j, n);
+      Vec<A> gh_r = load(gh + j, n), gh_z = load(gh + H + j, n), gh_n = load(gh + 2 * H + j, n);
       if (p.b_ih) {
         gi_r = gi_r + load(p.b_ih + j, n);
         gi_z = gi_z + load(p.b_ih + H + j, n);
@@ -104,7 +133,7 @@ void gru_forward_rows(const GruForwardStep<S>& p, int64_t b_begin, int64_t b_end
         gh_z = gh_z + load(p.b_hh + H + j, n);
         gh_n = gh_n + load(p.b_hh + 2 * H + j, n);
       }
-      Vec<S> r, z, nn, hv;
+      Vec<A> r, z, nn, hv;
       gru_cell_forward(gi_r, gi_z, gi_n, gh_r, gh_z, gh_n, load(h_prev + j, n), r, z, nn, hv);
       store(hv, h + j, n);
       if (saved) {
@@ -120,7 +149,8 @@ void gru_forward_rows(const GruForwardStep<S>& p, int64_t b_begin, int64_t b_end
 template <typename S>
 void gru_backward_rows(const GruBackwardStep<S>& p, int64_t b_begin, int64_t b_end) {
   const int64_t H = p.hidden;
-  constexpr int64_t W = Vec<S>::size();
+  using A = acc_t<S>;
+  constexpr int64_t W = Vec<A>::size();
   for (int64_t b = b_begin; b < b_end; ++b) {
     const S* grad_h = p.grad_h + b * p.grad_h_row;  // [H]
     S* dh = p.dh + b * H;                           // [H]
@@ -135,8 +165,8 @@ void gru_backward_rows(const GruBackwardStep<S>& p, int64_t b_begin, int64_t b_e
     }
     for (int64_t j = 0; j < H; j += W) {
       const int64_t n = std::min<int64_t>(W, H - j);
-      const Vec<S> dh_total = load(dh + j, n) + load(grad_h + j, n);
-      Vec<S> d_r, d_z, d_gi_n, d_gh_n, dh_direct;
+      const Vec<A> dh_total = load(dh + j, n) + load(grad_h + j, n);
+      Vec<A> d_r, d_z, d_gi_n, d_gh_n, dh_direct;
       gru_cell_backward(dh_total, load(h_prev + j, n), load(saved + j, n), load(saved + H + j, n),
                         load(saved + 2 * H + j, n), load(saved + 3 * H + j, n), d_r, d_z, d_gi_n,
                         d_gh_n, dh_direct);
@@ -154,7 +184,8 @@ void gru_backward_rows(const GruBackwardStep<S>& p, int64_t b_begin, int64_t b_e
 template <typename S>
 void lstm_forward_rows(const LstmForwardStep<S>& p, int64_t b_begin, int64_t b_end) {
   const int64_t H = p.hidden;
-  constexpr int64_t W = Vec<S>::size();
+  using A = acc_t<S>;
+  constexpr int64_t W = Vec<A>::size();
   for (int64_t b = b_begin; b < b_end; ++b) {
     S* gates = p.gates + b * p.gates_row;           // [4H]
     const S* c_prev = p.c_prev + b * p.c_prev_row;  // [H]
@@ -168,7 +199,7 @@ void lstm_forward_rows(const LstmForwardStep<S>& p, int64_t b_begin, int64_t b_e
     }
     for (int64_t j = 0; j < H; j += W) {
       const int64_t n = std::min<int64_t>(W, H - j);
-      Vec<S> i = load(gates + j, n), f = load(gates + H + j, n), g = load(gates + 2 * H + j, n),
+      Vec<A> i = load(gates + j, n), f = load(gates + H + j, n), g = load(gates + 2 * H + j, n),
              o = load(gates + 3 * H + j, n);
       if (p.bias) {
         i = i + load(p.bias + j, n);
@@ -176,7 +207,7 @@ void lstm_forward_rows(const LstmForwardStep<S>& p, int64_t b_begin, int64_t b_e
         g = g + load(p.bias + 2 * H + j, n);
         o = o + load(p.bias + 3 * H + j, n);
       }
-      Vec<S> cv, hv;
+      Vec<A> cv, hv;
       lstm_cell_forward(i, f, g, o, load(c_prev + j, n), cv, hv);
       store(i, gates + j, n);
       store(f, gates + H + j, n);
@@ -191,7 +222,8 @@ void lstm_forward_rows(const LstmForwardStep<S>& p, int64_t b_begin, int64_t b_e
 template <typename S>
 void lstm_backward_rows(const LstmBackwardStep<S>& p, int64_t b_begin, int64_t b_end) {
   const int64_t H = p.hidden;
-  constexpr int64_t W = Vec<S>::size();
+  using A = acc_t<S>;
+  constexpr int64_t W = Vec<A>::size();
   for (int64_t b = b_begin; b < b_end; ++b) {
     const S* grad_h = p.grad_h + b * p.grad_h_row;  // [H]
     S* dh = p.dh + b * H;                           // [H]
@@ -206,8 +238,8 @@ void lstm_backward_rows(const LstmBackwardStep<S>& p, int64_t b_begin, int64_t b
     }
     for (int64_t j = 0; j < H; j += W) {
       const int64_t n = std::min<int64_t>(W, H - j);
-      Vec<S> dcv = load(dc + j, n);
-      Vec<S> d_i, d_f, d_g, d_o;
+      Vec<A> dcv = load(dc + j, n);
+      Vec<A> d_i, d_f, d_g, d_o;
       lstm_cell_backward(load(dh + j, n) + load(grad_h + j, n), dcv, load(gates + j, n),
                          load(gates + H + j, n), load(gates + 2 * H + j, n),
                          load(gates + 3 * H + j, n), load(c_prev + j, n), load(c + j, n), d_i, d_f,
@@ -217,7 +249,7 @@ void lstm_backward_rows(const LstmBackwardStep<S>& p, int64_t b_begin, int64_t b
       store(d_g, d_gates + 2 * H + j, n);
       store(d_o, d_gates + 3 * H + j, n);
       store(dcv, dc + j, n);
-      store(Vec<S>(S(0)), dh + j, n);  // all of dL/dh_prev goes through W_hh
+      store(Vec<A>(A(0)), dh + j, n);  // all of dL/dh_prev goes through W_hh
     }
   }
 }
@@ -225,7 +257,8 @@ void lstm_backward_rows(const LstmBackwardStep<S>& p, int64_t b_begin, int64_t b
 template <bool kRelu, typename S>
 void rnn_forward_rows_impl(const RnnForwardStep<S>& p, int64_t b_begin, int64_t b_end) {
   const int64_t H = p.hidden;
-  constexpr int64_t W = Vec<S>::size();
+  using A = acc_t<S>;
+  constexpr int64_t W = Vec<A>::size();
   for (int64_t b = b_begin; b < b_end; ++b) {
     const S* pre = p.pre + b * p.pre_row;  // [H]
     S* h = p.h + b * p.h_row;              // [H]
@@ -235,7 +268,7 @@ void rnn_forward_rows_impl(const RnnForwardStep<S>& p, int64_t b_begin, int64_t 
     }
     for (int64_t j = 0; j < H; j += W) {
       const int64_t n = std::min<int64_t>(W, H - j);
-      Vec<S> x = load(pre + j, n);
+      Vec<A> x = load(pre + j, n);
       if (p.bias) x = x + load(p.bias + j, n);
       store(rnn_cell_forward<kRelu>(x), h + j, n);
     }
@@ -254,7 +287,8 @@ void rnn_forward_rows(const RnnForwardStep<S>& p, int64_t b_begin, int64_t b_end
 template <bool kRelu, typename S>
 void rnn_backward_rows_impl(const RnnBackwardStep<S>& p, int64_t b_begin, int64_t b_end) {
   const int64_t H = p.hidden;
-  constexpr int64_t W = Vec<S>::size();
+  using A = acc_t<S>;
+  constexpr int64_t W = Vec<A>::size();
   for (int64_t b = b_begin; b < b_end; ++b) {
     const S* grad_h = p.grad_h + b * p.grad_h_row;  // [H]
     S* dh = p.dh + b * H;                           // [H]
@@ -268,7 +302,7 @@ void rnn_backward_rows_impl(const RnnBackwardStep<S>& p, int64_t b_begin, int64_
       const int64_t n = std::min<int64_t>(W, H - j);
       store(rnn_cell_backward<kRelu>(load(dh + j, n) + load(grad_h + j, n), load(h + j, n)),
             d_pre + j, n);
-      store(Vec<S>(S(0)), dh + j, n);  // all of dL/dh_prev goes through W_hh
+      store(Vec<A>(A(0)), dh + j, n);  // all of dL/dh_prev goes through W_hh
     }
   }
 }
@@ -295,7 +329,8 @@ constexpr RowKernels<S> row_kernels() {
 #define FUSED_RNN_STR(x) FUSED_RNN_STR2(x)
 
 extern const IsaKernels FUSED_RNN_CAT(kIsaKernels, CPU_CAPABILITY) = {
-    FUSED_RNN_STR(CPU_CAPABILITY), row_kernels<float>(), row_kernels<double>()};
+    FUSED_RNN_STR(CPU_CAPABILITY), row_kernels<float>(), row_kernels<double>(),
+    row_kernels<c10::BFloat16>()};
 
 }  // namespace cpu
 }  // namespace fused_rnn

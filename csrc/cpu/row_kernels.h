@@ -2,6 +2,8 @@
 // is built as DEFAULT, and where setup.py could, as AVX2 and AVX512) and chosen at run time.
 #pragma once
 
+#include <c10/util/BFloat16.h>
+
 #include <cstdint>
 
 #include "../step_params.h"
@@ -23,6 +25,7 @@ struct IsaKernels {
   const char* name;  // "default", "avx2", "avx512"
   RowKernels<float> f32;
   RowKernels<double> f64;
+  RowKernels<c10::BFloat16> bf16;
 };
 
 extern const IsaKernels kIsaKernelsDEFAULT;

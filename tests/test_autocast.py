@@ -1,0 +1,28 @@
+"""CPU autocast behaves like nn.*: nn.LSTM and nn.RNN run in the autocast dtype (bfloat16),
+nn.GRU stays in float32; results close to nn.*'s, gradients flow to the float32 parameters."""
+import pytest
+import torch
+from torch import nn
+
+import fused_rnn
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM", "RNN"])
+def test_cpu_autocast_output_dtypes_and_values_match_nn(cell):
+    torch.manual_seed(0)
+    ref = getattr(nn, cell)(6, 8, num_layers=2, batch_first=True)
+    fused = getattr(fused_rnn, cell)(6, 8, num_layers=2, batch_first=True)
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 5, 6, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, want_state = ref(x)
+        got, got_state = fused(x)
+    assert got.dtype == want.dtype
+    want_h = want_state[0] if cell == "LSTM" else want_state
+    got_h = got_state[0] if cell == "LSTM" else got_state
+    assert got_h.dtype == want_h.dtype
+    torch.testing.assert_close(got.float(), want.float(), atol=3e-2, rtol=3e-2)
+    got.float().square().sum().backward()
+    assert x.grad is not None and x.grad.dtype == torch.float32
+    for name, p in fused.named_parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all(), name
