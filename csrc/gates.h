@@ -81,6 +81,47 @@ FUSED_RNN_HD void gru_cell_backward(T dh, T h_prev, T r, T z, T n, T gh_n,
 }
 
 // ---------------------------------------------------------------------------------------------
+// GRU, textbook form (the lesson's; reset gate applied before the hidden matmul):
+//   n = tanh(gi_n + (r * h_prev) W_hn^T + b_hn)
+// A step runs in two halves around the second GEMM, which needs r * h_prev.
+// ---------------------------------------------------------------------------------------------
+// First half: the gates, and rh = r * h_prev for the GEMM. gh_*: h_prev W_h*^T + b_h*.
+template <typename T>
+FUSED_RNN_HD void gru_textbook_gates_forward(T gi_r, T gi_z, T gh_r, T gh_z, T h_prev, T& r,
+                                             T& z, T& rh) {
+  using A = Activations<T>;
+  r = A::sigmoid(gi_r + gh_r);
+  z = A::sigmoid(gi_z + gh_z);
+  rh = r * h_prev;
+}
+
+// Second half: gh_n = (r * h_prev) W_hn^T + b_hn.
+template <typename T>
+FUSED_RNN_HD void gru_textbook_state_forward(T gi_n, T gh_n, T z, T h_prev, T& n, T& h) {
+  n = Activations<T>::tanh(gi_n + gh_n);
+  h = n + z * (h_prev - n);
+}
+
+// Backward, first half: dh: dL/dh of this step. Gives the pre-activation gradients of n (the
+// same for gi_n and gh_n) and z, and dh_prev_direct = dh * z.
+template <typename T>
+FUSED_RNN_HD void gru_textbook_state_backward(T dh, T h_prev, T z, T n, T& d_n, T& d_z,
+                                              T& dh_prev_direct) {
+  const T one(1);
+  d_n = dh * (one - z) * (one - n * n);
+  d_z = dh * (h_prev - n) * z * (one - z);
+  dh_prev_direct = dh * z;
+}
+
+// Backward, second half: d_rh = dL/d(r * h_prev) = d_n W_hn. Gives the pre-activation gradient
+// of r and adds the path through r * h_prev to dh_prev_direct.
+template <typename T>
+FUSED_RNN_HD void gru_textbook_gates_backward(T d_rh, T h_prev, T r, T& d_r, T& dh_prev_direct) {
+  d_r = d_rh * h_prev * r * (T(1) - r);
+  dh_prev_direct = dh_prev_direct + d_rh * r;
+}
+
+// ---------------------------------------------------------------------------------------------
 // LSTM, gate order i, f, g, o. `i, f, g, o` come in as pre-activations (gi + gh, both biases
 // included) and leave as activations; those activations are what the backward needs.
 //   c = f * c_prev + i * g,  h = o * tanh(c)

@@ -23,6 +23,19 @@ TORCH_LIBRARY(fused_rnn, m) {
       "bool compute_input_grad) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, "
       "Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)",
       {at::Tag::pt2_compliant_tag});
+  // GRU, textbook form: n = tanh(x W_in^T + b_in + (r * h) W_hn^T + b_hn), reset gate before
+  // the hidden matmul (the gated-RNN lesson's cell). saved: [T, B, 3H] (r, z, n).
+  m.def(
+      "gru_textbook_forward(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, Tensor? lengths, bool reverse, bool save_activations) -> (Tensor output, "
+      "Tensor h_n, Tensor saved)",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "gru_textbook_backward(Tensor grad_output, Tensor grad_hy, Tensor input, Tensor hx, "
+      "Tensor w_ih, Tensor w_hh, Tensor output, Tensor saved, Tensor? lengths, bool reverse, "
+      "bool compute_input_grad) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, "
+      "Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)",
+      {at::Tag::pt2_compliant_tag});
   // LSTM. saved_gates: [T, B, 4H] activations i, f, g, o; saved_cells: [T, B, H] cell states.
   m.def(
       "lstm_forward(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "

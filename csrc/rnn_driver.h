@@ -375,4 +375,94 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_impl(
   return {grad_input, dh, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
 }
 
+// ---------------------------------------------------------------------------------------------
+// GRU, textbook form: n = tanh(x W_in^T + b_in + (r * h_prev) W_hn^T + b_hn). Two hidden GEMMs
+// per step (W_h(r,z), then W_hn on r * h_prev) around two step kernels.
+// ---------------------------------------------------------------------------------------------
+
+// Returns output: [T, B, H], h_n: [B, H], saved: [T, B, 3H] (r, z, n) or [0].
+template <typename S>
+std::tuple<Tensor, Tensor, Tensor> gru_textbook_forward_impl(
+    const StepKernels<S>& k, HiddenGemmFactory<S> make_gemm, const Tensor& input_,
+    const Tensor& hx_, const Tensor& w_ih, const Tensor& w_hh, const Tensor& b_ih,
+    const Tensor& b_hh, const Tensor& lengths, bool reverse, bool save) {
+  const SeqLayout lay = SeqLayout::of(input_);
+  const Tensor input = lay.normalize(input_);  // input: [T, B, I]
+  const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
+  const auto opts = w_hh.options();
+  const Tensor hx = hx_.contiguous();                        // hx: [B, H]
+  const Tensor gi = input_projection(lay, input, w_ih);      // gi: [T, B, 3H]
+  Tensor output = lay.empty(T, B, H, opts);                  // output: [T, B, H]
+  Tensor saved = at::empty({save ? T : 1, B, 3 * H}, opts);  // saved: [T, B, 3H] (or scratch)
+  Tensor gh_rz = at::empty({B, 2 * H}, opts);                // gh_rz: [B, 2H]
+  Tensor rh = at::empty({B, H}, opts);                       // rh: [B, H]
+  Tensor gh_n = at::empty({B, H}, opts);                     // gh_n: [B, H]
+  const auto hidden_rz = make_gemm(w_hh.narrow(0, 0, 2 * H), /*transpose_w=*/true, B);
+  const auto hidden_n = make_gemm(w_hh.narrow(0, 2 * H, H), /*transpose_w=*/true, B);
+  const StepRows<S> gi_s(gi), out_s(output);
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = time_of(s, T, reverse);
+    const S* h_prev = s == 0 ? ptr<S>(hx) : out_s.at(time_of(s - 1, T, reverse));  // [B, H]
+    const int64_t h_prev_row = s == 0 ? H : out_s.row;
+    S* act = ptr<S>(saved) + (save ? t : 0) * B * 3 * H;  // [B, 3H]
+    hidden_rz->run(h_prev, h_prev_row, ptr<S>(gh_rz), 2 * H, B, /*accumulate=*/false);
+    k.gru_textbook_gates({B, H, gi_s.at(t), gi_s.row, ptr<S>(gh_rz), 2 * H, opt_ptr<S>(b_ih),
+                          opt_ptr<S>(b_hh), h_prev, h_prev_row, act, 3 * H, ptr<S>(rh), t,
+                          lengths_ptr(lengths)});
+    hidden_n->run(ptr<S>(rh), H, ptr<S>(gh_n), H, B, /*accumulate=*/false);
+    k.gru_textbook_state({B, H, gi_s.at(t), gi_s.row, ptr<S>(gh_n), opt_ptr<S>(b_ih),
+                          opt_ptr<S>(b_hh), h_prev, h_prev_row, act, 3 * H, out_s.at(t),
+                          out_s.row, t, lengths_ptr(lengths)});
+  }
+  Tensor h_n = last_state(output, hx, reverse);
+  zero_padding(output, lengths);
+  if (!save) saved = at::empty({0}, opts);
+  return {output, h_n, saved};
+}
+
+// Returns grad_input: [T, B, I] (or [0]), grad_hx: [B, H], grad_w_ih: [3H, I],
+// grad_w_hh: [3H, H], grad_b_ih: [3H], grad_b_hh: [3H] (equal: every bias enters a
+// pre-activation directly).
+template <typename S>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_textbook_backward_impl(
+    const StepKernels<S>& k, HiddenGemmFactory<S> make_gemm, const Tensor& grad_output_,
+    const Tensor& grad_hy, const Tensor& input_, const Tensor& hx, const Tensor& w_ih,
+    const Tensor& w_hh, const Tensor& output, const Tensor& saved_, const Tensor& lengths,
+    bool reverse, bool compute_input_grad) {
+  const SeqLayout lay = SeqLayout::of(input_);
+  const Tensor input = lay.normalize(input_);                 // input: [T, B, I]
+  const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
+  const auto opts = w_hh.options();
+  const Tensor grad_output = inner_contiguous(grad_output_);  // grad_output: [T, B, H]
+  const Tensor saved = saved_.contiguous();                   // saved: [T, B, 3H] r, z, n
+  const Tensor h0 = hx.contiguous();                          // h0: [B, H]
+  const Tensor h_prevs = previous_states(lay, inner_contiguous(output), h0, reverse, lengths);
+  Tensor d_g = lay.empty(T, B, 3 * H, opts);                  // d_g: [T, B, 3H] (= d_gi = d_gh)
+  Tensor dh = grad_hy.clone(at::MemoryFormat::Contiguous);    // dh: [B, H]
+  Tensor d_rh = at::empty({B, H}, opts);                      // d_rh: [B, H]
+  const auto hidden_n = make_gemm(w_hh.narrow(0, 2 * H, H), /*transpose_w=*/false, B);
+  const auto hidden_rz = make_gemm(w_hh.narrow(0, 0, 2 * H), /*transpose_w=*/false, B);
+  const StepRows<S> go_s(grad_output), hp_s(h_prevs), d_g_s(d_g);
+  for (int64_t s = T - 1; s >= 0; --s) {
+    const int64_t t = time_of(s, T, reverse);
+    const S* act = ptr<S>(saved) + t * B * 3 * H;  // [B, 3H]
+    k.gru_textbook_state_back({B, H, go_s.at(t), go_s.row, ptr<S>(dh), hp_s.at(t), hp_s.row, act,
+                               3 * H, d_g_s.at(t), d_g_s.row, t, lengths_ptr(lengths)});
+    hidden_n->run(d_g_s.at(t) + 2 * H, d_g_s.row, ptr<S>(d_rh), H, B, /*accumulate=*/false);
+    k.gru_textbook_gates_back({B, H, ptr<S>(d_rh), hp_s.at(t), hp_s.row, act, 3 * H, ptr<S>(dh),
+                               d_g_s.at(t), d_g_s.row, t, lengths_ptr(lengths)});
+    hidden_rz->run(d_g_s.at(t), d_g_s.row, ptr<S>(dh), H, B, /*accumulate=*/true);
+  }
+  const Tensor d_g2d = lay.rows(d_g);  // [T*B, 3H]
+  // r * h_prev of every step (the input of the W_hn GEMM), rows in d_g2d's order.
+  const Tensor rh_all = lay.rows(saved.narrow(2, 0, H) * h_prevs);
+  Tensor grad_w_hh = at::cat({at::mm(d_g2d.narrow(1, 0, 2 * H).t(), lay.rows(h_prevs)),
+                              at::mm(d_g2d.narrow(1, 2 * H, H).t(), rh_all)});
+  Tensor grad_w_ih = input_weight_grad(lay, input, d_g2d, w_ih);
+  Tensor grad_b_ih = d_g2d.sum(0);
+  Tensor grad_b_hh = grad_b_ih.clone();
+  Tensor grad_input = input_grad(lay, input, d_g2d, w_ih, compute_input_grad);
+  return {grad_input, dh, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
+}
+
 }  // namespace fused_rnn

@@ -157,6 +157,46 @@ struct RnnOps {
                                   compute_input_grad);
     });
   }
+
+  // GRU, textbook form (reset before the hidden matmul); arguments as gru_forward,
+  // saved: [T, B, 3H] (r, z, n).
+  static std::tuple<Tensor, Tensor, Tensor> gru_textbook_forward(
+      const Tensor& input, const Tensor& hx, const Tensor& w_ih, const Tensor& w_hh,
+      const c10::optional<Tensor>& b_ih, const c10::optional<Tensor>& b_hh,
+      const c10::optional<Tensor>& lengths, bool reverse, bool save_activations) {
+    constexpr const char* op = "fused_rnn::gru_textbook_forward";
+    const NoAutocast no_autocast;
+    check_forward_args(op, 3, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh);
+    check_lengths(op, lengths, input);
+    return Backend::dispatch(w_hh, op, [&](auto tag) {
+      using S = decltype(tag);
+      return gru_textbook_forward_impl<S>(
+          Backend::template kernels<S>(), &Backend::template hidden_gemm<S>, input, hx, w_ih,
+          w_hh, opt_contiguous(b_ih), opt_contiguous(b_hh), opt_lengths(lengths), reverse,
+          save_activations);
+    });
+  }
+
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_textbook_backward(
+      const Tensor& grad_output, const Tensor& grad_hy, const Tensor& input, const Tensor& hx,
+      const Tensor& w_ih, const Tensor& w_hh, const Tensor& output, const Tensor& saved,
+      const c10::optional<Tensor>& lengths, bool reverse, bool compute_input_grad) {
+    constexpr const char* op = "fused_rnn::gru_textbook_backward";
+    const NoAutocast no_autocast;
+    const int64_t H = check_forward_args(op, 3, input, hx, nullptr, w_ih, w_hh, {}, {});
+    const int64_t T = input.size(0), B = input.size(1);
+    check_saved(op, "grad_output", grad_output, {T, B, H}, w_hh);
+    check_saved(op, "grad_hy", grad_hy, {B, H}, w_hh);
+    check_saved(op, "output", output, {T, B, H}, w_hh);
+    check_saved(op, "saved", saved, {T, B, 3 * H}, w_hh);
+    check_lengths(op, lengths, input);
+    return Backend::dispatch(w_hh, op, [&](auto tag) {
+      using S = decltype(tag);
+      return gru_textbook_backward_impl<S>(
+          Backend::template kernels<S>(), &Backend::template hidden_gemm<S>, grad_output, grad_hy,
+          input, hx, w_ih, w_hh, output, saved, opt_lengths(lengths), reverse, compute_input_grad);
+    });
+  }
 };
 
 }  // namespace fused_rnn

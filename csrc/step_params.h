@@ -100,6 +100,64 @@ struct RnnBackwardStep {
   const int64_t* lengths;
 };
 
+// GRU, textbook form: a step is two halves around the second GEMM (see gates.h).
+template <typename scalar_t>
+struct GruTextbookGatesStep {
+  int64_t batch;   // B
+  int64_t hidden;  // H
+  const scalar_t* gi;      int64_t gi_row;      // gi: [B, 3H]  x_t W_ih^T, no bias
+  const scalar_t* gh;      int64_t gh_row;      // gh: [B, 2H]  h_prev W_h(r,z)^T, no bias
+  const scalar_t* b_ih;                         // b_ih: [3H] or nullptr
+  const scalar_t* b_hh;                         // b_hh: [3H] or nullptr
+  const scalar_t* h_prev;  int64_t h_prev_row;  // h_prev: [B, H]
+  scalar_t* act;           int64_t act_row;     // act: [B, 3H]  writes r, z
+  scalar_t* rh;                                 // rh: [B, H] contiguous, r * h_prev
+  int64_t t;
+  const int64_t* lengths;
+};
+
+template <typename scalar_t>
+struct GruTextbookStateStep {
+  int64_t batch;   // B
+  int64_t hidden;  // H
+  const scalar_t* gi;      int64_t gi_row;      // gi: [B, 3H]  x_t W_ih^T, no bias
+  const scalar_t* gh_n;                         // gh_n: [B, H] contiguous, (r*h_prev) W_hn^T
+  const scalar_t* b_ih;                         // b_ih: [3H] or nullptr
+  const scalar_t* b_hh;                         // b_hh: [3H] or nullptr
+  const scalar_t* h_prev;  int64_t h_prev_row;  // h_prev: [B, H]
+  scalar_t* act;           int64_t act_row;     // act: [B, 3H]  reads z, writes n
+  scalar_t* h;             int64_t h_row;       // h: [B, H]
+  int64_t t;
+  const int64_t* lengths;
+};
+
+template <typename scalar_t>
+struct GruTextbookStateBackStep {
+  int64_t batch;   // B
+  int64_t hidden;  // H
+  const scalar_t* grad_h;  int64_t grad_h_row;  // grad_h: [B, H]
+  scalar_t* dh;                                 // dh: [B, H] contiguous; in: dL/dh from later
+                                                //   steps; out: dh * z (inactive rows: as is)
+  const scalar_t* h_prev;  int64_t h_prev_row;  // h_prev: [B, H]
+  const scalar_t* act;     int64_t act_row;     // act: [B, 3H]  r, z, n of the forward
+  scalar_t* d_g;           int64_t d_g_row;     // d_g: [B, 3H]  writes d_z, d_n (d_r: 2nd half)
+  int64_t t;
+  const int64_t* lengths;
+};
+
+template <typename scalar_t>
+struct GruTextbookGatesBackStep {
+  int64_t batch;   // B
+  int64_t hidden;  // H
+  const scalar_t* d_rh;                         // d_rh: [B, H] contiguous, d_n W_hn
+  const scalar_t* h_prev;  int64_t h_prev_row;  // h_prev: [B, H]
+  const scalar_t* act;     int64_t act_row;     // act: [B, 3H]  r, z, n of the forward
+  scalar_t* dh;                                 // dh: [B, H] contiguous, += d_rh * r
+  scalar_t* d_g;           int64_t d_g_row;     // d_g: [B, 3H]  writes d_r
+  int64_t t;
+  const int64_t* lengths;
+};
+
 // The pointwise part of one step on one device, for one dtype.
 template <typename scalar_t>
 struct StepKernels {
@@ -109,6 +167,10 @@ struct StepKernels {
   void (*lstm_backward)(const LstmBackwardStep<scalar_t>&);
   void (*rnn_forward)(const RnnForwardStep<scalar_t>&);
   void (*rnn_backward)(const RnnBackwardStep<scalar_t>&);
+  void (*gru_textbook_gates)(const GruTextbookGatesStep<scalar_t>&);
+  void (*gru_textbook_state)(const GruTextbookStateStep<scalar_t>&);
+  void (*gru_textbook_state_back)(const GruTextbookStateBackStep<scalar_t>&);
+  void (*gru_textbook_gates_back)(const GruTextbookGatesBackStep<scalar_t>&);
 };
 
 }  // namespace fused_rnn

@@ -85,10 +85,11 @@ def _gru_setup_context(ctx, inputs, output):
     ctx.has_bias = (b_ih is not None, b_hh is not None)
 
 
-def _gru_backward(ctx, grad_output, grad_hy, _grad_saved):
+def _gru_backward(ctx, grad_output, grad_hy, _grad_saved, backward_op=None):
+    backward_op = backward_op or ops.gru_backward
     if not ctx.saved_activations:
         raise RuntimeError(
-            "fused_rnn::gru_forward was called with save_activations=False, so it cannot be "
+            "fused_rnn GRU forward was called with save_activations=False, so it cannot be "
             "differentiated; call it with save_activations=True (fused_rnn.gru_layer does so "
             "whenever a gradient is needed)")
     input, hx, w_ih, w_hh, out, saved, lengths = ctx.saved_tensors
@@ -97,7 +98,7 @@ def _gru_backward(ctx, grad_output, grad_hy, _grad_saved):
     if grad_hy is None:
         grad_hy = torch.zeros_like(hx)
     need_input = ctx.needs_input_grad[0]
-    g_in, g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh = ops.gru_backward(
+    g_in, g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh = backward_op(
         grad_output, grad_hy, input, hx, w_ih, w_hh, out, saved, lengths, ctx.reverse, need_input)
     return (g_in if need_input else None, g_hx, g_w_ih, g_w_hh,
             g_b_ih if ctx.has_bias[0] else None, g_b_hh if ctx.has_bias[1] else None,
@@ -105,6 +106,31 @@ def _gru_backward(ctx, grad_output, grad_hy, _grad_saved):
 
 
 torch.library.register_autograd("fused_rnn::gru_forward", _gru_backward,
+                                setup_context=_gru_setup_context)
+
+
+# GRU, textbook form (reset gate before the hidden matmul): saved is [T, B, 3H] (r, z, n).
+@torch.library.register_fake("fused_rnn::gru_textbook_forward")
+def _gru_textbook_forward_fake(input, hx, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
+                               save_activations):
+    H = _check_fake_args("fused_rnn::gru_textbook_forward", 3, input, w_hh, hx, w_ih, b_ih, b_hh)
+    T, B = input.shape[0], input.shape[1]
+    saved = w_hh.new_empty((T, B, 3 * H)) if save_activations else w_hh.new_empty((0,))
+    return _seq_empty(input, H, w_hh), hx.new_empty((B, H)), saved
+
+
+@torch.library.register_fake("fused_rnn::gru_textbook_backward")
+def _gru_textbook_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, output, saved,
+                                lengths, reverse, compute_input_grad):
+    return _gru_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, output, saved,
+                              lengths, reverse, compute_input_grad)
+
+
+def _gru_textbook_backward(ctx, grad_output, grad_hy, _grad_saved):
+    return _gru_backward(ctx, grad_output, grad_hy, _grad_saved, ops.gru_textbook_backward)
+
+
+torch.library.register_autograd("fused_rnn::gru_textbook_forward", _gru_textbook_backward,
                                 setup_context=_gru_setup_context)
 
 
@@ -227,7 +253,7 @@ def _needs_grad(*tensors: Optional[Tensor]) -> bool:
 
 def gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor] = None,
               b_hh: Optional[Tensor] = None, reverse: bool = False,
-              lengths: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+              lengths: Optional[Tensor] = None, reset_after: bool = True) -> Tuple[Tensor, Tensor]:
     """One fused GRU layer, one direction, PyTorch's gate order and semantics.
 
     input: [T, B, I], hx: [B, H], w_ih: [3H, I], w_hh: [3H, H], b_ih, b_hh: [3H] or None.
@@ -235,9 +261,12 @@ def gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optio
     `reverse=True` runs from the last step to the first (the backward direction).
     lengths: int64 [B] on input's device, or None: sequence b has lengths[b] steps (h_n is its
     state after its own last step; outputs past its end are zero).
+    reset_after=False: the textbook cell, reset gate applied before the hidden matmul,
+    n = tanh(x W_in^T + b_in + (r * h) W_hn^T + b_hn) (PyTorch's: r * (h W_hn^T + b_hn)).
     """
     save = _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh)
-    output, h_n, _ = ops.gru_forward(input, hx, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save)
+    op = ops.gru_forward if reset_after else ops.gru_textbook_forward
+    output, h_n, _ = op(input, hx, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save)
     return output, h_n
 
 

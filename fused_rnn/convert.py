@@ -20,6 +20,7 @@ def from_torch(module: nn.RNNBase) -> nn.RNNBase:
         kwargs["proj_size"] = module.proj_size
     if isinstance(module, nn.RNN):
         kwargs["nonlinearity"] = module.nonlinearity
+    # nn.GRU is PyTorch's cell: fused_rnn.GRU's default reset_after=True is the same
     fused = fused_cls(module.input_size, module.hidden_size, **kwargs)
     fused.load_state_dict(module.state_dict())
     fused.train(module.training)

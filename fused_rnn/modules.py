@@ -200,7 +200,8 @@ class _FusedRNNBase(nn.RNNBase):
 
 
 def _gru_layer_fn(module, x, states, weights, reverse, lengths):
-    return gru_layer(x, states[0], *weights, reverse=reverse, lengths=lengths)
+    return gru_layer(x, states[0], *weights, reverse=reverse, lengths=lengths,
+                     reset_after=module.reset_after)
 
 
 def _lstm_layer_fn(module, x, states, weights, reverse, lengths):
@@ -216,13 +217,21 @@ class GRU(_FusedRNNBase):
     """Fused drop-in for ``torch.nn.GRU``: same arguments, parameters, state_dict and results.
 
     Args as nn.GRU: input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-    dropout=0.0, bidirectional=False, device=None, dtype=None.
+    dropout=0.0, bidirectional=False, device=None, dtype=None; and, keyword only,
+    reset_after=True (PyTorch's cell). reset_after=False is the textbook cell of the gated-RNN
+    lesson: the reset gate scales h before the hidden matmul,
+    n = tanh(x W_in^T + b_in + (r * h) W_hn^T + b_hn); same parameters, fused the same way.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, reset_after: bool = True, **kwargs):
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        self.reset_after = bool(reset_after)
         super().__init__("GRU", *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.reset_after else s + ", reset_after=False"
 
     def forward(self, input, hx: Optional[Tensor] = None, lengths: Optional[Tensor] = None):
         """input: [T, B, I] ([B, T, I] if batch_first), unbatched [T, I], token ids, or a

@@ -78,3 +78,33 @@ def test_flatten_parameters_is_harmless(cell):
     m.flatten_parameters()
     out, _ = m(torch.randn(2, 1, 3))
     assert out.shape == (2, 1, 4)
+
+
+def test_gru_textbook_option_keeps_parameters_and_marks_repr():
+    ref = nn.GRU(3, 4, num_layers=2)
+    m = fused_rnn.GRU(3, 4, num_layers=2, reset_after=False)
+    assert list(m.state_dict()) == list(ref.state_dict())
+    m.load_state_dict(ref.state_dict())
+    assert repr(m) == "GRU(3, 4, num_layers=2, reset_after=False)"
+    assert repr(fused_rnn.GRU(3, 4)) == repr(nn.GRU(3, 4))
+
+
+def test_gru_textbook_module_matches_reference_deep_bidirectional():
+    """Module with reset_after=False against the lesson's cell, layer by layer."""
+    from fused_rnn import reference
+    torch.manual_seed(0)
+    m = fused_rnn.GRU(3, 4, num_layers=2, bidirectional=True, reset_after=False, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    out, h_n = m(x)
+    layer_in, finals = x, []
+    for layer in range(2):
+        outs = []
+        for d, sfx in enumerate(["", "_reverse"]):
+            w = [getattr(m, f"{n}_l{layer}{sfx}") for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            o, h = reference.gru(layer_in, torch.zeros(2, 4, dtype=torch.float64),
+                                 reference.gru_params_from_torch(*w), reverse=d == 1, reset_after=False)
+            outs.append(o)
+            finals.append(h)
+        layer_in = torch.cat(outs, 2)
+    torch.testing.assert_close(out, layer_in)
+    torch.testing.assert_close(h_n, torch.stack(finals))

@@ -102,3 +102,24 @@ def test_opcheck_rnn_backward(device, input_grad):
     torch.library.opcheck(ops.rnn_backward.default,
                           (torch.randn_like(out), torch.randn_like(h_n), t["x"], t["hx"],
                            t["w_ih"], t["w_hh"], out, None, False, False, input_grad))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch_major", [False, True])
+@pytest.mark.parametrize("save", [False, True])
+def test_opcheck_gru_textbook_forward(device, batch_major, save):
+    t = tensors(3, device, batch_major=batch_major, requires_grad=save)
+    torch.library.opcheck(ops.gru_textbook_forward.default,
+                          (t["x"], t["hx"], t["w_ih"], t["w_hh"], t["b_ih"], t["b_hh"],
+                           lengths_for(device), True, save))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("input_grad", [False, True])
+def test_opcheck_gru_textbook_backward(device, input_grad):
+    t = tensors(3, device, requires_grad=False)
+    out, h_n, saved = ops.gru_textbook_forward(t["x"], t["hx"], t["w_ih"], t["w_hh"], t["b_ih"],
+                                               t["b_hh"], None, False, True)
+    torch.library.opcheck(ops.gru_textbook_backward.default,
+                          (torch.randn_like(out), torch.randn_like(h_n), t["x"], t["hx"],
+                           t["w_ih"], t["w_hh"], out, saved, None, False, input_grad))

@@ -7,9 +7,10 @@ import fused_rnn
 from fused_rnn import reference
 from helpers import DEVICES, SIZES, assert_close, assert_grads_close, grads
 
-GATES = {"GRU": 3, "LSTM": 4, "RNN_TANH": 1, "RNN_RELU": 1}
+# GRU_TEXTBOOK: fused_rnn's reset_after=False (the lesson's cell), against reference's.
+GATES = {"GRU": 3, "GRU_TEXTBOOK": 3, "LSTM": 4, "RNN_TANH": 1, "RNN_RELU": 1}
 CELLS = list(GATES)
-N_STATES = {"GRU": 1, "LSTM": 2, "RNN_TANH": 1, "RNN_RELU": 1}
+N_STATES = {"GRU": 1, "GRU_TEXTBOOK": 1, "LSTM": 2, "RNN_TANH": 1, "RNN_RELU": 1}
 
 
 def make_input(T, B, I, dtype, layout, device="cpu"):
@@ -30,8 +31,9 @@ def make_params(cell, I, H, dtype, bias, device="cpu"):
 
 
 def run_fused(cell, x, states, params, reverse, lengths=None):
-    if cell == "GRU":
-        return list(fused_rnn.gru_layer(x, states[0], *params, reverse=reverse, lengths=lengths))
+    if cell in ("GRU", "GRU_TEXTBOOK"):
+        return list(fused_rnn.gru_layer(x, states[0], *params, reverse=reverse, lengths=lengths,
+                                        reset_after=cell == "GRU"))
     if cell == "LSTM":
         return list(fused_rnn.lstm_layer(x, *states, *params, reverse=reverse, lengths=lengths))
     phi = "relu" if cell == "RNN_RELU" else "tanh"
@@ -40,8 +42,9 @@ def run_fused(cell, x, states, params, reverse, lengths=None):
 
 
 def run_reference_full(cell, x, states, params, reverse):
-    if cell == "GRU":
-        return list(reference.gru(x, states[0], reference.gru_params_from_torch(*params), reverse=reverse))
+    if cell in ("GRU", "GRU_TEXTBOOK"):
+        return list(reference.gru(x, states[0], reference.gru_params_from_torch(*params),
+                                  reverse=reverse, reset_after=cell == "GRU"))
     if cell == "LSTM":
         return list(reference.lstm(x, *states, reference.lstm_params_from_torch(*params), reverse=reverse))
     phi = "relu" if cell == "RNN_RELU" else "tanh"

@@ -69,6 +69,22 @@ template <typename S>
 void rnn_forward(const RnnForwardStep<S>& p) { run_rows(rows<S>().rnn_forward, p); }
 template <typename S>
 void rnn_backward(const RnnBackwardStep<S>& p) { run_rows(rows<S>().rnn_backward, p); }
+template <typename S>
+void gru_textbook_gates(const GruTextbookGatesStep<S>& p) {
+  run_rows(rows<S>().gru_textbook_gates, p);
+}
+template <typename S>
+void gru_textbook_state(const GruTextbookStateStep<S>& p) {
+  run_rows(rows<S>().gru_textbook_state, p);
+}
+template <typename S>
+void gru_textbook_state_back(const GruTextbookStateBackStep<S>& p) {
+  run_rows(rows<S>().gru_textbook_state_back, p);
+}
+template <typename S>
+void gru_textbook_gates_back(const GruTextbookGatesBackStep<S>& p) {
+  run_rows(rows<S>().gru_textbook_gates_back, p);
+}
 
 std::string upper(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::toupper(c); });
@@ -81,7 +97,11 @@ template <typename scalar_t>
 const StepKernels<scalar_t>& step_kernels() {
   static const StepKernels<scalar_t> kernels{&gru_forward<scalar_t>, &gru_backward<scalar_t>,
                                              &lstm_forward<scalar_t>, &lstm_backward<scalar_t>,
-                                             &rnn_forward<scalar_t>, &rnn_backward<scalar_t>};
+                                             &rnn_forward<scalar_t>, &rnn_backward<scalar_t>,
+                                             &gru_textbook_gates<scalar_t>,
+                                             &gru_textbook_state<scalar_t>,
+                                             &gru_textbook_state_back<scalar_t>,
+                                             &gru_textbook_gates_back<scalar_t>};
   return kernels;
 }
 template const StepKernels<float>& step_kernels<float>();

@@ -80,6 +80,8 @@ TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {
   m.impl("lstm_backward", &CpuOps::lstm_backward);
   m.impl("rnn_forward", &CpuOps::rnn_forward);
   m.impl("rnn_backward", &CpuOps::rnn_backward);
+  m.impl("gru_textbook_forward", &CpuOps::gru_textbook_forward);
+  m.impl("gru_textbook_backward", &CpuOps::gru_textbook_backward);
 }
 
 TORCH_LIBRARY_IMPL(fused_rnn, AutocastCPU, m) {

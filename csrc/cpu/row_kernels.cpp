@@ -317,9 +317,129 @@ void rnn_backward_rows(const RnnBackwardStep<S>& p, int64_t b_begin, int64_t b_e
 }
 
 template <typename S>
+void gru_textbook_gates_rows(const GruTextbookGatesStep<S>& p, int64_t b_begin, int64_t b_end) {
+  const int64_t H = p.hidden;
+  using A = acc_t<S>;
+  constexpr int64_t W = Vec<A>::size();
+  for (int64_t b = b_begin; b < b_end; ++b) {
+    const S* gi = p.gi + b * p.gi_row;              // [3H]
+    const S* gh = p.gh + b * p.gh_row;              // [2H]
+    const S* h_prev = p.h_prev + b * p.h_prev_row;  // [H]
+    S* act = p.act + b * p.act_row;                 // [3H]
+    S* rh = p.rh + b * H;                           // [H]
+    if (!active(p.lengths, p.t, b)) {
+      zero_row(act, 3 * H);
+      zero_row(rh, H);
+      continue;
+    }
+    for (int64_t j = 0; j < H; j += W) {
+      const int64_t n = std::min<int64_t>(W, H - j);
+      Vec<A> gi_r = load(gi + j, n), gi_z = load(gi + H + j, n);
+      Vec<A> gh_r = load(gh + j, n), gh_z = load(gh + H + j, n);
+      if (p.b_ih) {
+        gi_r = gi_r + load(p.b_ih + j, n);
+        gi_z = gi_z + load(p.b_ih + H + j, n);
+      }
+      if (p.b_hh) {
+        gh_r = gh_r + load(p.b_hh + j, n);
+        gh_z = gh_z + load(p.b_hh + H + j, n);
+      }
+      Vec<A> r, z, rhv;
+      gru_textbook_gates_forward(gi_r, gi_z, gh_r, gh_z, load(h_prev + j, n), r, z, rhv);
+      store(r, act + j, n);
+      store(z, act + H + j, n);
+      store(rhv, rh + j, n);
+    }
+  }
+}
+
+template <typename S>
+void gru_textbook_state_rows(const GruTextbookStateStep<S>& p, int64_t b_begin, int64_t b_end) {
+  const int64_t H = p.hidden;
+  using A = acc_t<S>;
+  constexpr int64_t W = Vec<A>::size();
+  for (int64_t b = b_begin; b < b_end; ++b) {
+    const S* gi_n = p.gi + b * p.gi_row + 2 * H;    // [H]
+    const S* gh_n = p.gh_n + b * H;                 // [H]
+    const S* h_prev = p.h_prev + b * p.h_prev_row;  // [H]
+    S* act = p.act + b * p.act_row;                 // [3H]
+    S* h = p.h + b * p.h_row;                       // [H]
+    if (!active(p.lengths, p.t, b)) {
+      copy_row(h, h_prev, H);
+      continue;
+    }
+    for (int64_t j = 0; j < H; j += W) {
+      const int64_t n = std::min<int64_t>(W, H - j);
+      Vec<A> x = load(gi_n + j, n), g = load(gh_n + j, n);
+      if (p.b_ih) x = x + load(p.b_ih + 2 * H + j, n);
+      if (p.b_hh) g = g + load(p.b_hh + 2 * H + j, n);
+      Vec<A> nn, hv;
+      gru_textbook_state_forward(x, g, load(act + H + j, n), load(h_prev + j, n), nn, hv);
+      store(nn, act + 2 * H + j, n);
+      store(hv, h + j, n);
+    }
+  }
+}
+
+template <typename S>
+void gru_textbook_state_back_rows(const GruTextbookStateBackStep<S>& p, int64_t b_begin,
+                                  int64_t b_end) {
+  const int64_t H = p.hidden;
+  using A = acc_t<S>;
+  constexpr int64_t W = Vec<A>::size();
+  for (int64_t b = b_begin; b < b_end; ++b) {
+    const S* grad_h = p.grad_h + b * p.grad_h_row;  // [H]
+    S* dh = p.dh + b * H;                           // [H]
+    const S* h_prev = p.h_prev + b * p.h_prev_row;  // [H]
+    const S* act = p.act + b * p.act_row;           // [3H]
+    S* d_g = p.d_g + b * p.d_g_row;                 // [3H]
+    if (!active(p.lengths, p.t, b)) {  // dh passes through
+      zero_row(d_g, 3 * H);
+      continue;
+    }
+    for (int64_t j = 0; j < H; j += W) {
+      const int64_t n = std::min<int64_t>(W, H - j);
+      Vec<A> d_n, d_z, dh_direct;
+      gru_textbook_state_backward(load(dh + j, n) + load(grad_h + j, n), load(h_prev + j, n),
+                                  load(act + H + j, n), load(act + 2 * H + j, n), d_n, d_z,
+                                  dh_direct);
+      store(d_z, d_g + H + j, n);
+      store(d_n, d_g + 2 * H + j, n);
+      store(dh_direct, dh + j, n);
+    }
+  }
+}
+
+template <typename S>
+void gru_textbook_gates_back_rows(const GruTextbookGatesBackStep<S>& p, int64_t b_begin,
+                                  int64_t b_end) {
+  const int64_t H = p.hidden;
+  using A = acc_t<S>;
+  constexpr int64_t W = Vec<A>::size();
+  for (int64_t b = b_begin; b < b_end; ++b) {
+    const S* d_rh = p.d_rh + b * H;                 // [H]
+    const S* h_prev = p.h_prev + b * p.h_prev_row;  // [H]
+    const S* act = p.act + b * p.act_row;           // [3H]
+    S* dh = p.dh + b * H;                           // [H]
+    S* d_g = p.d_g + b * p.d_g_row;                 // [3H]
+    if (!active(p.lengths, p.t, b)) continue;       // d_g zeroed by the first half
+    for (int64_t j = 0; j < H; j += W) {
+      const int64_t n = std::min<int64_t>(W, H - j);
+      Vec<A> d_r, dh_direct = load(dh + j, n);
+      gru_textbook_gates_backward(load(d_rh + j, n), load(h_prev + j, n), load(act + j, n), d_r,
+                                  dh_direct);
+      store(d_r, d_g + j, n);
+      store(dh_direct, dh + j, n);
+    }
+  }
+}
+
+template <typename S>
 constexpr RowKernels<S> row_kernels() {
   return {&gru_forward_rows<S>, &gru_backward_rows<S>, &lstm_forward_rows<S>,
-          &lstm_backward_rows<S>, &rnn_forward_rows<S>, &rnn_backward_rows<S>};
+          &lstm_backward_rows<S>, &rnn_forward_rows<S>, &rnn_backward_rows<S>,
+          &gru_textbook_gates_rows<S>, &gru_textbook_state_rows<S>,
+          &gru_textbook_state_back_rows<S>, &gru_textbook_gates_back_rows<S>};
 }
 
 }  // namespace

@@ -19,6 +19,10 @@ struct RowKernels {
   void (*lstm_backward)(const LstmBackwardStep<scalar_t>&, int64_t b_begin, int64_t b_end);
   void (*rnn_forward)(const RnnForwardStep<scalar_t>&, int64_t b_begin, int64_t b_end);
   void (*rnn_backward)(const RnnBackwardStep<scalar_t>&, int64_t b_begin, int64_t b_end);
+  void (*gru_textbook_gates)(const GruTextbookGatesStep<scalar_t>&, int64_t, int64_t);
+  void (*gru_textbook_state)(const GruTextbookStateStep<scalar_t>&, int64_t, int64_t);
+  void (*gru_textbook_state_back)(const GruTextbookStateBackStep<scalar_t>&, int64_t, int64_t);
+  void (*gru_textbook_gates_back)(const GruTextbookGatesBackStep<scalar_t>&, int64_t, int64_t);
 };
 
 struct IsaKernels {

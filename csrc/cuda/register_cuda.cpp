@@ -46,6 +46,8 @@ TORCH_LIBRARY_IMPL(fused_rnn, CUDA, m) {
   m.impl("lstm_backward", &CudaOps::lstm_backward);
   m.impl("rnn_forward", &CudaOps::rnn_forward);
   m.impl("rnn_backward", &CudaOps::rnn_backward);
+  m.impl("gru_textbook_forward", &CudaOps::gru_textbook_forward);
+  m.impl("gru_textbook_backward", &CudaOps::gru_textbook_backward);
 }
 
 }  // namespace fused_rnn

@@ -195,6 +195,99 @@ __global__ void rnn_backward_kernel(RnnBackwardStep<S> p) {
   }
 }
 
+template <typename S>
+__global__ void gru_textbook_gates_kernel(GruTextbookGatesStep<S> p) {
+  using A = acc_t<S>;
+  const int64_t H = p.hidden;
+  FUSED_RNN_FOR_EACH_ELEMENT(p.batch * H, i) {
+    const int64_t b = i / H, j = i - b * H;
+    S* act = p.act + b * p.act_row;  // [3H]
+    if (!active(p.lengths, p.t, b)) {
+      for (int k = 0; k < 3; ++k) act[k * H + j] = S(0);
+      p.rh[b * H + j] = S(0);
+      continue;
+    }
+    const S* gi = p.gi + b * p.gi_row;  // [3H]
+    const S* gh = p.gh + b * p.gh_row;  // [2H]
+    A gi_r = ld(gi + j), gi_z = ld(gi + H + j), gh_r = ld(gh + j), gh_z = ld(gh + H + j);
+    if (p.b_ih) {
+      gi_r += ld(p.b_ih + j);
+      gi_z += ld(p.b_ih + H + j);
+    }
+    if (p.b_hh) {
+      gh_r += ld(p.b_hh + j);
+      gh_z += ld(p.b_hh + H + j);
+    }
+    A r, z, rh;
+    gru_textbook_gates_forward<A>(gi_r, gi_z, gh_r, gh_z, ld(p.h_prev + b * p.h_prev_row + j), r,
+                                  z, rh);
+    act[j] = static_cast<S>(r);
+    act[H + j] = static_cast<S>(z);
+    p.rh[b * H + j] = static_cast<S>(rh);
+  }
+}
+
+template <typename S>
+__global__ void gru_textbook_state_kernel(GruTextbookStateStep<S> p) {
+  using A = acc_t<S>;
+  const int64_t H = p.hidden;
+  FUSED_RNN_FOR_EACH_ELEMENT(p.batch * H, i) {
+    const int64_t b = i / H, j = i - b * H;
+    const S* h_prev = p.h_prev + b * p.h_prev_row;
+    if (!active(p.lengths, p.t, b)) {
+      p.h[b * p.h_row + j] = h_prev[j];
+      continue;
+    }
+    S* act = p.act + b * p.act_row;  // [3H]
+    A x = ld(p.gi + b * p.gi_row + 2 * H + j), g = ld(p.gh_n + b * H + j);
+    if (p.b_ih) x += ld(p.b_ih + 2 * H + j);
+    if (p.b_hh) g += ld(p.b_hh + 2 * H + j);
+    A n, h;
+    gru_textbook_state_forward<A>(x, g, ld(act + H + j), ld(h_prev + j), n, h);
+    act[2 * H + j] = static_cast<S>(n);
+    p.h[b * p.h_row + j] = static_cast<S>(h);
+  }
+}
+
+template <typename S>
+__global__ void gru_textbook_state_back_kernel(GruTextbookStateBackStep<S> p) {
+  using A = acc_t<S>;
+  const int64_t H = p.hidden;
+  FUSED_RNN_FOR_EACH_ELEMENT(p.batch * H, i) {
+    const int64_t b = i / H, j = i - b * H;
+    S* d_g = p.d_g + b * p.d_g_row;  // [3H]
+    if (!active(p.lengths, p.t, b)) {  // dh passes through
+      for (int k = 0; k < 3; ++k) d_g[k * H + j] = S(0);
+      continue;
+    }
+    const S* act = p.act + b * p.act_row;  // [3H]
+    S* dh = p.dh + b * H + j;
+    A d_n, d_z, dh_direct;
+    gru_textbook_state_backward<A>(ld(dh) + ld(p.grad_h + b * p.grad_h_row + j),
+                                   ld(p.h_prev + b * p.h_prev_row + j), ld(act + H + j),
+                                   ld(act + 2 * H + j), d_n, d_z, dh_direct);
+    d_g[H + j] = static_cast<S>(d_z);
+    d_g[2 * H + j] = static_cast<S>(d_n);
+    *dh = static_cast<S>(dh_direct);
+  }
+}
+
+template <typename S>
+__global__ void gru_textbook_gates_back_kernel(GruTextbookGatesBackStep<S> p) {
+  using A = acc_t<S>;
+  const int64_t H = p.hidden;
+  FUSED_RNN_FOR_EACH_ELEMENT(p.batch * H, i) {
+    const int64_t b = i / H, j = i - b * H;
+    if (!active(p.lengths, p.t, b)) continue;  // d_g zeroed by the first half
+    S* dh = p.dh + b * H + j;
+    A d_r, dh_direct = ld(dh);
+    gru_textbook_gates_backward<A>(ld(p.d_rh + b * H + j), ld(p.h_prev + b * p.h_prev_row + j),
+                                   ld(p.act + b * p.act_row + j), d_r, dh_direct);
+    p.d_g[b * p.d_g_row + j] = static_cast<S>(d_r);
+    *dh = static_cast<S>(dh_direct);
+  }
+}
+
 template <typename Params>
 void launch(void (*kernel)(Params), const Params& p) {
   const int64_t n = p.batch * p.hidden;
@@ -221,12 +314,32 @@ void rnn_backward(const RnnBackwardStep<S>& p) {
   launch(p.relu ? &rnn_backward_kernel<true, S> : &rnn_backward_kernel<false, S>, p);
 }
 
+template <typename S>
+void gru_textbook_gates(const GruTextbookGatesStep<S>& p) {
+  launch(&gru_textbook_gates_kernel<S>, p);
+}
+template <typename S>
+void gru_textbook_state(const GruTextbookStateStep<S>& p) {
+  launch(&gru_textbook_state_kernel<S>, p);
+}
+template <typename S>
+void gru_textbook_state_back(const GruTextbookStateBackStep<S>& p) {
+  launch(&gru_textbook_state_back_kernel<S>, p);
+}
+template <typename S>
+void gru_textbook_gates_back(const GruTextbookGatesBackStep<S>& p) {
+  launch(&gru_textbook_gates_back_kernel<S>, p);
+}
+
 }  // namespace
 
 template <typename S>
 const StepKernels<S>& step_kernels() {
-  static const StepKernels<S> kernels{&gru_forward<S>, &gru_backward<S>, &lstm_forward<S>,
-                                      &lstm_backward<S>, &rnn_forward<S>, &rnn_backward<S>};
+  static const StepKernels<S> kernels{&gru_forward<S>,        &gru_backward<S>,
+                                      &lstm_forward<S>,       &lstm_backward<S>,
+                                      &rnn_forward<S>,        &rnn_backward<S>,
+                                      &gru_textbook_gates<S>, &gru_textbook_state<S>,
+                                      &gru_textbook_state_back<S>, &gru_textbook_gates_back<S>};
   return kernels;
 }
 
