@@ -1,4 +1,4 @@
-"""CPU speed of fused_rnn.GRU / LSTM against nn.GRU / nn.LSTM, measured in the same run.
+"""CPU speed of fused_rnn.GRU / LSTM / RNN against nn.GRU / LSTM / RNN, measured in the same run.
 
 Default point: T=35, B=32, input=hidden=256, float32 (the character language model's shape).
 For each cell: forward under no_grad, and forward+backward (input, states and all parameters
@@ -73,7 +73,7 @@ def main():
     print("| cell | mode | nn.* (ms) | fused (ms) | speed-up nn/fused |")
     print("|---|---|---|---|---|")
     rows = []
-    for cell in ("GRU", "LSTM"):
+    for cell in ("GRU", "LSTM", "RNN"):
         ref, fused = make_pair(cell, args.I, args.H, dtype)
         for mode, make in (("forward", forward_fn), ("forward+backward", train_fn)):
             t_ref = median_us(make(ref, x), args.min_run_time)
