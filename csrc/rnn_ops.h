@@ -26,6 +26,20 @@ inline Tensor opt_lengths(const c10::optional<Tensor>& lengths) {
   return lengths.has_value() && lengths->defined() ? lengths->contiguous() : Tensor();
 }
 
+// Checks of the GRU backward ops, whose saved activations are [T, B, saved_gates * H].
+inline void check_gru_backward_args(const char* op, int64_t saved_gates, const Tensor& grad_output,
+                                    const Tensor& grad_hy, const Tensor& input, const Tensor& hx,
+                                    const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
+                                    const Tensor& saved, const c10::optional<Tensor>& lengths) {
+  const int64_t H = check_forward_args(op, 3, input, hx, nullptr, w_ih, w_hh, {}, {});
+  const int64_t T = input.size(0), B = input.size(1);
+  check_saved(op, "grad_output", grad_output, {T, B, H}, w_hh);
+  check_saved(op, "grad_hy", grad_hy, {B, H}, w_hh);
+  check_saved(op, "output", output, {T, B, H}, w_hh);
+  check_saved(op, "saved", saved, {T, B, saved_gates * H}, w_hh);
+  check_lengths(op, lengths, input);
+}
+
 template <typename Backend>
 struct RnnOps {
   // input: [T, B, I], hx: [B, H], w_ih: [3H, I], w_hh: [3H, H], b_ih, b_hh: [3H] or None,
@@ -55,13 +69,8 @@ struct RnnOps {
       const c10::optional<Tensor>& lengths, bool reverse, bool compute_input_grad) {
     constexpr const char* op = "fused_rnn::gru_backward";
     const NoAutocast no_autocast;
-    const int64_t H = check_forward_args(op, 3, input, hx, nullptr, w_ih, w_hh, {}, {});
-    const int64_t T = input.size(0), B = input.size(1);
-    check_saved(op, "grad_output", grad_output, {T, B, H}, w_hh);
-    check_saved(op, "grad_hy", grad_hy, {B, H}, w_hh);
-    check_saved(op, "output", output, {T, B, H}, w_hh);
-    check_saved(op, "saved", saved, {T, B, 4 * H}, w_hh);
-    check_lengths(op, lengths, input);
+    check_gru_backward_args(op, 4, grad_output, grad_hy, input, hx, w_ih, w_hh, output, saved,
+                            lengths);
     return Backend::dispatch(w_hh, op, [&](auto tag) {
       using S = decltype(tag);
       return gru_backward_impl<S>(Backend::template kernels<S>(),
@@ -183,13 +192,8 @@ struct RnnOps {
       const c10::optional<Tensor>& lengths, bool reverse, bool compute_input_grad) {
     constexpr const char* op = "fused_rnn::gru_textbook_backward";
     const NoAutocast no_autocast;
-    const int64_t H = check_forward_args(op, 3, input, hx, nullptr, w_ih, w_hh, {}, {});
-    const int64_t T = input.size(0), B = input.size(1);
-    check_saved(op, "grad_output", grad_output, {T, B, H}, w_hh);
-    check_saved(op, "grad_hy", grad_hy, {B, H}, w_hh);
-    check_saved(op, "output", output, {T, B, H}, w_hh);
-    check_saved(op, "saved", saved, {T, B, 3 * H}, w_hh);
-    check_lengths(op, lengths, input);
+    check_gru_backward_args(op, 3, grad_output, grad_hy, input, hx, w_ih, w_hh, output, saved,
+                            lengths);
     return Backend::dispatch(w_hh, op, [&](auto tag) {
       using S = decltype(tag);
       return gru_textbook_backward_impl<S>(

@@ -122,38 +122,36 @@ def lstm_cell(X: Tensor, H: Tensor, C: Tensor, p: LSTMParams) -> Tuple[Tensor, T
     return O * torch.tanh(C), C
 
 
-def _steps(T: int, reverse: bool):
-    return range(T - 1, -1, -1) if reverse else range(T)
+def _unroll(step, inputs: Tensor, states: Tuple[Tensor, ...], reverse: bool):
+    """Run step(X_t, *states) -> new states (the first is H) over inputs: [T, B, I], from the
+    last step first if reverse. Returns outputs: [T, B, H] (H of each step) and final states."""
+    T = inputs.shape[0]
+    outputs = [None] * T
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        states = step(inputs[t], *states)
+        outputs[t] = states[0]
+    return (torch.stack(outputs) if T else inputs.new_zeros(0, *states[0].shape)), states
 
 
 def gru(inputs: Tensor, H: Tensor, p: GRUParams, reverse: bool = False,
         reset_after: bool = True) -> Tuple[Tensor, Tensor]:
     """inputs: [T, B, I], H: [B, H] -> outputs: [T, B, H], final H: [B, H]."""
-    outputs = [None] * inputs.shape[0]
-    for t in _steps(inputs.shape[0], reverse):
-        H = gru_cell(inputs[t], H, p, reset_after)
-        outputs[t] = H
-    return torch.stack(outputs) if outputs else inputs.new_zeros(0, *H.shape), H
+    outputs, (H,) = _unroll(lambda X, H: (gru_cell(X, H, p, reset_after),), inputs, (H,), reverse)
+    return outputs, H
 
 
 def rnn(inputs: Tensor, H: Tensor, p: RNNParams, nonlinearity: str = "tanh",
         reverse: bool = False) -> Tuple[Tensor, Tensor]:
     """inputs: [T, B, I], H: [B, H] -> outputs: [T, B, H], final H: [B, H]."""
-    outputs = [None] * inputs.shape[0]
-    for t in _steps(inputs.shape[0], reverse):
-        H = rnn_cell(inputs[t], H, p, nonlinearity)
-        outputs[t] = H
-    return torch.stack(outputs) if outputs else inputs.new_zeros(0, *H.shape), H
+    outputs, (H,) = _unroll(lambda X, H: (rnn_cell(X, H, p, nonlinearity),), inputs, (H,), reverse)
+    return outputs, H
 
 
 def lstm(inputs: Tensor, H: Tensor, C: Tensor, p: LSTMParams, reverse: bool = False
          ) -> Tuple[Tensor, Tensor, Tensor]:
     """inputs: [T, B, I], H, C: [B, H] -> outputs: [T, B, H], final H, final C: [B, H]."""
-    outputs = [None] * inputs.shape[0]
-    for t in _steps(inputs.shape[0], reverse):
-        H, C = lstm_cell(inputs[t], H, C, p)
-        outputs[t] = H
-    return torch.stack(outputs) if outputs else inputs.new_zeros(0, *H.shape), H, C
+    outputs, (H, C) = _unroll(lambda X, H, C: lstm_cell(X, H, C, p), inputs, (H, C), reverse)
+    return outputs, H, C
 
 
 def run_module(module, input: Tensor, hx=None):
