@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up a virtual environment, build fused_rnn into it, and run something.
 #
-#   bash scripts/dev.sh bench   # the main job: CPU benchmark, fused vs nn.GRU / nn.LSTM
+#   bash scripts/dev.sh demo    # the main job: character language model, fused vs nn.GRU
 #   bash scripts/dev.sh test    # the test suite
+#   bash scripts/dev.sh bench   # CPU benchmark, fused vs nn.GRU / LSTM / RNN
 #   bash scripts/dev.sh setup   # only set up and build
 #
 # Environment (all optional):
@@ -33,7 +34,8 @@ MAX_JOBS="${MAX_JOBS:-2}" "$py" -m pip install -q --no-build-isolation --no-deps
 
 case "$cmd" in
   setup) ;;
+  demo) "$py" examples/char_lm.py --compare --epochs 5 "$@" ;;
   bench) "$py" benchmarks/cpu_benchmark.py "$@" ;;
   test) "$py" -m pytest -q tests "$@" ;;
-  *) echo "usage: bash scripts/dev.sh {bench|test|setup} [args...]" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/dev.sh {demo|test|bench|setup} [args...]" >&2; exit 2 ;;
 esac
