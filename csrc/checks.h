@@ -44,13 +44,15 @@ inline bool is_token_input(const at::Tensor& input) {
 }
 
 // Checks of a one-layer, one-direction forward with `gates` gates (GRU 3, LSTM 4, RNN 1).
-// input: [T, B, I] floating point, or [T, B] token ids in [0, I). Returns the hidden size,
-// taken from w_hh: [gates*H, H].
+// input: [T, B, I] floating point, or [T, B] token ids in [0, I). Without projection the
+// hidden size H comes from w_hh: [gates*H, H]; with an LSTM projection w_hr: [P, H], the state
+// h has size P: w_hh: [4H, P], hx: [B, P], cx: [B, H]. Returns H.
 inline int64_t check_forward_args(const char* op, int64_t gates, const at::Tensor& input,
                                   const at::Tensor& hx, const at::Tensor* cx,
                                   const at::Tensor& w_ih, const at::Tensor& w_hh,
                                   const c10::optional<at::Tensor>& b_ih,
-                                  const c10::optional<at::Tensor>& b_hh) {
+                                  const c10::optional<at::Tensor>& b_hh,
+                                  const at::Tensor* w_hr = nullptr) {
   const bool tokens = is_token_input(input);
   if (tokens) {
     TORCH_CHECK(input.dim() == 2, op, ": expected token-id input to be 2-D [seq_len, batch], got ",
@@ -60,17 +62,27 @@ inline int64_t check_forward_args(const char* op, int64_t gates, const at::Tenso
                 ": expected input to be 3-D [seq_len, batch, input_size], got ", input.dim(),
                 "-D tensor of shape ", shape_str(input.sizes()));
   }
-  TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == gates * w_hh.size(1), op,
-              ": expected w_hh of shape [", gates, "*hidden_size, hidden_size], got ",
-              shape_str(w_hh.sizes()));
+  int64_t H, P;
+  if (w_hr) {
+    TORCH_CHECK(w_hr->dim() == 2, op, ": expected w_hr of shape [proj_size, hidden_size], got ",
+                shape_str(w_hr->sizes()));
+    P = w_hr->size(0);
+    H = w_hr->size(1);
+    check_shape(op, "w_hh", w_hh, {gates * H, P}, "[4*hidden_size, proj_size]");
+  } else {
+    TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == gates * w_hh.size(1), op,
+                ": expected w_hh of shape [", gates, "*hidden_size, hidden_size], got ",
+                shape_str(w_hh.sizes()));
+    H = P = w_hh.size(1);
+  }
   TORCH_CHECK(w_ih.dim() == 2, op, ": expected w_ih to be 2-D, got shape ",
               shape_str(w_ih.sizes()));
-  const int64_t B = input.size(1), I = tokens ? w_ih.size(1) : input.size(2), H = w_hh.size(1);
+  const int64_t B = input.size(1), I = tokens ? w_ih.size(1) : input.size(2);
   check_shape(op, "w_ih", w_ih, {gates * H, I}, "[gates*hidden_size, input_size]");
   // dtype and device every floating-point argument must share: input's, or for token ids w_hh's
   const at::Tensor& ref = tokens ? w_hh : input;
   const char* ref_name = tokens ? "w_hh" : "input";
-  check_shape(op, "hx", hx, {B, H}, "[batch, hidden_size]");
+  check_shape(op, "hx", hx, {B, P}, w_hr ? "[batch, proj_size]" : "[batch, hidden_size]");
   if (cx) check_shape(op, "cx", *cx, {B, H}, "[batch, hidden_size]");
   if (b_ih) check_shape(op, "b_ih", *b_ih, {gates * H}, "[gates*hidden_size]");
   if (b_hh) check_shape(op, "b_hh", *b_hh, {gates * H}, "[gates*hidden_size]");
@@ -88,6 +100,7 @@ inline int64_t check_forward_args(const char* op, int64_t gates, const at::Tenso
   check_same(op, "hx", hx, ref, ref_name);
   if (cx) check_same(op, "cx", *cx, ref, ref_name);
   check_same(op, "w_ih", w_ih, ref, ref_name);
+  if (w_hr) check_same(op, "w_hr", *w_hr, ref, ref_name);
   if (b_ih) check_same(op, "b_ih", *b_ih, ref, ref_name);
   if (b_hh) check_same(op, "b_hh", *b_hh, ref, ref_name);
   return H;

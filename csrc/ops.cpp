@@ -49,6 +49,22 @@ TORCH_LIBRARY(fused_rnn, m) {
       "(Tensor grad_input, Tensor grad_hx, Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, "
       "Tensor grad_b_ih, Tensor grad_b_hh)",
       {at::Tag::pt2_compliant_tag});
+  // LSTM with projection (nn.LSTM's proj_size P): h = (o * tanh(c)) W_hr^T; hx: [B, P],
+  // w_hh: [4H, P], w_hr: [P, H]; saved_hidden: [T, B, H] o * tanh(c) before the projection.
+  m.def(
+      "lstm_proj_forward(Tensor input, Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, "
+      "Tensor w_hr, Tensor? b_ih, Tensor? b_hh, Tensor? lengths, bool reverse, "
+      "bool save_activations) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor saved_gates, "
+      "Tensor saved_cells, Tensor saved_hidden)",
+      {at::Tag::pt2_compliant_tag});
+  m.def(
+      "lstm_proj_backward(Tensor grad_output, Tensor grad_hy, Tensor grad_cy, Tensor input, "
+      "Tensor hx, Tensor cx, Tensor w_ih, Tensor w_hh, Tensor w_hr, Tensor output, "
+      "Tensor saved_gates, Tensor saved_cells, Tensor saved_hidden, Tensor? lengths, "
+      "bool reverse, bool compute_input_grad) -> (Tensor grad_input, Tensor grad_hx, "
+      "Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_w_hr, Tensor grad_b_ih, "
+      "Tensor grad_b_hh)",
+      {at::Tag::pt2_compliant_tag});
   // Elman RNN, h = tanh or relu(x W_ih^T + b_ih + h W_hh^T + b_hh); the backward needs only the
   // output.
   m.def(

@@ -306,6 +306,119 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   return {grad_input, dh, dc, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
 }
 
+// LSTM with a projection (nn.LSTM's proj_size = P): h = (o * tanh(c)) W_hr^T, h: [B, P].
+// A third GEMM per step projects the step kernel's o * tanh(c) (kept for the backward: dW_hr).
+// With lengths, rows of finished sequences get their carried h back after the projection.
+
+// [T, B] bool: step t of sequence b is within its length (undefined without lengths).
+inline Tensor active_steps(const Tensor& lengths, int64_t T) {
+  if (!lengths.defined()) return Tensor();
+  return at::arange(T, lengths.options()).unsqueeze(1) < lengths.unsqueeze(0);
+}
+
+// Returns output: [T, B, P], h_n: [B, P], c_n: [B, H], saved_gates: [T, B, 4H],
+// saved_cells: [T, B, H], saved_hidden: [T, B, H] (o * tanh(c)); the saved ones [0] if not saved.
+template <typename S>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_proj_forward_impl(
+    const StepKernels<S>& k, HiddenGemmFactory<S> make_gemm, const Tensor& input_,
+    const Tensor& hx_, const Tensor& cx_, const Tensor& w_ih, const Tensor& w_hh,
+    const Tensor& w_hr, const Tensor& b_ih, const Tensor& b_hh, const Tensor& lengths,
+    bool reverse, bool save) {
+  const SeqLayout lay = SeqLayout::of(input_);
+  const Tensor input = lay.normalize(input_);  // input: [T, B, I]
+  const int64_t T = input.size(0), B = input.size(1), P = w_hr.size(0), H = w_hr.size(1);
+  const auto opts = w_hh.options();
+  const Tensor hx = hx_.contiguous(), cx = cx_.contiguous();  // hx: [B, P], cx: [B, H]
+  const Tensor bias = combined_bias(b_ih, b_hh);               // bias: [4H] or undefined
+  Tensor gates = input_projection(lay, input, w_ih);           // gates: [T, B, 4H]
+  Tensor output = lay.empty(T, B, P, opts);                    // output: [T, B, P]
+  Tensor cells = at::empty({save ? T : std::min<int64_t>(T, 2), B, H}, opts);
+  Tensor hidden_full = at::empty({save ? T : 1, B, H}, opts);  // o * tanh(c): [T, B, H]
+  const auto hidden = make_gemm(w_hh, /*transpose_w=*/true, B);  // gates += h_prev W_hh^T
+  const auto proj = make_gemm(w_hr, /*transpose_w=*/true, B);    // h = hidden_full W_hr^T
+  const Tensor active = active_steps(lengths, T);                // [T, B] or undefined
+  const StepRows<S> g_s(gates), out_s(output), c_s(cells);
+  auto cell_of = [&](int64_t s) { return c_s.at(save ? time_of(s, T, reverse) : s % 2); };
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = time_of(s, T, reverse);
+    const S* h_prev = s == 0 ? ptr<S>(hx) : out_s.at(time_of(s - 1, T, reverse));  // [B, P]
+    const int64_t h_prev_row = s == 0 ? P : out_s.row;
+    S* hf = ptr<S>(hidden_full) + (save ? t : 0) * B * H;  // [B, H]
+    hidden->run(h_prev, h_prev_row, g_s.at(t), g_s.row, B, /*accumulate=*/true);
+    k.lstm_forward({B, H, g_s.at(t), g_s.row, opt_ptr<S>(bias), nullptr, 0,
+                    s == 0 ? ptr<S>(cx) : cell_of(s - 1), H, cell_of(s), H, hf, H, t,
+                    lengths_ptr(lengths)});
+    proj->run(hf, H, out_s.at(t), out_s.row, B, /*accumulate=*/false);
+    if (active.defined()) {  // finished sequences keep their state
+      Tensor out_t = output.select(0, t);
+      const Tensor prev = s == 0 ? hx : output.select(0, time_of(s - 1, T, reverse));
+      out_t.copy_(at::where(active.select(0, t).unsqueeze(1), out_t, prev));
+    }
+  }
+  Tensor h_n = last_state(output, hx, reverse);
+  Tensor c_n = T > 0 ? cells.select(0, save ? time_of(T - 1, T, reverse) : (T - 1) % 2).clone()
+                     : cx.clone(at::MemoryFormat::Contiguous);
+  zero_padding(output, lengths);
+  if (!save) {
+    const Tensor none = at::empty({0}, opts);
+    return {output, h_n, c_n, none, none, none};
+  }
+  return {output, h_n, c_n, gates, cells, hidden_full};
+}
+
+// Returns grad_input: [T, B, I] (or [0]), grad_hx: [B, P], grad_cx: [B, H],
+// grad_w_ih: [4H, I], grad_w_hh: [4H, P], grad_w_hr: [P, H], grad_b_ih, grad_b_hh: [4H].
+template <typename S>
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
+lstm_proj_backward_impl(const StepKernels<S>& k, HiddenGemmFactory<S> make_gemm,
+                        const Tensor& grad_output_, const Tensor& grad_hy, const Tensor& grad_cy,
+                        const Tensor& input_, const Tensor& hx, const Tensor& cx,
+                        const Tensor& w_ih, const Tensor& w_hh, const Tensor& w_hr,
+                        const Tensor& output, const Tensor& gates_, const Tensor& cells_,
+                        const Tensor& hidden_full_, const Tensor& lengths, bool reverse,
+                        bool compute_input_grad) {
+  const SeqLayout lay = SeqLayout::of(input_);
+  const Tensor input = lay.normalize(input_);  // input: [T, B, I]
+  const int64_t T = input.size(0), B = input.size(1), P = w_hr.size(0), H = w_hr.size(1);
+  const auto opts = w_hh.options();
+  const Tensor grad_output = inner_contiguous(grad_output_);  // grad_output: [T, B, P]
+  const Tensor gates = inner_contiguous(gates_);              // gates: [T, B, 4H]
+  const Tensor cells = cells_.contiguous();                   // cells: [T, B, H]
+  const Tensor hidden_full = hidden_full_.contiguous();       // hidden_full: [T, B, H]
+  const Tensor h0 = hx.contiguous(), c0 = cx.contiguous();    // h0: [B, P], c0: [B, H]
+  Tensor d_gates = lay.empty(T, B, 4 * H, opts);              // d_gates: [T, B, 4H]
+  Tensor dh = grad_hy.clone(at::MemoryFormat::Contiguous);    // dh: [B, P]
+  Tensor dc = grad_cy.clone(at::MemoryFormat::Contiguous);    // dc: [B, H]
+  Tensor dh_total = at::empty({T, B, P}, opts);               // dL/dh per step: [T, B, P]
+  Tensor d_hfull = at::empty({B, H}, opts);                   // d_hfull: [B, H]
+  Tensor scratch = at::zeros({B, H}, opts);                   // the kernel's (zero) dh input
+  const auto proj_back = make_gemm(w_hr, /*transpose_w=*/false, B);  // d_hfull = dh W_hr
+  const auto hidden = make_gemm(w_hh, /*transpose_w=*/false, B);     // dh = d_gates W_hh
+  const Tensor active = active_steps(lengths, T);
+  const StepRows<S> g_s(gates), c_s(cells), dg_s(d_gates);
+  for (int64_t s = T - 1; s >= 0; --s) {
+    const int64_t t = time_of(s, T, reverse);
+    Tensor dt = dh_total.select(0, t);
+    at::add_out(dt, dh, grad_output.select(0, t));
+    if (active.defined()) dt.copy_(at::where(active.select(0, t).unsqueeze(1), dt, dh));
+    proj_back->run(ptr<S>(dt), P, ptr<S>(d_hfull), H, B, /*accumulate=*/false);
+    const S* c_prev = s == 0 ? ptr<S>(c0) : c_s.at(time_of(s - 1, T, reverse));  // [B, H]
+    k.lstm_backward({B, H, ptr<S>(d_hfull), H, ptr<S>(scratch), ptr<S>(dc), g_s.at(t), g_s.row,
+                     c_prev, H, c_s.at(t), H, dg_s.at(t), dg_s.row, t, lengths_ptr(lengths)});
+    hidden->run(dg_s.at(t), dg_s.row, ptr<S>(dh), P, B, /*accumulate=*/false);
+    if (active.defined()) dh.copy_(at::where(active.select(0, t).unsqueeze(1), dh, dt));
+  }
+  const Tensor d_gates2d = lay.rows(d_gates);  // [T*B, 4H]
+  const Tensor h_prevs = previous_states(lay, inner_contiguous(output), h0, reverse, lengths);
+  Tensor grad_w_ih = input_weight_grad(lay, input, d_gates2d, w_ih);
+  Tensor grad_w_hh = at::mm(d_gates2d.t(), lay.rows(h_prevs));
+  Tensor grad_w_hr = at::mm(dh_total.view({T * B, P}).t(), hidden_full.view({T * B, H}));
+  Tensor grad_b_ih = d_gates2d.sum(0);
+  Tensor grad_b_hh = grad_b_ih.clone();
+  Tensor grad_input = input_grad(lay, input, d_gates2d, w_ih, compute_input_grad);
+  return {grad_input, dh, dc, grad_w_ih, grad_w_hh, grad_w_hr, grad_b_ih, grad_b_hh};
+}
+
 // ---------------------------------------------------------------------------------------------
 // Elman RNN (tanh or relu)
 // ---------------------------------------------------------------------------------------------

@@ -201,6 +201,55 @@ struct RnnOps {
           input, hx, w_ih, w_hh, output, saved, opt_lengths(lengths), reverse, compute_input_grad);
     });
   }
+
+  // LSTM with projection (proj_size P): hx: [B, P], cx: [B, H], w_ih: [4H, I], w_hh: [4H, P],
+  // w_hr: [P, H]; saved_hidden: [T, B, H] (o * tanh(c), before the projection).
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_proj_forward(
+      const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
+      const Tensor& w_hh, const Tensor& w_hr, const c10::optional<Tensor>& b_ih,
+      const c10::optional<Tensor>& b_hh, const c10::optional<Tensor>& lengths, bool reverse,
+      bool save_activations) {
+    constexpr const char* op = "fused_rnn::lstm_proj_forward";
+    const NoAutocast no_autocast;
+    check_forward_args(op, 4, input, hx, &cx, w_ih, w_hh, b_ih, b_hh, &w_hr);
+    check_lengths(op, lengths, input);
+    return Backend::dispatch(w_hh, op, [&](auto tag) {
+      using S = decltype(tag);
+      return lstm_proj_forward_impl<S>(Backend::template kernels<S>(),
+                                       &Backend::template hidden_gemm<S>, input, hx, cx, w_ih,
+                                       w_hh, w_hr.contiguous(), opt_contiguous(b_ih),
+                                       opt_contiguous(b_hh), opt_lengths(lengths), reverse,
+                                       save_activations);
+    });
+  }
+
+  static std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
+  lstm_proj_backward(const Tensor& grad_output, const Tensor& grad_hy, const Tensor& grad_cy,
+                     const Tensor& input, const Tensor& hx, const Tensor& cx, const Tensor& w_ih,
+                     const Tensor& w_hh, const Tensor& w_hr, const Tensor& output,
+                     const Tensor& saved_gates, const Tensor& saved_cells,
+                     const Tensor& saved_hidden, const c10::optional<Tensor>& lengths,
+                     bool reverse, bool compute_input_grad) {
+    constexpr const char* op = "fused_rnn::lstm_proj_backward";
+    const NoAutocast no_autocast;
+    const int64_t H = check_forward_args(op, 4, input, hx, &cx, w_ih, w_hh, {}, {}, &w_hr);
+    const int64_t T = input.size(0), B = input.size(1), P = w_hr.size(0);
+    check_saved(op, "grad_output", grad_output, {T, B, P}, w_hh);
+    check_saved(op, "grad_hy", grad_hy, {B, P}, w_hh);
+    check_saved(op, "grad_cy", grad_cy, {B, H}, w_hh);
+    check_saved(op, "output", output, {T, B, P}, w_hh);
+    check_saved(op, "saved_gates", saved_gates, {T, B, 4 * H}, w_hh);
+    check_saved(op, "saved_cells", saved_cells, {T, B, H}, w_hh);
+    check_saved(op, "saved_hidden", saved_hidden, {T, B, H}, w_hh);
+    check_lengths(op, lengths, input);
+    return Backend::dispatch(w_hh, op, [&](auto tag) {
+      using S = decltype(tag);
+      return lstm_proj_backward_impl<S>(
+          Backend::template kernels<S>(), &Backend::template hidden_gemm<S>, grad_output, grad_hy,
+          grad_cy, input, hx, cx, w_ih, w_hh, w_hr.contiguous(), output, saved_gates, saved_cells,
+          saved_hidden, opt_lengths(lengths), reverse, compute_input_grad);
+    });
+  }
 };
 
 }  // namespace fused_rnn

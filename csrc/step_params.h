@@ -48,7 +48,8 @@ struct LstmForwardStep {
   scalar_t* gates;         int64_t gates_row;   // gates: [B, 4H]  in: x_t W_ih^T + h_prev W_hh^T
                                                 //   (gates i, f, g, o, no bias); out: activations
   const scalar_t* bias;                         // bias: [4H] b_ih + b_hh, or nullptr (no bias)
-  const scalar_t* h_prev;  int64_t h_prev_row;  // h_prev: [B, H]
+  const scalar_t* h_prev;  int64_t h_prev_row;  // h_prev: [B, H]; nullptr (projected LSTM):
+                                                //   inactive rows get h = 0 here
   const scalar_t* c_prev;  int64_t c_prev_row;  // c_prev: [B, H]
   scalar_t* c;             int64_t c_row;       // c: [B, H]
   scalar_t* h;             int64_t h_row;       // h: [B, H]

@@ -41,6 +41,8 @@ def _check_fake_args(op: str, gates: int, input: Tensor, w_hh: Tensor, *others) 
     else:
         torch._check(input.dim() == 3, lambda: f"{op}: expected input to be 3-D [seq_len, "
                      f"batch, input_size], got {input.dim()}-D tensor of shape {list(input.shape)}")
+    if gates is None:  # projected LSTM: w_hh is [4H, P], checked in C++
+        return None
     torch._check(w_hh.dim() == 2 and w_hh.shape[0] == gates * w_hh.shape[1],
                  lambda: f"{op}: expected w_hh of shape [{gates}*hidden_size, hidden_size], "
                  f"got {list(w_hh.shape)}")
@@ -196,6 +198,64 @@ torch.library.register_autograd("fused_rnn::lstm_forward", _lstm_backward,
                                 setup_context=_lstm_setup_context)
 
 
+# LSTM with projection (proj_size P): w_hr: [P, H]; saved_hidden: [T, B, H].
+@torch.library.register_fake("fused_rnn::lstm_proj_forward")
+def _lstm_proj_forward_fake(input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh, lengths, reverse,
+                            save_activations):
+    _check_fake_args("fused_rnn::lstm_proj_forward", None, input, w_hh, hx, cx, w_ih, w_hr, b_ih, b_hh)
+    T, B, P, H = input.shape[0], input.shape[1], w_hr.shape[0], w_hr.shape[1]
+    if save_activations:
+        saved = (_seq_empty(input, 4 * H, w_hh), w_hh.new_empty((T, B, H)), w_hh.new_empty((T, B, H)))
+    else:
+        saved = (w_hh.new_empty((0,)),) * 3
+    return (_seq_empty(input, P, w_hh), hx.new_empty((B, P)), cx.new_empty((B, H)), *saved)
+
+
+@torch.library.register_fake("fused_rnn::lstm_proj_backward")
+def _lstm_proj_backward_fake(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr,
+                             output, saved_gates, saved_cells, saved_hidden, lengths, reverse,
+                             compute_input_grad):
+    _check_fake_args("fused_rnn::lstm_proj_backward", None, input, w_hh, grad_output, hx, cx,
+                     w_ih, w_hr, output)
+    B, P, H = input.shape[1], w_hr.shape[0], w_hr.shape[1]
+    return (_grad_input_fake(input, w_hh, compute_input_grad), hx.new_empty((B, P)),
+            cx.new_empty((B, H)), w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape),
+            w_hr.new_empty(w_hr.shape), w_hh.new_empty((4 * H,)), w_hh.new_empty((4 * H,)))
+
+
+def _lstm_proj_setup_context(ctx, inputs, output):
+    input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh, lengths, reverse, save_activations = inputs
+    out, _h_n, _c_n, gates, cells, hidden = output
+    ctx.mark_non_differentiable(gates, cells, hidden)
+    ctx.save_for_backward(input, hx, cx, w_ih, w_hh, w_hr, out, gates, cells, hidden, lengths)
+    ctx.reverse = reverse
+    ctx.saved_activations = save_activations
+    ctx.has_bias = (b_ih is not None, b_hh is not None)
+
+
+def _lstm_proj_backward(ctx, grad_output, grad_hy, grad_cy, *_grad_saved):
+    if not ctx.saved_activations:
+        raise RuntimeError(
+            "fused_rnn::lstm_proj_forward was called with save_activations=False, so it cannot "
+            "be differentiated; call it with save_activations=True (fused_rnn.lstm_layer does "
+            "so whenever a gradient is needed)")
+    input, hx, cx, w_ih, w_hh, w_hr, out, gates, cells, hidden, lengths = ctx.saved_tensors
+    grad_output = torch.zeros_like(out) if grad_output is None else grad_output
+    grad_hy = torch.zeros_like(hx) if grad_hy is None else grad_hy
+    grad_cy = torch.zeros_like(cx) if grad_cy is None else grad_cy
+    need_input = ctx.needs_input_grad[0]
+    g_in, g_hx, g_cx, g_w_ih, g_w_hh, g_w_hr, g_b_ih, g_b_hh = ops.lstm_proj_backward(
+        grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr, out, gates, cells, hidden,
+        lengths, ctx.reverse, need_input)
+    return (g_in if need_input else None, g_hx, g_cx, g_w_ih, g_w_hh, g_w_hr,
+            g_b_ih if ctx.has_bias[0] else None, g_b_hh if ctx.has_bias[1] else None,
+            None, None, None)
+
+
+torch.library.register_autograd("fused_rnn::lstm_proj_forward", _lstm_proj_backward,
+                                setup_context=_lstm_proj_setup_context)
+
+
 # --------------------------------------------------------------------------------------------
 # Elman RNN
 # --------------------------------------------------------------------------------------------
@@ -272,14 +332,20 @@ def gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optio
 
 def lstm_layer(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor,
                b_ih: Optional[Tensor] = None, b_hh: Optional[Tensor] = None,
-               reverse: bool = False, lengths: Optional[Tensor] = None
-               ) -> Tuple[Tensor, Tensor, Tensor]:
+               reverse: bool = False, lengths: Optional[Tensor] = None,
+               w_hr: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """One fused LSTM layer, one direction, PyTorch's gate order (i, f, g, o) and semantics.
 
     input: [T, B, I], hx, cx: [B, H], w_ih: [4H, I], w_hh: [4H, H], b_ih, b_hh: [4H] or None,
     lengths: int64 [B] or None (see gru_layer). Returns output: [T, B, H], h_n, c_n: [B, H].
+    w_hr: [P, H] (nn.LSTM's proj_size = P): h = (o * tanh(c)) W_hr^T, then hx, h_n: [B, P],
+    w_hh: [4H, P] and output: [T, B, P].
     """
-    save = _needs_grad(input, hx, cx, w_ih, w_hh, b_ih, b_hh)
+    save = _needs_grad(input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh)
+    if w_hr is not None:
+        output, h_n, c_n, _, _, _ = ops.lstm_proj_forward(input, hx, cx, w_ih, w_hh, w_hr, b_ih,
+                                                          b_hh, lengths, reverse, save)
+        return output, h_n, c_n
     output, h_n, c_n, _, _ = ops.lstm_forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh, lengths,
                                               reverse, save)
     return output, h_n, c_n

@@ -21,22 +21,16 @@ class _FusedRNNBase(nn.RNNBase):
     """Layer / direction loop shared by the fused modules; one fused op call per layer and
     direction. Subclasses give the number of state tensors and the one-layer function."""
 
-    def _unsupported(self, input) -> None:
-        name = self._get_name()
-        if self.proj_size > 0:
-            raise NotImplementedError(f"fused_rnn.{name}: proj_size={self.proj_size} is not "
-                                      f"supported yet; only proj_size=0")
-
     def _layer_weights(self, idx: int):
-        """w_ih: [G*H, I_l], w_hh: [G*H, H], b_ih, b_hh: [G*H] or None, of layer*dirs + dir."""
+        """w_ih: [G*H, I_l], w_hh: [G*H, H], b_ih, b_hh: [G*H] or None, of layer*dirs + dir
+        (LSTM with proj_size: w_hh: [4H, P], and w_hr: [P, H] follows)."""
         names = self._flat_weights_names
         per = len(names) // (self.num_layers * (2 if self.bidirectional else 1))
         # by name, not from the cached self._flat_weights: torch.func.functional_call and
         # parametrizations replace the attributes without refreshing that cache
         w = [getattr(self, n) for n in names[idx * per:(idx + 1) * per]]
-        if self.bias:
-            return w[0], w[1], w[2], w[3]
-        return w[0], w[1], None, None
+        weights = (w[0], w[1], w[2], w[3]) if self.bias else (w[0], w[1], None, None)
+        return weights + ((w[-1],) if self.proj_size > 0 else ())
 
     def _check_devices_and_dtypes(self, input: Tensor, states: List[Tuple[str, Tensor]]) -> None:
         name = self._get_name()
@@ -83,7 +77,6 @@ class _FusedRNNBase(nn.RNNBase):
     def _forward(self, input, hx, num_states: int, layer_fn, lengths: Optional[Tensor] = None):
         """The whole forward: nn.*'s input handling, then the layers. Returns the output (a
         tensor or a PackedSequence, like input) and the final states, each [L*D, B, H]."""
-        self._unsupported(input)
         if isinstance(input, PackedSequence):
             if lengths is not None:
                 raise ValueError(f"fused_rnn.{self._get_name()}: lengths= goes with a padded "
@@ -133,16 +126,17 @@ class _FusedRNNBase(nn.RNNBase):
             return list(hx) if num_states > 1 else [hx]
         num_dirs = 2 if self.bidirectional else 1
         dtype = self.weight_ih_l0.dtype if _is_tokens(like) else like.dtype
-        zeros = torch.zeros(self.num_layers * num_dirs, batch, self.hidden_size,
-                            dtype=dtype, device=like.device)
-        return [zeros] * num_states
+        sizes = [self.proj_size or self.hidden_size, self.hidden_size][:num_states]  # h, c
+        return [torch.zeros(self.num_layers * num_dirs, batch, n, dtype=dtype, device=like.device)
+                for n in sizes]
 
     def _check_states(self, input: Tensor, states: List[Tensor], batch_sizes) -> None:
         names = ["hx"] if len(states) == 1 else ["h0", "c0"]
         if _is_tokens(input):
             self._check_tokens(input, batch_sizes)
-            expected = self.get_expected_hidden_size(input, batch_sizes)
             for i, state in enumerate(states):
+                expected = (self.get_expected_cell_size(input, batch_sizes) if i == 1
+                            else self.get_expected_hidden_size(input, batch_sizes))
                 msg = "Expected hidden size {}, got {}" if len(states) == 1 else \
                     f"Expected hidden[{i}] size {{}}, got {{}}"
                 self.check_hidden_size(state, expected, msg)
@@ -205,7 +199,9 @@ def _gru_layer_fn(module, x, states, weights, reverse, lengths):
 
 
 def _lstm_layer_fn(module, x, states, weights, reverse, lengths):
-    return lstm_layer(x, states[0], states[1], *weights, reverse=reverse, lengths=lengths)
+    w_hr = weights[4] if len(weights) > 4 else None
+    return lstm_layer(x, states[0], states[1], *weights[:4], reverse=reverse, lengths=lengths,
+                      w_hr=w_hr)
 
 
 def _rnn_layer_fn(module, x, states, weights, reverse, lengths):
@@ -247,20 +243,23 @@ class LSTM(_FusedRNNBase):
     """Fused drop-in for ``torch.nn.LSTM``: same arguments, parameters, state_dict and results.
 
     Args as nn.LSTM: input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-    dropout=0.0, bidirectional=False, proj_size=0 (only 0 is fused so far), device=None,
-    dtype=None.
+    dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__("LSTM", *args, **kwargs)
 
     def check_forward_args(self, input: Tensor, hidden: Tuple[Tensor, Tensor], batch_sizes):
-        # nn.LSTM's checks: input, then h and c shapes
+        # nn.LSTM's checks: input, then h (proj_size wide if projected) and c shapes
         self.check_input(input, batch_sizes)
         self.check_hidden_size(hidden[0], self.get_expected_hidden_size(input, batch_sizes),
                                "Expected hidden[0] size {}, got {}")
-        self.check_hidden_size(hidden[1], self.get_expected_hidden_size(input, batch_sizes),
+        self.check_hidden_size(hidden[1], self.get_expected_cell_size(input, batch_sizes),
                                "Expected hidden[1] size {}, got {}")
+
+    def get_expected_cell_size(self, input: Tensor, batch_sizes) -> Tuple[int, int, int]:
+        h = self.get_expected_hidden_size(input, batch_sizes)
+        return (h[0], h[1], self.hidden_size)
 
     def forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None,
                 lengths: Optional[Tensor] = None):

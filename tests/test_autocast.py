@@ -7,11 +7,12 @@ from torch import nn
 import fused_rnn
 
 
-@pytest.mark.parametrize("cell", ["GRU", "LSTM", "RNN"])
-def test_cpu_autocast_output_dtypes_and_values_match_nn(cell):
+@pytest.mark.parametrize("cell,kw", [("GRU", {}), ("LSTM", {}), ("RNN", {}),
+                                     ("LSTM", dict(proj_size=5))])
+def test_cpu_autocast_output_dtypes_and_values_match_nn(cell, kw):
     torch.manual_seed(0)
-    ref = getattr(nn, cell)(6, 8, num_layers=2, batch_first=True)
-    fused = getattr(fused_rnn, cell)(6, 8, num_layers=2, batch_first=True)
+    ref = getattr(nn, cell)(6, 8, num_layers=2, batch_first=True, **kw)
+    fused = getattr(fused_rnn, cell)(6, 8, num_layers=2, batch_first=True, **kw)
     fused.load_state_dict(ref.state_dict())
     x = torch.randn(3, 5, 6, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):

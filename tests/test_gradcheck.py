@@ -91,3 +91,21 @@ def test_gradcheck_with_lengths(device, cell, reverse):
     layer = getattr(fused_rnn, f"{cell}_layer")
     fn = lambda x, *rest: layer(x, *rest, reverse=reverse, lengths=lengths)
     assert torch.autograd.gradcheck(fn, (x, *states, *w))
+
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_lstm_proj_gradcheck(device, reverse, with_lengths):
+    torch.manual_seed(0)
+    T, B, I, H, P = 4, 3, 3, 5, 2
+    f64 = dict(dtype=torch.float64, device=device)
+    lengths = torch.tensor([2, 4, 0], device=device) if with_lengths else None
+    x = torch.randn(T, B, I, **f64, requires_grad=True)
+    hx, cx = leaf(torch.randn(B, P, **f64)), leaf(torch.randn(B, H, **f64))
+    mk = lambda *s: leaf(torch.randn(*s, **f64) * 0.5)
+    w_ih, w_hh, w_hr, b_ih, b_hh = mk(4 * H, I), mk(4 * H, P), mk(P, H), mk(4 * H), mk(4 * H)
+    fn = lambda x, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh: fused_rnn.lstm_layer(
+        x, hx, cx, w_ih, w_hh, b_ih, b_hh, reverse=reverse, lengths=lengths, w_hr=w_hr)
+    assert torch.autograd.gradcheck(fn, (x, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh))

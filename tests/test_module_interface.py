@@ -66,12 +66,6 @@ def test_gru_rejects_proj_size_like_nn():
         fused_rnn.GRU(3, 4, proj_size=2)
 
 
-def test_lstm_proj_size_raises_not_implemented():
-    m = fused_rnn.LSTM(3, 4, proj_size=2)
-    with pytest.raises(NotImplementedError, match="proj_size=2"):
-        m(torch.randn(2, 1, 3))
-
-
 @pytest.mark.parametrize("cell", ["GRU", "LSTM"])
 def test_flatten_parameters_is_harmless(cell):
     m = getattr(fused_rnn, cell)(3, 4)

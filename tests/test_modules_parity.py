@@ -144,3 +144,23 @@ def test_nan_and_inf_propagate_like_nn(cell):
     for g, w in zip(got, want):
         assert torch.equal(torch.isnan(g), torch.isnan(w))
         torch.testing.assert_close(g, w, atol=2e-5, rtol=1e-4, equal_nan=True)
+
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("num_layers,bidirectional,batch_first,bias", CONFIGS)
+@pytest.mark.parametrize("with_h0", [False, True], ids=["no_h0", "h0"])
+def test_lstm_proj_size_matches_nn(device, num_layers, bidirectional, batch_first, bias, with_h0):
+    """LSTM with proj_size: h = (o * tanh(c)) W_hr^T, h0 of size proj_size, c0 of hidden_size."""
+    torch.manual_seed(0)
+    T, B, I, H, P = 5, 3, 6, 9, 4
+    ref, fused = pair("LSTM", I, H, torch.float64, device, num_layers=num_layers, bias=bias,
+                      bidirectional=bidirectional, batch_first=batch_first, proj_size=P)
+    x = torch.randn(*((B, T, I) if batch_first else (T, B, I)), dtype=torch.float64,
+                    device=device, requires_grad=True)
+    hx = None
+    if with_h0:
+        L = num_layers * (2 if bidirectional else 1)
+        hx = (torch.randn(L, B, P, dtype=torch.float64, device=device, requires_grad=True),
+              torch.randn(L, B, H, dtype=torch.float64, device=device, requires_grad=True))
+    compare(ref, fused, x, hx, torch.float64)

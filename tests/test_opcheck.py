@@ -123,3 +123,24 @@ def test_opcheck_gru_textbook_backward(device, input_grad):
     torch.library.opcheck(ops.gru_textbook_backward.default,
                           (torch.randn_like(out), torch.randn_like(h_n), t["x"], t["hx"],
                            t["w_ih"], t["w_hh"], out, saved, None, False, input_grad))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("batch_major", [False, True])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_opcheck_lstm_proj(device, batch_major, with_lengths):
+    t = tensors(4, device, batch_major=batch_major)
+    P = 2
+    w_hh = (torch.randn(24, P, device=device) * 0.3).requires_grad_(True)
+    w_hr = (torch.randn(P, 6, device=device) * 0.3).requires_grad_(True)
+    hx = torch.randn(3, P, device=device, requires_grad=True)
+    lengths = lengths_for(device) if with_lengths else None
+    args = (t["x"], hx, t["cx"], t["w_ih"], w_hh, w_hr, t["b_ih"], t["b_hh"], lengths, False, True)
+    torch.library.opcheck(ops.lstm_proj_forward.default, args)
+    out, h_n, c_n, gates, cells, hidden = ops.lstm_proj_forward(*[
+        a.detach() if isinstance(a, torch.Tensor) else a for a in args])
+    torch.library.opcheck(ops.lstm_proj_backward.default,
+                          (torch.randn_like(out), torch.randn_like(h_n), torch.randn_like(c_n),
+                           t["x"].detach(), hx.detach(), t["cx"].detach(), t["w_ih"].detach(),
+                           w_hh.detach(), w_hr.detach(), out, gates, cells, hidden, lengths,
+                           False, True))

@@ -89,3 +89,21 @@ def test_lengths_keyword_bad_values():
         m(torch.randn(4, 2, 5), lengths=torch.tensor([1, 9]))
     with pytest.raises(ValueError, match=r"expected lengths as integers of shape \[batch=2\]"):
         m(torch.randn(4, 2, 5), lengths=torch.tensor([1, 2, 3]))
+
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+def test_packed_lstm_proj_size_matches_nn(device, enforce_sorted):
+    torch.manual_seed(0)
+    ref, fused = pair("LSTM", device, num_layers=2, bidirectional=True, proj_size=3)
+    lengths = [6, 4, 4, 1] if enforce_sorted else [2, 6, 1, 4]
+    x = torch.randn(6, 4, 5, dtype=torch.float64, device=device, requires_grad=True)
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
+    got, want = flat(*fused(packed)), flat(*ref(packed))
+    for g, w, n in zip(got, want, ["output", "h_n", "c_n"]):
+        assert_close(g, w, torch.float64, n)
+    seeds = [torch.randn_like(w) for w in want]
+    names = ["input"] + [n for n, _ in ref.named_parameters()]
+    assert_grads_close(grads(got, [x, *fused.parameters()], seeds),
+                       grads(want, [x, *ref.parameters()], seeds), torch.float64, names)

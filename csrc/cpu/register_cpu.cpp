@@ -58,6 +58,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
                  save_activations);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_proj_forward_autocast(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx,
+                           const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& w_hr,
+                           const c10::optional<at::Tensor>& b_ih,
+                           const c10::optional<at::Tensor>& b_hh,
+                           const c10::optional<at::Tensor>& lengths, bool reverse,
+                           bool save_activations) {
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fused_rnn::lstm_proj_forward", "")
+                             .typed<decltype(lstm_proj_forward_autocast)>();
+  return op.call(autocast_cast(input), autocast_cast(hx), autocast_cast(cx), autocast_cast(w_ih),
+                 autocast_cast(w_hh), autocast_cast(w_hr), autocast_cast(b_ih),
+                 autocast_cast(b_hh), lengths, reverse, save_activations);
+}
+
 std::tuple<at::Tensor, at::Tensor> rnn_forward_autocast(
     const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const c10::optional<at::Tensor>& b_ih, const c10::optional<at::Tensor>& b_hh,
@@ -78,6 +94,8 @@ TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {
   m.impl("gru_backward", &CpuOps::gru_backward);
   m.impl("lstm_forward", &CpuOps::lstm_forward);
   m.impl("lstm_backward", &CpuOps::lstm_backward);
+  m.impl("lstm_proj_forward", &CpuOps::lstm_proj_forward);
+  m.impl("lstm_proj_backward", &CpuOps::lstm_proj_backward);
   m.impl("rnn_forward", &CpuOps::rnn_forward);
   m.impl("rnn_backward", &CpuOps::rnn_backward);
   m.impl("gru_textbook_forward", &CpuOps::gru_textbook_forward);
@@ -86,6 +104,7 @@ TORCH_LIBRARY_IMPL(fused_rnn, CPU, m) {
 
 TORCH_LIBRARY_IMPL(fused_rnn, AutocastCPU, m) {
   m.impl("lstm_forward", &lstm_forward_autocast);
+  m.impl("lstm_proj_forward", &lstm_proj_forward_autocast);
   m.impl("rnn_forward", &rnn_forward_autocast);
 }
 

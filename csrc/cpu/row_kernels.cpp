@@ -194,7 +194,11 @@ void lstm_forward_rows(const LstmForwardStep<S>& p, int64_t b_begin, int64_t b_e
     if (!active(p.lengths, p.t, b)) {
       zero_row(gates, 4 * H);
       copy_row(c, c_prev, H);
-      copy_row(h, p.h_prev + b * p.h_prev_row, H);
+      if (p.h_prev) {
+        copy_row(h, p.h_prev + b * p.h_prev_row, H);
+      } else {  // projected LSTM: the carried (projected) state is restored after the projection
+        zero_row(h, H);
+      }
       continue;
     }
     for (int64_t j = 0; j < H; j += W) {

@@ -44,6 +44,8 @@ TORCH_LIBRARY_IMPL(fused_rnn, CUDA, m) {
   m.impl("gru_backward", &CudaOps::gru_backward);
   m.impl("lstm_forward", &CudaOps::lstm_forward);
   m.impl("lstm_backward", &CudaOps::lstm_backward);
+  m.impl("lstm_proj_forward", &CudaOps::lstm_proj_forward);
+  m.impl("lstm_proj_backward", &CudaOps::lstm_proj_backward);
   m.impl("rnn_forward", &CudaOps::rnn_forward);
   m.impl("rnn_backward", &CudaOps::rnn_backward);
   m.impl("gru_textbook_forward", &CudaOps::gru_textbook_forward);

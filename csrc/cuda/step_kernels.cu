@@ -111,7 +111,7 @@ __global__ void lstm_forward_kernel(LstmForwardStep<S> p) {
     if (!active(p.lengths, p.t, b)) {  // carried state
       for (int k = 0; k < 4; ++k) gates[k * H + j] = S(0);
       p.c[b * p.c_row + j] = p.c_prev[b * p.c_prev_row + j];
-      p.h[b * p.h_row + j] = p.h_prev[b * p.h_prev_row + j];
+      p.h[b * p.h_row + j] = p.h_prev ? p.h_prev[b * p.h_prev_row + j] : S(0);
       continue;
     }
     A gi = ld(gates + j), gf = ld(gates + H + j), gg = ld(gates + 2 * H + j),
