@@ -4,7 +4,8 @@
 #   1. builds fused_rnn in place against that machine's own torch (no pip, no downloads)
 #   2. runs the CUDA tests (every test parametrised on device=cuda, and the half-type tests)
 #   3. compute-sanitizer memcheck and racecheck on a small forward+backward
-#   4. the GPU benchmark, fused vs nn.* on cuDNN
+#   4. the GPU benchmark (benchmarks/bench.py --full --device cuda, fp32 and bf16), fused vs
+#      nn.* on cuDNN, TF32 settings as PyTorch's defaults (stated in the report)
 # and writes logs plus report.md / gpu_benchmark.{md,json} into $OUT (default
 # benchmarks/results/gpu_check_out). Budget: about 8 minutes of GPU time.
 #   QUICK=1 bash benchmarks/gpu_check.sh   # small benchmark grid
@@ -48,7 +49,9 @@ for tool in memcheck racecheck; do
 done
 
 s=$(date +%s)
-"$py" benchmarks/gpu_benchmark.py ${QUICK:+--quick} --json "$OUT/gpu_benchmark.json" --md "$OUT/gpu_benchmark.md" > "$OUT/benchmark.log" 2>&1
+if [ -n "${QUICK:-}" ]; then grid="--quick"; else grid="--full --min-run-time 0.05"; fi
+"$py" benchmarks/bench.py $grid --device cuda --dtype float32 bfloat16 \
+  --json "$OUT/gpu_benchmark.json" --md "$OUT/gpu_benchmark.md" > "$OUT/benchmark.log" 2>&1
 rc=$?; status benchmark "rc=$rc" $(( $(date +%s) - s ))
 { echo; echo "Total $(( $(date +%s) - t0 )) s."; echo; [ -f "$OUT/gpu_benchmark.md" ] && cat "$OUT/gpu_benchmark.md"; } >> "$report"
 grep -E "FAILED|Error" "$OUT/tests.log" | head -20

@@ -1,0 +1,269 @@
+"""fused_rnn benchmark suite: fused_rnn.GRU / LSTM / RNN against nn.GRU / LSTM / RNN.
+
+For every point of a grid (cell, T, B, input size, hidden size, layers, directions, dtype,
+device, mode): median times of fused and nn.* measured in the same run, interleaved (warm-up
+excluded), their ratio, the fused time per step, the share of this machine's own GEMM rate
+that the fused layer reaches (a large GEMM is timed in the same run; the cell's GEMM FLOPs are
+counted), and memory: on CUDA the peak allocated during forward+backward, on the CPU the bytes
+autograd saves for the backward (unique storages, counted with saved_tensors_hooks).
+
+    python benchmarks/bench.py --quick                 # about a minute on a 2-core CPU
+    python benchmarks/bench.py --full --device cuda --dtype float32 bfloat16   # the GPU grid
+    python benchmarks/bench.py --quick --json r.json --md r.md --plot r.png
+
+The plot needs matplotlib (optional extra: pip install matplotlib).
+"""
+import argparse
+import itertools
+import json
+import platform
+import statistics
+import time
+
+import torch
+import torch.utils.benchmark as tb
+from torch import nn
+
+import fused_rnn
+
+GATES = {"GRU": 3, "LSTM": 4, "RNN": 1}
+
+QUICK = dict(cells=["GRU", "LSTM", "RNN"], T=[35], B=[1, 32], H=[128, 256], layers=[1],
+             bidirectional=[False], modes=["inference", "training"])
+FULL = dict(cells=["GRU", "LSTM", "RNN"], T=[35, 200], B=[1, 16, 64, 256],
+            H=[128, 256, 512, 1024], layers=[1, 2], bidirectional=[False, True],
+            modes=["inference", "training"])
+GPU_FULL = dict(cells=["GRU", "LSTM"], T=[35, 512], B=[1, 16, 64, 256],
+                H=[128, 256, 512, 1024], layers=[1], bidirectional=[False],
+                modes=["inference", "training"])
+
+
+def machine_info(device):
+    info = dict(platform=platform.platform(), python=platform.python_version(),
+                torch=torch.__version__, threads=torch.get_num_threads(), date=time.strftime("%Y-%m-%d"),
+                device=device)
+    if device == "cpu":
+        try:
+            with open("/proc/cpuinfo") as f:
+                info["cpu"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+        except (OSError, StopIteration):
+            info["cpu"] = platform.processor()
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        info["fused_cpu_kernels"] = fused_rnn.cpu_isa()
+    else:
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+        info["matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
+    return info
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def gemm_rate(device, dtype, min_run_time):
+    """FLOP/s of a large GEMM on this machine, in this run."""
+    n = 2048 if device == "cpu" else 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    t = tb.Timer("torch.mm(a, b)", globals=dict(torch=torch, a=a, b=b),
+                 num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=min_run_time).median
+    return 2 * n ** 3 / t
+
+
+def cell_flops(cell, T, B, I, H, layers, dirs, training):
+    """GEMM FLOPs: input and hidden projections per layer and direction; training adds the
+    gradient GEMMs (dW_ih, dW_hh, dx, dh): three times the forward."""
+    G = GATES[cell] * H
+    total = 0
+    for layer in range(layers):
+        I_l = I if layer == 0 else H * dirs
+        total += dirs * 2 * T * B * G * (I_l + H)
+    return total * (3 if training else 1)
+
+
+def make_fn(module, x, training):
+    if not training:
+        def fn():
+            with torch.no_grad():
+                module(x)
+        return fn
+    xg = x.detach().requires_grad_(True)
+
+    def fn():
+        out, _ = module(xg)
+        out.backward(torch.ones_like(out))
+    return fn
+
+
+def interleaved_medians(fns, device, min_run_time, rounds=5):
+    """Alternate the candidates round by round; each round times each for min_run_time/rounds."""
+    for fn in fns:  # warm-up, excluded
+        fn()
+    sync(device)
+    times = [[] for _ in fns]
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            m = tb.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()
+                         ).blocked_autorange(min_run_time=min_run_time / rounds)
+            times[i].extend(m.times)
+    return [statistics.median(t) for t in times]
+
+
+def saved_bytes(fn):
+    """Bytes of the unique storages autograd saves for the backward during fn's forward."""
+    seen = {}
+
+    def pack(t):
+        try:
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        except (RuntimeError, NotImplementedError):
+            pass
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def memory(fn, device):
+    if device == "cuda":
+        sync(device)
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        sync(device)
+        return torch.cuda.max_memory_allocated() - base
+    return saved_bytes(fn)
+
+
+def run_point(cell, T, B, I, H, layers, bidir, dtype, device, mode, rate, min_run_time):
+    torch.manual_seed(0)
+    kw = dict(num_layers=layers, bidirectional=bidir, device=device, dtype=dtype)
+    ref = getattr(nn, cell)(I, H, **kw)
+    fused = getattr(fused_rnn, cell)(I, H, **kw)
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I, device=device, dtype=dtype)
+    training = mode == "training"
+    fns = [make_fn(ref, x, training), make_fn(fused, x, training)]
+    t_ref, t_fused = interleaved_medians(fns, device, min_run_time)
+    flops = cell_flops(cell, T, B, I, H, layers, 2 if bidir else 1, training)
+    row = dict(cell=cell, T=T, B=B, I=I, H=H, layers=layers, bidirectional=bidir,
+               dtype=str(dtype).replace("torch.", ""), device=device, mode=mode,
+               nn_ms=t_ref * 1e3, fused_ms=t_fused * 1e3, speedup=t_ref / t_fused,
+               fused_us_per_step=t_fused * 1e6 / T, gemm_floor_ms=flops / rate * 1e3,
+               gemm_share=flops / rate / t_fused)
+    if training:
+        row["nn_mem_mb"] = memory(fns[0], device) / 2 ** 20
+        row["fused_mem_mb"] = memory(fns[1], device) / 2 ** 20
+    return row
+
+
+def markdown(rows, info, rates):
+    """rates: {dtype name: large-GEMM FLOP/s measured in this run}."""
+    mem = "peak allocated" if info["device"] == "cuda" else "saved for backward"
+    rate_text = ", ".join(f"{d} {r / 1e9:.0f} GFLOP/s" for d, r in rates.items())
+    head = (f"# fused_rnn benchmark ({info['device']}: {info.get('cpu') or info.get('gpu')}, "
+            f"{info['threads']} threads, torch {info['torch']}, {info['date']})\n\n"
+            f"Large-GEMM rate measured in this run: {rate_text}. Speed-up = nn.* time / "
+            f"fused time. GEMM share = the cell's GEMM FLOPs at that rate / fused time. "
+            f"Memory: {mem} (MB), training only.\n")
+    if info["device"] == "cuda":
+        head += (f"\nTF32: cudnn.allow_tf32={info['cudnn_allow_tf32']}, "
+                 f"cuda.matmul.allow_tf32={info['matmul_allow_tf32']}.\n")
+    lines = [head, "| cell | mode | T | B | I | H | L | bi | dtype | nn.* ms | fused ms | speed-up "
+             "| µs/step | GEMM floor ms | GEMM share | nn.* MB | fused MB |",
+             "|" + "---|" * 17]
+    for r in rows:
+        lines.append(
+            f"| {r['cell']} | {r['mode']} | {r['T']} | {r['B']} | {r['I']} | {r['H']} | {r['layers']} "
+            f"| {'y' if r['bidirectional'] else 'n'} | {r['dtype']} | {r['nn_ms']:.2f} | {r['fused_ms']:.2f} "
+            f"| {r['speedup']:.2f}x | {r['fused_us_per_step']:.0f} | {r['gemm_floor_ms']:.2f} "
+            f"| {100 * r['gemm_share']:.0f}% | {r.get('nn_mem_mb', float('nan')):.1f} "
+            f"| {r.get('fused_mem_mb', float('nan')):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(no plot: matplotlib is not installed; pip install matplotlib)")
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    train = [r for r in rows if r["mode"] == "training" and r["layers"] == 1 and not r["bidirectional"]]
+    for ax, (x_key, fixed_key) in zip(axes, [("H", "B"), ("B", "H")]):
+        for cell in GATES:
+            pts = [r for r in train if r["cell"] == cell]
+            if not pts:
+                continue
+            fixed = max(pts, key=lambda r: r[fixed_key])[fixed_key] if fixed_key == "B" else \
+                sorted({r[fixed_key] for r in pts})[len({r[fixed_key] for r in pts}) // 2]
+            sel = sorted((r for r in pts if r[fixed_key] == fixed), key=lambda r: r[x_key])
+            ax.plot([r[x_key] for r in sel], [r["speedup"] for r in sel], marker="o",
+                    label=f"{cell} ({fixed_key}={fixed})")
+        ax.axhline(1.0, color="gray", lw=0.8)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel({"H": "hidden size", "B": "batch size"}[x_key])
+        ax.set_ylabel("speed-up vs nn.* (training)")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot written to {path}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="small grid (default)")
+    g.add_argument("--full", action="store_true", help="full grid")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--dtype", nargs="+", default=["float32"],
+                    choices=["float32", "float64", "bfloat16", "float16"])
+    ap.add_argument("--cells", nargs="+", default=None, choices=list(GATES))
+    ap.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--md", default=None)
+    ap.add_argument("--plot", default=None, help="PNG path (needs matplotlib)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    grid = dict(FULL if args.device == "cpu" else GPU_FULL) if args.full else dict(QUICK)
+    if args.cells:
+        grid["cells"] = args.cells
+    min_run_time = args.min_run_time or (0.15 if not args.full else 0.5)
+    info = machine_info(args.device)
+    rates = {d: gemm_rate(args.device, getattr(torch, d), 1.0) for d in args.dtype}
+    rows = []
+    start = time.time()
+    for dtype_name, cell, T, B, H, layers, bidir, mode in itertools.product(
+            args.dtype, grid["cells"], grid["T"], grid["B"], grid["H"], grid["layers"],
+            grid["bidirectional"], grid["modes"]):
+        r = run_point(cell, T, B, H, H, layers, bidir, getattr(torch, dtype_name), args.device,
+                      mode, rates[dtype_name], min_run_time)
+        rows.append(r)
+        print(f"{cell:4s} {dtype_name} {mode:9s} T={T} B={B:<3d} H={H:<4d} L={layers} bi={int(bidir)}: "
+              f"nn {r['nn_ms']:8.2f} ms, fused {r['fused_ms']:8.2f} ms, x{r['speedup']:.2f}, "
+              f"GEMM share {100 * r['gemm_share']:.0f}%", flush=True)
+    info["seconds"] = round(time.time() - start, 1)
+    md = markdown(rows, info, rates)
+    print()
+    print(md)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(md)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(machine=info, gemm_flops_per_s=rates, results=rows), f, indent=1)
+    if args.plot:
+        plot(rows, args.plot)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

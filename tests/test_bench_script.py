@@ -1,0 +1,29 @@
+"""The benchmark suite's pieces work (no timing is asserted: speed is shown by the scripts)."""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+
+import bench  # noqa: E402
+
+
+def test_cell_flops_counts_gemms():
+    # GRU, one layer: 2*T*B*3H*(I+H) forward, three times that in training
+    assert bench.cell_flops("GRU", 35, 32, 256, 256, 1, 1, False) == 2 * 35 * 32 * 768 * 512
+    assert bench.cell_flops("GRU", 35, 32, 256, 256, 1, 1, True) == 3 * 2 * 35 * 32 * 768 * 512
+    # second layer of a bidirectional stack reads 2H features
+    two = bench.cell_flops("LSTM", 2, 3, 5, 4, 2, 2, False)
+    assert two == 2 * (2 * 2 * 3 * 16 * (5 + 4)) + 2 * (2 * 2 * 3 * 16 * (8 + 4))
+
+
+def test_run_point_and_report(tmp_path):
+    import torch
+    rate = 1e11
+    rows = [bench.run_point(cell, 3, 2, 4, 5, 1, False, torch.float32, "cpu", mode, rate, 0.01)
+            for cell in ("GRU", "LSTM", "RNN") for mode in ("inference", "training")]
+    for r in rows:
+        assert r["nn_ms"] > 0 and r["fused_ms"] > 0 and r["speedup"] > 0
+        if r["mode"] == "training":
+            assert r["fused_mem_mb"] > 0 and r["nn_mem_mb"] > 0
+    md = bench.markdown(rows, bench.machine_info("cpu"), {"float32": rate})
+    assert md.count("\n| ") == len(rows) + 1
