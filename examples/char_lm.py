@@ -55,7 +55,7 @@ def builtin_corpus() -> str:
         doc = importlib.import_module(name).__doc__
         if doc:
             docs.append(doc)
-    text = "\n".join(docs)
+    text = " ".join(" ".join(docs).split())  # docstrings are indented: collapse white space
     if len(text) < 2000:
         raise RuntimeError("the standard library's docstrings are missing (python -OO?): "
                            "pass --corpus PATH")

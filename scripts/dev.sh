@@ -2,6 +2,7 @@
 # Set up a virtual environment, build fused_rnn into it, and run something.
 #
 #   bash scripts/dev.sh demo    # the main job: character language model, fused vs nn.GRU
+#                               # (10 epochs on the built-in corpus, side by side)
 #   bash scripts/dev.sh test    # the test suite
 #   bash scripts/dev.sh bench   # CPU benchmark, fused vs nn.GRU / LSTM / RNN
 #   bash scripts/dev.sh setup   # only set up and build
@@ -34,7 +35,7 @@ MAX_JOBS="${MAX_JOBS:-2}" "$py" -m pip install -q --no-build-isolation --no-deps
 
 case "$cmd" in
   setup) ;;
-  demo) "$py" examples/char_lm.py --compare --epochs 5 "$@" ;;
+  demo) "$py" examples/char_lm.py --compare --epochs 10 --max-chars 40000 "$@" ;;
   bench) "$py" benchmarks/cpu_benchmark.py "$@" ;;
   test) "$py" -m pytest -q tests "$@" ;;
   *) echo "usage: bash scripts/dev.sh {demo|test|bench|setup} [args...]" >&2; exit 2 ;;
