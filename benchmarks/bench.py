@@ -10,6 +10,7 @@ autograd saves for the backward (unique storages, counted with saved_tensors_hoo
     python benchmarks/bench.py --quick                 # about a minute on a 2-core CPU
     python benchmarks/bench.py --full --device cuda --dtype float32 bfloat16   # the GPU grid
     python benchmarks/bench.py --quick --json r.json --md r.md --plot r.png
+    python benchmarks/bench.py --isa                   # what vectorising the CPU kernels gives
 
 The plot needs matplotlib (optional extra: pip install matplotlib).
 """
@@ -216,6 +217,28 @@ def plot(rows, path):
     print(f"plot written to {path}")
 
 
+def isa_comparison(min_run_time, T=35, B=32, H=256):
+    """Fused forward+backward with each CPU kernel build (portable DEFAULT, AVX2, AVX512) at one
+    point: what vectorising the step kernels gives end to end."""
+    lines = [f"Fused forward+backward by CPU kernel build (T={T}, B={B}, I=H={H}, float32):", "",
+             "| cell | build | fused (ms) | vs DEFAULT |", "|---|---|---|---|"]
+    active = fused_rnn.cpu_isa()
+    try:
+        for cell in GATES:
+            torch.manual_seed(0)
+            module = getattr(fused_rnn, cell)(H, H)
+            fn = make_fn(module, torch.randn(T, B, H), training=True)
+            base = None
+            for isa in fused_rnn.available_cpu_isas():
+                fused_rnn.set_cpu_isa(isa)
+                (t,) = interleaved_medians([fn], "cpu", min_run_time)
+                base = base or t
+                lines.append(f"| {cell} | {isa} | {t * 1e3:.2f} | {base / t:.2f}x |")
+    finally:
+        fused_rnn.set_cpu_isa(active)
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_mutually_exclusive_group()
@@ -230,9 +253,14 @@ def main(argv=None):
     ap.add_argument("--json", default=None)
     ap.add_argument("--md", default=None)
     ap.add_argument("--plot", default=None, help="PNG path (needs matplotlib)")
+    ap.add_argument("--isa", action="store_true",
+                    help="only compare the CPU kernel builds (DEFAULT / AVX2 / AVX512)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.isa:
+        print(isa_comparison(args.min_run_time or 1.0))
+        return []
     grid = dict(FULL if args.device == "cpu" else GPU_FULL) if args.full else dict(QUICK)
     if args.cells:
         grid["cells"] = args.cells

@@ -4,7 +4,7 @@
 #   bash scripts/dev.sh demo    # the main job: character language model, fused vs nn.GRU
 #                               # (10 epochs on the built-in corpus, side by side)
 #   bash scripts/dev.sh test    # the test suite
-#   bash scripts/dev.sh bench   # CPU benchmark, fused vs nn.GRU / LSTM / RNN
+#   bash scripts/dev.sh bench   # benchmark suite (quick preset), fused vs nn.GRU / LSTM / RNN
 #   bash scripts/dev.sh setup   # only set up and build
 #
 # Environment (all optional):
@@ -36,7 +36,7 @@ MAX_JOBS="${MAX_JOBS:-2}" "$py" -m pip install -q --no-build-isolation --no-deps
 case "$cmd" in
   setup) ;;
   demo) "$py" examples/char_lm.py --compare --epochs 10 --max-chars 40000 "$@" ;;
-  bench) "$py" benchmarks/cpu_benchmark.py "$@" ;;
+  bench) "$py" benchmarks/bench.py --quick "$@" ;;
   test) "$py" -m pytest -q tests "$@" ;;
   *) echo "usage: bash scripts/dev.sh {demo|test|bench|setup} [args...]" >&2; exit 2 ;;
 esac
