@@ -38,10 +38,13 @@ s=$(date +%s)
 "$py" -m pytest -q -p no:cacheprovider tests -k "cuda" > "$OUT/tests.log" 2>&1
 rc=$?; status "CUDA tests" "rc=$rc, $(tail -1 "$OUT/tests.log")" $(( $(date +%s) - s ))
 
+if [ $rc -ne 0 ]; then { echo; echo '```'; grep -E "FAILED|Error" "$OUT/tests.log" | head -30; echo '```'; } >> "$report"; fi
+
+sanitizer="$(command -v compute-sanitizer || echo "$CUDA_HOME/bin/compute-sanitizer")"
 for tool in memcheck racecheck; do
   s=$(date +%s)
-  if command -v compute-sanitizer > /dev/null; then
-    compute-sanitizer --tool "$tool" --error-exitcode 9 "$py" benchmarks/gpu_sanitize_case.py > "$OUT/$tool.log" 2>&1
+  if [ -x "$sanitizer" ]; then
+    "$sanitizer" --tool "$tool" --error-exitcode 9 "$py" benchmarks/gpu_sanitize_case.py > "$OUT/$tool.log" 2>&1
     rc=$?; status "compute-sanitizer $tool" "rc=$rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool.log" | tail -1)" $(( $(date +%s) - s ))
   else
     status "compute-sanitizer $tool" "not installed" 0
@@ -53,6 +56,7 @@ if [ -n "${QUICK:-}" ]; then grid="--quick"; else grid="--full --min-run-time 0.
 "$py" benchmarks/bench.py $grid --device cuda --dtype float32 bfloat16 \
   --json "$OUT/gpu_benchmark.json" --md "$OUT/gpu_benchmark.md" > "$OUT/benchmark.log" 2>&1
 rc=$?; status benchmark "rc=$rc" $(( $(date +%s) - s ))
+if [ $rc -ne 0 ]; then { echo; echo '```'; tail -20 "$OUT/benchmark.log"; echo '```'; } >> "$report"; fi
 { echo; echo "Total $(( $(date +%s) - t0 )) s."; echo; [ -f "$OUT/gpu_benchmark.md" ] && cat "$OUT/gpu_benchmark.md"; } >> "$report"
 grep -E "FAILED|Error" "$OUT/tests.log" | head -20
 head -12 "$report"
