@@ -122,6 +122,19 @@ inline const int64_t* lengths_ptr(const Tensor& lengths) {
   return lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
 }
 
+// Gradients of a cell whose pre-activation gradients d_g2d: [T*B, G] (lay's row order) are the
+// same for the input and the hidden projection (LSTM, RNN): returns grad_input ([T, B, I] or
+// [0]), grad_w_ih: [G, I], grad_w_hh: [G, H_state] (from h_prevs: [T, B, H_state]), and the
+// equal grad_b_ih, grad_b_hh: [G].
+inline std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> shared_gate_grads(
+    const SeqLayout& lay, const Tensor& input, const Tensor& d_g2d, const Tensor& h_prevs,
+    const Tensor& w_ih, bool compute_input_grad) {
+  Tensor grad_b = d_g2d.sum(0);
+  return {input_grad(lay, input, d_g2d, w_ih, compute_input_grad),
+          input_weight_grad(lay, input, d_g2d, w_ih), at::mm(d_g2d.t(), lay.rows(h_prevs)),
+          grad_b, grad_b.clone()};
+}
+
 // h_n: [B, H], the state after the last processed step (carried past the end of a sequence).
 inline Tensor last_state(const Tensor& output, const Tensor& h0, bool reverse) {
   const int64_t T = output.size(0);
@@ -298,11 +311,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   }
   const Tensor d_gates2d = lay.rows(d_gates);  // [T*B, 4H]
   const Tensor h_prevs = previous_states(lay, inner_contiguous(output), h0, reverse, lengths);
-  Tensor grad_w_ih = input_weight_grad(lay, input, d_gates2d, w_ih);
-  Tensor grad_w_hh = at::mm(d_gates2d.t(), lay.rows(h_prevs));
-  Tensor grad_b_ih = d_gates2d.sum(0);
-  Tensor grad_b_hh = grad_b_ih.clone();
-  Tensor grad_input = input_grad(lay, input, d_gates2d, w_ih, compute_input_grad);
+  auto [grad_input, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh] =
+      shared_gate_grads(lay, input, d_gates2d, h_prevs, w_ih, compute_input_grad);
   return {grad_input, dh, dc, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
 }
 
@@ -410,12 +420,9 @@ lstm_proj_backward_impl(const StepKernels<S>& k, HiddenGemmFactory<S> make_gemm,
   }
   const Tensor d_gates2d = lay.rows(d_gates);  // [T*B, 4H]
   const Tensor h_prevs = previous_states(lay, inner_contiguous(output), h0, reverse, lengths);
-  Tensor grad_w_ih = input_weight_grad(lay, input, d_gates2d, w_ih);
-  Tensor grad_w_hh = at::mm(d_gates2d.t(), lay.rows(h_prevs));
+  auto [grad_input, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh] =
+      shared_gate_grads(lay, input, d_gates2d, h_prevs, w_ih, compute_input_grad);
   Tensor grad_w_hr = at::mm(dh_total.view({T * B, P}).t(), hidden_full.view({T * B, H}));
-  Tensor grad_b_ih = d_gates2d.sum(0);
-  Tensor grad_b_hh = grad_b_ih.clone();
-  Tensor grad_input = input_grad(lay, input, d_gates2d, w_ih, compute_input_grad);
   return {grad_input, dh, dc, grad_w_ih, grad_w_hh, grad_w_hr, grad_b_ih, grad_b_hh};
 }
 
@@ -480,11 +487,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_impl(
   }
   const Tensor d_pre2d = lay.rows(d_pre);  // [T*B, H]
   const Tensor h_prevs = previous_states(lay, output, h0, reverse, lengths);
-  Tensor grad_w_ih = input_weight_grad(lay, input, d_pre2d, w_ih);
-  Tensor grad_w_hh = at::mm(d_pre2d.t(), lay.rows(h_prevs));
-  Tensor grad_b_ih = d_pre2d.sum(0);
-  Tensor grad_b_hh = grad_b_ih.clone();
-  Tensor grad_input = input_grad(lay, input, d_pre2d, w_ih, compute_input_grad);
+  auto [grad_input, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh] =
+      shared_gate_grads(lay, input, d_pre2d, h_prevs, w_ih, compute_input_grad);
   return {grad_input, dh, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
 }
 
