@@ -49,6 +49,19 @@ def _check_fake_args(op: str, gates: int, input: Tensor, w_hh: Tensor, *others) 
     return w_hh.shape[1]
 
 
+def _require_saved(ctx, op: str, layer_fn: str) -> None:
+    if not ctx.saved_activations:
+        raise RuntimeError(
+            f"{op} was called with save_activations=False, so it cannot be differentiated; call "
+            f"it with save_activations=True (fused_rnn.{layer_fn} does so whenever a gradient is "
+            f"needed)")
+
+
+def _or_zeros(grad: Optional[Tensor], like: Tensor) -> Tensor:
+    """The gradient autograd passed for an output, zeros where the output was not used."""
+    return torch.zeros_like(like) if grad is None else grad
+
+
 def _grad_input_fake(input: Tensor, w_hh: Tensor, compute_input_grad: bool) -> Tensor:
     if compute_input_grad and not _is_tokens(input):
         return _seq_empty(input, input.shape[2], w_hh)
@@ -89,19 +102,12 @@ def _gru_setup_context(ctx, inputs, output):
 
 def _gru_backward(ctx, grad_output, grad_hy, _grad_saved, backward_op=None):
     backward_op = backward_op or ops.gru_backward
-    if not ctx.saved_activations:
-        raise RuntimeError(
-            "fused_rnn GRU forward was called with save_activations=False, so it cannot be "
-            "differentiated; call it with save_activations=True (fused_rnn.gru_layer does so "
-            "whenever a gradient is needed)")
+    _require_saved(ctx, "fused_rnn GRU forward", "gru_layer")
     input, hx, w_ih, w_hh, out, saved, lengths = ctx.saved_tensors
-    if grad_output is None:
-        grad_output = torch.zeros_like(out)
-    if grad_hy is None:
-        grad_hy = torch.zeros_like(hx)
     need_input = ctx.needs_input_grad[0]
     g_in, g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh = backward_op(
-        grad_output, grad_hy, input, hx, w_ih, w_hh, out, saved, lengths, ctx.reverse, need_input)
+        _or_zeros(grad_output, out), _or_zeros(grad_hy, hx), input, hx, w_ih, w_hh, out, saved,
+        lengths, ctx.reverse, need_input)
     return (g_in if need_input else None, g_hx, g_w_ih, g_w_hh,
             g_b_ih if ctx.has_bias[0] else None, g_b_hh if ctx.has_bias[1] else None,
             None, None, None)
@@ -173,22 +179,12 @@ def _lstm_setup_context(ctx, inputs, output):
 
 
 def _lstm_backward(ctx, grad_output, grad_hy, grad_cy, _grad_gates, _grad_cells):
-    if not ctx.saved_activations:
-        raise RuntimeError(
-            "fused_rnn::lstm_forward was called with save_activations=False, so it cannot be "
-            "differentiated; call it with save_activations=True (fused_rnn.lstm_layer does so "
-            "whenever a gradient is needed)")
+    _require_saved(ctx, "fused_rnn::lstm_forward", "lstm_layer")
     input, hx, cx, w_ih, w_hh, out, gates, cells, lengths = ctx.saved_tensors
-    if grad_output is None:
-        grad_output = torch.zeros_like(out)
-    if grad_hy is None:
-        grad_hy = torch.zeros_like(hx)
-    if grad_cy is None:
-        grad_cy = torch.zeros_like(cx)
     need_input = ctx.needs_input_grad[0]
     g_in, g_hx, g_cx, g_w_ih, g_w_hh, g_b_ih, g_b_hh = ops.lstm_backward(
-        grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, out, gates, cells, lengths,
-        ctx.reverse, need_input)
+        _or_zeros(grad_output, out), _or_zeros(grad_hy, hx), _or_zeros(grad_cy, cx), input, hx,
+        cx, w_ih, w_hh, out, gates, cells, lengths, ctx.reverse, need_input)
     return (g_in if need_input else None, g_hx, g_cx, g_w_ih, g_w_hh,
             g_b_ih if ctx.has_bias[0] else None, g_b_hh if ctx.has_bias[1] else None,
             None, None, None)
@@ -234,19 +230,12 @@ def _lstm_proj_setup_context(ctx, inputs, output):
 
 
 def _lstm_proj_backward(ctx, grad_output, grad_hy, grad_cy, *_grad_saved):
-    if not ctx.saved_activations:
-        raise RuntimeError(
-            "fused_rnn::lstm_proj_forward was called with save_activations=False, so it cannot "
-            "be differentiated; call it with save_activations=True (fused_rnn.lstm_layer does "
-            "so whenever a gradient is needed)")
+    _require_saved(ctx, "fused_rnn::lstm_proj_forward", "lstm_layer")
     input, hx, cx, w_ih, w_hh, w_hr, out, gates, cells, hidden, lengths = ctx.saved_tensors
-    grad_output = torch.zeros_like(out) if grad_output is None else grad_output
-    grad_hy = torch.zeros_like(hx) if grad_hy is None else grad_hy
-    grad_cy = torch.zeros_like(cx) if grad_cy is None else grad_cy
     need_input = ctx.needs_input_grad[0]
     g_in, g_hx, g_cx, g_w_ih, g_w_hh, g_w_hr, g_b_ih, g_b_hh = ops.lstm_proj_backward(
-        grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh, w_hr, out, gates, cells, hidden,
-        lengths, ctx.reverse, need_input)
+        _or_zeros(grad_output, out), _or_zeros(grad_hy, hx), _or_zeros(grad_cy, cx), input, hx,
+        cx, w_ih, w_hh, w_hr, out, gates, cells, hidden, lengths, ctx.reverse, need_input)
     return (g_in if need_input else None, g_hx, g_cx, g_w_ih, g_w_hh, g_w_hr,
             g_b_ih if ctx.has_bias[0] else None, g_b_hh if ctx.has_bias[1] else None,
             None, None, None)
@@ -286,14 +275,10 @@ def _rnn_setup_context(ctx, inputs, output):
 
 def _rnn_backward(ctx, grad_output, grad_hy):
     input, hx, w_ih, w_hh, out, lengths = ctx.saved_tensors
-    if grad_output is None:
-        grad_output = torch.zeros_like(out)
-    if grad_hy is None:
-        grad_hy = torch.zeros_like(hx)
     need_input = ctx.needs_input_grad[0]
     g_in, g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh = ops.rnn_backward(
-        grad_output, grad_hy, input, hx, w_ih, w_hh, out, lengths, ctx.relu, ctx.reverse,
-        need_input)
+        _or_zeros(grad_output, out), _or_zeros(grad_hy, hx), input, hx, w_ih, w_hh, out, lengths,
+        ctx.relu, ctx.reverse, need_input)
     return (g_in if need_input else None, g_hx, g_w_ih, g_w_hh,
             g_b_ih if ctx.has_bias[0] else None, g_b_hh if ctx.has_bias[1] else None,
             None, None, None)
