@@ -248,6 +248,10 @@ def main(argv=None):
     ap.add_argument("--dtype", nargs="+", default=["float32"],
                     choices=["float32", "float64", "bfloat16", "float16"])
     ap.add_argument("--cells", nargs="+", default=None, choices=list(GATES))
+    ap.add_argument("--T", nargs="+", type=int, default=None, help="override the grid's sequence lengths")
+    ap.add_argument("--B", nargs="+", type=int, default=None, help="override the grid's batch sizes")
+    ap.add_argument("--H", nargs="+", type=int, default=None, help="override the grid's hidden sizes")
+    ap.add_argument("--modes", nargs="+", default=None, choices=["inference", "training"])
     ap.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
@@ -262,8 +266,9 @@ def main(argv=None):
         print(isa_comparison(args.min_run_time or 1.0))
         return []
     grid = dict(FULL if args.device == "cpu" else GPU_FULL) if args.full else dict(QUICK)
-    if args.cells:
-        grid["cells"] = args.cells
+    for key in ("cells", "T", "B", "H", "modes"):
+        if getattr(args, key):
+            grid[key] = getattr(args, key)
     min_run_time = args.min_run_time or (0.15 if not args.full else 0.5)
     info = machine_info(args.device)
     rates = {d: gemm_rate(args.device, getattr(torch, d), 1.0) for d in args.dtype}

@@ -9,6 +9,9 @@
 # and writes logs plus report.md / gpu_benchmark.{md,json} into $OUT (default
 # benchmarks/results/gpu_check_out). Budget: about 8 minutes of GPU time.
 #   QUICK=1 bash benchmarks/gpu_check.sh   # small benchmark grid
+#   BENCH_ARGS="--full --cells GRU --T 512 --B 16 64" TEST_FILTER=cuda bash benchmarks/gpu_check.sh
+# Every step has a time limit (TEST_TIMEOUT, SANITIZER_TIMEOUT, BENCH_TIMEOUT seconds), so the
+# whole check fits one call of the device tool.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results/gpu_check_out}"
@@ -30,12 +33,14 @@ t0=$(date +%s)
 } > "$report"
 
 s=$(date +%s)
-"$py" setup.py build_ext --inplace > "$OUT/build.log" 2>&1
+timeout 300 "$py" setup.py build_ext --inplace > "$OUT/build.log" 2>&1
 rc=$?; status build "rc=$rc" $(( $(date +%s) - s ))
 if [ $rc -ne 0 ]; then tail -40 "$OUT/build.log"; cat "$report"; exit 1; fi
 
 s=$(date +%s)
-"$py" -m pytest -q -p no:cacheprovider tests -k "cuda" > "$OUT/tests.log" 2>&1
+# pytest-xdist and pytest-timeout are on the lent box's image; plain pytest where they are not
+par=""; "$py" -c "import xdist, pytest_timeout" 2>/dev/null && par="-n 8 --timeout 150"
+timeout "${TEST_TIMEOUT:-240}" "$py" -m pytest -q -p no:cacheprovider $par tests -k "${TEST_FILTER:-cuda}" > "$OUT/tests.log" 2>&1
 rc=$?; status "CUDA tests" "rc=$rc, $(tail -1 "$OUT/tests.log")" $(( $(date +%s) - s ))
 
 if [ $rc -ne 0 ]; then { echo; echo '```'; grep -E "FAILED|Error" "$OUT/tests.log" | head -30; echo '```'; } >> "$report"; fi
@@ -44,7 +49,7 @@ sanitizer="$(command -v compute-sanitizer || echo "$CUDA_HOME/bin/compute-saniti
 for tool in memcheck racecheck; do
   s=$(date +%s)
   if [ -x "$sanitizer" ]; then
-    "$sanitizer" --tool "$tool" --error-exitcode 9 "$py" benchmarks/gpu_sanitize_case.py > "$OUT/$tool.log" 2>&1
+    timeout "${SANITIZER_TIMEOUT:-120}" "$sanitizer" --tool "$tool" --error-exitcode 9 "$py" benchmarks/gpu_sanitize_case.py > "$OUT/$tool.log" 2>&1
     rc=$?; status "compute-sanitizer $tool" "rc=$rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool.log" | tail -1)" $(( $(date +%s) - s ))
   else
     status "compute-sanitizer $tool" "not installed" 0
@@ -52,8 +57,9 @@ for tool in memcheck racecheck; do
 done
 
 s=$(date +%s)
-if [ -n "${QUICK:-}" ]; then grid="--quick"; else grid="--full --min-run-time 0.05"; fi
-"$py" benchmarks/bench.py $grid --device cuda --dtype float32 bfloat16 \
+if [ -n "${BENCH_ARGS:-}" ]; then grid="$BENCH_ARGS"
+elif [ -n "${QUICK:-}" ]; then grid="--quick"; else grid="--full --min-run-time 0.05"; fi
+timeout "${BENCH_TIMEOUT:-300}" "$py" benchmarks/bench.py $grid --device cuda --dtype float32 bfloat16 \
   --json "$OUT/gpu_benchmark.json" --md "$OUT/gpu_benchmark.md" > "$OUT/benchmark.log" 2>&1
 rc=$?; status benchmark "rc=$rc" $(( $(date +%s) - s ))
 if [ $rc -ne 0 ]; then { echo; echo '```'; tail -20 "$OUT/benchmark.log"; echo '```'; } >> "$report"; fi

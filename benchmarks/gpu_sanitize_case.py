@@ -1,19 +1,24 @@
 """A small forward+backward of every fused CUDA kernel, for compute-sanitizer (memcheck,
-racecheck): GRU and LSTM, both directions, seq-major and batch-first, float32 and bfloat16,
-hidden sizes that leave partial blocks."""
+racecheck): GRU (both formulations), LSTM (with and without projection) and RNN (tanh, relu),
+both directions, seq-major and batch-first, float32 and bfloat16, hidden sizes that leave partial
+blocks, and per-sequence lengths."""
 import torch
 
 import fused_rnn
 
 torch.manual_seed(0)
-for cell in ("GRU", "LSTM"):
+configs = [("GRU", {}), ("GRU", {"reset_after": False}), ("LSTM", {}), ("LSTM", {"proj_size": 5}),
+           ("RNN", {}), ("RNN", {"nonlinearity": "relu"})]
+for cell, kw in configs:
     for dtype in (torch.float32, torch.bfloat16):
         for batch_first in (False, True):
             m = getattr(fused_rnn, cell)(7, 37, num_layers=2, bidirectional=True,
-                                         batch_first=batch_first, device="cuda", dtype=dtype)
+                                         batch_first=batch_first, device="cuda", dtype=dtype, **kw)
             x = torch.randn(3, 5, 7, device="cuda", dtype=dtype, requires_grad=True)
-            out, _ = m(x)
+            lengths = torch.tensor([3, 1, 2, 3, 2]) if batch_first else None
+            xin = x.transpose(0, 1).contiguous().detach().requires_grad_(True) if batch_first else x
+            out, _ = m(xin, lengths=lengths) if lengths is not None else m(xin)
             out.float().square().sum().backward()
             torch.cuda.synchronize()
-            assert torch.isfinite(x.grad.float()).all()
+            assert torch.isfinite(xin.grad.float()).all()
 print("sanitize case done")
