@@ -140,7 +140,18 @@ def memory(fn, device):
     return saved_bytes(fn)
 
 
-def run_point(cell, T, B, I, H, layers, bidir, dtype, device, mode, rate, min_run_time):
+def on_path(fn, path):
+    """fn run with the CUDA recurrences on `path` (auto / persistent / general)."""
+    def wrapped():
+        fused_rnn.set_cuda_path(path)
+        fn()
+    return wrapped
+
+
+def run_point(cell, T, B, I, H, layers, bidir, dtype, device, mode, rate, min_run_time,
+              paths=("auto",)):
+    """One grid point; on CUDA the fused layer is timed on each of `paths` in the same
+    interleaved run as nn.* (one row per path)."""
     torch.manual_seed(0)
     kw = dict(num_layers=layers, bidirectional=bidir, device=device, dtype=dtype)
     ref = getattr(nn, cell)(I, H, **kw)
@@ -148,18 +159,29 @@ def run_point(cell, T, B, I, H, layers, bidir, dtype, device, mode, rate, min_ru
     fused.load_state_dict(ref.state_dict())
     x = torch.randn(T, B, I, device=device, dtype=dtype)
     training = mode == "training"
-    fns = [make_fn(ref, x, training), make_fn(fused, x, training)]
-    t_ref, t_fused = interleaved_medians(fns, device, min_run_time)
-    flops = cell_flops(cell, T, B, I, H, layers, 2 if bidir else 1, training)
-    row = dict(cell=cell, T=T, B=B, I=I, H=H, layers=layers, bidirectional=bidir,
-               dtype=str(dtype).replace("torch.", ""), device=device, mode=mode,
-               nn_ms=t_ref * 1e3, fused_ms=t_fused * 1e3, speedup=t_ref / t_fused,
-               fused_us_per_step=t_fused * 1e6 / T, gemm_floor_ms=flops / rate * 1e3,
-               gemm_share=flops / rate / t_fused)
-    if training:
-        row["nn_mem_mb"] = memory(fns[0], device) / 2 ** 20
-        row["fused_mem_mb"] = memory(fns[1], device) / 2 ** 20
-    return row
+    paths = list(paths) if device == "cuda" else ["-"]
+    fused_fn = make_fn(fused, x, training)
+    fns = [make_fn(ref, x, training)] + [
+        on_path(fused_fn, p) if device == "cuda" else fused_fn for p in paths]
+    saved_path = fused_rnn.cuda_path()
+    try:
+        times = interleaved_medians(fns, device, min_run_time)
+        t_ref = times[0]
+        flops = cell_flops(cell, T, B, I, H, layers, 2 if bidir else 1, training)
+        rows = []
+        for path, fn, t_fused in zip(paths, fns[1:], times[1:]):
+            row = dict(cell=cell, T=T, B=B, I=I, H=H, layers=layers, bidirectional=bidir,
+                       dtype=str(dtype).replace("torch.", ""), device=device, mode=mode,
+                       path=path, nn_ms=t_ref * 1e3, fused_ms=t_fused * 1e3,
+                       speedup=t_ref / t_fused, fused_us_per_step=t_fused * 1e6 / T,
+                       gemm_floor_ms=flops / rate * 1e3, gemm_share=flops / rate / t_fused)
+            if training:
+                row["nn_mem_mb"] = memory(fns[0], device) / 2 ** 20
+                row["fused_mem_mb"] = memory(fn, device) / 2 ** 20
+            rows.append(row)
+    finally:
+        fused_rnn.set_cuda_path(saved_path)
+    return rows
 
 
 def markdown(rows, info, rates):
@@ -174,12 +196,17 @@ def markdown(rows, info, rates):
     if info["device"] == "cuda":
         head += (f"\nTF32: cudnn.allow_tf32={info['cudnn_allow_tf32']}, "
                  f"cuda.matmul.allow_tf32={info['matmul_allow_tf32']}.\n")
-    lines = [head, "| cell | mode | T | B | I | H | L | bi | dtype | nn.* ms | fused ms | speed-up "
-             "| µs/step | GEMM floor ms | GEMM share | nn.* MB | fused MB |",
-             "|" + "---|" * 17]
+    if info["device"] == "cuda":
+        head += ("\nCUDA path of the fused layer: persistent = one cooperative kernel for all "
+                 "steps; general = per step a cuBLAS GEMM + a pointwise kernel; auto = persistent "
+                 "where the shapes suit it.\n")
+    lines = [head, "| cell | mode | path | T | B | I | H | L | bi | dtype | nn.* ms | fused ms "
+             "| speed-up | µs/step | GEMM floor ms | GEMM share | nn.* MB | fused MB |",
+             "|" + "---|" * 18]
     for r in rows:
         lines.append(
-            f"| {r['cell']} | {r['mode']} | {r['T']} | {r['B']} | {r['I']} | {r['H']} | {r['layers']} "
+            f"| {r['cell']} | {r['mode']} | {r.get('path', '-')} | {r['T']} | {r['B']} | {r['I']} "
+            f"| {r['H']} | {r['layers']} "
             f"| {'y' if r['bidirectional'] else 'n'} | {r['dtype']} | {r['nn_ms']:.2f} | {r['fused_ms']:.2f} "
             f"| {r['speedup']:.2f}x | {r['fused_us_per_step']:.0f} | {r['gemm_floor_ms']:.2f} "
             f"| {100 * r['gemm_share']:.0f}% | {r.get('nn_mem_mb', float('nan')):.1f} "
@@ -196,7 +223,8 @@ def plot(rows, path):
         print("(no plot: matplotlib is not installed; pip install matplotlib)")
         return
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    train = [r for r in rows if r["mode"] == "training" and r["layers"] == 1 and not r["bidirectional"]]
+    train = [r for r in rows if r["mode"] == "training" and r["layers"] == 1
+             and not r["bidirectional"] and r.get("path", "-") in ("-", "auto")]
     for ax, (x_key, fixed_key) in zip(axes, [("H", "B"), ("B", "H")]):
         for cell in GATES:
             pts = [r for r in train if r["cell"] == cell]
@@ -252,6 +280,9 @@ def main(argv=None):
     ap.add_argument("--B", nargs="+", type=int, default=None, help="override the grid's batch sizes")
     ap.add_argument("--H", nargs="+", type=int, default=None, help="override the grid's hidden sizes")
     ap.add_argument("--modes", nargs="+", default=None, choices=["inference", "training"])
+    ap.add_argument("--cuda-path", nargs="+", default=["auto"],
+                    choices=["auto", "persistent", "general"],
+                    help="CUDA: time the fused layer on each of these paths (one row each)")
     ap.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
@@ -277,12 +308,13 @@ def main(argv=None):
     for dtype_name, cell, T, B, H, layers, bidir, mode in itertools.product(
             args.dtype, grid["cells"], grid["T"], grid["B"], grid["H"], grid["layers"],
             grid["bidirectional"], grid["modes"]):
-        r = run_point(cell, T, B, H, H, layers, bidir, getattr(torch, dtype_name), args.device,
-                      mode, rates[dtype_name], min_run_time)
-        rows.append(r)
-        print(f"{cell:4s} {dtype_name} {mode:9s} T={T} B={B:<3d} H={H:<4d} L={layers} bi={int(bidir)}: "
-              f"nn {r['nn_ms']:8.2f} ms, fused {r['fused_ms']:8.2f} ms, x{r['speedup']:.2f}, "
-              f"GEMM share {100 * r['gemm_share']:.0f}%", flush=True)
+        for r in run_point(cell, T, B, H, H, layers, bidir, getattr(torch, dtype_name),
+                           args.device, mode, rates[dtype_name], min_run_time, args.cuda_path):
+            rows.append(r)
+            print(f"{cell:4s} {dtype_name} {mode:9s} {r['path']:10s} T={T} B={B:<3d} H={H:<4d} "
+                  f"L={layers} bi={int(bidir)}: nn {r['nn_ms']:8.2f} ms, fused "
+                  f"{r['fused_ms']:8.2f} ms, x{r['speedup']:.2f}, "
+                  f"GEMM share {100 * r['gemm_share']:.0f}%", flush=True)
     info["seconds"] = round(time.time() - start, 1)
     md = markdown(rows, info, rates)
     print()

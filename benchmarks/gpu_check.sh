@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# The prepared GPU check, one script for a machine with an NVIDIA GPU (written for the lent H100
-# box: python3 3.12 with torch 2.11.0+cu130, nvcc 13.0, ninja, no network; it starts bare).
+# The prepared GPU check, one script for a machine with an NVIDIA GPU (written for the lent
+# H100 / H200 box: python3 3.12 with torch 2.11.0+cu130, nvcc 13.0, ninja, no network; it starts
+# bare).
 #   1. builds fused_rnn in place against that machine's own torch (no pip, no downloads)
-#   2. runs the CUDA tests (every test parametrised on device=cuda, and the half-type tests)
-#   3. compute-sanitizer memcheck and racecheck on a small forward+backward
-#   4. the GPU benchmark (benchmarks/bench.py --full --device cuda, fp32 and bf16), fused vs
-#      nn.* on cuDNN, TF32 settings as PyTorch's defaults (stated in the report)
-# and writes logs plus report.md / gpu_benchmark.{md,json} into $OUT (default
-# benchmarks/results/gpu_check_out). Budget: about 8 minutes of GPU time.
+#   2. runs the CUDA tests twice: CUDA path 'auto' (the persistent kernels wherever they suit the
+#      shapes; tests/test_cuda_paths.py forces each path in turn) and FUSED_RNN_CUDA_PATH=general
+#   3. compute-sanitizer memcheck + racecheck on a small forward+backward of every kernel, with
+#      the persistent kernels forced, and memcheck on the general path
+#   4. the GPU benchmark (benchmarks/bench.py --device cuda, fp32 and bf16): nn.* on cuDNN
+#      against the fused layer on the persistent and on the general path, TF32 as PyTorch's
+#      defaults (stated in the report)
+# Writes report.md, the logs and gpu_benchmark.json into $OUT (default
+# benchmarks/results/gpu_check_out): 7 files, within the device tool's 8.
 #   QUICK=1 bash benchmarks/gpu_check.sh   # small benchmark grid
-#   BENCH_ARGS="--full --cells GRU --T 512 --B 16 64" TEST_FILTER=cuda bash benchmarks/gpu_check.sh
+#   BENCH_ARGS="--full --cells GRU --T 512 --B 16 64" bash benchmarks/gpu_check.sh
 # Every step has a time limit (TEST_TIMEOUT, SANITIZER_TIMEOUT, BENCH_TIMEOUT seconds), so the
-# whole check fits one call of the device tool.
+# whole check fits one call of the device tool (about 7 minutes).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results/gpu_check_out}"
@@ -37,32 +41,43 @@ timeout 300 "$py" setup.py build_ext --inplace > "$OUT/build.log" 2>&1
 rc=$?; status build "rc=$rc" $(( $(date +%s) - s ))
 if [ $rc -ne 0 ]; then tail -40 "$OUT/build.log"; cat "$report"; exit 1; fi
 
-s=$(date +%s)
 # pytest-xdist and pytest-timeout are on the lent box's image; plain pytest where they are not
-par=""; "$py" -c "import xdist, pytest_timeout" 2>/dev/null && par="-n 8 --timeout 150"
-timeout "${TEST_TIMEOUT:-240}" "$py" -m pytest -q -p no:cacheprovider $par tests -k "${TEST_FILTER:-cuda}" > "$OUT/tests.log" 2>&1
-rc=$?; status "CUDA tests" "rc=$rc, $(tail -1 "$OUT/tests.log")" $(( $(date +%s) - s ))
-
-if [ $rc -ne 0 ]; then { echo; echo '```'; grep -E "FAILED|Error" "$OUT/tests.log" | head -30; echo '```'; } >> "$report"; fi
+par=""; "$py" -c "import xdist, pytest_timeout" 2>/dev/null && par="-n 8 --timeout 90"
+for path in auto general; do
+  log="$OUT/tests.log"; [ "$path" = general ] && log="$OUT/tests_general.log"
+  s=$(date +%s)
+  FUSED_RNN_CUDA_PATH=$path timeout "${TEST_TIMEOUT:-240}" "$py" -m pytest -q -p no:cacheprovider \
+    $par tests -k "${TEST_FILTER:-cuda}" > "$log" 2>&1
+  rc=$?; status "CUDA tests, path $path" "rc=$rc, $(tail -1 "$log")" $(( $(date +%s) - s ))
+  if [ $rc -ne 0 ]; then
+    { echo; echo '```'; grep -E "^FAILED|^ERROR|Error:|Timeout" "$log" | head -30; echo '```'; } >> "$report"
+  fi
+done
 
 sanitizer="$(command -v compute-sanitizer || echo "$CUDA_HOME/bin/compute-sanitizer")"
-for tool in memcheck racecheck; do
+: > "$OUT/sanitizer.log"
+for run in "persistent memcheck" "persistent racecheck" "general memcheck"; do
+  set -- $run
   s=$(date +%s)
   if [ -x "$sanitizer" ]; then
-    timeout "${SANITIZER_TIMEOUT:-120}" "$sanitizer" --tool "$tool" --error-exitcode 9 "$py" benchmarks/gpu_sanitize_case.py > "$OUT/$tool.log" 2>&1
-    rc=$?; status "compute-sanitizer $tool" "rc=$rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/$tool.log" | tail -1)" $(( $(date +%s) - s ))
+    echo "=== path $1, $2" >> "$OUT/sanitizer.log"
+    FUSED_RNN_CUDA_PATH=$1 timeout "${SANITIZER_TIMEOUT:-120}" "$sanitizer" --tool "$2" \
+      --error-exitcode 9 "$py" benchmarks/gpu_sanitize_case.py >> "$OUT/sanitizer.log" 2>&1
+    rc=$?; status "compute-sanitizer $2, path $1" "rc=$rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer.log" | tail -1)" $(( $(date +%s) - s ))
   else
-    status "compute-sanitizer $tool" "not installed" 0
+    status "compute-sanitizer $2" "not installed" 0
   fi
 done
 
 s=$(date +%s)
 if [ -n "${BENCH_ARGS:-}" ]; then grid="$BENCH_ARGS"
 elif [ -n "${QUICK:-}" ]; then grid="--quick"; else grid="--full --min-run-time 0.05"; fi
-timeout "${BENCH_TIMEOUT:-300}" "$py" benchmarks/bench.py $grid --device cuda --dtype float32 bfloat16 \
+timeout "${BENCH_TIMEOUT:-300}" "$py" benchmarks/bench.py $grid --device cuda \
+  --dtype float32 bfloat16 --cuda-path persistent general \
   --json "$OUT/gpu_benchmark.json" --md "$OUT/gpu_benchmark.md" > "$OUT/benchmark.log" 2>&1
 rc=$?; status benchmark "rc=$rc" $(( $(date +%s) - s ))
 if [ $rc -ne 0 ]; then { echo; echo '```'; tail -20 "$OUT/benchmark.log"; echo '```'; } >> "$report"; fi
 { echo; echo "Total $(( $(date +%s) - t0 )) s."; echo; [ -f "$OUT/gpu_benchmark.md" ] && cat "$OUT/gpu_benchmark.md"; } >> "$report"
-grep -E "FAILED|Error" "$OUT/tests.log" | head -20
-head -12 "$report"
+rm -f "$OUT/gpu_benchmark.md"  # it is in report.md; the device tool brings back 8 files at most
+grep -E "^FAILED|^ERROR" "$OUT"/tests*.log | head -20
+head -16 "$report"

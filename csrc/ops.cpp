@@ -3,7 +3,44 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include <atomic>
+#include <cstdlib>
+
 #include "cpu/cpu_kernels.h"
+#include "path_choice.h"
+
+namespace fused_rnn {
+
+CudaPath parse_cuda_path(const std::string& name) {
+  if (name == "auto") return CudaPath::kAuto;
+  if (name == "persistent") return CudaPath::kPersistent;
+  if (name == "general") return CudaPath::kGeneral;
+  TORCH_CHECK(false, "fused_rnn: CUDA path must be 'auto', 'persistent' or 'general', got '",
+              name, "'");
+}
+
+const char* cuda_path_name(CudaPath path) {
+  switch (path) {
+    case CudaPath::kPersistent: return "persistent";
+    case CudaPath::kGeneral: return "general";
+    default: return "auto";
+  }
+}
+
+namespace {
+std::atomic<int>& cuda_path_setting() {
+  static std::atomic<int> setting{[] {
+    const char* env = std::getenv("FUSED_RNN_CUDA_PATH");
+    return static_cast<int>(env && *env ? parse_cuda_path(env) : CudaPath::kAuto);
+  }()};
+  return setting;
+}
+}  // namespace
+
+CudaPath cuda_path() { return static_cast<CudaPath>(cuda_path_setting().load()); }
+void set_cuda_path(CudaPath path) { cuda_path_setting().store(static_cast<int>(path)); }
+
+}  // namespace fused_rnn
 
 TORCH_LIBRARY(fused_rnn, m) {
   // One layer, one direction each; input: [T, B, I]. `lengths` (int64 [B] on input's device, or
@@ -90,6 +127,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Per-step GEMM of the CPU kernels: 'mkl-packed' (float32 with MKL) or 'aten'.");
   m.def("set_cpu_gemm_backend", &fused_rnn::cpu::set_gemm_backend,
         "Choose 'mkl-packed' or 'aten' for the per-step GEMMs (testing, benchmarking).");
+  m.def("cuda_path", [] { return std::string(fused_rnn::cuda_path_name(fused_rnn::cuda_path())); },
+        "CUDA path of the GRU / LSTM / RNN recurrences: 'auto', 'persistent' or 'general'.");
+  m.def("set_cuda_path",
+        [](const std::string& name) { fused_rnn::set_cuda_path(fused_rnn::parse_cuda_path(name)); },
+        "Choose the CUDA path: 'auto' (persistent kernels where they suit the shapes), "
+        "'persistent' (always; raises where they cannot run) or 'general'.");
 #if defined(FUSED_RNN_WITH_CUDA)
   m.attr("built_with_cuda") = true;
 #else

@@ -3,6 +3,10 @@
 // pointwise step kernel (StepKernels: the CPU loops or the CUDA kernels), and after the backward
 // loop the weight gradients of the whole sequence as single large GEMMs.
 //
+// A device may instead run the whole recurrence of a GRU / LSTM / RNN in one kernel
+// (StepKernels::recurrence_forward / recurrence_backward: the CUDA persistent kernels); the
+// input projection before and the weight-gradient GEMMs after stay the same.
+//
 // One call = one layer, one direction. `reverse` runs the steps from the last to the first.
 // Sequence tensors are [T, B, F] views in one of two memory layouts, following the input:
 // seq-major ([T, B, F] contiguous) or batch-major ([B, T, F] contiguous), so batch_first costs
@@ -182,9 +186,16 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(
   Tensor output = lay.empty(T, B, H, opts);                  // output: [T, B, H]
   Tensor saved = at::empty({save ? T : 0, B, 4 * H}, opts);  // saved: [T, B, 4H]
   Tensor gh = at::empty({B, 3 * H}, opts);                   // gh: [B, 3H]
-  const auto hidden = make_gemm(w_hh, /*transpose_w=*/true, B);  // gh = h_prev W_hh^T
   const StepRows<S> gi_s(gi), out_s(output);
-  for (int64_t s = 0; s < T; ++s) {
+  const Tensor w = k.recurrence_forward ? w_hh.contiguous() : w_hh;  // w: [3H, H]
+  const bool whole = k.recurrence_forward &&
+      k.recurrence_forward({Cell::kGru, T, B, H, reverse, lengths_ptr(lengths), ptr<S>(w),
+                            gi_s.base, gi_s.step_stride, gi_s.row, opt_ptr<S>(b_ih),
+                            opt_ptr<S>(b_hh), ptr<S>(hx), nullptr, out_s.base, out_s.step_stride,
+                            out_s.row, save ? ptr<S>(saved) : nullptr, nullptr, false});
+  // gh = h_prev W_hh^T
+  const auto hidden = whole ? nullptr : make_gemm(w_hh, /*transpose_w=*/true, B);
+  for (int64_t s = 0; s < (whole ? 0 : T); ++s) {
     const int64_t t = time_of(s, T, reverse);
     const S* h_prev = s == 0 ? ptr<S>(hx) : out_s.at(time_of(s - 1, T, reverse));  // [B, H]
     const int64_t h_prev_row = s == 0 ? H : out_s.row;
@@ -219,9 +230,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
   Tensor d_gi = lay.empty(T, B, 3 * H, opts);                 // d_gi: [T, B, 3H]
   Tensor d_gh = lay.empty(T, B, 3 * H, opts);                 // d_gh: [T, B, 3H]
   Tensor dh = grad_hy.clone(at::MemoryFormat::Contiguous);    // dh: [B, H]
-  const auto hidden = make_gemm(w_hh, /*transpose_w=*/false, B);  // dh += d_gh W_hh
   const StepRows<S> go_s(grad_output), hp_s(h_prevs), d_gi_s(d_gi), d_gh_s(d_gh);
-  for (int64_t s = T - 1; s >= 0; --s) {
+  const Tensor w = k.recurrence_backward ? w_hh.contiguous() : w_hh;  // w: [3H, H]
+  const bool whole = k.recurrence_backward &&
+      k.recurrence_backward({Cell::kGru, T, B, H, reverse, lengths_ptr(lengths), ptr<S>(w),
+                             go_s.base, go_s.step_stride, go_s.row, ptr<S>(dh), nullptr,
+                             d_gi_s.base, d_gi_s.step_stride, d_gi_s.row, d_gh_s.base,
+                             d_gh_s.step_stride, d_gh_s.row, hp_s.base, hp_s.step_stride,
+                             hp_s.row, ptr<S>(saved), nullptr, 0, 0, nullptr, nullptr, nullptr,
+                             0, 0});
+  // dh += d_gh W_hh
+  const auto hidden = whole ? nullptr : make_gemm(w_hh, /*transpose_w=*/false, B);
+  for (int64_t s = whole ? -1 : T - 1; s >= 0; --s) {
     const int64_t t = time_of(s, T, reverse);
     k.gru_backward({B, H, go_s.at(t), go_s.row, ptr<S>(dh), hp_s.at(t), hp_s.row,
                     ptr<S>(saved) + t * B * 4 * H, 4 * H, d_gi_s.at(t), d_gi_s.row,
@@ -260,10 +280,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
   Tensor output = lay.empty(T, B, H, opts);  // output: [T, B, H]
   // cells: [T, B, H] when saving, else two alternating [B, H] buffers.
   Tensor cells = at::empty({save ? T : std::min<int64_t>(T, 2), B, H}, opts);
-  const auto hidden = make_gemm(w_hh, /*transpose_w=*/true, B);  // gates += h_prev W_hh^T
   const StepRows<S> g_s(gates), out_s(output), c_s(cells);
+  const Tensor w = k.recurrence_forward ? w_hh.contiguous() : w_hh;  // w: [4H, H]
+  const bool whole = k.recurrence_forward &&
+      k.recurrence_forward({Cell::kLstm, T, B, H, reverse, lengths_ptr(lengths), ptr<S>(w),
+                            g_s.base, g_s.step_stride, g_s.row, opt_ptr<S>(bias), nullptr,
+                            ptr<S>(hx), ptr<S>(cx), out_s.base, out_s.step_stride, out_s.row,
+                            nullptr, ptr<S>(cells), save});
+  // gates += h_prev W_hh^T
+  const auto hidden = whole ? nullptr : make_gemm(w_hh, /*transpose_w=*/true, B);
   auto cell_of = [&](int64_t s) { return c_s.at(save ? time_of(s, T, reverse) : s % 2); };
-  for (int64_t s = 0; s < T; ++s) {
+  for (int64_t s = 0; s < (whole ? 0 : T); ++s) {
     const int64_t t = time_of(s, T, reverse);
     const S* h_prev = s == 0 ? ptr<S>(hx) : out_s.at(time_of(s - 1, T, reverse));  // [B, H]
     const int64_t h_prev_row = s == 0 ? H : out_s.row;
@@ -300,9 +327,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   Tensor d_gates = lay.empty(T, B, 4 * H, opts);              // d_gates: [T, B, 4H]
   Tensor dh = grad_hy.clone(at::MemoryFormat::Contiguous);    // dh: [B, H]
   Tensor dc = grad_cy.clone(at::MemoryFormat::Contiguous);    // dc: [B, H]
-  const auto hidden = make_gemm(w_hh, /*transpose_w=*/false, B);  // dh += d_gates W_hh
   const StepRows<S> go_s(grad_output), g_s(gates), c_s(cells), dg_s(d_gates);
-  for (int64_t s = T - 1; s >= 0; --s) {
+  const Tensor w = k.recurrence_backward ? w_hh.contiguous() : w_hh;  // w: [4H, H]
+  const bool whole = k.recurrence_backward &&
+      k.recurrence_backward({Cell::kLstm, T, B, H, reverse, lengths_ptr(lengths), ptr<S>(w),
+                             go_s.base, go_s.step_stride, go_s.row, ptr<S>(dh), ptr<S>(dc),
+                             dg_s.base, dg_s.step_stride, dg_s.row, dg_s.base, dg_s.step_stride,
+                             dg_s.row, nullptr, 0, 0, nullptr, g_s.base, g_s.step_stride,
+                             g_s.row, ptr<S>(cells), ptr<S>(c0), nullptr, 0, 0});
+  // dh += d_gates W_hh
+  const auto hidden = whole ? nullptr : make_gemm(w_hh, /*transpose_w=*/false, B);
+  for (int64_t s = whole ? -1 : T - 1; s >= 0; --s) {
     const int64_t t = time_of(s, T, reverse);
     const S* c_prev = s == 0 ? ptr<S>(c0) : c_s.at(time_of(s - 1, T, reverse));  // [B, H]
     k.lstm_backward({B, H, go_s.at(t), go_s.row, ptr<S>(dh), ptr<S>(dc), g_s.at(t), g_s.row,
@@ -445,9 +480,15 @@ std::tuple<Tensor, Tensor> rnn_forward_impl(const StepKernels<S>& k,
   const Tensor bias = combined_bias(b_ih, b_hh);          // bias: [H] or undefined
   Tensor pre = input_projection(lay, input, w_ih);        // pre: [T, B, H], += h W_hh^T per step
   Tensor output = lay.empty(T, B, H, w_hh.options());     // output: [T, B, H]
-  const auto hidden = make_gemm(w_hh, /*transpose_w=*/true, B);
   const StepRows<S> pre_s(pre), out_s(output);
-  for (int64_t s = 0; s < T; ++s) {
+  const Tensor w = k.recurrence_forward ? w_hh.contiguous() : w_hh;  // w: [H, H]
+  const bool whole = k.recurrence_forward &&
+      k.recurrence_forward({relu ? Cell::kRnnRelu : Cell::kRnnTanh, T, B, H, reverse,
+                            lengths_ptr(lengths), ptr<S>(w), pre_s.base, pre_s.step_stride,
+                            pre_s.row, opt_ptr<S>(bias), nullptr, ptr<S>(hx), nullptr,
+                            out_s.base, out_s.step_stride, out_s.row, nullptr, nullptr, false});
+  const auto hidden = whole ? nullptr : make_gemm(w_hh, /*transpose_w=*/true, B);
+  for (int64_t s = 0; s < (whole ? 0 : T); ++s) {
     const int64_t t = time_of(s, T, reverse);
     const S* h_prev = s == 0 ? ptr<S>(hx) : out_s.at(time_of(s - 1, T, reverse));  // [B, H]
     const int64_t h_prev_row = s == 0 ? H : out_s.row;
@@ -477,9 +518,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_impl(
   const Tensor h0 = hx.contiguous();                          // h0: [B, H]
   Tensor d_pre = lay.empty(T, B, H, opts);                    // d_pre: [T, B, H]
   Tensor dh = grad_hy.clone(at::MemoryFormat::Contiguous);    // dh: [B, H]
-  const auto hidden = make_gemm(w_hh, /*transpose_w=*/false, B);  // dh += d_pre W_hh
   const StepRows<S> go_s(grad_output), out_s(output), dp_s(d_pre);
-  for (int64_t s = T - 1; s >= 0; --s) {
+  const Tensor w = k.recurrence_backward ? w_hh.contiguous() : w_hh;  // w: [H, H]
+  const bool whole = k.recurrence_backward &&
+      k.recurrence_backward({relu ? Cell::kRnnRelu : Cell::kRnnTanh, T, B, H, reverse,
+                             lengths_ptr(lengths), ptr<S>(w), go_s.base, go_s.step_stride,
+                             go_s.row, ptr<S>(dh), nullptr, dp_s.base, dp_s.step_stride,
+                             dp_s.row, dp_s.base, dp_s.step_stride, dp_s.row, nullptr, 0, 0,
+                             nullptr, nullptr, 0, 0, nullptr, nullptr, out_s.base,
+                             out_s.step_stride, out_s.row});
+  // dh += d_pre W_hh
+  const auto hidden = whole ? nullptr : make_gemm(w_hh, /*transpose_w=*/false, B);
+  for (int64_t s = whole ? -1 : T - 1; s >= 0; --s) {
     const int64_t t = time_of(s, T, reverse);
     k.rnn_backward({B, H, go_s.at(t), go_s.row, ptr<S>(dh), out_s.at(t), out_s.row,
                     dp_s.at(t), dp_s.row, relu, t, lengths_ptr(lengths)});

@@ -159,6 +159,50 @@ struct GruTextbookGatesBackStep {
   const int64_t* lengths;
 };
 
+// A whole recurrence of one layer and direction (GRU, LSTM or Elman RNN), for devices that run
+// all T steps in one kernel (the CUDA persistent kernels). Sequence tensors are given as a base
+// pointer plus the distances in elements between steps (`*_step`) and batch rows (`*_row`).
+enum class Cell : int { kGru = 0, kLstm = 1, kRnnTanh = 2, kRnnRelu = 3 };
+
+template <typename scalar_t>
+struct RecurrenceForward {
+  Cell cell;
+  int64_t steps, batch, hidden;  // T, B, H
+  bool reverse;
+  const int64_t* lengths;        // lengths: [B] or nullptr
+  const scalar_t* w_hh;          // w_hh: [G*H, H] contiguous (G = 3 GRU, 4 LSTM, 1 RNN)
+  scalar_t* x; int64_t x_step, x_row;  // x: [T, B, G*H]  x_t W_ih^T (LSTM: overwritten with
+                                       //   the gate activations, as the per-step loop does)
+  const scalar_t* b_ih;          // GRU: b_ih [3H]; LSTM / RNN: b_ih + b_hh [G*H]; or nullptr
+  const scalar_t* b_hh;          // GRU: b_hh [3H] or nullptr; unused otherwise
+  const scalar_t* h0;            // h0: [B, H] contiguous
+  const scalar_t* c0;            // c0: [B, H] contiguous (LSTM)
+  scalar_t* out; int64_t out_step, out_row;  // out: [T, B, H]
+  scalar_t* saved;               // GRU: [T, B, 4H] contiguous (r, z, n, gh_n) or nullptr
+  scalar_t* cells;               // LSTM: [T, B, H] contiguous when cells_per_step, else [2, B, H]
+  bool cells_per_step;
+};
+
+template <typename scalar_t>
+struct RecurrenceBackward {
+  Cell cell;
+  int64_t steps, batch, hidden;  // T, B, H
+  bool reverse;
+  const int64_t* lengths;        // lengths: [B] or nullptr
+  const scalar_t* w_hh;          // w_hh: [G*H, H] contiguous
+  const scalar_t* grad_out; int64_t go_step, go_row;  // grad_out: [T, B, H]
+  scalar_t* dh;                  // dh: [B, H] contiguous; in: dL/dh_T; out: dL/dh0
+  scalar_t* dc;                  // dc: [B, H] contiguous (LSTM); in: dL/dc_T; out: dL/dc0
+  scalar_t* d_x; int64_t dx_step, dx_row;  // d_x: [T, B, G*H]  GRU: d_gi; LSTM: d_gates; RNN: d_pre
+  scalar_t* d_h; int64_t dh_step, dh_row;  // d_h: [T, B, 3H]  GRU: d_gh (LSTM / RNN: = d_x)
+  const scalar_t* h_prev; int64_t hp_step, hp_row;  // GRU: h_prevs [T, B, H]
+  const scalar_t* saved;         // GRU: [T, B, 4H] contiguous
+  const scalar_t* gates; int64_t g_step, g_row;  // LSTM: activations [T, B, 4H]
+  const scalar_t* cells;         // LSTM: [T, B, H] contiguous
+  const scalar_t* c0;            // LSTM: [B, H] contiguous
+  const scalar_t* out; int64_t out_step, out_row;  // RNN: h [T, B, H]
+};
+
 // The pointwise part of one step on one device, for one dtype.
 template <typename scalar_t>
 struct StepKernels {
@@ -172,6 +216,10 @@ struct StepKernels {
   void (*gru_textbook_state)(const GruTextbookStateStep<scalar_t>&);
   void (*gru_textbook_state_back)(const GruTextbookStateBackStep<scalar_t>&);
   void (*gru_textbook_gates_back)(const GruTextbookGatesBackStep<scalar_t>&);
+  // Whole recurrences in one kernel (CUDA persistent path). nullptr, or false returned (the
+  // shapes do not suit it, or the general path was chosen): the caller runs the step loop.
+  bool (*recurrence_forward)(const RecurrenceForward<scalar_t>&) = nullptr;
+  bool (*recurrence_backward)(const RecurrenceBackward<scalar_t>&) = nullptr;
 };
 
 }  // namespace fused_rnn

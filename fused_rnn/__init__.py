@@ -34,6 +34,24 @@ def set_cpu_isa(name: str) -> None:
     _C.set_cpu_isa(name)
 
 
+def cuda_path() -> str:
+    """CUDA path of the GRU / LSTM / RNN recurrences: "auto", "persistent" or "general"."""
+    return _C.cuda_path()
+
+
+def set_cuda_path(name: str) -> None:
+    """Choose how the CUDA recurrences run (process-wide; also FUSED_RNN_CUDA_PATH at import):
+
+    * "auto" (default): the persistent kernels (one launch for all steps, recurrent weights on
+      chip) where the shapes suit them (batch <= 64, weights fit), else the general path;
+    * "persistent": the persistent kernels for every GRU / LSTM / RNN call; raises where they
+      cannot run (weights or batch too large for the chip);
+    * "general": per step one cuBLAS GEMM and one fused pointwise kernel.
+    The GRU textbook form (reset_after=False) and the projected LSTM always use the general path.
+    """
+    _C.set_cuda_path(name)
+
+
 __all__ = ["GRU", "LSTM", "RNN", "from_torch", "replace_rnns", "gru_layer", "lstm_layer",
            "rnn_layer", "reference", "cpu_isa",
-           "available_cpu_isas", "set_cpu_isa"]
+           "available_cpu_isas", "set_cpu_isa", "cuda_path", "set_cuda_path"]

@@ -19,8 +19,10 @@ def test_cell_flops_counts_gemms():
 def test_run_point_and_report(tmp_path):
     import torch
     rate = 1e11
-    rows = [bench.run_point(cell, 3, 2, 4, 5, 1, False, torch.float32, "cpu", mode, rate, 0.01)
-            for cell in ("GRU", "LSTM", "RNN") for mode in ("inference", "training")]
+    rows = [r for cell in ("GRU", "LSTM", "RNN") for mode in ("inference", "training")
+            for r in bench.run_point(cell, 3, 2, 4, 5, 1, False, torch.float32, "cpu", mode, rate,
+                                     0.01)]
+    assert len(rows) == 6  # one row per point on the CPU (no CUDA paths)
     for r in rows:
         assert r["nn_ms"] > 0 and r["fused_ms"] > 0 and r["speedup"] > 0
         if r["mode"] == "training":

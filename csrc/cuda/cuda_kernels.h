@@ -1,5 +1,6 @@
-// CUDA step kernels (csrc/cuda/step_kernels.cu): one fused pointwise kernel per time step, on
-// the current stream, gate math from gates.h. Host-only declarations: included by g++ code.
+// CUDA kernels: the general path's step kernels (csrc/cuda/step_kernels.cu, one fused pointwise
+// kernel per time step) and the persistent kernels; gate math from gates.h.
+// Host-only declarations: included by g++ code.
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -12,5 +13,12 @@ namespace fused_rnn::cuda {
 // For scalar_t = float, double, c10::Half, c10::BFloat16 (half types compute in float).
 template <typename scalar_t>
 const StepKernels<scalar_t>& step_kernels();
+
+// The persistent kernels (csrc/cuda/persistent_kernels.cu): the whole recurrence in one
+// cooperative launch. false: not run (general path chosen, or the shapes do not suit them).
+template <typename scalar_t>
+bool recurrence_forward(const RecurrenceForward<scalar_t>& p);
+template <typename scalar_t>
+bool recurrence_backward(const RecurrenceBackward<scalar_t>& p);
 
 }  // namespace fused_rnn::cuda

@@ -1,0 +1,421 @@
+// Persistent CUDA kernels: the whole recurrence of one layer and direction (GRU, LSTM, Elman RNN)
+// in ONE cooperative launch, with the recurrent weights resident in shared memory for all T
+// steps and one grid-wide barrier per step.
+//
+// Work split: block k owns the hidden units j in [k*U, k*U + U) (U = ceil(H / #SMs)).
+//   forward, per step:  gh[b, g, u] = sum_k W_hh[g*H + j, k] h_prev[b, k] for its units, all
+//                       gates g, all rows b (the block keeps W_hh[g*H + j, :] on chip), then the
+//                       cell's pointwise update of its units; barrier; the next step reads the
+//                       whole h (all blocks' units) from L2.
+//   backward, per step: the pointwise gate gradients of its units (d_gates written to global
+//                       memory, where the weight-gradient GEMMs after the loop read them too);
+//                       barrier; dh_prev[b, j] = sum_r d_gates[b, r] W_hh[r, j] for its units over
+//                       all G*H rows r (the block keeps the columns W_hh[:, j] on chip). dh and
+//                       (LSTM) dc of its units stay in shared memory from step to step.
+// The products are warp-level: the 32 lanes split the reduction dimension, each lane keeps a
+// 32 / kBW rows x kBW batch-rows tile of partial sums, and one butterfly (31 shuffles) leaves each
+// lane one finished sum. Sums run in a fixed order: results are deterministic.
+// The pointwise parts are step_elements.cuh's (gate formulas from gates.h), as on the general
+// path. Reads of what other blocks wrote in this launch go through L2 (ld.global.cg).
+// ATen / c10 headers only (no torch/extension.h).
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/util/Exception.h>
+#include <cooperative_groups.h>
+
+#include <algorithm>
+
+#include "../path_choice.h"
+#include "cuda_kernels.h"
+#include "step_elements.cuh"
+
+namespace fused_rnn::cuda {
+namespace {
+
+namespace cg = cooperative_groups;
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+
+constexpr int gates_of(Cell cell) {
+  return cell == Cell::kGru ? 3 : cell == Cell::kLstm ? 4 : 1;
+}
+
+__device__ __forceinline__ int64_t step_time(int64_t s, int64_t T, bool reverse) {
+  return reverse ? T - 1 - s : s;
+}
+
+// One butterfly stage of width kS over the first 2*kS partial sums, then the narrower stages.
+template <int kS, typename A>
+__device__ __forceinline__ void butterfly(A (&v)[32], int lane) {
+  const bool upper = (lane & kS) != 0;
+#pragma unroll
+  for (int i = 0; i < kS; ++i) {
+    const A send = upper ? v[i] : v[i + kS];
+    const A keep = upper ? v[i + kS] : v[i];
+    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, kS);
+  }
+  if constexpr (kS > 1) butterfly<kS / 2>(v, lane);
+}
+
+// v: 32 partial sums per lane. Returns, in lane l, the sum over all lanes of v[l].
+template <typename A>
+__device__ __forceinline__ A reduce_scatter32(A (&v)[32], int lane) {
+  butterfly<16>(v, lane);
+  return v[0];
+}
+
+// out[(b_base + b) * out_row + r] = sum_k W[r, k] X[b, k] for r < R, b < nb.
+// W: [R, K], X: [nb, K] in shared memory; P: [kWarps * 32] shared scratch (K split over warps
+// when there are fewer tiles than warps). Ends with the block's threads in step.
+template <int kBW, typename A>
+__device__ void block_matvec(const A* W, int R, const A* X, int nb, int K, A* out, int out_row,
+                             int b_base, A* P) {
+  constexpr int kRW = 32 / kBW;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int n_rg = (R + kRW - 1) / kRW, n_bg = (nb + kBW - 1) / kBW, n_tasks = n_rg * n_bg;
+  const int split = n_tasks >= kWarps ? 1 : kWarps / n_tasks;
+  const int k_chunk = ((K + split - 1) / split + 31) / 32 * 32;
+  for (int item = warp; item < n_tasks * split; item += kWarps) {
+    const int task = item % n_tasks, part = item / n_tasks;
+    const int r0 = (task % n_rg) * kRW, b0 = (task / n_rg) * kBW;
+    const int k_end = min(K, (part + 1) * k_chunk);
+    A acc[32];
+#pragma unroll
+    for (int i = 0; i < 32; ++i) acc[i] = A(0);
+    for (int k = part * k_chunk + lane; k < k_end; k += 32) {
+      A w[kRW], x[kBW];
+#pragma unroll
+      for (int i = 0; i < kRW; ++i) w[i] = W[min(r0 + i, R - 1) * K + k];
+#pragma unroll
+      for (int jb = 0; jb < kBW; ++jb) x[jb] = X[min(b0 + jb, nb - 1) * K + k];
+#pragma unroll
+      for (int i = 0; i < kRW; ++i) {
+#pragma unroll
+        for (int jb = 0; jb < kBW; ++jb) acc[i * kBW + jb] += w[i] * x[jb];
+      }
+    }
+    const A v = reduce_scatter32(acc, lane);
+    const int i = lane / kBW, jb = lane % kBW;
+    if (split == 1) {
+      if (r0 + i < R && b0 + jb < nb) out[(b_base + b0 + jb) * out_row + r0 + i] = v;
+    } else {
+      P[item * 32 + lane] = v;
+    }
+  }
+  __syncthreads();
+  if (split > 1) {
+    for (int o = threadIdx.x; o < n_tasks * 32; o += kThreads) {
+      const int task = o / 32, l = o % 32;
+      A v(0);
+      for (int part = 0; part < split; ++part) v += P[(part * n_tasks + task) * 32 + l];
+      const int r0 = (task % n_rg) * kRW, b0 = (task / n_rg) * kBW, i = l / kBW, jb = l % kBW;
+      if (r0 + i < R && b0 + jb < nb) out[(b_base + b0 + jb) * out_row + r0 + i] = v;
+    }
+    __syncthreads();
+  }
+}
+
+// X[bb, k] = src[(b0 + bb) * row + k] for bb < nb, k < K, read through L2. Each thread has
+// kBatch loads in flight before it stores: the step's latency is a few L2 round trips.
+template <typename S, typename A>
+__device__ __forceinline__ void stage_rows(A* X, const S* src, int64_t row, int b0, int nb,
+                                           int K) {
+  constexpr int kBatch = 16;
+  const int n = nb * K;
+  for (int base = threadIdx.x; base < n; base += kThreads * kBatch) {
+    A v[kBatch];
+#pragma unroll
+    for (int q = 0; q < kBatch; ++q) {
+      const int idx = base + q * kThreads, bb = idx / K, k = idx - bb * K;
+      v[q] = idx < n ? L2Load::ld(src + static_cast<int64_t>(b0 + bb) * row + k) : A(0);
+    }
+#pragma unroll
+    for (int q = 0; q < kBatch; ++q) {
+      if (base + q * kThreads < n) X[base + q * kThreads] = v[q];
+    }
+  }
+}
+
+// Shared memory: W [G*U, H], X [Bc, H], gh [B, G*U], P [kWarps*32]; element type acc_t<S>.
+template <Cell kCell, int kBW, typename S>
+__global__ void __launch_bounds__(kThreads, 1)
+    recurrence_forward_kernel(RecurrenceForward<S> p, int U, int Bc) {
+  using A = acc_t<S>;
+  constexpr int G = gates_of(kCell);
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int H = static_cast<int>(p.hidden), B = static_cast<int>(p.batch), R = G * U;
+  A* W = reinterpret_cast<A*>(smem_raw);  // W: [R, H], row g*U + u = W_hh[g*H + j0 + u, :]
+  A* X = W + R * H;                       // X: [Bc, H]  rows of h_prev
+  A* gh = X + Bc * H;                     // gh: [B, R]  h_prev W_hh^T for this block's rows
+  A* P = gh + B * R;                      // P: [kWarps * 32]
+  const int j0 = blockIdx.x * U, units = min(U, H - j0);
+  for (int idx = threadIdx.x; idx < R * H; idx += kThreads) {
+    const int r = idx / H, k = idx - r * H, g = r / U, u = r - g * U;
+    W[idx] = u < units ? static_cast<A>(p.w_hh[static_cast<int64_t>(g * H + j0 + u) * H + k])
+                       : A(0);
+  }
+  cg::grid_group grid = cg::this_grid();
+  const int64_t T = p.steps;
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = step_time(s, T, p.reverse);
+    const S* h_prev = s == 0 ? p.h0 : p.out + step_time(s - 1, T, p.reverse) * p.out_step;
+    const int64_t h_prev_row = s == 0 ? H : p.out_row;
+    for (int b0 = 0; b0 < B; b0 += Bc) {
+      const int nb = min(Bc, B - b0);
+      __syncthreads();  // X is free
+      stage_rows(X, h_prev, h_prev_row, b0, nb, H);
+      __syncthreads();
+      block_matvec<kBW>(W, R, X, nb, H, gh, R, b0, P);
+    }
+    S* x_t = p.x + t * p.x_step;      // [B, G*H]
+    S* out_t = p.out + t * p.out_step;  // [B, H]
+    for (int e = threadIdx.x; e < B * units; e += kThreads) {
+      const int b = e / units, u = e - b * units;
+      const int64_t j = j0 + u;
+      const A* g_b = gh + b * R;  // [G*U]
+      if constexpr (kCell == Cell::kGru) {
+        const GruForwardStep<S> q{B, H, x_t, p.x_row, nullptr, 0, p.b_ih, p.b_hh, h_prev,
+                                  h_prev_row, out_t, p.out_row,
+                                  p.saved ? p.saved + t * B * 4 * H : nullptr, 4 * H, t,
+                                  p.lengths};
+        gru_forward_element<L2Load>(q, b, j, g_b[u], g_b[U + u], g_b[2 * U + u]);
+      } else if constexpr (kCell == Cell::kLstm) {
+        auto cell_at = [&](int64_t step) {
+          return p.cells + (p.cells_per_step ? step_time(step, T, p.reverse) : step % 2) * B * H;
+        };
+        const LstmForwardStep<S> q{B, H, x_t, p.x_row, p.b_ih, h_prev, h_prev_row,
+                                   s == 0 ? p.c0 : cell_at(s - 1), H, cell_at(s), H, out_t,
+                                   p.out_row, t, p.lengths};
+        lstm_forward_element<L2Load>(q, b, j, g_b[u], g_b[U + u], g_b[2 * U + u],
+                                     g_b[3 * U + u]);
+      } else {
+        const RnnForwardStep<S> q{B, H, x_t, p.x_row, p.b_ih, h_prev, h_prev_row, out_t,
+                                  p.out_row, kCell == Cell::kRnnRelu, t, p.lengths};
+        rnn_forward_element<kCell == Cell::kRnnRelu, L2Load>(q, b, j, g_b[u]);
+      }
+    }
+    grid.sync();  // this step's h is complete and visible to every block
+  }
+}
+
+// Shared memory: Wt [U, G*H], X [Bc, G*H], mv [B, U], dh [B, U], dc [B, U], P [kWarps*32].
+template <Cell kCell, int kBW, typename S>
+__global__ void __launch_bounds__(kThreads, 1)
+    recurrence_backward_kernel(RecurrenceBackward<S> p, int U, int Bc) {
+  using A = acc_t<S>;
+  constexpr int G = gates_of(kCell);
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int H = static_cast<int>(p.hidden), B = static_cast<int>(p.batch), K = G * H;
+  A* Wt = reinterpret_cast<A*>(smem_raw);  // Wt: [U, K], row u = W_hh[:, j0 + u]
+  A* X = Wt + U * K;                       // X: [Bc, K]  rows of this step's d_gates
+  A* mv = X + Bc * K;                      // mv: [B, U]  d_gates W_hh for this block's units
+  A* dh = mv + B * U;                      // dh: [B, U]  running dL/dh
+  A* dc = dh + B * U;                      // dc: [B, U]  running dL/dc (LSTM)
+  A* P = dc + B * U;                       // P: [kWarps * 32]
+  const int j0 = blockIdx.x * U, units = min(U, H - j0);
+  for (int idx = threadIdx.x; idx < K * U; idx += kThreads) {  // consecutive threads: along j
+    const int r = idx / U, u = idx - r * U;
+    Wt[u * K + r] =
+        u < units ? static_cast<A>(p.w_hh[static_cast<int64_t>(r) * H + j0 + u]) : A(0);
+  }
+  for (int e = threadIdx.x; e < B * U; e += kThreads) {
+    const int b = e / U, u = e - b * U;
+    const int64_t i = static_cast<int64_t>(b) * H + j0 + u;
+    dh[e] = u < units ? static_cast<A>(p.dh[i]) : A(0);
+    dc[e] = u < units && p.dc ? static_cast<A>(p.dc[i]) : A(0);
+  }
+  cg::grid_group grid = cg::this_grid();
+  const int64_t T = p.steps;
+  for (int64_t s = T - 1; s >= 0; --s) {
+    const int64_t t = step_time(s, T, p.reverse);
+    __syncthreads();  // dh, dc complete
+    for (int e = threadIdx.x; e < B * units; e += kThreads) {
+      const int b = e / units, u = e - b * units;
+      const int64_t j = j0 + u;
+      A* dh_e = dh + b * U + u;
+      if constexpr (kCell == Cell::kGru) {
+        const GruBackwardStep<S> q{B, H, p.grad_out + t * p.go_step, p.go_row, nullptr,
+                                   p.h_prev + t * p.hp_step, p.hp_row, p.saved + t * B * 4 * H,
+                                   4 * H, p.d_x + t * p.dx_step, p.dx_row,
+                                   p.d_h + t * p.dh_step, p.dh_row, t, p.lengths};
+        gru_backward_element<L2Load>(q, b, j, dh_e);
+      } else if constexpr (kCell == Cell::kLstm) {
+        const S* c_prev =
+            s == 0 ? p.c0 : p.cells + step_time(s - 1, T, p.reverse) * B * H;  // [B, H]
+        const LstmBackwardStep<S> q{B, H, p.grad_out + t * p.go_step, p.go_row, nullptr,
+                                    nullptr, p.gates + t * p.g_step, p.g_row, c_prev, H,
+                                    p.cells + t * B * H, H, p.d_x + t * p.dx_step, p.dx_row,
+                                    t, p.lengths};
+        lstm_backward_element<L2Load>(q, b, j, dh_e, dc + b * U + u);
+      } else {
+        const RnnBackwardStep<S> q{B, H, p.grad_out + t * p.go_step, p.go_row, nullptr,
+                                   p.out + t * p.out_step, p.out_row, p.d_x + t * p.dx_step,
+                                   p.dx_row, kCell == Cell::kRnnRelu, t, p.lengths};
+        rnn_backward_element<kCell == Cell::kRnnRelu, L2Load>(q, b, j, dh_e);
+      }
+    }
+    grid.sync();  // this step's d_gates are complete and visible to every block
+    const S* d_h_t = p.d_h + t * p.dh_step;  // [B, K]
+    for (int b0 = 0; b0 < B; b0 += Bc) {
+      const int nb = min(Bc, B - b0);
+      __syncthreads();  // X is free
+      stage_rows(X, d_h_t, p.dh_row, b0, nb, K);
+      __syncthreads();
+      block_matvec<kBW>(Wt, U, X, nb, K, mv, U, b0, P);
+    }
+    for (int e = threadIdx.x; e < B * U; e += kThreads) dh[e] += mv[e];
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < B * units; e += kThreads) {
+    const int b = e / units, u = e - b * units;
+    const int64_t i = static_cast<int64_t>(b) * H + j0 + u;
+    p.dh[i] = static_cast<S>(dh[b * U + u]);
+    if (p.dc) p.dc[i] = static_cast<S>(dc[b * U + u]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side: plan (units per block, rows staged per pass, shared memory), choice, launch.
+// ---------------------------------------------------------------------------------------------
+
+struct Plan {
+  int units = 0, staged_rows = 0, blocks = 0, bw = 1;
+  size_t smem = 0;
+};
+
+struct DeviceLimits {
+  int sms = 0;
+  size_t smem_optin = 0;
+  bool cooperative = false;
+};
+
+DeviceLimits device_limits() {
+  int dev = 0, sms = 0, smem = 0, coop = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
+  return {sms, static_cast<size_t>(smem), coop != 0};
+}
+
+// The plan for B rows, hidden size H, G gates, elements of `esize` bytes; false: does not fit.
+bool make_plan(int G, int64_t B, int64_t H, size_t esize, bool backward, const DeviceLimits& d,
+               Plan& plan) {
+  if (B < 1 || H < 1 || d.sms < 1 || !d.cooperative) return false;
+  if (B > (1 << 16) || G * H * H >= (int64_t{1} << 31)) return false;
+  const int64_t U = (H + d.sms - 1) / d.sms;
+  const int64_t K = backward ? G * H : H;         // reduction length
+  const int64_t R = backward ? U : G * U;         // rows of the resident weight slice
+  const int64_t fixed = R * K + (backward ? 3 * B * U : B * R) + kWarps * 32;  // elements
+  if (static_cast<size_t>(fixed + K) * esize > d.smem_optin) return false;  // not even 1 row
+  int64_t rows = static_cast<int64_t>((d.smem_optin / esize - fixed) / K);
+  plan.bw = B >= 8 ? 8 : B >= 4 ? 4 : B >= 2 ? 2 : 1;
+  rows = std::min<int64_t>(rows, B);
+  if (rows < B && rows > plan.bw) rows -= rows % plan.bw;
+  plan.units = static_cast<int>(U);
+  plan.staged_rows = static_cast<int>(rows);
+  plan.blocks = static_cast<int>((H + U - 1) / U);
+  plan.smem = static_cast<size_t>(fixed + rows * K) * esize;
+  return true;
+}
+
+// auto: the persistent kernels for batches up to this size (the per-step products run on the
+// CUDA cores; larger batches are GEMM-shaped work for cuBLAS on the general path).
+constexpr int64_t kAutoMaxBatch = 64;
+
+bool want_persistent(int64_t B, bool fits, const char* what) {
+  switch (cuda_path()) {
+    case CudaPath::kGeneral: return false;
+    case CudaPath::kPersistent:
+      TORCH_CHECK(fits, "fused_rnn: the persistent CUDA kernel cannot run this ", what,
+                  " (its recurrent weights and batch do not fit on the chip); use "
+                  "fused_rnn.set_cuda_path('auto') or 'general'");
+      return true;
+    default: return fits && B <= kAutoMaxBatch;
+  }
+}
+
+template <typename Kernel, typename Params>
+void launch_cooperative(Kernel kernel, const Params& p, const Plan& plan, const DeviceLimits& d) {
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(plan.smem)));
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads,
+                                                               plan.smem));
+  TORCH_CHECK(per_sm * d.sms >= plan.blocks, "fused_rnn: persistent kernel needs ", plan.blocks,
+              " co-resident blocks, the device holds ", per_sm * d.sms);
+  Params params = p;
+  int units = plan.units, rows = plan.staged_rows;
+  void* args[] = {&params, &units, &rows};
+  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel),
+                                             dim3(plan.blocks), dim3(kThreads), args, plan.smem,
+                                             at::cuda::getCurrentCUDAStream()));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <Cell kCell, typename S, typename Params, template <Cell, int, typename> class Pick>
+void launch_for_bw(const Params& p, const Plan& plan, const DeviceLimits& d) {
+  switch (plan.bw) {
+    case 8: return launch_cooperative(Pick<kCell, 8, S>::kernel(), p, plan, d);
+    case 4: return launch_cooperative(Pick<kCell, 4, S>::kernel(), p, plan, d);
+    case 2: return launch_cooperative(Pick<kCell, 2, S>::kernel(), p, plan, d);
+    default: return launch_cooperative(Pick<kCell, 1, S>::kernel(), p, plan, d);
+  }
+}
+
+template <Cell kCell, int kBW, typename S>
+struct ForwardKernel {
+  static auto kernel() { return &recurrence_forward_kernel<kCell, kBW, S>; }
+};
+template <Cell kCell, int kBW, typename S>
+struct BackwardKernel {
+  static auto kernel() { return &recurrence_backward_kernel<kCell, kBW, S>; }
+};
+
+template <typename S, typename Params, template <Cell, int, typename> class Pick>
+void launch_for_cell(Cell cell, const Params& p, const Plan& plan, const DeviceLimits& d) {
+  switch (cell) {
+    case Cell::kGru: return launch_for_bw<Cell::kGru, S, Params, Pick>(p, plan, d);
+    case Cell::kLstm: return launch_for_bw<Cell::kLstm, S, Params, Pick>(p, plan, d);
+    case Cell::kRnnTanh: return launch_for_bw<Cell::kRnnTanh, S, Params, Pick>(p, plan, d);
+    case Cell::kRnnRelu: return launch_for_bw<Cell::kRnnRelu, S, Params, Pick>(p, plan, d);
+  }
+}
+
+}  // namespace
+
+template <typename S>
+bool recurrence_forward(const RecurrenceForward<S>& p) {
+  if (cuda_path() == CudaPath::kGeneral || p.steps == 0 || p.batch == 0) return false;
+  const DeviceLimits d = device_limits();
+  Plan plan;
+  const bool fits = make_plan(gates_of(p.cell), p.batch, p.hidden, sizeof(acc_t<S>), false, d,
+                              plan);
+  if (!want_persistent(p.batch, fits, "forward")) return false;
+  launch_for_cell<S, RecurrenceForward<S>, ForwardKernel>(p.cell, p, plan, d);
+  return true;
+}
+
+template <typename S>
+bool recurrence_backward(const RecurrenceBackward<S>& p) {
+  if (cuda_path() == CudaPath::kGeneral || p.steps == 0 || p.batch == 0) return false;
+  const DeviceLimits d = device_limits();
+  Plan plan;
+  const bool fits = make_plan(gates_of(p.cell), p.batch, p.hidden, sizeof(acc_t<S>), true, d,
+                              plan);
+  if (!want_persistent(p.batch, fits, "backward")) return false;
+  launch_for_cell<S, RecurrenceBackward<S>, BackwardKernel>(p.cell, p, plan, d);
+  return true;
+}
+
+#define FUSED_RNN_INSTANTIATE(S)                                          \
+  template bool recurrence_forward<S>(const RecurrenceForward<S>&); \
+  template bool recurrence_backward<S>(const RecurrenceBackward<S>&);
+FUSED_RNN_INSTANTIATE(float)
+FUSED_RNN_INSTANTIATE(double)
+FUSED_RNN_INSTANTIATE(c10::Half)
+FUSED_RNN_INSTANTIATE(c10::BFloat16)
+#undef FUSED_RNN_INSTANTIATE
+
+}  // namespace fused_rnn::cuda

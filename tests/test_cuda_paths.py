@@ -1,0 +1,233 @@
+"""The two CUDA paths of the GRU / LSTM / RNN recurrences: the persistent kernels (one cooperative
+launch for all steps, recurrent weights in shared memory) and the general path (per step a cuBLAS
+GEMM and a pointwise kernel). Each is forced in turn and compared with nn.* on copied weights
+(outputs, final states, all gradients), with the other path, with a float64 oracle for the half
+types, and by gradcheck in float64. The path setting itself is tested on every machine."""
+import contextlib
+
+import pytest
+import torch
+from torch import nn
+
+import fused_rnn
+from helpers import GRAD_TOL, TOL, assert_close, assert_grads_close, grads
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+PATHS = ["persistent", "general"]
+CELLS = ["GRU", "LSTM", "RNN", "RNN_RELU"]
+
+
+@contextlib.contextmanager
+def cuda_path(name):
+    saved = fused_rnn.cuda_path()
+    fused_rnn.set_cuda_path(name)
+    try:
+        yield
+    finally:
+        fused_rnn.set_cuda_path(saved)
+
+
+def make(cell, I, H, dtype, device, **kw):
+    if cell == "RNN_RELU":
+        cell, kw = "RNN", dict(kw, nonlinearity="relu")
+    ref = getattr(nn, cell)(I, H, dtype=dtype, device=device, **kw)
+    fused = getattr(fused_rnn, cell)(I, H, dtype=dtype, device=device, **kw)
+    fused.load_state_dict(ref.state_dict())
+    return ref, fused
+
+
+def flat(out, state):
+    return [out, *(state if isinstance(state, tuple) else (state,))]
+
+
+def test_path_setting_round_trips_and_rejects_unknown_names():
+    saved = fused_rnn.cuda_path()
+    assert saved in ("auto", "persistent", "general")
+    try:
+        for name in ("general", "persistent", "auto"):
+            fused_rnn.set_cuda_path(name)
+            assert fused_rnn.cuda_path() == name
+        with pytest.raises(RuntimeError, match="'auto', 'persistent' or 'general', got 'fast'"):
+            fused_rnn.set_cuda_path("fast")
+    finally:
+        fused_rnn.set_cuda_path(saved)
+
+
+def test_path_setting_leaves_cpu_results_alone():
+    torch.manual_seed(0)
+    ref, fused = make("GRU", 4, 6, torch.float32, "cpu")
+    x = torch.randn(3, 2, 4)
+    outs = []
+    for name in ("persistent", "general"):
+        with cuda_path(name):
+            outs.append(fused(x)[0])
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    assert_close(outs[0], ref(x)[0], torch.float32, "output")
+
+
+# (T, B, I, H): B=1 (one batch row per tile), B=5 (tile of 4 plus a partial one), B=37 (tiles of
+# 8, partial), H=150 and H=300 (more units than multiprocessors: several units per block, the
+# last block partial), T=1.
+SIZES = [(6, 1, 5, 13), (4, 5, 7, 150), (3, 37, 9, 300), (1, 3, 4, 8)]
+
+
+@needs_cuda
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("T,B,I,H", SIZES)
+@pytest.mark.parametrize("bidirectional,batch_first", [(False, False), (True, True)])
+def test_path_matches_nn(path, cell, T, B, I, H, bidirectional, batch_first):
+    torch.manual_seed(T + B + H)
+    ref, fused = make(cell, I, H, torch.float32, "cuda", num_layers=2,
+                      bidirectional=bidirectional, batch_first=batch_first)
+    x = torch.randn(*((B, T, I) if batch_first else (T, B, I)), device="cuda",
+                    requires_grad=True)
+    D = 2 if bidirectional else 1
+    h0 = torch.randn(2 * D, B, H, device="cuda", requires_grad=True)
+    hx = (h0, torch.randn_like(h0, requires_grad=True)) if cell == "LSTM" else h0
+    with cuda_path(path):
+        got = flat(*fused(x, hx))
+        want = flat(*ref(x, hx))
+        for g, w, n in zip(got, want, ["output", "h_n", "c_n"]):
+            assert_close(g, w, torch.float32, n)
+        seeds = [torch.randn_like(w) for w in want]
+        states = list(hx) if isinstance(hx, tuple) else [hx]
+        names = ["input"] + [f"state{i}" for i in range(len(states))] + [
+            n for n, _ in ref.named_parameters()]
+        assert_grads_close(grads(got, [x, *states, *fused.parameters()], seeds),
+                           grads(want, [x, *states, *ref.parameters()], seeds), torch.float32,
+                           names)
+
+
+@needs_cuda
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("enforce_sorted", [False, True])
+def test_path_packed_sequences_match_nn(path, cell, enforce_sorted):
+    torch.manual_seed(3)
+    T, B, I, H = 7, 6, 5, 11
+    ref, fused = make(cell, I, H, torch.float32, "cuda", bidirectional=True)
+    lengths = torch.tensor([7, 5, 4, 4, 2, 1]) if enforce_sorted else torch.tensor([2, 7, 1, 4, 5, 3])
+    x = torch.randn(T, B, I, device="cuda", requires_grad=True)
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
+    with cuda_path(path):
+        out_f, st_f = fused(packed)
+        out_r, st_r = ref(packed)
+        got = flat(nn.utils.rnn.pad_packed_sequence(out_f)[0], st_f)
+        want = flat(nn.utils.rnn.pad_packed_sequence(out_r)[0], st_r)
+        for g, w, n in zip(got, want, ["output", "h_n", "c_n"]):
+            assert_close(g, w, torch.float32, n)
+        seeds = [torch.randn_like(w) for w in want]
+        assert_grads_close(grads(got, [x, *fused.parameters()], seeds),
+                           grads(want, [x, *ref.parameters()], seeds), torch.float32,
+                           ["input"] + [n for n, _ in ref.named_parameters()])
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cell", CELLS)
+def test_half_types_match_float64_oracle_on_both_paths(dtype, cell):
+    torch.manual_seed(5)
+    T, B, I, H = 6, 9, 8, 40
+    oracle, _ = make(cell, I, H, torch.float64, "cuda")
+    x64 = torch.randn(T, B, I, device="cuda", dtype=torch.float64)
+    want = flat(*oracle(x64))
+    seeds = [torch.randn_like(w) for w in want]
+    want_g = grads(want, [*oracle.parameters()], seeds)
+    results = {}
+    for path in PATHS:
+        _, fused = make(cell, I, H, dtype, "cuda")
+        fused.load_state_dict({k: v.to(dtype) for k, v in oracle.state_dict().items()})
+        with cuda_path(path):
+            got = flat(*fused(x64.to(dtype)))
+            for g, w, n in zip(got, want, ["output", "h_n", "c_n"]):
+                torch.testing.assert_close(g.double(), w, **TOL[dtype], msg=lambda m: f"{path} {n}: {m}")
+            got_g = grads(got, [*fused.parameters()], [s.to(dtype) for s in seeds])
+        for g, w in zip(got_g, want_g):
+            torch.testing.assert_close(g.double(), w, **GRAD_TOL[dtype])
+        results[path] = got
+    for a, b in zip(results["persistent"], results["general"]):
+        torch.testing.assert_close(a.double(), b.double(), **TOL[dtype])
+
+
+@needs_cuda
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_persistent_gradcheck_float64(cell, reverse):
+    from torch.autograd import gradcheck
+    torch.manual_seed(7)
+    T, B, I, H = 4, 3, 3, 5
+    G = {"GRU": 3, "LSTM": 4}.get(cell, 1)
+    dev = dict(device="cuda", dtype=torch.float64)
+    x = torch.randn(T, B, I, **dev, requires_grad=True)
+    h0 = torch.randn(B, H, **dev, requires_grad=True)
+    w_ih = torch.randn(G * H, I, **dev, requires_grad=True)
+    w_hh = torch.randn(G * H, H, **dev, requires_grad=True)
+    b_ih = torch.randn(G * H, **dev, requires_grad=True)
+    b_hh = torch.randn(G * H, **dev, requires_grad=True)
+    lengths = torch.tensor([4, 2, 3], device="cuda")
+    with cuda_path("persistent"):
+        if cell == "GRU":
+            fn = lambda *a: fused_rnn.gru_layer(*a, reverse=reverse, lengths=lengths)  # noqa: E731
+            args = (x, h0, w_ih, w_hh, b_ih, b_hh)
+        elif cell == "LSTM":
+            c0 = torch.randn(B, H, **dev, requires_grad=True)
+            fn = lambda *a: fused_rnn.lstm_layer(*a, reverse=reverse, lengths=lengths)  # noqa: E731
+            args = (x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+        else:
+            act = "relu" if cell == "RNN_RELU" else "tanh"
+            fn = lambda *a: fused_rnn.rnn_layer(*a, nonlinearity=act,  # noqa: E731
+                                                reverse=reverse, lengths=lengths)
+            args = (x, h0, w_ih, w_hh, b_ih, b_hh)
+        assert gradcheck(fn, args, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@needs_cuda
+@pytest.mark.parametrize("cell", CELLS)
+def test_persistent_runs_are_bitwise_deterministic(cell):
+    torch.manual_seed(11)
+    _, fused = make(cell, 16, 64, torch.float32, "cuda", num_layers=2)
+    x = torch.randn(20, 8, 16, device="cuda", requires_grad=True)
+    runs = []
+    with cuda_path("persistent"):
+        for _ in range(2):
+            out = flat(*fused(x))
+            g = grads(out, [x, *fused.parameters()], [torch.ones_like(o) for o in out])
+            runs.append([o.detach() for o in out] + g)
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+@needs_cuda
+def test_forced_persistent_raises_when_weights_do_not_fit():
+    lstm = fused_rnn.LSTM(8, 2048, device="cuda")  # W_hh slice per block > shared memory
+    x = torch.randn(2, 1, 8, device="cuda")
+    with cuda_path("persistent"):
+        with pytest.raises(RuntimeError, match="persistent CUDA kernel cannot run"):
+            lstm(x)
+    with cuda_path("auto"):  # auto falls back to the general path
+        out, _ = lstm(x)
+        torch.cuda.synchronize()
+    assert out.shape == (2, 1, 2048)
+
+
+@needs_cuda
+@pytest.mark.parametrize("op", ["gru", "lstm", "rnn"])
+def test_persistent_opcheck(op):
+    torch.manual_seed(2)
+    T, B, I, H = 3, 2, 4, 6
+    G = {"gru": 3, "lstm": 4, "rnn": 1}[op]
+    dev = dict(device="cuda")
+    x = torch.randn(T, B, I, **dev)
+    h0 = torch.randn(B, H, **dev)
+    w_ih, w_hh = torch.randn(G * H, I, **dev), torch.randn(G * H, H, **dev)
+    b_ih, b_hh = torch.randn(G * H, **dev), torch.randn(G * H, **dev)
+    with cuda_path("persistent"):
+        if op == "gru":
+            args = (x, h0, w_ih, w_hh, b_ih, b_hh, None, False, True)
+        elif op == "lstm":
+            args = (x, h0, torch.randn(B, H, **dev), w_ih, w_hh, b_ih, b_hh, None, False, True)
+        else:
+            args = (x, h0, w_ih, w_hh, b_ih, b_hh, None, False, False)
+        torch.library.opcheck(getattr(torch.ops.fused_rnn, f"{op}_forward"), args,
+                              test_utils=("test_schema", "test_faketensor"))
