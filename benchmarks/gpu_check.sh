@@ -15,7 +15,9 @@
 #   QUICK=1 bash benchmarks/gpu_check.sh   # small benchmark grid
 #   BENCH_ARGS="--full --cells GRU --T 512 --B 16 64" bash benchmarks/gpu_check.sh
 # Every step has a time limit (TEST_TIMEOUT, SANITIZER_TIMEOUT, BENCH_TIMEOUT seconds), so the
-# whole check fits one call of the device tool (about 7 minutes).
+# whole check fits one call of the device tool (about 7 minutes). TEST_PATHS (default
+# "auto general") and SANITIZER_RUNS (default "persistent:memcheck persistent:racecheck
+# general:memcheck") narrow a rerun.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results/gpu_check_out}"
@@ -43,7 +45,7 @@ if [ $rc -ne 0 ]; then tail -40 "$OUT/build.log"; cat "$report"; exit 1; fi
 
 # pytest-xdist and pytest-timeout are on the lent box's image; plain pytest where they are not
 par=""; "$py" -c "import xdist, pytest_timeout" 2>/dev/null && par="-n 8 --timeout 90"
-for path in auto general; do
+for path in ${TEST_PATHS:-auto general}; do
   log="$OUT/tests.log"; [ "$path" = general ] && log="$OUT/tests_general.log"
   s=$(date +%s)
   FUSED_RNN_CUDA_PATH=$path timeout "${TEST_TIMEOUT:-240}" "$py" -m pytest -q -p no:cacheprovider \
@@ -56,8 +58,8 @@ done
 
 sanitizer="$(command -v compute-sanitizer || echo "$CUDA_HOME/bin/compute-sanitizer")"
 : > "$OUT/sanitizer.log"
-for run in "persistent memcheck" "persistent racecheck" "general memcheck"; do
-  set -- $run
+for run in ${SANITIZER_RUNS:-persistent:memcheck persistent:racecheck general:memcheck}; do
+  set -- ${run/:/ }
   s=$(date +%s)
   if [ -x "$sanitizer" ]; then
     echo "=== path $1, $2" >> "$OUT/sanitizer.log"
