@@ -15,9 +15,9 @@
 #   QUICK=1 bash benchmarks/gpu_check.sh   # small benchmark grid
 #   BENCH_ARGS="--full --cells GRU --T 512 --B 16 64" bash benchmarks/gpu_check.sh
 # Every step has a time limit (TEST_TIMEOUT, SANITIZER_TIMEOUT, BENCH_TIMEOUT seconds), so the
-# whole check fits one call of the device tool (about 7 minutes). TEST_PATHS (default
-# "auto general") and SANITIZER_RUNS (default "persistent:memcheck persistent:racecheck
-# general:memcheck") narrow a rerun.
+# whole check fits one call of the device tool (about 7 minutes). STEPS chooses and orders the
+# steps after the build (default: tests:auto sanitizer:persistent:memcheck
+# sanitizer:persistent:racecheck bench tests:general sanitizer:general:memcheck).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results/gpu_check_out}"
@@ -45,40 +45,54 @@ if [ $rc -ne 0 ]; then tail -40 "$OUT/build.log"; cat "$report"; exit 1; fi
 
 # pytest-xdist and pytest-timeout are on the lent box's image; plain pytest where they are not
 par=""; "$py" -c "import xdist, pytest_timeout" 2>/dev/null && par="-n 8 --timeout 90"
-for path in ${TEST_PATHS:-auto general}; do
-  log="$OUT/tests.log"; [ "$path" = general ] && log="$OUT/tests_general.log"
-  s=$(date +%s)
-  FUSED_RNN_CUDA_PATH=$path timeout "${TEST_TIMEOUT:-240}" "$py" -m pytest -q -p no:cacheprovider \
+sanitizer="$(command -v compute-sanitizer || echo "$CUDA_HOME/bin/compute-sanitizer")"
+: > "$OUT/sanitizer.log"
+
+run_tests() {  # $1: CUDA path
+  local log="$OUT/tests.log"; [ "$1" = general ] && log="$OUT/tests_general.log"
+  local s=$(date +%s)
+  FUSED_RNN_CUDA_PATH=$1 timeout "${TEST_TIMEOUT:-240}" "$py" -m pytest -q -p no:cacheprovider \
     $par tests -k "${TEST_FILTER:-cuda}" > "$log" 2>&1
-  rc=$?; status "CUDA tests, path $path" "rc=$rc, $(tail -1 "$log")" $(( $(date +%s) - s ))
+  local rc=$?; status "CUDA tests, path $1" "rc=$rc, $(tail -1 "$log")" $(( $(date +%s) - s ))
   if [ $rc -ne 0 ]; then
     { echo; echo '```'; grep -E "^FAILED|^ERROR|Error:|Timeout" "$log" | head -30; echo '```'; } >> "$report"
   fi
-done
+}
 
-sanitizer="$(command -v compute-sanitizer || echo "$CUDA_HOME/bin/compute-sanitizer")"
-: > "$OUT/sanitizer.log"
-for run in ${SANITIZER_RUNS:-persistent:memcheck persistent:racecheck general:memcheck}; do
-  set -- ${run/:/ }
-  s=$(date +%s)
+run_sanitizer() {  # $1: CUDA path, $2: memcheck or racecheck
+  local s=$(date +%s)
   if [ -x "$sanitizer" ]; then
     echo "=== path $1, $2" >> "$OUT/sanitizer.log"
     FUSED_RNN_CUDA_PATH=$1 timeout "${SANITIZER_TIMEOUT:-120}" "$sanitizer" --tool "$2" \
       --error-exitcode 9 "$py" benchmarks/gpu_sanitize_case.py >> "$OUT/sanitizer.log" 2>&1
-    rc=$?; status "compute-sanitizer $2, path $1" "rc=$rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer.log" | tail -1)" $(( $(date +%s) - s ))
+    local rc=$?
+    status "compute-sanitizer $2, path $1" "rc=$rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer.log" | tail -1)" $(( $(date +%s) - s ))
   else
     status "compute-sanitizer $2" "not installed" 0
   fi
+}
+
+run_bench() {
+  local s=$(date +%s) grid
+  if [ -n "${BENCH_ARGS:-}" ]; then grid="$BENCH_ARGS"
+  elif [ -n "${QUICK:-}" ]; then grid="--quick"; else grid="--full --min-run-time 0.05"; fi
+  timeout "${BENCH_TIMEOUT:-300}" "$py" benchmarks/bench.py $grid --device cuda \
+    --dtype float32 bfloat16 --cuda-path persistent general \
+    --json "$OUT/gpu_benchmark.json" --md "$OUT/gpu_benchmark.md" > "$OUT/benchmark.log" 2>&1
+  local rc=$?; status benchmark "rc=$rc" $(( $(date +%s) - s ))
+  if [ $rc -ne 0 ]; then { echo; echo '```'; tail -20 "$OUT/benchmark.log"; echo '```'; } >> "$report"; fi
+}
+
+# STEPS: what runs, in this order (most important first, so a cut-off run still reports them)
+for step in ${STEPS:-tests:auto sanitizer:persistent:memcheck sanitizer:persistent:racecheck bench tests:general sanitizer:general:memcheck}; do
+  IFS=: read -r kind a b <<< "$step"
+  case $kind in
+    tests) run_tests "$a" ;;
+    sanitizer) run_sanitizer "$a" "$b" ;;
+    bench) run_bench ;;
+  esac
 done
 
-s=$(date +%s)
-if [ -n "${BENCH_ARGS:-}" ]; then grid="$BENCH_ARGS"
-elif [ -n "${QUICK:-}" ]; then grid="--quick"; else grid="--full --min-run-time 0.05"; fi
-timeout "${BENCH_TIMEOUT:-300}" "$py" benchmarks/bench.py $grid --device cuda \
-  --dtype float32 bfloat16 --cuda-path persistent general \
-  --json "$OUT/gpu_benchmark.json" --md "$OUT/gpu_benchmark.md" > "$OUT/benchmark.log" 2>&1
-rc=$?; status benchmark "rc=$rc" $(( $(date +%s) - s ))
-if [ $rc -ne 0 ]; then { echo; echo '```'; tail -20 "$OUT/benchmark.log"; echo '```'; } >> "$report"; fi
 { echo; echo "Total $(( $(date +%s) - t0 )) s."; echo; [ -f "$OUT/gpu_benchmark.md" ] && cat "$OUT/gpu_benchmark.md"; } >> "$report"
 rm -f "$OUT/gpu_benchmark.md"  # it is in report.md; the device tool brings back 8 files at most
 grep -E "^FAILED|^ERROR" "$OUT"/tests*.log | head -20

@@ -94,9 +94,14 @@ def test_path_matches_nn(path, cell, T, B, I, H, bidirectional, batch_first):
         states = list(hx) if isinstance(hx, tuple) else [hx]
         names = ["input"] + [f"state{i}" for i in range(len(states))] + [
             n for n, _ in ref.named_parameters()]
-        assert_grads_close(grads(got, [x, *states, *fused.parameters()], seeds),
-                           grads(want, [x, *states, *ref.parameters()], seeds), torch.float32,
-                           names)
+        # The gradients sum T*B*H products: float32 rounding grows with H (seen: the Elman RNN
+        # at H=300 differs from cuDNN by 1.4e-4 on both paths alike).
+        scale = max(1.0, H / 64)
+        tol = dict(atol=GRAD_TOL[torch.float32]["atol"] * scale,
+                   rtol=GRAD_TOL[torch.float32]["rtol"] * scale)
+        for a, e, n in zip(grads(got, [x, *states, *fused.parameters()], seeds),
+                           grads(want, [x, *states, *ref.parameters()], seeds), names):
+            torch.testing.assert_close(a, e, **tol, msg=lambda m: f"grad of {n}: {m}")
 
 
 @needs_cuda

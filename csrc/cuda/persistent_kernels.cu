@@ -24,6 +24,8 @@
 #include <cooperative_groups.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 
 #include "../path_choice.h"
 #include "cuda_kernels.h"
@@ -65,34 +67,53 @@ __device__ __forceinline__ A reduce_scatter32(A (&v)[32], int lane) {
   return v[0];
 }
 
+// kVec consecutive elements of type A, 16-byte aligned when kVec * sizeof(A) == 16: one
+// 128-bit shared-memory load.
+template <typename A, int kVec>
+struct alignas(kVec * sizeof(A)) Pack {
+  A v[kVec];
+};
+
 // out[(b_base + b) * out_row + r] = sum_k W[r, k] X[b, k] for r < R, b < nb.
 // W: [R, K], X: [nb, K] in shared memory; P: [kWarps * 32] shared scratch (K split over warps
-// when there are fewer tiles than warps). Ends with the block's threads in step.
-template <int kBW, typename A>
+// when there are fewer tiles than warps). kVec > 1: lanes read kVec consecutive k at once
+// (needs K % kVec == 0 and W, X aligned to kVec elements). Ends with the block in step.
+template <int kBW, int kVec, typename A>
 __device__ void block_matvec(const A* W, int R, const A* X, int nb, int K, A* out, int out_row,
                              int b_base, A* P) {
   constexpr int kRW = 32 / kBW;
+  using V = Pack<A, kVec>;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int n_rg = (R + kRW - 1) / kRW, n_bg = (nb + kBW - 1) / kBW, n_tasks = n_rg * n_bg;
   const int split = n_tasks >= kWarps ? 1 : kWarps / n_tasks;
-  const int k_chunk = ((K + split - 1) / split + 31) / 32 * 32;
+  constexpr int kSpan = 32 * kVec;  // elements of k one pass of the warp covers
+  const int k_chunk = ((K + split - 1) / split + kSpan - 1) / kSpan * kSpan;
   for (int item = warp; item < n_tasks * split; item += kWarps) {
     const int task = item % n_tasks, part = item / n_tasks;
     const int r0 = (task % n_rg) * kRW, b0 = (task / n_rg) * kBW;
     const int k_end = min(K, (part + 1) * k_chunk);
+    const A* w_rows[kRW];
+    const A* x_rows[kBW];
+#pragma unroll
+    for (int i = 0; i < kRW; ++i) w_rows[i] = W + min(r0 + i, R - 1) * K;
+#pragma unroll
+    for (int jb = 0; jb < kBW; ++jb) x_rows[jb] = X + min(b0 + jb, nb - 1) * K;
     A acc[32];
 #pragma unroll
     for (int i = 0; i < 32; ++i) acc[i] = A(0);
-    for (int k = part * k_chunk + lane; k < k_end; k += 32) {
-      A w[kRW], x[kBW];
+    for (int k = part * k_chunk + lane * kVec; k < k_end; k += kSpan) {
+      V w[kRW], x[kBW];
 #pragma unroll
-      for (int i = 0; i < kRW; ++i) w[i] = W[min(r0 + i, R - 1) * K + k];
+      for (int i = 0; i < kRW; ++i) w[i] = *reinterpret_cast<const V*>(w_rows[i] + k);
 #pragma unroll
-      for (int jb = 0; jb < kBW; ++jb) x[jb] = X[min(b0 + jb, nb - 1) * K + k];
+      for (int jb = 0; jb < kBW; ++jb) x[jb] = *reinterpret_cast<const V*>(x_rows[jb] + k);
 #pragma unroll
-      for (int i = 0; i < kRW; ++i) {
+      for (int e = 0; e < kVec; ++e) {
 #pragma unroll
-        for (int jb = 0; jb < kBW; ++jb) acc[i * kBW + jb] += w[i] * x[jb];
+        for (int i = 0; i < kRW; ++i) {
+#pragma unroll
+          for (int jb = 0; jb < kBW; ++jb) acc[i * kBW + jb] += w[i].v[e] * x[jb].v[e];
+        }
       }
     }
     const A v = reduce_scatter32(acc, lane);
@@ -116,23 +137,66 @@ __device__ void block_matvec(const A* W, int R, const A* X, int nb, int K, A* ou
   }
 }
 
+// block_matvec with 128-bit loads where K allows it (W and X start at multiples of K elements
+// from a 16-byte aligned base, so K % kVec == 0 aligns every row).
+template <int kBW, typename A>
+__device__ __forceinline__ void block_matvec_any(const A* W, int R, const A* X, int nb, int K,
+                                                 A* out, int out_row, int b_base, A* P) {
+  constexpr int kVec = 16 / sizeof(A);
+  if (K % kVec == 0) {
+    block_matvec<kBW, kVec>(W, R, X, nb, K, out, out_row, b_base, P);
+  } else {
+    block_matvec<kBW, 1>(W, R, X, nb, K, out, out_row, b_base, P);
+  }
+}
+
 // X[bb, k] = src[(b0 + bb) * row + k] for bb < nb, k < K, read through L2. Each thread has
-// kBatch loads in flight before it stores: the step's latency is a few L2 round trips.
+// kBatch loads in flight before it stores (a step's latency is a few L2 round trips), walks its
+// (row, column) position without divisions, and reads 16 bytes at a time where the rows allow.
 template <typename S, typename A>
 __device__ __forceinline__ void stage_rows(A* X, const S* src, int64_t row, int b0, int nb,
                                            int K) {
-  constexpr int kBatch = 16;
-  const int n = nb * K;
+  constexpr int kBatch = 8;
+  constexpr int kVec = 16 / sizeof(S);  // elements of S per 16-byte load
+  const bool vec = K % kVec == 0 && row % kVec == 0 &&
+                   reinterpret_cast<uintptr_t>(src) % 16 == 0;
+  const int per_row = vec ? K / kVec : K;  // loads per row
+  const int n = nb * per_row;
   for (int base = threadIdx.x; base < n; base += kThreads * kBatch) {
-    A v[kBatch];
+    int bb = base / per_row, c = base - bb * per_row;  // one division per batch
+    int rows[kBatch], cols[kBatch];
+    uint4 raw[kBatch];
+    A one[kBatch];
 #pragma unroll
     for (int q = 0; q < kBatch; ++q) {
-      const int idx = base + q * kThreads, bb = idx / K, k = idx - bb * K;
-      v[q] = idx < n ? L2Load::ld(src + static_cast<int64_t>(b0 + bb) * row + k) : A(0);
+      rows[q] = bb;
+      cols[q] = c;
+      if (base + q * kThreads < n) {
+        const S* p = src + static_cast<int64_t>(b0 + bb) * row;
+        if (vec) {
+          raw[q] = __ldcg(reinterpret_cast<const uint4*>(p) + c);
+        } else {
+          one[q] = L2Load::ld(p + c);
+        }
+      }
+      c += kThreads;
+      while (c >= per_row) {
+        c -= per_row;
+        ++bb;
+      }
     }
 #pragma unroll
     for (int q = 0; q < kBatch; ++q) {
-      if (base + q * kThreads < n) X[base + q * kThreads] = v[q];
+      if (base + q * kThreads >= n) continue;
+      if (vec) {
+        S vals[kVec];
+        memcpy(vals, &raw[q], 16);
+        A* dst = X + rows[q] * K + cols[q] * kVec;
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) dst[e] = static_cast<A>(vals[e]);
+      } else {
+        X[rows[q] * K + cols[q]] = one[q];
+      }
     }
   }
 }
@@ -166,7 +230,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       __syncthreads();  // X is free
       stage_rows(X, h_prev, h_prev_row, b0, nb, H);
       __syncthreads();
-      block_matvec<kBW>(W, R, X, nb, H, gh, R, b0, P);
+      block_matvec_any<kBW>(W, R, X, nb, H, gh, R, b0, P);
     }
     S* x_t = p.x + t * p.x_step;      // [B, G*H]
     S* out_t = p.out + t * p.out_step;  // [B, H]
@@ -262,7 +326,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       __syncthreads();  // X is free
       stage_rows(X, d_h_t, p.dh_row, b0, nb, K);
       __syncthreads();
-      block_matvec<kBW>(Wt, U, X, nb, K, mv, U, b0, P);
+      block_matvec_any<kBW>(Wt, U, X, nb, K, mv, U, b0, P);
     }
     for (int e = threadIdx.x; e < B * U; e += kThreads) dh[e] += mv[e];
   }
@@ -320,11 +384,15 @@ bool make_plan(int G, int64_t B, int64_t H, size_t esize, bool backward, const D
   return true;
 }
 
-// auto: the persistent kernels for batches up to this size (the per-step products run on the
-// CUDA cores; larger batches are GEMM-shaped work for cuBLAS on the general path).
+// auto: the persistent kernels while a step's multiply-adds G*B*H*H stay under kAutoMaxMacs
+// (and B <= kAutoMaxBatch). Their per-step products run on the CUDA cores, so beyond that the
+// general path's cuBLAS GEMM per step is faster. Measured on an H200 (benchmarks/
+// persistent_kernel_notes.md): GRU B=64 H=256 (12.6M) faster persistent, GRU B=32 H=1024 (101M)
+// faster general.
 constexpr int64_t kAutoMaxBatch = 64;
+constexpr int64_t kAutoMaxMacs = int64_t{1} << 25;
 
-bool want_persistent(int64_t B, bool fits, const char* what) {
+bool want_persistent(int G, int64_t B, int64_t H, bool fits, const char* what) {
   switch (cuda_path()) {
     case CudaPath::kGeneral: return false;
     case CudaPath::kPersistent:
@@ -332,7 +400,7 @@ bool want_persistent(int64_t B, bool fits, const char* what) {
                   " (its recurrent weights and batch do not fit on the chip); use "
                   "fused_rnn.set_cuda_path('auto') or 'general'");
       return true;
-    default: return fits && B <= kAutoMaxBatch;
+    default: return fits && B <= kAutoMaxBatch && G * B * H * H <= kAutoMaxMacs;
   }
 }
 
@@ -392,7 +460,7 @@ bool recurrence_forward(const RecurrenceForward<S>& p) {
   Plan plan;
   const bool fits = make_plan(gates_of(p.cell), p.batch, p.hidden, sizeof(acc_t<S>), false, d,
                               plan);
-  if (!want_persistent(p.batch, fits, "forward")) return false;
+  if (!want_persistent(gates_of(p.cell), p.batch, p.hidden, fits, "forward")) return false;
   launch_for_cell<S, RecurrenceForward<S>, ForwardKernel>(p.cell, p, plan, d);
   return true;
 }
@@ -404,7 +472,7 @@ bool recurrence_backward(const RecurrenceBackward<S>& p) {
   Plan plan;
   const bool fits = make_plan(gates_of(p.cell), p.batch, p.hidden, sizeof(acc_t<S>), true, d,
                               plan);
-  if (!want_persistent(p.batch, fits, "backward")) return false;
+  if (!want_persistent(gates_of(p.cell), p.batch, p.hidden, fits, "backward")) return false;
   launch_for_cell<S, RecurrenceBackward<S>, BackwardKernel>(p.cell, p, plan, d);
   return true;
 }
