@@ -43,7 +43,9 @@ def set_cuda_path(name: str) -> None:
     """Choose how the CUDA recurrences run (process-wide; also FUSED_RNN_CUDA_PATH at import):
 
     * "auto" (default): the persistent kernels (one launch for all steps, recurrent weights on
-      chip) where the shapes suit them (batch <= 64, weights fit), else the general path;
+      chip) where they were measured faster than the general path (batch <= 64 and
+      gates * batch * hidden^2 <= 2^27 multiply-adds per step forward, 2^25 backward, weights
+      fitting in shared memory), else the general path;
     * "persistent": the persistent kernels for every GRU / LSTM / RNN call; raises where they
       cannot run (weights or batch too large for the chip);
     * "general": per step one cuBLAS GEMM and one fused pointwise kernel.

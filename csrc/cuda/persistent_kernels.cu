@@ -384,23 +384,29 @@ bool make_plan(int G, int64_t B, int64_t H, size_t esize, bool backward, const D
   return true;
 }
 
-// auto: the persistent kernels while a step's multiply-adds G*B*H*H stay under kAutoMaxMacs
-// (and B <= kAutoMaxBatch). Their per-step products run on the CUDA cores, so beyond that the
-// general path's cuBLAS GEMM per step is faster. Measured on an H200 (benchmarks/
-// persistent_kernel_notes.md): GRU B=64 H=256 (12.6M) faster persistent, GRU B=32 H=1024 (101M)
-// faster general.
+// auto: the persistent kernels while a step's multiply-adds G*B*H*H stay under a limit (and
+// B <= kAutoMaxBatch). Their per-step products run on the CUDA cores, so beyond it the general
+// path's cuBLAS GEMM per step is faster. Limits from the H200 measurements (T=256, fp32 and bf16,
+// benchmarks/persistent_kernel_notes.md, run 3): the forward kernel was faster than the general
+// path up to 2^27 (LSTM B=32 H=1024) and slower at 3*64*1024^2 (GRU B=64 H=1024); the backward
+// kernel, which also writes every step's gate gradients, was faster up to 2^25 (LSTM B=32 H=512)
+// and even or slower from 3*64*512^2 (GRU B=64 H=512) up.
 constexpr int64_t kAutoMaxBatch = 64;
-constexpr int64_t kAutoMaxMacs = int64_t{1} << 25;
+constexpr int64_t kAutoMaxMacsForward = int64_t{1} << 27;
+constexpr int64_t kAutoMaxMacsBackward = int64_t{1} << 25;
 
-bool want_persistent(int G, int64_t B, int64_t H, bool fits, const char* what) {
+bool want_persistent(int G, int64_t B, int64_t H, bool fits, bool backward) {
   switch (cuda_path()) {
     case CudaPath::kGeneral: return false;
     case CudaPath::kPersistent:
-      TORCH_CHECK(fits, "fused_rnn: the persistent CUDA kernel cannot run this ", what,
+      TORCH_CHECK(fits, "fused_rnn: the persistent CUDA kernel cannot run this ",
+                  backward ? "backward" : "forward",
                   " (its recurrent weights and batch do not fit on the chip); use "
                   "fused_rnn.set_cuda_path('auto') or 'general'");
       return true;
-    default: return fits && B <= kAutoMaxBatch && G * B * H * H <= kAutoMaxMacs;
+    default:
+      return fits && B <= kAutoMaxBatch &&
+             G * B * H * H <= (backward ? kAutoMaxMacsBackward : kAutoMaxMacsForward);
   }
 }
 
@@ -460,7 +466,7 @@ bool recurrence_forward(const RecurrenceForward<S>& p) {
   Plan plan;
   const bool fits = make_plan(gates_of(p.cell), p.batch, p.hidden, sizeof(acc_t<S>), false, d,
                               plan);
-  if (!want_persistent(gates_of(p.cell), p.batch, p.hidden, fits, "forward")) return false;
+  if (!want_persistent(gates_of(p.cell), p.batch, p.hidden, fits, false)) return false;
   launch_for_cell<S, RecurrenceForward<S>, ForwardKernel>(p.cell, p, plan, d);
   return true;
 }
@@ -472,7 +478,7 @@ bool recurrence_backward(const RecurrenceBackward<S>& p) {
   Plan plan;
   const bool fits = make_plan(gates_of(p.cell), p.batch, p.hidden, sizeof(acc_t<S>), true, d,
                               plan);
-  if (!want_persistent(gates_of(p.cell), p.batch, p.hidden, fits, "backward")) return false;
+  if (!want_persistent(gates_of(p.cell), p.batch, p.hidden, fits, true)) return false;
   launch_for_cell<S, RecurrenceBackward<S>, BackwardKernel>(p.cell, p, plan, d);
   return true;
 }
