@@ -12,9 +12,43 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence
 
 from ._ops import _is_tokens, gru_layer, lstm_layer, rnn_layer
+
+
+def _unpack(packed: PackedSequence, batch: int) -> Tuple[Tensor, Tensor]:
+    """pad_packed_sequence as gathers: x: [T, B, *F] in the caller's order of sequences (zeros
+    past each end) and lengths: int64 [B] on the data's device. packed.data: [N, *F]."""
+    data = packed.data
+    sizes = packed.batch_sizes.to(data.device)                          # [T]
+    T = sizes.shape[0]
+    cols = torch.arange(batch, device=data.device)                      # [B]
+    valid = cols.unsqueeze(0) < sizes.unsqueeze(1)                      # [T, B], sorted order
+    starts = torch.cumsum(sizes, 0) - sizes                             # [T]
+    index = torch.where(valid, starts.unsqueeze(1) + cols.unsqueeze(0), 0)  # [T, B]
+    feat = data.shape[1:]
+    x = data[index.reshape(-1)].reshape(T, batch, *feat)
+    x = torch.where(valid.reshape(T, batch, *([1] * len(feat))), x, torch.zeros_like(x))
+    lengths = valid.sum(0)                                              # [B]
+    if packed.unsorted_indices is not None:
+        x = x.index_select(1, packed.unsorted_indices)
+        lengths = lengths.index_select(0, packed.unsorted_indices)
+    return x, lengths
+
+
+def _repack(output: Tensor, packed: PackedSequence) -> PackedSequence:
+    """pack_padded_sequence of output: [T, B, H] (caller's order) as a gather into the layout
+    of `packed` (same batch_sizes and indices): data [N, H]."""
+    sizes = packed.batch_sizes.to(output.device)                        # [T]
+    if packed.sorted_indices is not None:
+        output = output.index_select(1, packed.sorted_indices)
+    ends = torch.cumsum(sizes, 0)                                       # [T]
+    rows = torch.arange(packed.data.shape[0], device=output.device)     # [N]
+    t = torch.searchsorted(ends, rows, right=True)                      # [N]
+    b = rows - (ends - sizes)[t]
+    return PackedSequence(output[t, b], packed.batch_sizes, packed.sorted_indices,
+                          packed.unsorted_indices)
 
 
 class _FusedRNNBase(nn.RNNBase):
@@ -94,17 +128,33 @@ class _FusedRNNBase(nn.RNNBase):
 
     def _forward_packed(self, packed: PackedSequence, hx, num_states: int, layer_fn):
         """PackedSequence: padded [T, B, I] in the caller's batch order plus per-sequence lengths,
-        which the fused loop honours (no per-length slicing); repacked like the input."""
-        x, lengths = pad_packed_sequence(packed)  # x: [T, B, I], lengths: [B] (CPU int64)
-        B = x.size(1)
+        which the fused loop honours (no per-length slicing); repacked like the input. Unpacking
+        and repacking are gathers that torch.compile traces (pad_packed_sequence and
+        pack_padded_sequence are skipped by dynamo)."""
+        B = self._packed_batch(packed, hx)
+        x, lengths = _unpack(packed, B)  # x: [T, B, I] (ids: [T, B]), lengths: [B]
         states = self._initial_states(hx, num_states, B, x)
-        self._check_states(packed.data, states, packed.batch_sizes)
-        output, finals = self._run(x, states, layer_fn, lengths.to(x.device))
-        if packed.sorted_indices is not None:  # pack in the input's own order of sequences
-            output = output.index_select(1, packed.sorted_indices)
-            lengths = lengths.index_select(0, packed.sorted_indices.cpu())
-        data, batch_sizes, _, _ = pack_padded_sequence(output, lengths)
-        return PackedSequence(data, batch_sizes, packed.sorted_indices, packed.unsorted_indices), finals
+        self._check_states(x.transpose(0, 1) if self.batch_first else x, states, None)
+        output, finals = self._run(x, states, layer_fn, lengths)
+        return _repack(output, packed), finals
+
+    def _packed_batch(self, packed: PackedSequence, hx) -> int:
+        """Number of sequences of `packed`: from a shape where there is one (sorted_indices, or
+        the given initial state), else batch_sizes[0] (a value, which torch.compile cannot
+        trace into a shape)."""
+        if packed.sorted_indices is not None:
+            return packed.sorted_indices.shape[0]
+        if hx is not None:
+            h = hx[0] if isinstance(hx, tuple) else hx
+            if isinstance(h, Tensor) and h.dim() == 3:
+                return h.shape[1]
+        if torch.compiler.is_compiling():
+            raise RuntimeError(
+                f"fused_rnn.{self._get_name()}: under torch.compile a PackedSequence needs its "
+                f"batch size from a shape: pack with enforce_sorted=False, pass the initial "
+                f"state, or give padded input with lengths= (packed with enforce_sorted=True "
+                f"and no state, the batch size is the value batch_sizes[0])")
+        return int(packed.batch_sizes[0])
 
     def _check_lengths(self, lengths: Tensor, x: Tensor) -> Tensor:
         """lengths: [B] integers in [0, T] for x: [T, B, ...]; returned as int64 on x's device."""

@@ -1,6 +1,7 @@
 """torch.compile(fullgraph=True) traces models using the fused layers with no graph break
 (nn.GRU / nn.LSTM / nn.RNN graph-break there), and gives eager's results and gradients, for
-every cell and the options: layers, directions, batch_first, bias, token input, lengths."""
+every cell and the options: layers, directions, batch_first, bias, token input, lengths, and
+PackedSequence input (enforce_sorted=False, or an initial state giving the batch size)."""
 import pytest
 import torch
 from torch import nn
@@ -46,6 +47,49 @@ def test_compile_fullgraph_token_input_and_lengths(cell):
     torch.manual_seed(0)
     model = Classifier(cell, input_size=10, bidirectional=True)
     check(model, torch.randint(0, 10, (3, 5)), torch.tensor([5, 2, 4]))
+
+
+class PackedClassifier(nn.Module):
+    """Many-to-one over a PackedSequence: the final state of the last layer into a linear layer;
+    the packed output is used too (its data summed in), so repacking is traced as well."""
+
+    def __init__(self, cell, input_size=6, **kw):
+        super().__init__()
+        self.rnn = getattr(fused_rnn, cell)(input_size, 8, **kw)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, packed, hx=None):
+        out, state = self.rnn(packed, hx)
+        h = state[0] if isinstance(state, tuple) else state
+        return self.head(h[-1]) + out.data.sum()
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM", "RNN"])
+@pytest.mark.parametrize("tokens", [False, True], ids=["features", "token_ids"])
+def test_compile_fullgraph_packed_sequence_unsorted(cell, tokens):
+    torch.manual_seed(0)
+    x = torch.randint(0, 10, (5, 4)) if tokens else torch.randn(5, 4, 6)
+    packed = nn.utils.rnn.pack_padded_sequence(x, torch.tensor([2, 5, 1, 3]),
+                                               enforce_sorted=False)
+    check(PackedClassifier(cell, input_size=10 if tokens else 6, num_layers=2), packed)
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+def test_compile_fullgraph_packed_sequence_sorted_with_state(cell):
+    torch.manual_seed(0)
+    packed = nn.utils.rnn.pack_padded_sequence(torch.randn(5, 3, 6), torch.tensor([5, 3, 2]))
+    h0 = torch.randn(1, 3, 8)
+    check(PackedClassifier(cell), packed, (h0, torch.randn(1, 3, 8)) if cell == "LSTM" else h0)
+
+
+def test_compile_packed_sorted_without_state_says_what_to_do():
+    """enforce_sorted=True and no initial state: the batch size is only a value
+    (batch_sizes[0]); the error says which inputs compile."""
+    torch._dynamo.reset()
+    model = PackedClassifier("GRU")
+    packed = nn.utils.rnn.pack_padded_sequence(torch.randn(4, 2, 6), torch.tensor([4, 2]))
+    with pytest.raises(Exception, match="enforce_sorted=False, pass the initial state"):
+        torch.compile(model, fullgraph=True, backend="aot_eager")(packed)
 
 
 def test_compile_inductor_fullgraph_gru():
