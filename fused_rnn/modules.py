@@ -140,8 +140,8 @@ class _FusedRNNBase(nn.RNNBase):
 
     def _packed_batch(self, packed: PackedSequence, hx) -> int:
         """Number of sequences of `packed`: from a shape where there is one (sorted_indices, or
-        the given initial state), else batch_sizes[0] (a value, which torch.compile cannot
-        trace into a shape)."""
+        the given initial state), else the value batch_sizes[0] (under torch.compile an unbacked
+        size, which dynamo allows with capture_scalar_outputs)."""
         if packed.sorted_indices is not None:
             return packed.sorted_indices.shape[0]
         if hx is not None:
@@ -149,11 +149,16 @@ class _FusedRNNBase(nn.RNNBase):
             if isinstance(h, Tensor) and h.dim() == 3:
                 return h.shape[1]
         if torch.compiler.is_compiling():
-            raise RuntimeError(
-                f"fused_rnn.{self._get_name()}: under torch.compile a PackedSequence needs its "
-                f"batch size from a shape: pack with enforce_sorted=False, pass the initial "
-                f"state, or give padded input with lengths= (packed with enforce_sorted=True "
-                f"and no state, the batch size is the value batch_sizes[0])")
+            if not torch._dynamo.config.capture_scalar_outputs:
+                raise RuntimeError(
+                    f"fused_rnn.{self._get_name()}: under torch.compile a PackedSequence packed "
+                    f"with enforce_sorted=True and no initial state has its batch size only as "
+                    f"the value batch_sizes[0]: pack with enforce_sorted=False, pass the initial "
+                    f"state, give padded input with lengths=, or set "
+                    f"torch._dynamo.config.capture_scalar_outputs = True")
+            batch = packed.batch_sizes[0].item()  # an unbacked size in the graph
+            torch._check(batch >= 1)
+            return batch
         return int(packed.batch_sizes[0])
 
     def _check_lengths(self, lengths: Tensor, x: Tensor) -> Tensor:

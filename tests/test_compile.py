@@ -84,12 +84,21 @@ def test_compile_fullgraph_packed_sequence_sorted_with_state(cell):
 
 def test_compile_packed_sorted_without_state_says_what_to_do():
     """enforce_sorted=True and no initial state: the batch size is only a value
-    (batch_sizes[0]); the error says which inputs compile."""
+    (batch_sizes[0]); without scalar capture the error says which inputs compile."""
     torch._dynamo.reset()
     model = PackedClassifier("GRU")
     packed = nn.utils.rnn.pack_padded_sequence(torch.randn(4, 2, 6), torch.tensor([4, 2]))
-    with pytest.raises(Exception, match="enforce_sorted=False, pass the initial state"):
+    with pytest.raises(Exception, match="pack with enforce_sorted=False, pass the initial"):
         torch.compile(model, fullgraph=True, backend="aot_eager")(packed)
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM"])
+def test_compile_fullgraph_packed_sorted_without_state_with_scalar_capture(cell):
+    """With dynamo's capture_scalar_outputs the batch size becomes an unbacked size."""
+    torch.manual_seed(0)
+    packed = nn.utils.rnn.pack_padded_sequence(torch.randn(5, 3, 6), torch.tensor([5, 3, 2]))
+    with torch._dynamo.config.patch(capture_scalar_outputs=True):
+        check(PackedClassifier(cell, bidirectional=False), packed)
 
 
 def test_compile_inductor_fullgraph_gru():
