@@ -235,6 +235,10 @@ class _FusedRNNBase(nn.RNNBase):
             input = input.unsqueeze(0 if self.batch_first else 1)
             if states is not None:
                 states = [s.unsqueeze(1) for s in states]
+        steps = input.size(1) if self.batch_first else input.size(0)
+        if steps == 0:  # as nn.*, which refuses empty sequences
+            raise RuntimeError(f"{name}: Expected sequence length to be larger than 0 in RNN, "
+                               f"got input of shape {list(input.shape)}")
         batch = input.size(0) if self.batch_first else input.size(1)
         if states is None:
             states = self._initial_states(None, num_states, batch, input)
