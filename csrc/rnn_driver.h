@@ -71,6 +71,20 @@ inline Tensor input_projection(const SeqLayout& lay, const Tensor& x, const Tens
   return lay.unrows(at::mm(lay.rows(x), w.t()), x.size(0), x.size(1));
 }
 
+namespace cpu {
+// dW: [G, K] = d_g2d^T rows on the CPU, bit-identical whatever the thread count
+// (csrc/cpu/cpu_gemm.cpp).
+Tensor weight_grad(const Tensor& d_g2d, const Tensor& rows);
+}  // namespace cpu
+
+// dW: [G, K] = d_g2d^T rows over all steps at once; d_g2d: [N, G], rows: [N, K], N = T*B.
+// On the CPU BLAS libraries split such a long reduction (N) over threads, which makes the result
+// depend on the thread count: cpu::weight_grad avoids that. Other devices: one GEMM
+// (deterministic for given shapes).
+inline Tensor weight_grad(const Tensor& d_g2d, const Tensor& rows) {
+  return d_g2d.is_cpu() ? cpu::weight_grad(d_g2d, rows) : at::mm(d_g2d.t(), rows);
+}
+
 // dL/dW_ih: [G, I] = d_g^T x over all steps; d_g2d: [T*B, G] in `lay`'s row order.
 // Token ids: the columns of the ids seen get their rows of d_g added (index_add, no one-hot).
 inline Tensor input_weight_grad(const SeqLayout& lay, const Tensor& x, const Tensor& d_g2d,
@@ -79,7 +93,7 @@ inline Tensor input_weight_grad(const SeqLayout& lay, const Tensor& x, const Ten
     return at::zeros_like(w_ih, at::MemoryFormat::Contiguous)
         .index_add_(1, token_rows(lay, x), d_g2d.t());
   }
-  return at::mm(d_g2d.t(), lay.rows(x));
+  return weight_grad(d_g2d, lay.rows(x));
 }
 
 // dL/dx: [T, B, I] = d_g W_ih (not for token ids, which have no gradient), or [0].
@@ -135,7 +149,7 @@ inline std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> shared_gate_grads(
     const Tensor& w_ih, bool compute_input_grad) {
   Tensor grad_b = d_g2d.sum(0);
   return {input_grad(lay, input, d_g2d, w_ih, compute_input_grad),
-          input_weight_grad(lay, input, d_g2d, w_ih), at::mm(d_g2d.t(), lay.rows(h_prevs)),
+          input_weight_grad(lay, input, d_g2d, w_ih), weight_grad(d_g2d, lay.rows(h_prevs)),
           grad_b, grad_b.clone()};
 }
 
@@ -250,7 +264,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
   }
   const Tensor d_gi2d = lay.rows(d_gi), d_gh2d = lay.rows(d_gh);  // [T*B, 3H]
   Tensor grad_w_ih = input_weight_grad(lay, input, d_gi2d, w_ih);
-  Tensor grad_w_hh = at::mm(d_gh2d.t(), lay.rows(h_prevs));
+  Tensor grad_w_hh = weight_grad(d_gh2d, lay.rows(h_prevs));
   Tensor grad_b_ih = d_gi2d.sum(0);
   Tensor grad_b_hh = d_gh2d.sum(0);
   Tensor grad_input = input_grad(lay, input, d_gi2d, w_ih, compute_input_grad);
@@ -457,7 +471,7 @@ lstm_proj_backward_impl(const StepKernels<S>& k, HiddenGemmFactory<S> make_gemm,
   const Tensor h_prevs = previous_states(lay, inner_contiguous(output), h0, reverse, lengths);
   auto [grad_input, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh] =
       shared_gate_grads(lay, input, d_gates2d, h_prevs, w_ih, compute_input_grad);
-  Tensor grad_w_hr = at::mm(dh_total.view({T * B, P}).t(), hidden_full.view({T * B, H}));
+  Tensor grad_w_hr = weight_grad(dh_total.view({T * B, P}), hidden_full.view({T * B, H}));
   return {grad_input, dh, dc, grad_w_ih, grad_w_hh, grad_w_hr, grad_b_ih, grad_b_hh};
 }
 
@@ -623,8 +637,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_textbook_backward
   const Tensor d_g2d = lay.rows(d_g);  // [T*B, 3H]
   // r * h_prev of every step (the input of the W_hn GEMM), rows in d_g2d's order.
   const Tensor rh_all = lay.rows(saved.narrow(2, 0, H) * h_prevs);
-  Tensor grad_w_hh = at::cat({at::mm(d_g2d.narrow(1, 0, 2 * H).t(), lay.rows(h_prevs)),
-                              at::mm(d_g2d.narrow(1, 2 * H, H).t(), rh_all)});
+  Tensor grad_w_hh = at::cat({weight_grad(d_g2d.narrow(1, 0, 2 * H), lay.rows(h_prevs)),
+                              weight_grad(d_g2d.narrow(1, 2 * H, H), rh_all)});
   Tensor grad_w_ih = input_weight_grad(lay, input, d_g2d, w_ih);
   Tensor grad_b_ih = d_g2d.sum(0);
   Tensor grad_b_hh = grad_b_ih.clone();

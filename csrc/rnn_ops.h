@@ -9,6 +9,7 @@
 // input; token-id input is integer) or raises for unsupported dtypes.
 #pragma once
 
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include "checks.h"
@@ -17,9 +18,12 @@
 namespace fused_rnn {
 
 // The kernels' own ATen calls (GEMMs, sums) must run in the dtype the op was called with, not
-// be recast by an autocast region around the call (autocast decisions belong to the op level).
+// be recast by an autocast region around the call (autocast decisions belong to the op level),
+// and must not be recorded by autograd (the op's gradient is its registered formula; its inputs
+// may require grad, and grad mode may be on when a backward runs with create_graph=True).
 struct NoAutocast {
   c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
 };
 
 inline Tensor opt_lengths(const c10::optional<Tensor>& lengths) {

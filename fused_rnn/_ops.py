@@ -289,6 +289,33 @@ torch.library.register_autograd("fused_rnn::rnn_forward", _rnn_backward,
 
 
 # --------------------------------------------------------------------------------------------
+# Double backward: not supported, and said so. The backward operators get an autograd formula
+# that raises, so differentiating a gradient (create_graph=True, then backward through it)
+# fails loudly instead of silently dropping the second-order terms through the fused layer.
+# --------------------------------------------------------------------------------------------
+
+def _register_no_double_backward(backward_op: str, layer: str) -> None:
+    def setup_context(ctx, inputs, output):
+        pass
+
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"fused_rnn: double backward is not supported: a gradient computed through "
+            f"{layer} (the operator fused_rnn::{backward_op}) was differentiated again "
+            f"(create_graph=True, then backward through that gradient). Use nn.{layer} for "
+            f"higher-order gradients.")
+
+    torch.library.register_autograd(f"fused_rnn::{backward_op}", backward,
+                                    setup_context=setup_context)
+
+
+for _op, _layer in [("gru_backward", "GRU"), ("gru_textbook_backward", "GRU"),
+                    ("lstm_backward", "LSTM"), ("lstm_proj_backward", "LSTM"),
+                    ("rnn_backward", "RNN")]:
+    _register_no_double_backward(_op, _layer)
+
+
+# --------------------------------------------------------------------------------------------
 # Functional entry points
 # --------------------------------------------------------------------------------------------
 
