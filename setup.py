@@ -118,6 +118,7 @@ setup(
     cmdclass={"build_ext": BuildWithIsaVariants},
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "numpy"],
-    extras_require={"test": ["pytest"]},
+    # test: pytest, and hypothesis for the property-based conformance tests with nn.*
+    extras_require={"test": ["pytest", "hypothesis"]},
     zip_safe=False,
 )

@@ -28,7 +28,8 @@ fi
 py="$venv/bin/python"
 echo "== installing $torch_req and build/test requirements"
 "$py" -m pip install -q --upgrade pip setuptools wheel
-"$py" -m pip install -q "$torch_req" numpy ninja pybind11 pytest
+# hypothesis: the property-based conformance tests (tests/test_conformance_hypothesis.py)
+"$py" -m pip install -q "$torch_req" numpy ninja pybind11 pytest hypothesis
 echo "== building fused_rnn (torch $("$py" -c 'import torch; print(torch.__version__)'))"
 MAX_JOBS="${MAX_JOBS:-2}" "$py" -m pip install -q --no-build-isolation --no-deps -e .
 "$py" -c 'import fused_rnn; print("fused_rnn built: CPU kernels", fused_rnn.cpu_isa(), "| CUDA kernels", fused_rnn._C.built_with_cuda)'
