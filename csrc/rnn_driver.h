@@ -266,7 +266,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
   Tensor grad_w_ih = input_weight_grad(lay, input, d_gi2d, w_ih);
   Tensor grad_w_hh = weight_grad(d_gh2d, lay.rows(h_prevs));
   Tensor grad_b_ih = d_gi2d.sum(0);
-  Tensor grad_b_hh = d_gh2d.sum(0);
+  // the r and z columns of d_gh are those of d_gi (the step kernels write both): only the
+  // n part of b_hh's gradient needs a reduction of its own
+  Tensor grad_b_hh = at::cat({grad_b_ih.narrow(0, 0, 2 * H), d_gh2d.narrow(1, 2 * H, H).sum(0)});
   Tensor grad_input = input_grad(lay, input, d_gi2d, w_ih, compute_input_grad);
   return {grad_input, dh, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
 }
