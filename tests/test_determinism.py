@@ -1,6 +1,7 @@
 """CPU determinism: forward and backward give bit-identical outputs and gradients on repeated
-runs and whatever the number of threads (1, 2, 4), for every cell, both GEMM back ends and
-float32 / float64. (CUDA: tests/test_cuda_paths.py, on a GPU.)"""
+runs and whatever the number of threads (1, 2, 4), for every cell, both GEMM back ends,
+float32 / float64, and batches of 40 and of 1. (CUDA: tests/test_cuda_paths.py,
+on a GPU.)"""
 import pytest
 import torch
 
@@ -11,10 +12,10 @@ CELLS = [("GRU", {}), ("GRU", {"reset_after": False}), ("LSTM", {}), ("LSTM", {"
 IDS = ["gru", "gru_textbook", "lstm", "lstm_proj", "rnn"]
 
 
-def run(cell, kw, dtype):
+def run(cell, kw, dtype, batch=40):
     torch.manual_seed(0)
     m = getattr(fused_rnn, cell)(24, 48, num_layers=2, bidirectional=True, dtype=dtype, **kw)
-    x = torch.randn(30, 40, 24, dtype=dtype, requires_grad=True)
+    x = torch.randn(30, batch, 24, dtype=dtype, requires_grad=True)
     out, state = m(x)
     h = state[0] if isinstance(state, tuple) else state
     (out.square().sum() + h.sum()).backward()
@@ -28,10 +29,11 @@ def restore_threads():
     torch.set_num_threads(n)
 
 
+@pytest.mark.parametrize("batch", [40, 1])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("backend", ["mkl-packed", "aten"])
 @pytest.mark.parametrize("cell,kw", CELLS, ids=IDS)
-def test_bitwise_identical_across_runs_and_thread_counts(cell, kw, backend, dtype,
+def test_bitwise_identical_across_runs_and_thread_counts(cell, kw, backend, dtype, batch,
                                                          restore_threads):
     if backend == "mkl-packed" and fused_rnn._C.cpu_gemm_backend() != "mkl-packed":
         pytest.skip("torch without MKL")
@@ -41,7 +43,7 @@ def test_bitwise_identical_across_runs_and_thread_counts(cell, kw, backend, dtyp
         results = {}
         for threads in (1, 2, 4, 2):
             torch.set_num_threads(threads)
-            results.setdefault(threads, []).append(run(cell, kw, dtype))
+            results.setdefault(threads, []).append(run(cell, kw, dtype, batch))
     finally:
         fused_rnn._C.set_cpu_gemm_backend(saved)
     first = results[1][0]
