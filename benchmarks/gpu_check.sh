@@ -75,7 +75,7 @@ run_sanitizer() {  # $1: CUDA path, $2: memcheck or racecheck
 run_bench() {
   local s=$(date +%s) grid
   if [ -n "${BENCH_ARGS:-}" ]; then grid="$BENCH_ARGS"
-  elif [ -n "${QUICK:-}" ]; then grid="--quick"; else grid="--full --min-run-time 0.05"; fi
+  elif [ -n "${QUICK:-}" ]; then grid="--quick"; else grid="--full --min-run-time 0.03"; fi
   timeout "${BENCH_TIMEOUT:-300}" "$py" benchmarks/bench.py $grid --device cuda \
     --dtype float32 bfloat16 --cuda-path persistent general \
     --json "$OUT/gpu_benchmark.json" --md "$OUT/gpu_benchmark.md" > "$OUT/benchmark.log" 2>&1
