@@ -147,7 +147,16 @@ class _FusedRNNBase(nn.RNNBase):
         if hx is not None:
             h = hx[0] if isinstance(hx, tuple) else hx
             if isinstance(h, Tensor) and h.dim() == 3:
-                return h.shape[1]
+                batch = h.shape[1]  # must be the packed batch's size (batch_sizes[0])
+                if torch.compiler.is_compiling():
+                    torch._assert_async(packed.batch_sizes[0] == batch,
+                                        "fused_rnn: the initial state's batch size differs "
+                                        "from the PackedSequence's (batch_sizes[0])")
+                elif int(packed.batch_sizes[0]) != batch:
+                    raise RuntimeError(
+                        f"Expected hidden size {(h.shape[0], int(packed.batch_sizes[0]), h.shape[2])}"
+                        f", got {list(h.shape)}")
+                return batch
         if torch.compiler.is_compiling():
             if not torch._dynamo.config.capture_scalar_outputs:
                 raise RuntimeError(

@@ -66,6 +66,18 @@ def test_state_wrong_batch(cell, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cell", CELLS)
+def test_packed_input_state_wrong_batch(cell, device):
+    """enforce_sorted=True: the state's batch must be the packed batch's (batch_sizes[0])."""
+    _, fused = pair(cell, device)
+    packed = nn.utils.rnn.pack_padded_sequence(torch.randn(T, B, I, device=device),
+                                               torch.tensor([T, T - 1, 1]))
+    with pytest.raises(RuntimeError, match=rf"Expected hidden size \({2 * L}, {B}, {H}\), got "
+                                           rf"\[{2 * L}, {B - 1}, {H}\]"):
+        fused(packed, states(cell, device, batch=B - 1))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("cell", CELLS)
 def test_state_wrong_layers_times_directions(cell, device):
     ref, fused = pair(cell, device)
     raises_like_nn(ref, fused, torch.randn(T, B, I, device=device),

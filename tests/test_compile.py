@@ -82,6 +82,16 @@ def test_compile_fullgraph_packed_sequence_sorted_with_state(cell):
     check(PackedClassifier(cell), packed, (h0, torch.randn(1, 3, 8)) if cell == "LSTM" else h0)
 
 
+def test_compile_packed_state_batch_mismatch_raises():
+    """The batch size taken from the state is checked against batch_sizes[0] in the graph."""
+    torch._dynamo.reset()
+    model = PackedClassifier("GRU")
+    packed = nn.utils.rnn.pack_padded_sequence(torch.randn(4, 3, 6), torch.tensor([4, 3, 2]))
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with pytest.raises(RuntimeError, match="initial state's batch size differs"):
+        compiled(packed, torch.randn(1, 2, 8))
+
+
 def test_compile_packed_sorted_without_state_says_what_to_do():
     """enforce_sorted=True and no initial state: the batch size is only a value
     (batch_sizes[0]); without scalar capture the error says which inputs compile."""
