@@ -153,9 +153,8 @@ class _FusedRNNBase(nn.RNNBase):
                                         "fused_rnn: the initial state's batch size differs "
                                         "from the PackedSequence's (batch_sizes[0])")
                 elif int(packed.batch_sizes[0]) != batch:
-                    raise RuntimeError(
-                        f"Expected hidden size {(h.shape[0], int(packed.batch_sizes[0]), h.shape[2])}"
-                        f", got {list(h.shape)}")
+                    want = (h.shape[0], int(packed.batch_sizes[0]), h.shape[2])
+                    raise RuntimeError(f"Expected hidden size {want}, got {list(h.shape)}")
                 return batch
         if torch.compiler.is_compiling():
             if not torch._dynamo.config.capture_scalar_outputs:
