@@ -1,6 +1,10 @@
 """Shared test helpers: dtype-keyed tolerances and comparisons of outputs and gradients."""
 import pytest
 import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+import fused_rnn
 
 # Every parity test runs on each device; CUDA cases are skipped where there is no GPU.
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
@@ -31,12 +35,13 @@ def assert_close(actual, expected, dtype, what=""):
                                msg=lambda m: f"{what}: {m}")
 
 
-def assert_grads_close(actual, expected, dtype, names):
+def assert_grads_close(actual, expected, dtype, names, tol=None):
+    """tol: dict(atol=, rtol=) instead of GRAD_TOL[dtype]."""
     assert len(actual) == len(expected) == len(names)
     for a, e, n in zip(actual, expected, names):
         assert (a is None) == (e is None), f"gradient of {n}: one side is None"
         if a is not None:
-            torch.testing.assert_close(a, e.to(a.dtype), **GRAD_TOL[dtype],
+            torch.testing.assert_close(a, e.to(a.dtype), **(tol or GRAD_TOL[dtype]),
                                        msg=lambda m: f"grad of {n}: {m}")
 
 
@@ -46,3 +51,41 @@ def grads(outputs, inputs, grad_outputs):
     got = torch.autograd.grad(outputs, present, grad_outputs, allow_unused=False, retain_graph=True)
     it = iter(got)
     return [None if t is None else next(it) for t in inputs]
+
+
+def flat(out, state):
+    """[output (its data for a PackedSequence), h_n(, c_n)] of an RNN module's result."""
+    out = out.data if isinstance(out, PackedSequence) else out
+    return [out, *(state if isinstance(state, tuple) else (state,))]
+
+
+def nn_and_fused(cell, I, H, dtype, device="cpu", **kw):
+    """An nn.* module and the fused one with its weights; cell "RNN_RELU" is nn.RNN with
+    nonlinearity="relu"."""
+    if cell == "RNN_RELU":
+        cell, kw = "RNN", dict(kw, nonlinearity="relu")
+    ref = getattr(nn, cell)(I, H, dtype=dtype, device=device, **kw)
+    fused = getattr(fused_rnn, cell)(I, H, dtype=dtype, device=device, **kw)
+    fused.load_state_dict(ref.state_dict())
+    return ref, fused
+
+
+def compare_with_nn(ref, fused, x, hx, dtype, grad_tol=None):
+    """fused(x, hx) against ref(x, hx): outputs and final states (shapes, TOL[dtype]), then the
+    gradients of x and of the states that require grad and of every parameter (GRAD_TOL[dtype],
+    or grad_tol)."""
+    got, want = flat(*fused(x, hx)), flat(*ref(x, hx))
+    for g, w, n in zip(got, want, ["output", "h_n", "c_n"]):
+        assert g.shape == w.shape, n
+        assert_close(g, w, dtype, n)
+    states = [] if hx is None else list(hx) if isinstance(hx, tuple) else [hx]
+    leaves = [(n, t) for n, t in [("input", x)] + [(f"state{i}", s) for i, s in enumerate(states)]
+              if t.requires_grad]
+    if not leaves and not any(p.requires_grad for p in ref.parameters()):
+        return
+    seeds = [torch.randn_like(w) for w in want]
+    names = [n for n, _ in leaves] + [n for n, _ in ref.named_parameters()]
+    tensors = [t for _, t in leaves]
+    assert_grads_close(grads(got, tensors + list(fused.parameters()), seeds),
+                       grads(want, tensors + list(ref.parameters()), seeds), dtype, names,
+                       grad_tol)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import fused_rnn
-from helpers import DEVICES, GRAD_TOL, TOL, grads
+from helpers import DEVICES, TOL, compare_with_nn, flat, nn_and_fused
 
 CELLS = ["GRU", "LSTM", "RNN"]
 T, B, I, H, L = 4, 3, 5, 6, 2  # two layers, both directions: states [L*2, B, H]
@@ -16,11 +16,8 @@ T, B, I, H, L = 4, 3, 5, 6, 2  # two layers, both directions: states [L*2, B, H]
 
 def pair(cell, device, **kw):
     torch.manual_seed(0)
-    kw = dict(num_layers=L, bidirectional=True, **kw)
-    ref = getattr(nn, cell)(I, H, device=device, **kw)
-    fused = getattr(fused_rnn, cell)(I, H, device=device, **kw)
-    fused.load_state_dict(ref.state_dict())
-    return ref, fused
+    return nn_and_fused(cell, I, H, torch.float32, device, num_layers=L, bidirectional=True,
+                        **kw)
 
 
 def states(cell, device, batch=B, dtype=torch.float32, layers=2 * L, hidden=H):
@@ -55,13 +52,21 @@ def test_input_feature_size(cell, device):
                    match=f"input.size\\(-1\\) must be equal to input_size. Expected {I}, got {I + 2}")
 
 
+# wrong state shapes: (layers * directions, batch, hidden) each off by one in turn
+STATE_SHAPES = {"batch": (2 * L, B + 1, H), "layers_times_directions": (L, B, H),
+                "hidden_size": (2 * L, B, H + 1)}
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cell", CELLS)
-def test_state_wrong_batch(cell, device):
+@pytest.mark.parametrize("wrong", list(STATE_SHAPES))
+def test_state_wrong_shape(cell, device, wrong):
+    layers, batch, hidden = STATE_SHAPES[wrong]
     ref, fused = pair(cell, device)
     raises_like_nn(ref, fused, torch.randn(T, B, I, device=device),
-                   states(cell, device, batch=B + 1),
-                   match=rf"Expected hidden(\[0\])? size \({2 * L}, {B}, {H}\), got \[{2 * L}, {B + 1}, {H}\]")
+                   states(cell, device, batch=batch, layers=layers, hidden=hidden),
+                   match=rf"Expected hidden(\[0\])? size \({2 * L}, {B}, {H}\), got "
+                         rf"\[{layers}, {batch}, {hidden}\]")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -74,24 +79,6 @@ def test_packed_input_state_wrong_batch(cell, device):
     with pytest.raises(RuntimeError, match=rf"Expected hidden size \({2 * L}, {B}, {H}\), got "
                                            rf"\[{2 * L}, {B - 1}, {H}\]"):
         fused(packed, states(cell, device, batch=B - 1))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("cell", CELLS)
-def test_state_wrong_layers_times_directions(cell, device):
-    ref, fused = pair(cell, device)
-    raises_like_nn(ref, fused, torch.randn(T, B, I, device=device),
-                   states(cell, device, layers=L),
-                   match=rf"Expected hidden(\[0\])? size \({2 * L}, {B}, {H}\), got \[{L}, {B}, {H}\]")
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("cell", CELLS)
-def test_state_wrong_hidden_size(cell, device):
-    ref, fused = pair(cell, device)
-    raises_like_nn(ref, fused, torch.randn(T, B, I, device=device),
-                   states(cell, device, hidden=H + 1),
-                   match=rf"Expected hidden(\[0\])? size \({2 * L}, {B}, {H}\), got \[{2 * L}, {B}, {H + 1}\]")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -181,23 +168,6 @@ def test_empty_sequence_refused_as_nn_does(cell, device):
 
 
 # ------------------------------------------------------------------ must work, and match nn.*
-def check_matches_nn(ref, fused, x, hx, dtype=torch.float32):
-    got, want = fused(x, hx), ref(x, hx)
-    flat = lambda o: [o[0], *(o[1] if isinstance(o[1], tuple) else (o[1],))]  # noqa: E731
-    got, want = flat(got), flat(want)
-    for g, w in zip(got, want):
-        assert g.shape == w.shape
-        torch.testing.assert_close(g, w, **TOL[dtype])
-    if not any(t.requires_grad for t in want):
-        return
-    seeds = [torch.randn_like(w) for w in want]
-    leaves = [t for t in [x, *(hx if isinstance(hx, tuple) else (hx,))]
-              if t is not None and t.requires_grad]
-    for a, b in zip(grads(got, leaves + list(fused.parameters()), seeds),
-                    grads(want, leaves + list(ref.parameters()), seeds)):
-        torch.testing.assert_close(a, b, **GRAD_TOL[dtype])
-
-
 def leaf(t):
     """t as a leaf that requires grad, keeping its (unusual) strides."""
     return t.detach().requires_grad_(True)
@@ -220,7 +190,7 @@ def test_unusual_input_layouts_work_and_match(cell, device, layout):
     x = LAYOUTS[layout](device)
     if layout != "batch_expanded":
         x = leaf(x)
-    check_matches_nn(ref, fused, x, None)
+    compare_with_nn(ref, fused, x, None, torch.float32)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -230,7 +200,7 @@ def test_unusual_state_layouts_work_and_match(cell, device):
     h = leaf(torch.randn(B, 2 * L, H, device=device).transpose(0, 1))  # batch-major storage
     c = leaf(torch.randn(2 * L, B, 2 * H, device=device)[..., ::2])     # strided features
     x = leaf(torch.randn(T, B, I, device=device))
-    check_matches_nn(ref, fused, x, (h, c) if cell == "LSTM" else h)
+    compare_with_nn(ref, fused, x, (h, c) if cell == "LSTM" else h, torch.float32)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -238,7 +208,7 @@ def test_unusual_state_layouts_work_and_match(cell, device):
 def test_batch_first_transposed_input_works_and_matches(cell, device):
     ref, fused = pair(cell, device, batch_first=True)
     x = leaf(torch.randn(T, B, I, device=device).transpose(0, 1))  # [B, T, I] of seq-major storage
-    check_matches_nn(ref, fused, x, None)
+    compare_with_nn(ref, fused, x, None, torch.float32)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -246,7 +216,7 @@ def test_batch_first_transposed_input_works_and_matches(cell, device):
 def test_empty_batch_behaves_as_nn(cell, device):
     ref, fused = pair(cell, device)
     x = leaf(torch.randn(T, 0, I, device=device))
-    check_matches_nn(ref, fused, x, None)
+    compare_with_nn(ref, fused, x, None, torch.float32)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -257,9 +227,7 @@ def test_nan_and_inf_propagate_as_nn(cell, device, value):
     ref, fused = pair(cell, device)
     x = torch.randn(T, B, I, device=device)
     x[1, 2, 3] = value  # one bad element in one sequence at one step
-    got, want = fused(x), ref(x)
-    outs = lambda o: [o[0], *(o[1] if isinstance(o[1], tuple) else (o[1],))]  # noqa: E731
-    for g, w in zip(outs(got), outs(want)):
+    for g, w in zip(flat(*fused(x)), flat(*ref(x))):
         assert torch.equal(torch.isnan(g), torch.isnan(w)), "NaN positions differ from nn.*"
         assert torch.equal(torch.isinf(g), torch.isinf(w)), "Inf positions differ from nn.*"
         finite = torch.isfinite(w)

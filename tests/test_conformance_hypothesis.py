@@ -11,8 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-import fused_rnn
-from helpers import DEVICES, GRAD_TOL, TOL, grads
+from helpers import DEVICES, GRAD_TOL, TOL, flat, grads, nn_and_fused
 
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis is a test extra")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -45,17 +44,11 @@ def configs(draw):
 
 def build(c, device):
     kw = dict(num_layers=c["num_layers"], bidirectional=c["bidirectional"],
-              batch_first=c["batch_first"], bias=c["bias"], dtype=c["dtype"], device=device)
-    cell = c["cell"]
-    if cell.startswith("RNN"):
-        kw["nonlinearity"] = "relu" if cell == "RNN_RELU" else "tanh"
-        cell = "RNN"
+              batch_first=c["batch_first"], bias=c["bias"])
     if c["proj_size"]:
         kw["proj_size"] = c["proj_size"]
-    ref = getattr(nn, cell)(c["I"], c["H"], **kw)
-    fused = getattr(fused_rnn, cell)(c["I"], c["H"], **kw)
-    fused.load_state_dict(ref.state_dict())
-    return ref, fused
+    cell = "RNN" if c["cell"] == "RNN_TANH" else c["cell"]  # RNN_RELU: nn_and_fused's name
+    return nn_and_fused(cell, c["I"], c["H"], c["dtype"], device, **kw)
 
 
 def check(c, device):
@@ -82,10 +75,6 @@ def check(c, device):
         inp = nn.utils.rnn.pack_padded_sequence(x, torch.tensor(c["lengths"]),
                                                 batch_first=c["batch_first"],
                                                 enforce_sorted=c["enforce_sorted"])
-
-    def flat(out, state):
-        data = out.data if c["lengths"] is not None else out
-        return [data, *(state if isinstance(state, tuple) else (state,))]
 
     got, want = flat(*fused(inp, hx)), flat(*ref(inp, hx))
     for g, w, n in zip(got, want, ["output", "h_n", "c_n"]):

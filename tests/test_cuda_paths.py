@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 import fused_rnn
-from helpers import GRAD_TOL, TOL, assert_close, assert_grads_close, grads
+from helpers import (GRAD_TOL, TOL, assert_close, assert_grads_close, compare_with_nn, flat, grads,
+                     nn_and_fused)
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 PATHS = ["persistent", "general"]
@@ -25,19 +26,6 @@ def cuda_path(name):
         yield
     finally:
         fused_rnn.set_cuda_path(saved)
-
-
-def make(cell, I, H, dtype, device, **kw):
-    if cell == "RNN_RELU":
-        cell, kw = "RNN", dict(kw, nonlinearity="relu")
-    ref = getattr(nn, cell)(I, H, dtype=dtype, device=device, **kw)
-    fused = getattr(fused_rnn, cell)(I, H, dtype=dtype, device=device, **kw)
-    fused.load_state_dict(ref.state_dict())
-    return ref, fused
-
-
-def flat(out, state):
-    return [out, *(state if isinstance(state, tuple) else (state,))]
 
 
 def test_path_setting_round_trips_and_rejects_unknown_names():
@@ -55,7 +43,7 @@ def test_path_setting_round_trips_and_rejects_unknown_names():
 
 def test_path_setting_leaves_cpu_results_alone():
     torch.manual_seed(0)
-    ref, fused = make("GRU", 4, 6, torch.float32, "cpu")
+    ref, fused = nn_and_fused("GRU", 4, 6, torch.float32, "cpu")
     x = torch.randn(3, 2, 4)
     outs = []
     for name in ("persistent", "general"):
@@ -78,30 +66,20 @@ SIZES = [(6, 1, 5, 13), (4, 5, 7, 150), (3, 37, 9, 300), (1, 3, 4, 8)]
 @pytest.mark.parametrize("bidirectional,batch_first", [(False, False), (True, True)])
 def test_path_matches_nn(path, cell, T, B, I, H, bidirectional, batch_first):
     torch.manual_seed(T + B + H)
-    ref, fused = make(cell, I, H, torch.float32, "cuda", num_layers=2,
-                      bidirectional=bidirectional, batch_first=batch_first)
+    ref, fused = nn_and_fused(cell, I, H, torch.float32, "cuda", num_layers=2,
+                              bidirectional=bidirectional, batch_first=batch_first)
     x = torch.randn(*((B, T, I) if batch_first else (T, B, I)), device="cuda",
                     requires_grad=True)
     D = 2 if bidirectional else 1
     h0 = torch.randn(2 * D, B, H, device="cuda", requires_grad=True)
     hx = (h0, torch.randn_like(h0, requires_grad=True)) if cell == "LSTM" else h0
+    # The gradients sum T*B*H products: float32 rounding grows with H (seen: the Elman RNN at
+    # H=300 differs from cuDNN by 1.4e-4 on both paths alike).
+    scale = max(1.0, H / 64)
+    tol = dict(atol=GRAD_TOL[torch.float32]["atol"] * scale,
+               rtol=GRAD_TOL[torch.float32]["rtol"] * scale)
     with cuda_path(path):
-        got = flat(*fused(x, hx))
-        want = flat(*ref(x, hx))
-        for g, w, n in zip(got, want, ["output", "h_n", "c_n"]):
-            assert_close(g, w, torch.float32, n)
-        seeds = [torch.randn_like(w) for w in want]
-        states = list(hx) if isinstance(hx, tuple) else [hx]
-        names = ["input"] + [f"state{i}" for i in range(len(states))] + [
-            n for n, _ in ref.named_parameters()]
-        # The gradients sum T*B*H products: float32 rounding grows with H (seen: the Elman RNN
-        # at H=300 differs from cuDNN by 1.4e-4 on both paths alike).
-        scale = max(1.0, H / 64)
-        tol = dict(atol=GRAD_TOL[torch.float32]["atol"] * scale,
-                   rtol=GRAD_TOL[torch.float32]["rtol"] * scale)
-        for a, e, n in zip(grads(got, [x, *states, *fused.parameters()], seeds),
-                           grads(want, [x, *states, *ref.parameters()], seeds), names):
-            torch.testing.assert_close(a, e, **tol, msg=lambda m: f"grad of {n}: {m}")
+        compare_with_nn(ref, fused, x, hx, torch.float32, grad_tol=tol)
 
 
 @needs_cuda
@@ -111,8 +89,8 @@ def test_path_matches_nn(path, cell, T, B, I, H, bidirectional, batch_first):
 def test_path_packed_sequences_match_nn(path, cell, enforce_sorted):
     torch.manual_seed(3)
     T, B, I, H = 7, 6, 5, 11
-    ref, fused = make(cell, I, H, torch.float32, "cuda", bidirectional=True)
-    lengths = torch.tensor([7, 5, 4, 4, 2, 1]) if enforce_sorted else torch.tensor([2, 7, 1, 4, 5, 3])
+    ref, fused = nn_and_fused(cell, I, H, torch.float32, "cuda", bidirectional=True)
+    lengths = torch.tensor([7, 5, 4, 4, 2, 1] if enforce_sorted else [2, 7, 1, 4, 5, 3])
     x = torch.randn(T, B, I, device="cuda", requires_grad=True)
     packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
     with cuda_path(path):
@@ -134,19 +112,20 @@ def test_path_packed_sequences_match_nn(path, cell, enforce_sorted):
 def test_half_types_match_float64_oracle_on_both_paths(dtype, cell):
     torch.manual_seed(5)
     T, B, I, H = 6, 9, 8, 40
-    oracle, _ = make(cell, I, H, torch.float64, "cuda")
+    oracle, _ = nn_and_fused(cell, I, H, torch.float64, "cuda")
     x64 = torch.randn(T, B, I, device="cuda", dtype=torch.float64)
     want = flat(*oracle(x64))
     seeds = [torch.randn_like(w) for w in want]
     want_g = grads(want, [*oracle.parameters()], seeds)
     results = {}
     for path in PATHS:
-        _, fused = make(cell, I, H, dtype, "cuda")
+        _, fused = nn_and_fused(cell, I, H, dtype, "cuda")
         fused.load_state_dict({k: v.to(dtype) for k, v in oracle.state_dict().items()})
         with cuda_path(path):
             got = flat(*fused(x64.to(dtype)))
             for g, w, n in zip(got, want, ["output", "h_n", "c_n"]):
-                torch.testing.assert_close(g.double(), w, **TOL[dtype], msg=lambda m: f"{path} {n}: {m}")
+                torch.testing.assert_close(g.double(), w, **TOL[dtype],
+                                           msg=lambda m: f"{path} {n}: {m}")
             got_g = grads(got, [*fused.parameters()], [s.to(dtype) for s in seeds])
         for g, w in zip(got_g, want_g):
             torch.testing.assert_close(g.double(), w, **GRAD_TOL[dtype])
@@ -193,7 +172,7 @@ def test_persistent_gradcheck_float64(cell, reverse):
 def test_runs_are_bitwise_deterministic(path, cell):
     """Same inputs, same outputs and gradients, bit for bit (no atomics in any reduction)."""
     torch.manual_seed(11)
-    _, fused = make(cell, 16, 64, torch.float32, "cuda", num_layers=2)
+    _, fused = nn_and_fused(cell, 16, 64, torch.float32, "cuda", num_layers=2)
     x = torch.randn(20, 8, 16, device="cuda", requires_grad=True)
     runs = []
     with cuda_path(path):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import fused_rnn
-from helpers import grads
+from helpers import flat, grads
 
 T, B, I, H = 100_000, 2, 4, 8
 CELLS = ["GRU", "LSTM", "RNN"]
@@ -60,7 +60,6 @@ def test_long_sequence_equals_chunked_run(cell):
         o, st = m(piece, st)
         chunks.append(o)
     out_c = torch.cat(chunks)
-    flat = lambda o, s: [o, *(s if isinstance(s, tuple) else (s,))]  # noqa: E731
     got, want = flat(out, state), flat(out_c, st)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)

@@ -4,10 +4,9 @@ import itertools
 
 import pytest
 import torch
-from torch import nn
 
 import fused_rnn
-from helpers import DEVICES, assert_close, assert_grads_close, grads
+from helpers import DEVICES, compare_with_nn, flat, nn_and_fused
 
 CONFIGS = [  # num_layers, bidirectional, batch_first, bias
     c for c in itertools.product([1, 2], [False, True], [False, True], [True, False])
@@ -18,33 +17,6 @@ CONFIGS = [  # num_layers, bidirectional, batch_first, bias
 CELLS = ["GRU", "LSTM", "RNN", "RNN_RELU"]
 
 
-def pair(cell, I, H, dtype, device="cpu", **kw):
-    if cell == "RNN_RELU":
-        cell, kw = "RNN", dict(kw, nonlinearity="relu")
-    ref = getattr(nn, cell)(I, H, dtype=dtype, device=device, **kw)
-    fused = getattr(fused_rnn, cell)(I, H, dtype=dtype, device=device, **kw)
-    fused.load_state_dict(ref.state_dict())
-    return ref, fused
-
-
-def flat(out, state):
-    return [out, *(state if isinstance(state, tuple) else (state,))]
-
-
-def compare(ref, fused, x, hx, dtype):
-    got = flat(*fused(x, hx))
-    want = flat(*ref(x, hx))
-    for g, w, n in zip(got, want, ["output", "h_n", "c_n"]):
-        assert g.shape == w.shape, n
-        assert_close(g, w, dtype, n)
-    seeds = [torch.randn_like(w) for w in want]
-    states = [] if hx is None else list(hx) if isinstance(hx, tuple) else [hx]
-    names = [n for n, _ in ref.named_parameters()]
-    assert_grads_close(grads(got, [x, *states, *fused.parameters()], seeds),
-                       grads(want, [x, *states, *ref.parameters()], seeds), dtype,
-                       ["input"] + [f"state{i}" for i in range(len(states))] + names)
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("num_layers,bidirectional,batch_first,bias", CONFIGS)
@@ -52,8 +24,8 @@ def compare(ref, fused, x, hx, dtype):
 def test_module_matches_nn(device, cell, num_layers, bidirectional, batch_first, bias, with_h0):
     torch.manual_seed(num_layers + 2 * bidirectional + 4 * batch_first + 8 * bias)
     T, B, I, H = 5, 3, 6, 9
-    ref, fused = pair(cell, I, H, torch.float32, device, num_layers=num_layers, bias=bias,
-                      bidirectional=bidirectional, batch_first=batch_first)
+    ref, fused = nn_and_fused(cell, I, H, torch.float32, device, num_layers=num_layers, bias=bias,
+                              bidirectional=bidirectional, batch_first=batch_first)
     x = torch.randn(*((B, T, I) if batch_first else (T, B, I)), device=device, requires_grad=True)
     hx = None
     if with_h0:
@@ -61,7 +33,7 @@ def test_module_matches_nn(device, cell, num_layers, bidirectional, batch_first,
         hx = torch.randn(shape, device=device, requires_grad=True)
         if cell == "LSTM":
             hx = (hx, torch.randn(shape, device=device, requires_grad=True))
-    compare(ref, fused, x, hx, torch.float32)
+    compare_with_nn(ref, fused, x, hx, torch.float32)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -69,8 +41,8 @@ def test_module_matches_nn(device, cell, num_layers, bidirectional, batch_first,
 @pytest.mark.parametrize("T,B,I,H", [(1, 1, 1, 1), (1, 4, 3, 5), (8, 1, 20, 8), (3, 2, 300, 17)])
 def test_module_matches_nn_sizes_float64(device, cell, T, B, I, H):
     torch.manual_seed(0)
-    ref, fused = pair(cell, I, H, torch.float64, device)
-    compare(ref, fused, torch.randn(T, B, I, dtype=torch.float64, device=device,
+    ref, fused = nn_and_fused(cell, I, H, torch.float64, device)
+    compare_with_nn(ref, fused, torch.randn(T, B, I, dtype=torch.float64, device=device,
                                     requires_grad=True), None, torch.float64)
 
 
@@ -78,16 +50,16 @@ def test_module_matches_nn_sizes_float64(device, cell, T, B, I, H):
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_unbatched_input_matches_nn(cell, batch_first):
     torch.manual_seed(0)
-    ref, fused = pair(cell, 4, 6, torch.float32, num_layers=2, batch_first=batch_first)
+    ref, fused = nn_and_fused(cell, 4, 6, torch.float32, num_layers=2, batch_first=batch_first)
     x = torch.randn(5, 4, requires_grad=True)
     h = torch.randn(2, 6, requires_grad=True)
     hx = (h, torch.randn(2, 6, requires_grad=True)) if cell == "LSTM" else h
-    compare(ref, fused, x, hx, torch.float32)
+    compare_with_nn(ref, fused, x, hx, torch.float32)
 
 
 @pytest.mark.parametrize("cell", ["GRU", "LSTM"])
 def test_batch_first_output_is_contiguous(cell):
-    _, fused = pair(cell, 4, 6, torch.float32, batch_first=True, bidirectional=True)
+    _, fused = nn_and_fused(cell, 4, 6, torch.float32, batch_first=True, bidirectional=True)
     out, _ = fused(torch.randn(3, 5, 4))
     assert out.shape == (3, 5, 12) and out.is_contiguous()
 
@@ -95,16 +67,16 @@ def test_batch_first_output_is_contiguous(cell):
 @pytest.mark.parametrize("cell", CELLS)
 def test_dropout_between_layers_matches_nn_in_eval(cell):
     torch.manual_seed(0)
-    ref, fused = pair(cell, 4, 6, torch.float32, num_layers=3, dropout=0.5)
+    ref, fused = nn_and_fused(cell, 4, 6, torch.float32, num_layers=3, dropout=0.5)
     ref.eval(), fused.eval()
-    compare(ref, fused, torch.randn(5, 2, 4, requires_grad=True), None, torch.float32)
+    compare_with_nn(ref, fused, torch.randn(5, 2, 4, requires_grad=True), None, torch.float32)
 
 
 @pytest.mark.parametrize("cell", ["GRU", "LSTM"])
 def test_dropout_between_layers_active_in_training(cell):
     """Training mode drops between layers (like nn.*), never on the last layer's output."""
     torch.manual_seed(0)
-    _, fused = pair(cell, 4, 6, torch.float32, num_layers=2, dropout=0.9)
+    _, fused = nn_and_fused(cell, 4, 6, torch.float32, num_layers=2, dropout=0.9)
     x = torch.randn(5, 2, 4)
     fused.eval()
     out_eval, _ = fused(x)
@@ -128,14 +100,15 @@ def test_dropout_between_layers_active_in_training(cell):
 def test_saturated_gates_match_nn(cell):
     """Inputs far outside the activations' linear range (|pre-activation| in the thousands)."""
     torch.manual_seed(0)
-    ref, fused = pair(cell, 4, 19, torch.float32)
-    compare(ref, fused, (torch.randn(5, 3, 4) * 3000).requires_grad_(True), None, torch.float32)
+    ref, fused = nn_and_fused(cell, 4, 19, torch.float32)
+    x = (torch.randn(5, 3, 4) * 3000).requires_grad_(True)
+    compare_with_nn(ref, fused, x, None, torch.float32)
 
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_nan_and_inf_propagate_like_nn(cell):
     torch.manual_seed(0)
-    ref, fused = pair(cell, 4, 19, torch.float32)
+    ref, fused = nn_and_fused(cell, 4, 19, torch.float32)
     x = torch.randn(5, 3, 4)
     x[1, 0, 2] = float("nan")
     x[2, 2, 1] = float("inf")
@@ -154,8 +127,8 @@ def test_lstm_proj_size_matches_nn(device, num_layers, bidirectional, batch_firs
     """LSTM with proj_size: h = (o * tanh(c)) W_hr^T, h0 of size proj_size, c0 of hidden_size."""
     torch.manual_seed(0)
     T, B, I, H, P = 5, 3, 6, 9, 4
-    ref, fused = pair("LSTM", I, H, torch.float64, device, num_layers=num_layers, bias=bias,
-                      bidirectional=bidirectional, batch_first=batch_first, proj_size=P)
+    ref, fused = nn_and_fused("LSTM", I, H, torch.float64, device, num_layers=num_layers, bias=bias,
+                              bidirectional=bidirectional, batch_first=batch_first, proj_size=P)
     x = torch.randn(*((B, T, I) if batch_first else (T, B, I)), dtype=torch.float64,
                     device=device, requires_grad=True)
     hx = None
@@ -163,4 +136,4 @@ def test_lstm_proj_size_matches_nn(device, num_layers, bidirectional, batch_firs
         L = num_layers * (2 if bidirectional else 1)
         hx = (torch.randn(L, B, P, dtype=torch.float64, device=device, requires_grad=True),
               torch.randn(L, B, H, dtype=torch.float64, device=device, requires_grad=True))
-    compare(ref, fused, x, hx, torch.float64)
+    compare_with_nn(ref, fused, x, hx, torch.float64)

@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence
 
 import fused_rnn
-from helpers import DEVICES, assert_close, assert_grads_close, grads
+from helpers import DEVICES, assert_close, assert_grads_close, flat, grads
 
 CELLS = ["GRU", "LSTM", "RNN"]
 
@@ -17,10 +17,6 @@ def pair(cell, device, **kw):
     fused = getattr(fused_rnn, cell)(5, 7, device=device, dtype=torch.float64, **kw)
     fused.load_state_dict(ref.state_dict())
     return ref, fused
-
-
-def flat(out, state):
-    return [out.data, *(state if isinstance(state, tuple) else (state,))]
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -7,15 +7,10 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fused_rnn
-from helpers import DEVICES, assert_close, assert_grads_close
+from helpers import DEVICES, assert_close, assert_grads_close, flat
 
 V = 11  # vocabulary size
 ops = torch.ops.fused_rnn
-
-
-def flat(out, state):
-    out = out.data if hasattr(out, "batch_sizes") else out
-    return [out, *(state if isinstance(state, tuple) else (state,))]
 
 
 def compare_tokens_with_one_hot(m, ids, one_hot, dtype):
