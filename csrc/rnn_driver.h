@@ -199,7 +199,6 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(
   const Tensor gi = input_projection(lay, input, w_ih);      // gi: [T, B, 3H]
   Tensor output = lay.empty(T, B, H, opts);                  // output: [T, B, H]
   Tensor saved = at::empty({save ? T : 0, B, 4 * H}, opts);  // saved: [T, B, 4H]
-  Tensor gh = at::empty({B, 3 * H}, opts);                   // gh: [B, 3H]
   const StepRows<S> gi_s(gi), out_s(output);
   const Tensor w = k.recurrence_forward ? w_hh.contiguous() : w_hh;  // w: [3H, H]
   const bool whole = k.recurrence_forward &&
@@ -207,6 +206,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(
                             gi_s.base, gi_s.step_stride, gi_s.row, opt_ptr<S>(b_ih),
                             opt_ptr<S>(b_hh), ptr<S>(hx), nullptr, out_s.base, out_s.step_stride,
                             out_s.row, save ? ptr<S>(saved) : nullptr, nullptr, false});
+  Tensor gh = at::empty({whole ? 0 : B, 3 * H}, opts);  // gh: [B, 3H] (step loop only)
   // gh = h_prev W_hh^T
   const auto hidden = whole ? nullptr : make_gemm(w_hh, /*transpose_w=*/true, B);
   for (int64_t s = 0; s < (whole ? 0 : T); ++s) {

@@ -457,30 +457,30 @@ void launch_for_cell(Cell cell, const Params& p, const Plan& plan, const DeviceL
   }
 }
 
+// The whole recurrence on the persistent kernel when the path setting and the shapes allow it;
+// false: the caller runs the general path.
+template <typename S, typename Params, template <Cell, int, typename> class Pick>
+bool run_recurrence(const Params& p, bool backward) {
+  if (cuda_path() == CudaPath::kGeneral || p.steps == 0 || p.batch == 0) return false;
+  const DeviceLimits d = device_limits();
+  const int G = gates_of(p.cell);
+  Plan plan;
+  const bool fits = make_plan(G, p.batch, p.hidden, sizeof(acc_t<S>), backward, d, plan);
+  if (!want_persistent(G, p.batch, p.hidden, fits, backward)) return false;
+  launch_for_cell<S, Params, Pick>(p.cell, p, plan, d);
+  return true;
+}
+
 }  // namespace
 
 template <typename S>
 bool recurrence_forward(const RecurrenceForward<S>& p) {
-  if (cuda_path() == CudaPath::kGeneral || p.steps == 0 || p.batch == 0) return false;
-  const DeviceLimits d = device_limits();
-  Plan plan;
-  const bool fits = make_plan(gates_of(p.cell), p.batch, p.hidden, sizeof(acc_t<S>), false, d,
-                              plan);
-  if (!want_persistent(gates_of(p.cell), p.batch, p.hidden, fits, false)) return false;
-  launch_for_cell<S, RecurrenceForward<S>, ForwardKernel>(p.cell, p, plan, d);
-  return true;
+  return run_recurrence<S, RecurrenceForward<S>, ForwardKernel>(p, /*backward=*/false);
 }
 
 template <typename S>
 bool recurrence_backward(const RecurrenceBackward<S>& p) {
-  if (cuda_path() == CudaPath::kGeneral || p.steps == 0 || p.batch == 0) return false;
-  const DeviceLimits d = device_limits();
-  Plan plan;
-  const bool fits = make_plan(gates_of(p.cell), p.batch, p.hidden, sizeof(acc_t<S>), true, d,
-                              plan);
-  if (!want_persistent(gates_of(p.cell), p.batch, p.hidden, fits, true)) return false;
-  launch_for_cell<S, RecurrenceBackward<S>, BackwardKernel>(p.cell, p, plan, d);
-  return true;
+  return run_recurrence<S, RecurrenceBackward<S>, BackwardKernel>(p, /*backward=*/true);
 }
 
 #define FUSED_RNN_INSTANTIATE(S)                                          \
