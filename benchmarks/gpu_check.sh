@@ -7,17 +7,20 @@
 #      shapes; tests/test_cuda_paths.py forces each path in turn) and FUSED_RNN_CUDA_PATH=general
 #   3. compute-sanitizer memcheck + racecheck on a small forward+backward of every kernel, with
 #      the persistent kernels forced, and memcheck on the general path
-#   4. the GPU benchmark (benchmarks/bench.py --device cuda, fp32 and bf16): nn.* on cuDNN
+#   4. the persistent kernels' tuning sweep (benchmarks/persistent_sweep.py: barrier and units
+#      per block variants against nn.* in one interleaved run)
+#   5. the GPU benchmark (benchmarks/bench.py --device cuda, fp32 and bf16): nn.* on cuDNN
 #      against the fused layer on the persistent and on the general path, TF32 as PyTorch's
 #      defaults (stated in the report)
-# Writes report.md, the logs and gpu_benchmark.json into $OUT (default
-# benchmarks/results/gpu_check_out): 7 files, within the device tool's 8.
+# Writes report.md, the logs, gpu_benchmark.json and sweep.json into $OUT (default
+# benchmarks/results/gpu_check_out): 8 files, the device tool's limit.
 #   QUICK=1 bash benchmarks/gpu_check.sh   # small benchmark grid
 #   BENCH_ARGS="--full --cells GRU --T 512 --B 16 64" bash benchmarks/gpu_check.sh
 # Every step has a time limit (TEST_TIMEOUT, SANITIZER_TIMEOUT, BENCH_TIMEOUT seconds), so the
 # whole check fits one call of the device tool (about 7 minutes). STEPS chooses and orders the
 # steps after the build (default: tests:auto sanitizer:persistent:memcheck
-# sanitizer:persistent:racecheck bench tests:general sanitizer:general:memcheck).
+# sanitizer:persistent:racecheck sanitizer:persistent:memcheck:counter sweep bench tests:general
+# sanitizer:general:memcheck; a sanitizer step's 4th field is FUSED_RNN_PERSISTENT_BARRIER).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results/gpu_check_out}"
@@ -59,14 +62,15 @@ run_tests() {  # $1: CUDA path
   fi
 }
 
-run_sanitizer() {  # $1: CUDA path, $2: memcheck or racecheck
-  local s=$(date +%s)
+run_sanitizer() {  # $1: CUDA path, $2: memcheck or racecheck, $3: barrier (default grid)
+  local s=$(date +%s) barrier="${3:-grid}"
   if [ -x "$sanitizer" ]; then
-    echo "=== path $1, $2" >> "$OUT/sanitizer.log"
-    FUSED_RNN_CUDA_PATH=$1 timeout "${SANITIZER_TIMEOUT:-120}" "$sanitizer" --tool "$2" \
+    echo "=== path $1, $2, barrier $barrier" >> "$OUT/sanitizer.log"
+    FUSED_RNN_CUDA_PATH=$1 FUSED_RNN_PERSISTENT_BARRIER=$barrier \
+      timeout "${SANITIZER_TIMEOUT:-120}" "$sanitizer" --tool "$2" \
       --error-exitcode 9 "$py" benchmarks/gpu_sanitize_case.py >> "$OUT/sanitizer.log" 2>&1
     local rc=$?
-    status "compute-sanitizer $2, path $1" "rc=$rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer.log" | tail -1)" $(( $(date +%s) - s ))
+    status "compute-sanitizer $2, path $1, barrier $barrier" "rc=$rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer.log" | tail -1)" $(( $(date +%s) - s ))
   else
     status "compute-sanitizer $2" "not installed" 0
   fi
@@ -83,17 +87,27 @@ run_bench() {
   if [ $rc -ne 0 ]; then { echo; echo '```'; tail -20 "$OUT/benchmark.log"; echo '```'; } >> "$report"; fi
 }
 
+run_sweep() {
+  local s=$(date +%s)
+  timeout "${SWEEP_TIMEOUT:-120}" "$py" benchmarks/persistent_sweep.py \
+    --json "$OUT/sweep.json" --md "$OUT/sweep.md" >> "$OUT/benchmark.log" 2>&1
+  local rc=$?; status "persistent tuning sweep" "rc=$rc" $(( $(date +%s) - s ))
+}
+
 # STEPS: what runs, in this order (most important first, so a cut-off run still reports them)
-for step in ${STEPS:-tests:auto sanitizer:persistent:memcheck sanitizer:persistent:racecheck bench tests:general sanitizer:general:memcheck}; do
-  IFS=: read -r kind a b <<< "$step"
+for step in ${STEPS:-tests:auto sanitizer:persistent:memcheck sanitizer:persistent:racecheck sanitizer:persistent:memcheck:counter sweep bench tests:general sanitizer:general:memcheck}; do
+  IFS=: read -r kind a b c <<< "$step"
   case $kind in
     tests) run_tests "$a" ;;
-    sanitizer) run_sanitizer "$a" "$b" ;;
+    sanitizer) run_sanitizer "$a" "$b" "$c" ;;
+    sweep) run_sweep ;;
     bench) run_bench ;;
   esac
 done
 
-{ echo; echo "Total $(( $(date +%s) - t0 )) s."; echo; [ -f "$OUT/gpu_benchmark.md" ] && cat "$OUT/gpu_benchmark.md"; } >> "$report"
-rm -f "$OUT/gpu_benchmark.md"  # it is in report.md; the device tool brings back 8 files at most
+{ echo; echo "Total $(( $(date +%s) - t0 )) s."; echo
+  for f in sweep.md gpu_benchmark.md; do [ -f "$OUT/$f" ] && { cat "$OUT/$f"; echo; }; done
+} >> "$report"
+rm -f "$OUT/gpu_benchmark.md" "$OUT/sweep.md"  # in report.md; the device tool brings back 8 files at most
 grep -E "^FAILED|^ERROR" "$OUT"/tests*.log | head -20
 head -16 "$report"

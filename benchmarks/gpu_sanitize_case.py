@@ -2,6 +2,8 @@
 racecheck): GRU (both formulations), LSTM (with and without projection) and RNN (tanh, relu),
 both directions, seq-major and batch-first, float32 and bfloat16, hidden sizes that leave partial
 blocks, and per-sequence lengths. Run once per CUDA path (FUSED_RNN_CUDA_PATH)."""
+import os
+
 import torch
 
 import fused_rnn
@@ -30,4 +32,18 @@ for cell in ("GRU", "LSTM", "RNN"):
     out.square().sum().backward()
     torch.cuda.synchronize()
     assert torch.isfinite(x.grad).all()
+# Staged rows of h / d_gates that do not hold the whole batch (B=64, H=1024: several staging
+# passes per step), then more pointwise elements per block than the kernels fetch ahead (24 units
+# per block at B=64; FUSED_RNN_PERSISTENT_UNITS is read at every launch).
+for units, H in ((None, 1024), ("24", 200)):
+    if units:
+        os.environ["FUSED_RNN_PERSISTENT_UNITS"] = units
+    for cell in ("GRU", "LSTM", "RNN"):
+        m = getattr(fused_rnn, cell)(8, H, device="cuda")
+        x = torch.randn(2, 64, 8, device="cuda", requires_grad=True)
+        out, _ = m(x)
+        out.square().sum().backward()
+        torch.cuda.synchronize()
+        assert torch.isfinite(x.grad).all()
+    os.environ.pop("FUSED_RNN_PERSISTENT_UNITS", None)
 print("sanitize case done")

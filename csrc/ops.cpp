@@ -8,6 +8,9 @@
 
 #include "cpu/cpu_kernels.h"
 #include "path_choice.h"
+#if defined(FUSED_RNN_WITH_CUDA)
+#include "cuda/cuda_kernels.h"
+#endif
 
 namespace fused_rnn {
 
@@ -134,6 +137,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Choose the CUDA path: 'auto' (persistent kernels where they suit the shapes), "
         "'persistent' (always; raises where they cannot run) or 'general'.");
 #if defined(FUSED_RNN_WITH_CUDA)
+  m.def("_persistent_profile", &fused_rnn::cuda::persistent_profile, pybind11::arg("backward"),
+        "Phase clock of the last persistent-kernel launch run with "
+        "FUSED_RNN_PERSISTENT_PROFILE=1 (benchmarks/persistent_sweep.py).");
   m.attr("built_with_cuda") = true;
 #else
   m.attr("built_with_cuda") = false;

@@ -217,3 +217,73 @@ def test_persistent_opcheck(op):
             args = (x, h0, w_ih, w_hh, b_ih, b_hh, None, False, False)
         torch.library.opcheck(getattr(torch.ops.fused_rnn, f"{op}_forward"), args,
                               test_utils=("test_schema", "test_faketensor"))
+
+
+# Variants of the persistent kernels' tuning settings (FUSED_RNN_PERSISTENT_UNITS / _BARRIER,
+# read at every launch): (units, T, B, I, H). units=None, B=64, H=1024: the staged rows of h /
+# d_gates do not hold the whole batch (several staging passes per step; h_prev read from L2);
+# units=5, H=37: 8 blocks, the last one partial; units=24, B=64: 1536 pointwise elements per
+# block, more than the forward (1024) and backward (512) fetch ahead: the rest are read late.
+TUNING_CASES = [(None, 3, 64, 8, 1024), ("5", 5, 7, 6, 37), ("24", 4, 64, 8, 200)]
+
+
+@needs_cuda
+@pytest.mark.parametrize("barrier", ["grid", "counter"])
+@pytest.mark.parametrize("units,T,B,I,H", TUNING_CASES)
+@pytest.mark.parametrize("cell", CELLS)
+def test_persistent_tuning_variants_match_nn(monkeypatch, barrier, units, T, B, I, H, cell):
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_BARRIER", barrier)
+    if units is not None:
+        monkeypatch.setenv("FUSED_RNN_PERSISTENT_UNITS", units)
+    torch.manual_seed(B + H)
+    ref, fused = nn_and_fused(cell, I, H, torch.float32, "cuda", bidirectional=True)
+    x = torch.randn(T, B, I, device="cuda", requires_grad=True)
+    h0 = torch.randn(2, B, H, device="cuda", requires_grad=True)
+    hx = (h0, torch.randn_like(h0, requires_grad=True)) if cell == "LSTM" else h0
+    scale = max(1.0, H / 64)
+    tol = dict(atol=GRAD_TOL[torch.float32]["atol"] * scale,
+               rtol=GRAD_TOL[torch.float32]["rtol"] * scale)
+    with cuda_path("persistent"):
+        compare_with_nn(ref, fused, x, hx, torch.float32, grad_tol=tol)
+        # variable lengths: inactive rows carry their state through the prefetched values
+        lengths = torch.randint(1, T + 1, (B,))
+        lengths[0] = T
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        out_f, st_f = fused(packed, hx)
+        out_r, st_r = ref(packed, hx)
+        got = flat(nn.utils.rnn.pad_packed_sequence(out_f)[0], st_f)
+        want = flat(nn.utils.rnn.pad_packed_sequence(out_r)[0], st_r)
+        for g, w, n in zip(got, want, ["output", "h_n", "c_n"]):
+            assert_close(g, w, torch.float32, n)
+        seeds = [torch.randn_like(w) for w in want]
+        assert_grads_close(grads(got, [x, *fused.parameters()], seeds),
+                           grads(want, [x, *ref.parameters()], seeds), torch.float32,
+                           ["input"] + [n for n, _ in ref.named_parameters()], tol=tol)
+
+
+@needs_cuda
+@pytest.mark.parametrize("name,value,message", [
+    ("FUSED_RNN_PERSISTENT_BARRIER", "fast", "must be 'grid' or 'counter', got 'fast'"),
+    ("FUSED_RNN_PERSISTENT_UNITS", "0", r"integer in \[1, 4096\], got '0'"),
+    ("FUSED_RNN_PERSISTENT_UNITS", "4x", r"integer in \[1, 4096\], got '4x'"),
+])
+def test_persistent_tuning_rejects_bad_values(monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    gru = fused_rnn.GRU(4, 8, device="cuda")
+    with cuda_path("persistent"):
+        with pytest.raises(RuntimeError, match=message):
+            gru(torch.randn(3, 2, 4, device="cuda"))
+
+
+@needs_cuda
+def test_persistent_profile_reports_the_last_launch(monkeypatch):
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_PROFILE", "1")
+    gru = fused_rnn.GRU(4, 16, device="cuda")
+    x = torch.randn(5, 3, 4, device="cuda", requires_grad=True)
+    with cuda_path("persistent"):
+        y, _ = gru(x)
+        y.sum().backward()
+    for backward in (False, True):
+        p = fused_rnn._C._persistent_profile(backward)
+        assert p[5:8] == [5, 3, 16]  # T, B, H
+        assert min(p[:5]) >= 0 and sum(p[:3]) <= p[3] and p[4] > 0

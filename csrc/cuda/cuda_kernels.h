@@ -6,6 +6,9 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <cstdint>
+#include <vector>
+
 #include "../step_params.h"
 
 namespace fused_rnn::cuda {
@@ -20,5 +23,11 @@ template <typename scalar_t>
 bool recurrence_forward(const RecurrenceForward<scalar_t>& p);
 template <typename scalar_t>
 bool recurrence_backward(const RecurrenceBackward<scalar_t>& p);
+
+// The phase clock of the last persistent launch of one direction run with
+// FUSED_RNN_PERSISTENT_PROFILE=1 (empty: none): cycles of staging + product, pointwise, step
+// barrier, the whole loop; the loop in ns; then T, B, H, blocks, units per block, staged rows,
+// the SM clock rate in kHz.
+std::vector<int64_t> persistent_profile(bool backward);
 
 }  // namespace fused_rnn::cuda

@@ -25,7 +25,12 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <string>
+#include <type_traits>
+#include <vector>
 
 #include "../path_choice.h"
 #include "cuda_kernels.h"
@@ -201,11 +206,104 @@ __device__ __forceinline__ void stage_rows(A* X, const S* src, int64_t row, int 
   }
 }
 
-// Shared memory: W [G*U, H], X [Bc, H], gh [B, G*U], P [kWarps*32]; element type acc_t<S>.
+// The raw bits of one S value: a prefetch keeps what it loaded in this form and converts it
+// only where it is used (a conversion right after the load would wait for the load).
+template <typename S>
+struct RawOf {
+  using type = S;
+};
+template <>
+struct RawOf<c10::Half> {
+  using type = unsigned short;
+};
+template <>
+struct RawOf<c10::BFloat16> {
+  using type = unsigned short;
+};
+
+template <typename S>
+__device__ __forceinline__ typename RawOf<S>::type raw_load(const S* p) {
+  return __ldcg(reinterpret_cast<const typename RawOf<S>::type*>(p));
+}
+
+template <typename S>
+__device__ __forceinline__ acc_t<S> from_raw(typename RawOf<S>::type v) {
+  if constexpr (std::is_same_v<S, c10::Half> || std::is_same_v<S, c10::BFloat16>) {
+    return static_cast<float>(S(v, S::from_bits()));
+  } else {
+    return v;
+  }
+}
+
+// The barrier that ends every step. counter == nullptr: cooperative groups' grid.sync().
+// Otherwise counter points at a zeroed word of this launch: each block adds 1 with release
+// semantics once its writes of the step are done (the block barrier before it orders them),
+// then waits with acquire loads until all blocks have added (target = steps done * blocks).
+__device__ __forceinline__ void step_barrier(unsigned* counter, unsigned target) {
+  if (counter == nullptr) {
+    cg::this_grid().sync();
+    return;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
+    unsigned seen = 0;
+    do {
+      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
+    } while (static_cast<int>(seen - target) < 0);
+  }
+  __syncthreads();
+}
+
+// Phase clock (FUSED_RNN_PERSISTENT_PROFILE=1), kept by thread 0 of block 0: SM clock cycles
+// summed over all steps per phase: [0] staging + product, [1] pointwise (an extra block
+// barrier ends it while profiling), [2] the step barrier (waiting for the slowest block); [3] the
+// whole step loop in cycles and [4] in nanoseconds (%globaltimer). phases == nullptr: off.
+struct PhaseClock {
+  long long* phases;
+  bool on;
+  long long sum[3] = {0, 0, 0}, mark = 0, begin = 0, begin_ns = 0;
+
+  __device__ explicit PhaseClock(long long* out)
+      : phases(out), on(out != nullptr && blockIdx.x == 0 && threadIdx.x == 0) {
+    if (on) {
+      begin = mark = clock64();
+      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(begin_ns));
+    }
+  }
+  // Ends phase i. The block barrier (while profiling: `phases` is the same for every thread)
+  // makes thread 0's clock stand for the whole block.
+  __device__ void lap(int i, bool block_barrier) {
+    if (phases != nullptr && block_barrier) __syncthreads();
+    if (on) {
+      const long long now = clock64();
+      sum[i] += now - mark;
+      mark = now;
+    }
+  }
+  __device__ void finish() {
+    if (!on) return;
+    long long end_ns;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(end_ns));
+    for (int i = 0; i < 3; ++i) phases[i] = sum[i];
+    phases[3] = clock64() - begin;
+    phases[4] = end_ns - begin_ns;
+  }
+};
+
+// Pointwise elements per thread whose input projection is fetched at the start of the step,
+// before the h_prev staging and the product (their latency hides behind them); elements beyond
+// kPrefetch * kThreads are read when they are computed.
+constexpr int kPrefetch = 4;
+
+// Shared memory: W [G*U, H], X [Bc, H], gh [B, G*U], P [kWarps*32], bias_x [G*U],
+// bias_h [G*U], cs [B, U]; element type acc_t<S>.
 template <Cell kCell, int kBW, typename S>
 __global__ void __launch_bounds__(kThreads, 1)
-    recurrence_forward_kernel(RecurrenceForward<S> p, int U, int Bc) {
+    recurrence_forward_kernel(RecurrenceForward<S> p, int U, int Bc, unsigned* barrier,
+                              long long* phases) {
   using A = acc_t<S>;
+  using Raw = typename RawOf<S>::type;
   constexpr int G = gates_of(kCell);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int H = static_cast<int>(p.hidden), B = static_cast<int>(p.batch), R = G * U;
@@ -213,18 +311,49 @@ __global__ void __launch_bounds__(kThreads, 1)
   A* X = W + R * H;                       // X: [Bc, H]  rows of h_prev
   A* gh = X + Bc * H;                     // gh: [B, R]  h_prev W_hh^T for this block's rows
   A* P = gh + B * R;                      // P: [kWarps * 32]
+  A* bias_x = P + kWarps * 32;            // bias_x: [R]  added to x_t W_ih^T (GRU: b_ih;
+                                          //   LSTM / RNN: b_ih + b_hh)
+  A* bias_h = bias_x + R;                 // bias_h: [R]  GRU: b_hh, added to h_prev W_hh^T
+  A* cs = bias_h + R;                     // cs: [B, U]  LSTM: this block's units' cell state
   const int j0 = blockIdx.x * U, units = min(U, H - j0);
   for (int idx = threadIdx.x; idx < R * H; idx += kThreads) {
     const int r = idx / H, k = idx - r * H, g = r / U, u = r - g * U;
     W[idx] = u < units ? static_cast<A>(p.w_hh[static_cast<int64_t>(g * H + j0 + u) * H + k])
                        : A(0);
   }
-  cg::grid_group grid = cg::this_grid();
+  for (int r = threadIdx.x; r < R; r += kThreads) {
+    const int g = r / U, u = r - g * U;
+    const int64_t i = static_cast<int64_t>(g) * H + j0 + u;
+    bias_x[r] = u < units && p.b_ih ? static_cast<A>(p.b_ih[i]) : A(0);
+    bias_h[r] = u < units && p.b_hh && kCell == Cell::kGru ? static_cast<A>(p.b_hh[i]) : A(0);
+  }
+  if constexpr (kCell == Cell::kLstm) {
+    for (int e = threadIdx.x; e < B * U; e += kThreads) {
+      const int b = e / U, u = e - b * U;
+      cs[e] = u < units ? static_cast<A>(p.c0[static_cast<int64_t>(b) * H + j0 + u]) : A(0);
+    }
+  }
+  const bool h_staged = Bc >= B;  // X holds all rows of h_prev after the staging
+  const int n_el = B * units;     // pointwise elements of this block
   const int64_t T = p.steps;
+  PhaseClock clock(phases);
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = step_time(s, T, p.reverse);
     const S* h_prev = s == 0 ? p.h0 : p.out + step_time(s - 1, T, p.reverse) * p.out_step;
     const int64_t h_prev_row = s == 0 ? H : p.out_row;
+    S* x_t = p.x + t * p.x_step;        // x_t: [B, G*H]
+    S* out_t = p.out + t * p.out_step;  // out_t: [B, H]
+    Raw pre[kPrefetch][G];  // this step's x_t W_ih^T of this thread's first elements
+#pragma unroll
+    for (int q = 0; q < kPrefetch; ++q) {
+      const int e = threadIdx.x + q * kThreads;
+      if (e < n_el) {
+        const int b = e / units, u = e - b * units;
+        const S* xr = x_t + b * p.x_row + j0 + u;
+#pragma unroll
+        for (int g = 0; g < G; ++g) pre[q][g] = raw_load(xr + static_cast<int64_t>(g) * H);
+      }
+    }
     for (int b0 = 0; b0 < B; b0 += Bc) {
       const int nb = min(Bc, B - b0);
       __syncthreads();  // X is free
@@ -232,41 +361,81 @@ __global__ void __launch_bounds__(kThreads, 1)
       __syncthreads();
       block_matvec_any<kBW>(W, R, X, nb, H, gh, R, b0, P);
     }
-    S* x_t = p.x + t * p.x_step;      // [B, G*H]
-    S* out_t = p.out + t * p.out_step;  // [B, H]
-    for (int e = threadIdx.x; e < B * units; e += kThreads) {
-      const int b = e / units, u = e - b * units;
+    clock.lap(0, false);  // block_matvec ends with a block barrier
+    // The cell's update of element (b, u) from its input projection xin[g].
+    auto element = [&](int b, int u, const A(&xin)[G]) {
       const int64_t j = j0 + u;
       const A* g_b = gh + b * R;  // [G*U]
+      const A hp = h_staged ? X[b * H + j] : L2Load::ld(h_prev + b * h_prev_row + j);
       if constexpr (kCell == Cell::kGru) {
+        A gi[3], ghv[3];
+#pragma unroll
+        for (int g = 0; g < 3; ++g) {
+          gi[g] = xin[g];
+          if (p.b_ih) gi[g] += bias_x[g * U + u];
+          ghv[g] = g_b[g * U + u];
+          if (p.b_hh) ghv[g] += bias_h[g * U + u];
+        }
         const GruForwardStep<S> q{B, H, x_t, p.x_row, nullptr, 0, p.b_ih, p.b_hh, h_prev,
                                   h_prev_row, out_t, p.out_row,
                                   p.saved ? p.saved + t * B * 4 * H : nullptr, 4 * H, t,
                                   p.lengths};
-        gru_forward_element<L2Load>(q, b, j, g_b[u], g_b[U + u], g_b[2 * U + u]);
+        gru_forward_values(q, b, j, gi[0], gi[1], gi[2], ghv[0], ghv[1], ghv[2], hp);
       } else if constexpr (kCell == Cell::kLstm) {
         auto cell_at = [&](int64_t step) {
           return p.cells + (p.cells_per_step ? step_time(step, T, p.reverse) : step % 2) * B * H;
         };
+        A a[4];
+#pragma unroll
+        for (int g = 0; g < 4; ++g) {
+          a[g] = xin[g] + g_b[g * U + u];
+          if (p.b_ih) a[g] += bias_x[g * U + u];
+        }
         const LstmForwardStep<S> q{B, H, x_t, p.x_row, p.b_ih, h_prev, h_prev_row,
                                    s == 0 ? p.c0 : cell_at(s - 1), H, cell_at(s), H, out_t,
                                    p.out_row, t, p.lengths};
-        lstm_forward_element<L2Load>(q, b, j, g_b[u], g_b[U + u], g_b[2 * U + u],
-                                     g_b[3 * U + u]);
+        A& c = cs[b * U + u];  // kept as stored (rounded to S), as the general path reads it
+        c = static_cast<A>(static_cast<S>(lstm_forward_values(q, b, j, a[0], a[1], a[2], a[3],
+                                                              c, hp)));
       } else {
+        A x = xin[0] + g_b[u];
+        if (p.b_ih) x += bias_x[u];
         const RnnForwardStep<S> q{B, H, x_t, p.x_row, p.b_ih, h_prev, h_prev_row, out_t,
                                   p.out_row, kCell == Cell::kRnnRelu, t, p.lengths};
-        rnn_forward_element<kCell == Cell::kRnnRelu, L2Load>(q, b, j, g_b[u]);
+        rnn_forward_values<kCell == Cell::kRnnRelu>(q, b, j, x, hp);
+      }
+    };
+#pragma unroll
+    for (int q = 0; q < kPrefetch; ++q) {
+      const int e = threadIdx.x + q * kThreads;
+      if (e < n_el) {
+        A xin[G];
+#pragma unroll
+        for (int g = 0; g < G; ++g) xin[g] = from_raw<S>(pre[q][g]);
+        element(e / units, e % units, xin);
       }
     }
-    grid.sync();  // this step's h is complete and visible to every block
+    for (int e = threadIdx.x + kPrefetch * kThreads; e < n_el; e += kThreads) {
+      const int b = e / units, u = e - b * units;
+      const S* xr = x_t + b * p.x_row + j0 + u;
+      A xin[G];
+#pragma unroll
+      for (int g = 0; g < G; ++g) xin[g] = L2Load::ld(xr + static_cast<int64_t>(g) * H);
+      element(b, u, xin);
+    }
+    clock.lap(1, true);
+    // this step's h is complete and visible to every block
+    step_barrier(barrier, static_cast<unsigned>(s + 1) * gridDim.x);
+    clock.lap(2, false);
   }
+  clock.finish();
 }
 
 // Shared memory: Wt [U, G*H], X [Bc, G*H], mv [B, U], dh [B, U], dc [B, U], P [kWarps*32].
 template <Cell kCell, int kBW, typename S>
 __global__ void __launch_bounds__(kThreads, 1)
-    recurrence_backward_kernel(RecurrenceBackward<S> p, int U, int Bc) {
+    recurrence_backward_kernel(RecurrenceBackward<S> p, int U, int Bc, unsigned* barrier,
+                               long long* phases) {
   using A = acc_t<S>;
   constexpr int G = gates_of(kCell);
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -289,37 +458,101 @@ __global__ void __launch_bounds__(kThreads, 1)
     dh[e] = u < units ? static_cast<A>(p.dh[i]) : A(0);
     dc[e] = u < units && p.dc ? static_cast<A>(p.dc[i]) : A(0);
   }
-  cg::grid_group grid = cg::this_grid();
   const int64_t T = p.steps;
+  const int n_el = B * units;  // pointwise elements of this block
+  // The forward's values that element (b, j) of step s reads: dL/d(output) first, then
+  //   GRU: h_prev, r, z, n, gh_n;  LSTM: i, f, g, o, c_prev, c;  RNN: h.
+  constexpr int kIn = kCell == Cell::kGru ? 6 : kCell == Cell::kLstm ? 7 : 2;
+  auto inputs = [&](int64_t s, int64_t b, int64_t j, const S* (&ptr)[kIn]) {
+    const int64_t t = step_time(s, T, p.reverse);
+    ptr[0] = p.grad_out + t * p.go_step + b * p.go_row + j;
+    if constexpr (kCell == Cell::kGru) {
+      ptr[1] = p.h_prev + t * p.hp_step + b * p.hp_row + j;
+      const S* saved = p.saved + (t * B + b) * 4 * H + j;  // [4H]
+      for (int k = 0; k < 4; ++k) ptr[2 + k] = saved + k * H;
+    } else if constexpr (kCell == Cell::kLstm) {
+      const S* gates = p.gates + t * p.g_step + b * p.g_row + j;  // [4H]
+      for (int k = 0; k < 4; ++k) ptr[1 + k] = gates + k * H;
+      ptr[5] = (s == 0 ? p.c0 : p.cells + step_time(s - 1, T, p.reverse) * B * H) + b * H + j;
+      ptr[6] = p.cells + (t * B + b) * H + j;
+    } else {
+      ptr[1] = p.out + t * p.out_step + b * p.out_row + j;
+    }
+  };
+  // The next step's values of this thread's first elements, fetched before the staging and the
+  // product of this step (their latency hides behind them).
+  using Raw = typename RawOf<S>::type;
+  constexpr int kPrefetchBack = 2;
+  Raw pre[kPrefetchBack][kIn];
+  auto prefetch = [&](int64_t s) {
+#pragma unroll
+    for (int q = 0; q < kPrefetchBack; ++q) {
+      const int e = threadIdx.x + q * kThreads;
+      if (e < n_el) {
+        const int b = e / units, u = e - b * units;
+        const S* ptr[kIn];
+        inputs(s, b, j0 + u, ptr);
+#pragma unroll
+        for (int k = 0; k < kIn; ++k) pre[q][k] = raw_load(ptr[k]);
+      }
+    }
+  };
+  // The cell's gradients of element (b, u) of step s from its values v.
+  auto element = [&](int64_t s, int b, int u, const A(&v)[kIn]) {
+    const int64_t t = step_time(s, T, p.reverse);
+    const int64_t j = j0 + u;
+    A* dh_e = dh + b * U + u;
+    if constexpr (kCell == Cell::kGru) {
+      const GruBackwardStep<S> q{B, H, p.grad_out + t * p.go_step, p.go_row, nullptr,
+                                 p.h_prev + t * p.hp_step, p.hp_row, p.saved + t * B * 4 * H,
+                                 4 * H, p.d_x + t * p.dx_step, p.dx_row,
+                                 p.d_h + t * p.dh_step, p.dh_row, t, p.lengths};
+      gru_backward_values(q, b, j, v[0], v[1], v[2], v[3], v[4], v[5], dh_e);
+    } else if constexpr (kCell == Cell::kLstm) {
+      const S* c_prev =
+          s == 0 ? p.c0 : p.cells + step_time(s - 1, T, p.reverse) * B * H;  // [B, H]
+      const LstmBackwardStep<S> q{B, H, p.grad_out + t * p.go_step, p.go_row, nullptr,
+                                  nullptr, p.gates + t * p.g_step, p.g_row, c_prev, H,
+                                  p.cells + t * B * H, H, p.d_x + t * p.dx_step, p.dx_row,
+                                  t, p.lengths};
+      lstm_backward_values(q, b, j, v[0], v[1], v[2], v[3], v[4], v[5], v[6], dh_e,
+                           dc + b * U + u);
+    } else {
+      const RnnBackwardStep<S> q{B, H, p.grad_out + t * p.go_step, p.go_row, nullptr,
+                                 p.out + t * p.out_step, p.out_row, p.d_x + t * p.dx_step,
+                                 p.dx_row, kCell == Cell::kRnnRelu, t, p.lengths};
+      rnn_backward_values<kCell == Cell::kRnnRelu>(q, b, j, v[0], v[1], dh_e);
+    }
+  };
+  PhaseClock clock(phases);
+  if (T > 0) prefetch(T - 1);
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = step_time(s, T, p.reverse);
     __syncthreads();  // dh, dc complete
-    for (int e = threadIdx.x; e < B * units; e += kThreads) {
-      const int b = e / units, u = e - b * units;
-      const int64_t j = j0 + u;
-      A* dh_e = dh + b * U + u;
-      if constexpr (kCell == Cell::kGru) {
-        const GruBackwardStep<S> q{B, H, p.grad_out + t * p.go_step, p.go_row, nullptr,
-                                   p.h_prev + t * p.hp_step, p.hp_row, p.saved + t * B * 4 * H,
-                                   4 * H, p.d_x + t * p.dx_step, p.dx_row,
-                                   p.d_h + t * p.dh_step, p.dh_row, t, p.lengths};
-        gru_backward_element<L2Load>(q, b, j, dh_e);
-      } else if constexpr (kCell == Cell::kLstm) {
-        const S* c_prev =
-            s == 0 ? p.c0 : p.cells + step_time(s - 1, T, p.reverse) * B * H;  // [B, H]
-        const LstmBackwardStep<S> q{B, H, p.grad_out + t * p.go_step, p.go_row, nullptr,
-                                    nullptr, p.gates + t * p.g_step, p.g_row, c_prev, H,
-                                    p.cells + t * B * H, H, p.d_x + t * p.dx_step, p.dx_row,
-                                    t, p.lengths};
-        lstm_backward_element<L2Load>(q, b, j, dh_e, dc + b * U + u);
-      } else {
-        const RnnBackwardStep<S> q{B, H, p.grad_out + t * p.go_step, p.go_row, nullptr,
-                                   p.out + t * p.out_step, p.out_row, p.d_x + t * p.dx_step,
-                                   p.dx_row, kCell == Cell::kRnnRelu, t, p.lengths};
-        rnn_backward_element<kCell == Cell::kRnnRelu, L2Load>(q, b, j, dh_e);
+#pragma unroll
+    for (int q = 0; q < kPrefetchBack; ++q) {
+      const int e = threadIdx.x + q * kThreads;
+      if (e < n_el) {
+        A v[kIn];
+#pragma unroll
+        for (int k = 0; k < kIn; ++k) v[k] = from_raw<S>(pre[q][k]);
+        element(s, e / units, e % units, v);
       }
     }
-    grid.sync();  // this step's d_gates are complete and visible to every block
+    for (int e = threadIdx.x + kPrefetchBack * kThreads; e < n_el; e += kThreads) {
+      const int b = e / units, u = e - b * units;
+      const S* ptr[kIn];
+      inputs(s, b, j0 + u, ptr);
+      A v[kIn];
+#pragma unroll
+      for (int k = 0; k < kIn; ++k) v[k] = L2Load::ld(ptr[k]);
+      element(s, b, u, v);
+    }
+    clock.lap(1, true);
+    // this step's d_gates are complete and visible to every block
+    step_barrier(barrier, static_cast<unsigned>(T - s) * gridDim.x);
+    clock.lap(2, false);
+    if (s > 0) prefetch(s - 1);
     const S* d_h_t = p.d_h + t * p.dh_step;  // [B, K]
     for (int b0 = 0; b0 < B; b0 += Bc) {
       const int nb = min(Bc, B - b0);
@@ -329,7 +562,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       block_matvec_any<kBW>(Wt, U, X, nb, K, mv, U, b0, P);
     }
     for (int e = threadIdx.x; e < B * U; e += kThreads) dh[e] += mv[e];
+    clock.lap(0, true);
   }
+  clock.finish();
   __syncthreads();
   for (int e = threadIdx.x; e < B * units; e += kThreads) {
     const int b = e / units, u = e - b * units;
@@ -363,15 +598,59 @@ DeviceLimits device_limits() {
   return {sms, static_cast<size_t>(smem), coop != 0};
 }
 
+// Tuning settings of the persistent kernels, for measuring variants on a GPU (benchmarks/
+// persistent_sweep.py); the defaults are what the measurements chose. Read from the environment
+// at every launch:
+//   FUSED_RNN_PERSISTENT_UNITS=n      at least n hidden units per block (fewer, busier blocks)
+//   FUSED_RNN_PERSISTENT_BARRIER=grid|counter   the per-step barrier: cooperative groups'
+//                                     grid.sync(), or one release-add / acquire-poll counter
+//   FUSED_RNN_PERSISTENT_PROFILE=1    keep the phase clock of each launch (PhaseClock; read
+//                                     with fused_rnn._C._persistent_profile); each launch then
+//                                     waits for the kernel to finish
+struct Tuning {
+  int64_t min_units = 1;
+  bool counter_barrier = false;
+  bool profile = false;
+};
+
+Tuning tuning() {
+  Tuning t;
+  if (const char* env = std::getenv("FUSED_RNN_PERSISTENT_UNITS"); env && *env) {
+    char* end = nullptr;
+    const long v = std::strtol(env, &end, 10);
+    TORCH_CHECK(*end == '\0' && v >= 1 && v <= 4096,
+                "fused_rnn: FUSED_RNN_PERSISTENT_UNITS must be an integer in [1, 4096], got '",
+                env, "'");
+    t.min_units = v;
+  }
+  if (const char* env = std::getenv("FUSED_RNN_PERSISTENT_BARRIER"); env && *env) {
+    const std::string v(env);
+    TORCH_CHECK(v == "grid" || v == "counter",
+                "fused_rnn: FUSED_RNN_PERSISTENT_BARRIER must be 'grid' or 'counter', got '", v,
+                "'");
+    t.counter_barrier = v == "counter";
+  }
+  if (const char* env = std::getenv("FUSED_RNN_PERSISTENT_PROFILE"); env && *env) {
+    t.profile = std::string(env) != "0";
+  }
+  return t;
+}
+
+// The last profiled launch of each direction (forward 0, backward 1).
+std::mutex profile_mutex;
+std::vector<int64_t> last_profile[2];
+
 // The plan for B rows, hidden size H, G gates, elements of `esize` bytes; false: does not fit.
 bool make_plan(int G, int64_t B, int64_t H, size_t esize, bool backward, const DeviceLimits& d,
-               Plan& plan) {
+               int64_t min_units, Plan& plan) {
   if (B < 1 || H < 1 || d.sms < 1 || !d.cooperative) return false;
   if (B > (1 << 16) || G * H * H >= (int64_t{1} << 31)) return false;
-  const int64_t U = (H + d.sms - 1) / d.sms;
+  const int64_t U = std::min(H, std::max((H + d.sms - 1) / d.sms, min_units));
   const int64_t K = backward ? G * H : H;         // reduction length
   const int64_t R = backward ? U : G * U;         // rows of the resident weight slice
-  const int64_t fixed = R * K + (backward ? 3 * B * U : B * R) + kWarps * 32;  // elements
+  // forward: gh [B, R], bias_x and bias_h [R], cs [B, U]; backward: mv, dh, dc [B, U]
+  const int64_t per_batch = backward ? 3 * B * U : B * R + 2 * R + B * U;
+  const int64_t fixed = R * K + per_batch + kWarps * 32;  // elements
   if (static_cast<size_t>(fixed + K) * esize > d.smem_optin) return false;  // not even 1 row
   int64_t rows = static_cast<int64_t>((d.smem_optin / esize - fixed) / K);
   plan.bw = B >= 8 ? 8 : B >= 4 ? 4 : B >= 2 ? 2 : 1;
@@ -411,7 +690,8 @@ bool want_persistent(int G, int64_t B, int64_t H, bool fits, bool backward) {
 }
 
 template <typename Kernel, typename Params>
-void launch_cooperative(Kernel kernel, const Params& p, const Plan& plan, const DeviceLimits& d) {
+void launch_cooperative(Kernel kernel, const Params& p, const Plan& plan, const DeviceLimits& d,
+                        const Tuning& tune, bool backward) {
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(plan.smem)));
   int per_sm = 0;
@@ -419,22 +699,46 @@ void launch_cooperative(Kernel kernel, const Params& p, const Plan& plan, const 
                                                                plan.smem));
   TORCH_CHECK(per_sm * d.sms >= plan.blocks, "fused_rnn: persistent kernel needs ", plan.blocks,
               " co-resident blocks, the device holds ", per_sm * d.sms);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  // counter: one zeroed word for the counter barrier. Freed to the caching allocator when this
+  // function returns: it reuses the block only for work queued after the kernel on this stream.
+  c10::DataPtr counter, clock;
+  if (tune.counter_barrier) {
+    counter = at::cuda::getCUDADeviceAllocator()->allocate(sizeof(unsigned));
+    C10_CUDA_CHECK(cudaMemsetAsync(counter.get(), 0, sizeof(unsigned), stream));
+  }
+  constexpr int kPhases = 5;
+  if (tune.profile) clock = at::cuda::getCUDADeviceAllocator()->allocate(kPhases * 8);
   Params params = p;
   int units = plan.units, rows = plan.staged_rows;
-  void* args[] = {&params, &units, &rows};
+  unsigned* barrier = static_cast<unsigned*>(counter.get());
+  long long* phases = static_cast<long long*>(clock.get());
+  void* args[] = {&params, &units, &rows, &barrier, &phases};
   C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel),
                                              dim3(plan.blocks), dim3(kThreads), args, plan.smem,
-                                             at::cuda::getCurrentCUDAStream()));
+                                             stream));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (tune.profile) {
+    long long host[kPhases];
+    C10_CUDA_CHECK(cudaMemcpyAsync(host, phases, sizeof(host), cudaMemcpyDeviceToHost, stream));
+    C10_CUDA_CHECK(cudaStreamSynchronize(stream));
+    int dev = 0, khz = 0;
+    C10_CUDA_CHECK(cudaGetDevice(&dev));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, dev));
+    const std::lock_guard<std::mutex> lock(profile_mutex);
+    last_profile[backward] = {host[0], host[1], host[2], host[3], host[4], p.steps, p.batch,
+                              p.hidden, plan.blocks, plan.units, plan.staged_rows, khz};
+  }
 }
 
 template <Cell kCell, typename S, typename Params, template <Cell, int, typename> class Pick>
-void launch_for_bw(const Params& p, const Plan& plan, const DeviceLimits& d) {
+void launch_for_bw(const Params& p, const Plan& plan, const DeviceLimits& d, const Tuning& tune,
+                   bool backward) {
   switch (plan.bw) {
-    case 8: return launch_cooperative(Pick<kCell, 8, S>::kernel(), p, plan, d);
-    case 4: return launch_cooperative(Pick<kCell, 4, S>::kernel(), p, plan, d);
-    case 2: return launch_cooperative(Pick<kCell, 2, S>::kernel(), p, plan, d);
-    default: return launch_cooperative(Pick<kCell, 1, S>::kernel(), p, plan, d);
+    case 8: return launch_cooperative(Pick<kCell, 8, S>::kernel(), p, plan, d, tune, backward);
+    case 4: return launch_cooperative(Pick<kCell, 4, S>::kernel(), p, plan, d, tune, backward);
+    case 2: return launch_cooperative(Pick<kCell, 2, S>::kernel(), p, plan, d, tune, backward);
+    default: return launch_cooperative(Pick<kCell, 1, S>::kernel(), p, plan, d, tune, backward);
   }
 }
 
@@ -448,12 +752,15 @@ struct BackwardKernel {
 };
 
 template <typename S, typename Params, template <Cell, int, typename> class Pick>
-void launch_for_cell(Cell cell, const Params& p, const Plan& plan, const DeviceLimits& d) {
+void launch_for_cell(Cell cell, const Params& p, const Plan& plan, const DeviceLimits& d,
+                     const Tuning& t, bool backward) {
   switch (cell) {
-    case Cell::kGru: return launch_for_bw<Cell::kGru, S, Params, Pick>(p, plan, d);
-    case Cell::kLstm: return launch_for_bw<Cell::kLstm, S, Params, Pick>(p, plan, d);
-    case Cell::kRnnTanh: return launch_for_bw<Cell::kRnnTanh, S, Params, Pick>(p, plan, d);
-    case Cell::kRnnRelu: return launch_for_bw<Cell::kRnnRelu, S, Params, Pick>(p, plan, d);
+    case Cell::kGru: return launch_for_bw<Cell::kGru, S, Params, Pick>(p, plan, d, t, backward);
+    case Cell::kLstm: return launch_for_bw<Cell::kLstm, S, Params, Pick>(p, plan, d, t, backward);
+    case Cell::kRnnTanh:
+      return launch_for_bw<Cell::kRnnTanh, S, Params, Pick>(p, plan, d, t, backward);
+    case Cell::kRnnRelu:
+      return launch_for_bw<Cell::kRnnRelu, S, Params, Pick>(p, plan, d, t, backward);
   }
 }
 
@@ -463,15 +770,22 @@ template <typename S, typename Params, template <Cell, int, typename> class Pick
 bool run_recurrence(const Params& p, bool backward) {
   if (cuda_path() == CudaPath::kGeneral || p.steps == 0 || p.batch == 0) return false;
   const DeviceLimits d = device_limits();
+  const Tuning tune = tuning();
   const int G = gates_of(p.cell);
   Plan plan;
-  const bool fits = make_plan(G, p.batch, p.hidden, sizeof(acc_t<S>), backward, d, plan);
+  const bool fits =
+      make_plan(G, p.batch, p.hidden, sizeof(acc_t<S>), backward, d, tune.min_units, plan);
   if (!want_persistent(G, p.batch, p.hidden, fits, backward)) return false;
-  launch_for_cell<S, Params, Pick>(p.cell, p, plan, d);
+  launch_for_cell<S, Params, Pick>(p.cell, p, plan, d, tune, backward);
   return true;
 }
 
 }  // namespace
+
+std::vector<int64_t> persistent_profile(bool backward) {
+  const std::lock_guard<std::mutex> lock(profile_mutex);
+  return last_profile[backward];
+}
 
 template <typename S>
 bool recurrence_forward(const RecurrenceForward<S>& p) {

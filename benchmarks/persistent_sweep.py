@@ -1,0 +1,156 @@
+"""Tuning sweep of the persistent CUDA kernels (issue 7): every variant of the per-step barrier
+(FUSED_RNN_PERSISTENT_BARRIER=grid|counter) and of the hidden units per block
+(FUSED_RNN_PERSISTENT_UNITS; fewer, busier blocks) timed in ONE interleaved run with nn.* on
+cuDNN (PyTorch's TF32 defaults, stated), so the variants compare on the same card in the same
+minute. Then the phase clock of each point (FUSED_RNN_PERSISTENT_PROFILE=1: where a step's time
+goes, forward and backward kernels, both barriers). Prints markdown tables (µs per step, speed-up
+vs nn.*; phases) and writes JSON.
+
+  python benchmarks/persistent_sweep.py --json sweep.json --md sweep.md
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench import interleaved_medians, machine_info, make_fn  # noqa: E402
+
+import fused_rnn  # noqa: E402
+
+# (cell, B, H, dtype); units variants per H (None: the kernel's own choice, ceil(H / #SMs))
+POINTS = [("GRU", 1, 256, "float32"), ("GRU", 32, 256, "float32"), ("GRU", 64, 256, "float32"),
+          ("GRU", 32, 256, "bfloat16"), ("GRU", 32, 1024, "float32"), ("LSTM", 1, 256, "float32"),
+          ("LSTM", 32, 256, "float32"), ("LSTM", 32, 1024, "float32")]
+UNITS = {256: [None, 4, 8], 1024: [None, 12]}
+BARRIERS = ["grid", "counter"]
+
+
+def with_tuning(fn, barrier, units):
+    def wrapped():
+        os.environ["FUSED_RNN_PERSISTENT_BARRIER"] = barrier
+        if units is None:
+            os.environ.pop("FUSED_RNN_PERSISTENT_UNITS", None)
+        else:
+            os.environ["FUSED_RNN_PERSISTENT_UNITS"] = str(units)
+        fn()
+    return wrapped
+
+
+PHASES = ["staging + product", "pointwise", "step barrier"]
+
+
+def phase_profile(cell, B, H, dtype, T, barrier):
+    """µs per step of each phase of the forward and the backward kernel (block 0's clock)."""
+    torch.manual_seed(0)
+    m = getattr(fused_rnn, cell)(H, H, device="cuda", dtype=dtype)
+    x = torch.randn(T, B, H, device="cuda", dtype=dtype, requires_grad=True)
+    os.environ["FUSED_RNN_PERSISTENT_BARRIER"] = barrier
+    os.environ.pop("FUSED_RNN_PERSISTENT_UNITS", None)
+    out = []
+    for _ in range(2):  # the first run warms up
+        os.environ["FUSED_RNN_PERSISTENT_PROFILE"] = "1"
+        try:
+            y, _ = m(x)
+            y.backward(torch.ones_like(y))
+            torch.cuda.synchronize()
+        finally:
+            os.environ.pop("FUSED_RNN_PERSISTENT_PROFILE", None)
+    for backward in (False, True):
+        p = fused_rnn._C._persistent_profile(backward)
+        if not p:
+            continue
+        cyc = p[:4]
+        ns_per_cycle = p[4] / cyc[3]
+        steps = p[5]
+        out.append(dict(cell=cell, B=B, H=H, dtype=str(dtype).replace("torch.", ""), T=T,
+                        kernel="backward" if backward else "forward", barrier=barrier,
+                        blocks=p[8], units=p[9], staged_rows=p[10], clock_ghz=1 / ns_per_cycle,
+                        **{ph: c * ns_per_cycle / 1e3 / steps for ph, c in zip(PHASES, cyc)},
+                        total_us_per_step=p[4] / 1e3 / steps))
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--T", type=int, default=256)
+    ap.add_argument("--min-run-time", type=float, default=0.1)
+    ap.add_argument("--modes", nargs="+", default=["inference", "training"])
+    ap.add_argument("--json")
+    ap.add_argument("--md")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("persistent_sweep.py needs a CUDA device")
+    fused_rnn.set_cuda_path("persistent")
+    info = machine_info("cuda")
+    rows = []
+    for cell, B, H, dtype_name in POINTS:
+        dtype = getattr(torch, dtype_name)
+        for mode in args.modes:
+            torch.manual_seed(0)
+            ref = getattr(torch.nn, cell)(H, H, device="cuda", dtype=dtype)
+            fused = getattr(fused_rnn, cell)(H, H, device="cuda", dtype=dtype)
+            fused.load_state_dict(ref.state_dict())
+            x = torch.randn(args.T, B, H, device="cuda", dtype=dtype)
+            training = mode == "training"
+            variants = [(b, u) for u in UNITS[H] for b in BARRIERS]
+            fused_fn = make_fn(fused, x, training)
+            fns = [make_fn(ref, x, training)] + [with_tuning(fused_fn, b, u) for b, u in variants]
+            try:
+                times = interleaved_medians(fns, "cuda", args.min_run_time)
+            except RuntimeError as e:  # a variant that does not fit: say so, go on
+                print(f"{cell} B={B} H={H} {dtype_name} {mode}: {e}", flush=True)
+                continue
+            for (barrier, units), t in zip(variants, times[1:]):
+                rows.append(dict(cell=cell, B=B, H=H, T=args.T, dtype=dtype_name, mode=mode,
+                                 barrier=barrier, units=units or "auto", nn_ms=times[0] * 1e3,
+                                 fused_ms=t * 1e3, us_per_step=t * 1e6 / args.T,
+                                 speedup=times[0] / t))
+                r = rows[-1]
+                print(f"{cell} {mode} B={B} H={H} {dtype_name} barrier={barrier} "
+                      f"units={r['units']}: {r['us_per_step']:.2f} us/step, "
+                      f"{r['speedup']:.2f}x nn.*", flush=True)
+    profiles = []
+    for cell, B, H, dtype_name in POINTS:
+        for barrier in BARRIERS:
+            profiles += phase_profile(cell, B, H, getattr(torch, dtype_name), args.T, barrier)
+    os.environ.pop("FUSED_RNN_PERSISTENT_BARRIER", None)
+    os.environ.pop("FUSED_RNN_PERSISTENT_UNITS", None)
+    lines = [f"# Persistent-kernel tuning sweep ({info['gpu']}, torch {info['torch']}, "
+             f"{info['date']})", "",
+             f"T={args.T}, input size = hidden size, 1 layer, medians of interleaved "
+             f"torch.utils.benchmark runs. nn.* on cuDNN: cudnn.allow_tf32="
+             f"{info['cudnn_allow_tf32']}. units: hidden units per block ('auto': "
+             f"ceil(H / #SMs)).", "",
+             "| cell | mode | B | H | dtype | barrier | units | nn.* ms | fused ms | µs/step "
+             "| speed-up |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['cell']} | {r['mode']} | {r['B']} | {r['H']} | {r['dtype']} | "
+                     f"{r['barrier']} | {r['units']} | {r['nn_ms']:.2f} | {r['fused_ms']:.2f} | "
+                     f"{r['us_per_step']:.2f} | {r['speedup']:.2f}x |")
+    lines += ["", "Phase clock (FUSED_RNN_PERSISTENT_PROFILE=1): thread 0 of block 0 sums clock64() "
+              "per phase over all steps; µs per step at the clock measured over the loop "
+              "(%globaltimer). The pointwise phase ends with an extra block barrier while "
+              "profiling; the step barrier includes waiting for the slowest block.", "",
+              "| cell | kernel | B | H | dtype | barrier | blocks x units | staged rows | "
+              + " | ".join(PHASES) + " | total µs/step | clock GHz |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in profiles:
+        lines.append(f"| {r['cell']} | {r['kernel']} | {r['B']} | {r['H']} | {r['dtype']} | "
+                     f"{r['barrier']} | {r['blocks']} x {r['units']} | {r['staged_rows']} | "
+                     + " | ".join(f"{r[ph]:.2f}" for ph in PHASES)
+                     + f" | {r['total_us_per_step']:.2f} | {r['clock_ghz']:.2f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.md:
+        with open(args.md, "w") as f:
+            f.write(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(machine=info, rows=rows, profiles=profiles), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
