@@ -89,9 +89,17 @@ run_bench() {
 
 run_sweep() {
   local s=$(date +%s)
-  timeout "${SWEEP_TIMEOUT:-120}" "$py" benchmarks/persistent_sweep.py \
+  timeout "${SWEEP_TIMEOUT:-120}" "$py" benchmarks/persistent_sweep.py ${SWEEP_ARGS:-} \
     --json "$OUT/sweep.json" --md "$OUT/sweep.md" >> "$OUT/benchmark.log" 2>&1
   local rc=$?; status "persistent tuning sweep" "rc=$rc" $(( $(date +%s) - s ))
+}
+
+# A crash (SIGSEGV) of a test under cuda-gdb, for its C++ backtrace: DEBUG_TEST names the test.
+run_debug() {
+  local s=$(date +%s) gdb="$(command -v cuda-gdb || echo "$CUDA_HOME/bin/cuda-gdb")"
+  timeout "${DEBUG_TIMEOUT:-90}" "$gdb" -q -batch -ex "set pagination off" -ex run -ex bt \
+    --args "$py" -m pytest -q -p no:cacheprovider "${DEBUG_TEST:?}" > "$OUT/debug.log" 2>&1
+  local rc=$?; status "cuda-gdb run of $DEBUG_TEST" "rc=$rc, $(grep -cE '^#[0-9]+' "$OUT/debug.log") frames" $(( $(date +%s) - s ))
 }
 
 # STEPS: what runs, in this order (most important first, so a cut-off run still reports them)
@@ -101,6 +109,7 @@ for step in ${STEPS:-tests:auto sanitizer:persistent:memcheck sanitizer:persiste
     tests) run_tests "$a" ;;
     sanitizer) run_sanitizer "$a" "$b" "$c" ;;
     sweep) run_sweep ;;
+    debug) run_debug ;;
     bench) run_bench ;;
   esac
 done

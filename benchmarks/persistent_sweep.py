@@ -78,6 +78,8 @@ def main(argv=None):
     ap.add_argument("--T", type=int, default=256)
     ap.add_argument("--min-run-time", type=float, default=0.1)
     ap.add_argument("--modes", nargs="+", default=["inference", "training"])
+    ap.add_argument("--auto-units-only", action="store_true",
+                    help="time the barrier variants at the kernels' own units per block only")
     ap.add_argument("--json")
     ap.add_argument("--md")
     args = ap.parse_args(argv)
@@ -95,7 +97,8 @@ def main(argv=None):
             fused.load_state_dict(ref.state_dict())
             x = torch.randn(args.T, B, H, device="cuda", dtype=dtype)
             training = mode == "training"
-            variants = [(b, u) for u in UNITS[H] for b in BARRIERS]
+            units = [None] if args.auto_units_only else UNITS[H]
+            variants = [(b, u) for u in units for b in BARRIERS]
             fused_fn = make_fn(fused, x, training)
             fns = [make_fn(ref, x, training)] + [with_tuning(fused_fn, b, u) for b, u in variants]
             try:

@@ -2,21 +2,17 @@
 // and what was given (shape, dtype, device).
 #pragma once
 
+#include <ATen/ATen.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
-#include <sstream>
 #include <string>
 
 namespace fused_rnn {
 
 inline std::string shape_str(at::IntArrayRef sizes) {
-  std::ostringstream os;
-  os << "[";
-  for (size_t i = 0; i < sizes.size(); ++i) os << (i ? ", " : "") << sizes[i];
-  os << "]";
-  return os.str();
+  return c10::str(sizes);  // "[2, 3]"
 }
 
 // `t` must have exactly `expected` as shape.
@@ -89,8 +85,11 @@ inline int64_t check_forward_args(const char* op, int64_t gates, const at::Tenso
   if (tokens) {
     TORCH_CHECK(input.device() == ref.device(), op, ": expected input on device ", ref.device(),
                 " (the device of the weights), got ", input.device());
-    if (input.is_cpu() && input.numel() > 0) {
-      const int64_t lo = input.min().item<int64_t>(), hi = input.max().item<int64_t>();
+    // On a GPU this reads two numbers back (a synchronisation): an id out of range would
+    // otherwise end in a device-side assert, which leaves the CUDA context unusable.
+    if (input.numel() > 0) {
+      const at::Tensor bounds = at::stack({input.min(), input.max()}).cpu();  // [2]
+      const int64_t lo = bounds[0].item<int64_t>(), hi = bounds[1].item<int64_t>();
       TORCH_CHECK(lo >= 0 && hi < I, op, ": expected token ids in [0, input_size=", I,
                   "), got values in [", lo, ", ", hi, "]");
     }

@@ -30,9 +30,20 @@ struct AtenHiddenGemm final : HiddenGemm<S> {
   explicit AtenHiddenGemm(at::Tensor w_op_) : w_op(std::move(w_op_)) {}
   void run(const S* h, int64_t h_row, S* out, int64_t out_row, int64_t rows,
            bool accumulate) const override {
+    if (rows == 0) return;  // an empty batch: nothing to compute (and h, out may be null)
     const int64_t K = w_op.size(0), N = w_op.size(1);
-    const at::Tensor h_t = at::from_blob(const_cast<S*>(h), {rows, K}, {h_row, 1}, w_op.options());
-    at::Tensor out_t = at::from_blob(out, {rows, N}, {out_row, 1}, w_op.options());
+    // The device is given: from_blob would otherwise ask the driver where each pointer lives
+    // (cudaPointerGetAttributes, every step).
+    const at::Tensor h_t = at::for_blob(const_cast<S*>(h), {rows, K})
+                               .strides({h_row, 1})
+                               .options(w_op.options())
+                               .target_device(w_op.device())
+                               .make_tensor();
+    at::Tensor out_t = at::for_blob(out, {rows, N})
+                           .strides({out_row, 1})
+                           .options(w_op.options())
+                           .target_device(w_op.device())
+                           .make_tensor();
     if (accumulate) {
       at::addmm_out(out_t, out_t, h_t, w_op);
     } else {

@@ -206,8 +206,7 @@ __device__ __forceinline__ void stage_rows(A* X, const S* src, int64_t row, int 
   }
 }
 
-// The raw bits of one S value: a prefetch keeps what it loaded in this form and converts it
-// only where it is used (a conversion right after the load would wait for the load).
+// The raw bits of one S value, as the async copies leave them in shared memory.
 template <typename S>
 struct RawOf {
   using type = S;
@@ -220,11 +219,6 @@ template <>
 struct RawOf<c10::BFloat16> {
   using type = unsigned short;
 };
-
-template <typename S>
-__device__ __forceinline__ typename RawOf<S>::type raw_load(const S* p) {
-  return __ldcg(reinterpret_cast<const typename RawOf<S>::type*>(p));
-}
 
 template <typename S>
 __device__ __forceinline__ acc_t<S> from_raw(typename RawOf<S>::type v) {
@@ -291,13 +285,57 @@ struct PhaseClock {
   }
 };
 
-// Pointwise elements per thread whose input projection is fetched at the start of the step,
-// before the h_prev staging and the product (their latency hides behind them); elements beyond
-// kPrefetch * kThreads are read when they are computed.
-constexpr int kPrefetch = 4;
+// Inputs fetched ahead go global -> shared memory by cp.async (4 bytes per copy): a block
+// barrier waits for a thread's ordinary loads, not for these, so the next step's inputs are on
+// their way while the block waits at the step barrier and stages h_prev (measured on the H200,
+// run 4: loads into registers before the staging saved nothing). One slot per segment of
+// `units` consecutive elements; a slot holds the 4-byte words that cover the segment (its first
+// element starts (address & 3) bytes in). Words per slot, even so that slots stay 8-byte aligned.
+template <typename S>
+__host__ __device__ constexpr int slot_words(int units) {
+  return ((units * static_cast<int>(sizeof(S)) + 3) / 4 + 2) & ~1;
+}
 
-// Shared memory: W [G*U, H], X [Bc, H], gh [B, G*U], P [kWarps*32], bias_x [G*U],
-// bias_h [G*U], cs [B, U]; element type acc_t<S>.
+// Bytes of the double-buffered slots of `segments` segments, rounded up to 16.
+template <typename S>
+__host__ __device__ constexpr int64_t slot_bytes(int64_t segments, int units) {
+  return (2 * segments * slot_words<S>(units) * 4 + 15) / 16 * 16;
+}
+
+__device__ __forceinline__ void cp_async4(void* smem_dst, const void* src) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(src) : "memory");
+}
+
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_all;" ::: "memory");
+}
+
+// Starts the copy of segment `seg` (elements src[0 .. units)) into its slot of `buf`; called by
+// every thread with its share of (segment, word) pairs, see fetch_segments.
+template <typename S>
+__device__ __forceinline__ void fetch_word(unsigned* buf, int seg, int word, int wps,
+                                           const S* src, int units) {
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(src);
+  const int words = (static_cast<int>(addr & 3) + units * static_cast<int>(sizeof(S)) + 3) / 4;
+  if (word < words) {
+    cp_async4(buf + seg * wps + word,
+              reinterpret_cast<const void*>((addr & ~uintptr_t{3}) + 4 * word));
+  }
+}
+
+// Element u of segment `seg` (first element at global address src) from its slot.
+template <typename S>
+__device__ __forceinline__ acc_t<S> slot_value(const unsigned* buf, int seg, int wps,
+                                               const S* src, int u) {
+  const char* at = reinterpret_cast<const char*>(buf + seg * wps) +
+                   (reinterpret_cast<uintptr_t>(src) & 3) + u * sizeof(S);
+  return from_raw<S>(*reinterpret_cast<const typename RawOf<S>::type*>(at));
+}
+
+// Shared memory: xs (slots of x_t W_ih^T, this step's and the next's: slot_bytes<S>(B*G, U)),
+// then in elements of acc_t<S>: W [G*U, H], X [Bc, H], gh [B, G*U], P [kWarps*32],
+// bias_x [G*U], bias_h [G*U], cs [B, U].
 template <Cell kCell, int kBW, typename S>
 __global__ void __launch_bounds__(kThreads, 1)
     recurrence_forward_kernel(RecurrenceForward<S> p, int U, int Bc, unsigned* barrier,
@@ -307,7 +345,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr int G = gates_of(kCell);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int H = static_cast<int>(p.hidden), B = static_cast<int>(p.batch), R = G * U;
-  A* W = reinterpret_cast<A*>(smem_raw);  // W: [R, H], row g*U + u = W_hh[g*H + j0 + u, :]
+  const int wps = slot_words<S>(U);
+  unsigned* xs = reinterpret_cast<unsigned*>(smem_raw);  // xs: [2][B*G][wps] words
+  A* W = reinterpret_cast<A*>(smem_raw + slot_bytes<S>(B * G, U));  // W: [R, H], row g*U + u
+                                                                    //   = W_hh[g*H + j0 + u, :]
   A* X = W + R * H;                       // X: [Bc, H]  rows of h_prev
   A* gh = X + Bc * H;                     // gh: [B, R]  h_prev W_hh^T for this block's rows
   A* P = gh + B * R;                      // P: [kWarps * 32]
@@ -336,6 +377,19 @@ __global__ void __launch_bounds__(kThreads, 1)
   const bool h_staged = Bc >= B;  // X holds all rows of h_prev after the staging
   const int n_el = B * units;     // pointwise elements of this block
   const int64_t T = p.steps;
+  // segment (b, g) of step s: x_t[b, g*H + j0 .. + units)
+  auto x_segment = [&](int64_t s, int seg) {
+    const int b = seg / G, g = seg - b * G;
+    return p.x + step_time(s, T, p.reverse) * p.x_step + b * p.x_row + g * H + j0;
+  };
+  auto fetch_inputs = [&](int64_t s) {  // into xs[s % 2]
+    unsigned* buf = xs + (s & 1) * B * G * wps;
+    for (int i = threadIdx.x; i < B * G * wps; i += kThreads) {
+      const int seg = i / wps;
+      fetch_word(buf, seg, i - seg * wps, wps, x_segment(s, seg), units);
+    }
+  };
+  fetch_inputs(0);
   PhaseClock clock(phases);
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = step_time(s, T, p.reverse);
@@ -343,21 +397,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int64_t h_prev_row = s == 0 ? H : p.out_row;
     S* x_t = p.x + t * p.x_step;        // x_t: [B, G*H]
     S* out_t = p.out + t * p.out_step;  // out_t: [B, H]
-    Raw pre[kPrefetch][G];  // this step's x_t W_ih^T of this thread's first elements
-#pragma unroll
-    for (int q = 0; q < kPrefetch; ++q) {
-      const int e = threadIdx.x + q * kThreads;
-      if (e < n_el) {
-        const int b = e / units, u = e - b * units;
-        const S* xr = x_t + b * p.x_row + j0 + u;
-#pragma unroll
-        for (int g = 0; g < G; ++g) pre[q][g] = raw_load(xr + static_cast<int64_t>(g) * H);
-      }
-    }
+    const unsigned* x_slots = xs + (s & 1) * B * G * wps;  // this step's x_t W_ih^T
     for (int b0 = 0; b0 < B; b0 += Bc) {
       const int nb = min(Bc, B - b0);
       __syncthreads();  // X is free
       stage_rows(X, h_prev, h_prev_row, b0, nb, H);
+      if (b0 == 0) cp_async_wait_all();  // this step's slots (issued a step ago) have landed
       __syncthreads();
       block_matvec_any<kBW>(W, R, X, nb, H, gh, R, b0, P);
     }
@@ -405,24 +450,17 @@ __global__ void __launch_bounds__(kThreads, 1)
         rnn_forward_values<kCell == Cell::kRnnRelu>(q, b, j, x, hp);
       }
     };
-#pragma unroll
-    for (int q = 0; q < kPrefetch; ++q) {
-      const int e = threadIdx.x + q * kThreads;
-      if (e < n_el) {
-        A xin[G];
-#pragma unroll
-        for (int g = 0; g < G; ++g) xin[g] = from_raw<S>(pre[q][g]);
-        element(e / units, e % units, xin);
-      }
-    }
-    for (int e = threadIdx.x + kPrefetch * kThreads; e < n_el; e += kThreads) {
+    for (int e = threadIdx.x; e < n_el; e += kThreads) {
       const int b = e / units, u = e - b * units;
-      const S* xr = x_t + b * p.x_row + j0 + u;
       A xin[G];
 #pragma unroll
-      for (int g = 0; g < G; ++g) xin[g] = L2Load::ld(xr + static_cast<int64_t>(g) * H);
+      for (int g = 0; g < G; ++g) {
+        xin[g] = slot_value(x_slots, b * G + g, wps, x_segment(s, b * G + g), u);
+      }
       element(b, u, xin);
     }
+    // the next step's inputs travel while this block waits at the barrier (other slot buffer)
+    if (s + 1 < T) fetch_inputs(s + 1);
     clock.lap(1, true);
     // this step's h is complete and visible to every block
     step_barrier(barrier, static_cast<unsigned>(s + 1) * gridDim.x);
@@ -431,7 +469,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   clock.finish();
 }
 
-// Shared memory: Wt [U, G*H], X [Bc, G*H], mv [B, U], dh [B, U], dc [B, U], P [kWarps*32].
+// Shared memory: xs (slots of the forward's values an element reads, this step's and the next's:
+// slot_bytes<S>(B*kIn, U)), then in elements of acc_t<S>: Wt [U, G*H], X [Bc, G*H], mv [B, U],
+// dh [B, U], dc [B, U], P [kWarps*32].
 template <Cell kCell, int kBW, typename S>
 __global__ void __launch_bounds__(kThreads, 1)
     recurrence_backward_kernel(RecurrenceBackward<S> p, int U, int Bc, unsigned* barrier,
@@ -440,7 +480,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr int G = gates_of(kCell);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int H = static_cast<int>(p.hidden), B = static_cast<int>(p.batch), K = G * H;
-  A* Wt = reinterpret_cast<A*>(smem_raw);  // Wt: [U, K], row u = W_hh[:, j0 + u]
+  constexpr int kIn = kCell == Cell::kGru ? 6 : kCell == Cell::kLstm ? 7 : 2;  // see input_ptr
+  unsigned* xs = reinterpret_cast<unsigned*>(smem_raw);  // xs: [2][B*kIn][slot_words] words
+  A* Wt = reinterpret_cast<A*>(smem_raw + slot_bytes<S>(B * kIn, U));  // Wt: [U, K], row u
+                                                                       //   = W_hh[:, j0 + u]
   A* X = Wt + U * K;                       // X: [Bc, K]  rows of this step's d_gates
   A* mv = X + Bc * K;                      // mv: [B, U]  d_gates W_hh for this block's units
   A* dh = mv + B * U;                      // dh: [B, U]  running dL/dh
@@ -460,41 +503,31 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   const int64_t T = p.steps;
   const int n_el = B * units;  // pointwise elements of this block
-  // The forward's values that element (b, j) of step s reads: dL/d(output) first, then
-  //   GRU: h_prev, r, z, n, gh_n;  LSTM: i, f, g, o, c_prev, c;  RNN: h.
-  constexpr int kIn = kCell == Cell::kGru ? 6 : kCell == Cell::kLstm ? 7 : 2;
-  auto inputs = [&](int64_t s, int64_t b, int64_t j, const S* (&ptr)[kIn]) {
+  // The forward's values that element (b, j0 + u) of step s reads, k < kIn: dL/d(output)
+  // first, then GRU: h_prev, r, z, n, gh_n;  LSTM: i, f, g, o, c_prev, c;  RNN: h. Segment
+  // (b, k) of step s: input k of units j0 .. j0 + units, starting at input_ptr(s, b, k).
+  auto input_ptr = [&](int64_t s, int64_t b, int k) -> const S* {
     const int64_t t = step_time(s, T, p.reverse);
-    ptr[0] = p.grad_out + t * p.go_step + b * p.go_row + j;
+    if (k == 0) return p.grad_out + t * p.go_step + b * p.go_row + j0;
     if constexpr (kCell == Cell::kGru) {
-      ptr[1] = p.h_prev + t * p.hp_step + b * p.hp_row + j;
-      const S* saved = p.saved + (t * B + b) * 4 * H + j;  // [4H]
-      for (int k = 0; k < 4; ++k) ptr[2 + k] = saved + k * H;
+      if (k == 1) return p.h_prev + t * p.hp_step + b * p.hp_row + j0;
+      return p.saved + (t * B + b) * 4 * H + (k - 2) * H + j0;  // saved: [4H]
     } else if constexpr (kCell == Cell::kLstm) {
-      const S* gates = p.gates + t * p.g_step + b * p.g_row + j;  // [4H]
-      for (int k = 0; k < 4; ++k) ptr[1 + k] = gates + k * H;
-      ptr[5] = (s == 0 ? p.c0 : p.cells + step_time(s - 1, T, p.reverse) * B * H) + b * H + j;
-      ptr[6] = p.cells + (t * B + b) * H + j;
+      if (k <= 4) return p.gates + t * p.g_step + b * p.g_row + (k - 1) * H + j0;  // [4H]
+      if (k == 5) {
+        return (s == 0 ? p.c0 : p.cells + step_time(s - 1, T, p.reverse) * B * H) + b * H + j0;
+      }
+      return p.cells + (t * B + b) * H + j0;
     } else {
-      ptr[1] = p.out + t * p.out_step + b * p.out_row + j;
+      return p.out + t * p.out_step + b * p.out_row + j0;
     }
   };
-  // The next step's values of this thread's first elements, fetched before the staging and the
-  // product of this step (their latency hides behind them).
-  using Raw = typename RawOf<S>::type;
-  constexpr int kPrefetchBack = 2;
-  Raw pre[kPrefetchBack][kIn];
-  auto prefetch = [&](int64_t s) {
-#pragma unroll
-    for (int q = 0; q < kPrefetchBack; ++q) {
-      const int e = threadIdx.x + q * kThreads;
-      if (e < n_el) {
-        const int b = e / units, u = e - b * units;
-        const S* ptr[kIn];
-        inputs(s, b, j0 + u, ptr);
-#pragma unroll
-        for (int k = 0; k < kIn; ++k) pre[q][k] = raw_load(ptr[k]);
-      }
+  const int wps = slot_words<S>(U);
+  auto fetch_inputs = [&](int64_t s) {  // into xs[s % 2]
+    unsigned* buf = xs + (s & 1) * B * kIn * wps;
+    for (int i = threadIdx.x; i < B * kIn * wps; i += kThreads) {
+      const int seg = i / wps, b = seg / kIn;
+      fetch_word(buf, seg, i - seg * wps, wps, input_ptr(s, b, seg - b * kIn), units);
     }
   };
   // The cell's gradients of element (b, u) of step s from its values v.
@@ -525,34 +558,27 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   };
   PhaseClock clock(phases);
-  if (T > 0) prefetch(T - 1);
+  fetch_inputs(T - 1);
   for (int64_t s = T - 1; s >= 0; --s) {
+    cp_async_wait_all();  // this step's slots (issued a step ago) have landed
+    __syncthreads();      // dh, dc and the slots complete
     const int64_t t = step_time(s, T, p.reverse);
-    __syncthreads();  // dh, dc complete
-#pragma unroll
-    for (int q = 0; q < kPrefetchBack; ++q) {
-      const int e = threadIdx.x + q * kThreads;
-      if (e < n_el) {
-        A v[kIn];
-#pragma unroll
-        for (int k = 0; k < kIn; ++k) v[k] = from_raw<S>(pre[q][k]);
-        element(s, e / units, e % units, v);
-      }
-    }
-    for (int e = threadIdx.x + kPrefetchBack * kThreads; e < n_el; e += kThreads) {
+    const unsigned* slots = xs + (s & 1) * B * kIn * wps;
+    for (int e = threadIdx.x; e < n_el; e += kThreads) {
       const int b = e / units, u = e - b * units;
-      const S* ptr[kIn];
-      inputs(s, b, j0 + u, ptr);
       A v[kIn];
 #pragma unroll
-      for (int k = 0; k < kIn; ++k) v[k] = L2Load::ld(ptr[k]);
+      for (int k = 0; k < kIn; ++k) {
+        v[k] = slot_value(slots, b * kIn + k, wps, input_ptr(s, b, k), u);
+      }
       element(s, b, u, v);
     }
     clock.lap(1, true);
     // this step's d_gates are complete and visible to every block
     step_barrier(barrier, static_cast<unsigned>(T - s) * gridDim.x);
     clock.lap(2, false);
-    if (s > 0) prefetch(s - 1);
+    // the next step's values travel during this step's staging and product (other buffer)
+    if (s > 0) fetch_inputs(s - 1);
     const S* d_h_t = p.d_h + t * p.dh_step;  // [B, K]
     for (int b0 = 0; b0 < B; b0 += Bc) {
       const int nb = min(Bc, B - b0);
@@ -640,26 +666,34 @@ Tuning tuning() {
 std::mutex profile_mutex;
 std::vector<int64_t> last_profile[2];
 
-// The plan for B rows, hidden size H, G gates, elements of `esize` bytes; false: does not fit.
-bool make_plan(int G, int64_t B, int64_t H, size_t esize, bool backward, const DeviceLimits& d,
+// The plan for B rows, hidden size H, G gates, storage type S; false: does not fit.
+template <typename S>
+bool make_plan(int G, int64_t B, int64_t H, bool backward, const DeviceLimits& d,
                int64_t min_units, Plan& plan) {
+  const size_t esize = sizeof(acc_t<S>);
   if (B < 1 || H < 1 || d.sms < 1 || !d.cooperative) return false;
   if (B > (1 << 16) || G * H * H >= (int64_t{1} << 31)) return false;
   const int64_t U = std::min(H, std::max((H + d.sms - 1) / d.sms, min_units));
+  // slots of the inputs fetched ahead: forward x_t W_ih^T per gate; backward the forward's
+  // values (the kernels' kIn: GRU 6, LSTM 7, RNN 2)
+  const int64_t segments = B * (backward ? (G == 3 ? 6 : G == 4 ? 7 : 2) : G);
+  const size_t slots = static_cast<size_t>(slot_bytes<S>(segments, static_cast<int>(U)));
+  if (slots >= d.smem_optin) return false;
   const int64_t K = backward ? G * H : H;         // reduction length
   const int64_t R = backward ? U : G * U;         // rows of the resident weight slice
   // forward: gh [B, R], bias_x and bias_h [R], cs [B, U]; backward: mv, dh, dc [B, U]
   const int64_t per_batch = backward ? 3 * B * U : B * R + 2 * R + B * U;
   const int64_t fixed = R * K + per_batch + kWarps * 32;  // elements
-  if (static_cast<size_t>(fixed + K) * esize > d.smem_optin) return false;  // not even 1 row
-  int64_t rows = static_cast<int64_t>((d.smem_optin / esize - fixed) / K);
+  const size_t room = d.smem_optin - slots;                                // bytes
+  if (static_cast<size_t>(fixed + K) * esize > room) return false;  // not even 1 row
+  int64_t rows = static_cast<int64_t>((room / esize - fixed) / K);
   plan.bw = B >= 8 ? 8 : B >= 4 ? 4 : B >= 2 ? 2 : 1;
   rows = std::min<int64_t>(rows, B);
   if (rows < B && rows > plan.bw) rows -= rows % plan.bw;
   plan.units = static_cast<int>(U);
   plan.staged_rows = static_cast<int>(rows);
   plan.blocks = static_cast<int>((H + U - 1) / U);
-  plan.smem = static_cast<size_t>(fixed + rows * K) * esize;
+  plan.smem = slots + static_cast<size_t>(fixed + rows * K) * esize;
   return true;
 }
 
@@ -774,7 +808,7 @@ bool run_recurrence(const Params& p, bool backward) {
   const int G = gates_of(p.cell);
   Plan plan;
   const bool fits =
-      make_plan(G, p.batch, p.hidden, sizeof(acc_t<S>), backward, d, tune.min_units, plan);
+      make_plan<S>(G, p.batch, p.hidden, backward, d, tune.min_units, plan);
   if (!want_persistent(G, p.batch, p.hidden, fits, backward)) return false;
   launch_for_cell<S, Params, Pick>(p.cell, p, plan, d, tune, backward);
   return true;
