@@ -45,6 +45,12 @@ s=$(date +%s)
 timeout 300 "$py" setup.py build_ext --inplace > "$OUT/build.log" 2>&1
 rc=$?; status build "rc=$rc" $(( $(date +%s) - s ))
 if [ $rc -ne 0 ]; then tail -40 "$OUT/build.log"; cat "$report"; exit 1; fi
+# the toolchain the extension was built with and the C++ runtime it loads (run 5 found a copy of
+# std::ostream::_M_insert<long> inside the extension that crashed: checks.h, num())
+{ echo; echo "Built with: $(${CXX:-c++} --version 2>&1 | head -1) ($(command -v ${CXX:-c++})); loads" \
+    "$(ldd fused_rnn/_C*.so 2>/dev/null | grep -o '/[^ ]*libstdc++[^ ]*' | head -1);" \
+    "ostream instantiations inside: $(nm -C fused_rnn/_C*.so 2>/dev/null | grep -c ' [TW] .*basic_ostream')"
+  echo; } >> "$OUT/build.log"
 
 # pytest-xdist and pytest-timeout are on the lent box's image; plain pytest where they are not
 par=""; "$py" -c "import xdist, pytest_timeout" 2>/dev/null && par="-n 8 --timeout 90"
@@ -114,7 +120,7 @@ for step in ${STEPS:-tests:auto sanitizer:persistent:memcheck sanitizer:persiste
   esac
 done
 
-{ echo; echo "Total $(( $(date +%s) - t0 )) s."; echo
+{ echo; echo "Total $(( $(date +%s) - t0 )) s."; echo; tail -2 "$OUT/build.log"; echo
   for f in sweep.md gpu_benchmark.md; do [ -f "$OUT/$f" ] && { cat "$OUT/$f"; echo; }; done
 } >> "$report"
 rm -f "$OUT/gpu_benchmark.md" "$OUT/sweep.md"  # in report.md; the device tool brings back 8 files at most

@@ -11,8 +11,16 @@
 
 namespace fused_rnn {
 
-inline std::string shape_str(at::IntArrayRef sizes) {
-  return c10::str(sizes);  // "[2, 3]"
+// Integers in messages go through std::to_string, never an ostream: on the lent GPU box
+// (toolchain /opt/gcc) the extension got its own copy of std::ostream::_M_insert<long>, which
+// crashed (SIGSEGV, cuda-gdb backtrace in benchmarks/results/gpu_check_2026-11-28_h200_run5.md)
+// whenever a message printed an integer, so the error became a crash.
+inline std::string num(int64_t v) { return std::to_string(v); }
+
+inline std::string shape_str(at::IntArrayRef sizes) {  // "[2, 3]"
+  std::string s = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) s += (i ? ", " : "") + num(sizes[i]);
+  return s + "]";
 }
 
 // `t` must have exactly `expected` as shape.
@@ -52,10 +60,10 @@ inline int64_t check_forward_args(const char* op, int64_t gates, const at::Tenso
   const bool tokens = is_token_input(input);
   if (tokens) {
     TORCH_CHECK(input.dim() == 2, op, ": expected token-id input to be 2-D [seq_len, batch], got ",
-                input.dim(), "-D tensor of shape ", shape_str(input.sizes()));
+                num(input.dim()), "-D tensor of shape ", shape_str(input.sizes()));
   } else {
     TORCH_CHECK(input.dim() == 3, op,
-                ": expected input to be 3-D [seq_len, batch, input_size], got ", input.dim(),
+                ": expected input to be 3-D [seq_len, batch, input_size], got ", num(input.dim()),
                 "-D tensor of shape ", shape_str(input.sizes()));
   }
   int64_t H, P;
@@ -67,7 +75,7 @@ inline int64_t check_forward_args(const char* op, int64_t gates, const at::Tenso
     check_shape(op, "w_hh", w_hh, {gates * H, P}, "[4*hidden_size, proj_size]");
   } else {
     TORCH_CHECK(w_hh.dim() == 2 && w_hh.size(0) == gates * w_hh.size(1), op,
-                ": expected w_hh of shape [", gates, "*hidden_size, hidden_size], got ",
+                ": expected w_hh of shape [", num(gates), "*hidden_size, hidden_size], got ",
                 shape_str(w_hh.sizes()));
     H = P = w_hh.size(1);
   }
@@ -90,8 +98,8 @@ inline int64_t check_forward_args(const char* op, int64_t gates, const at::Tenso
     if (input.numel() > 0) {
       const at::Tensor bounds = at::stack({input.min(), input.max()}).cpu();  // [2]
       const int64_t lo = bounds[0].item<int64_t>(), hi = bounds[1].item<int64_t>();
-      TORCH_CHECK(lo >= 0 && hi < I, op, ": expected token ids in [0, input_size=", I,
-                  "), got values in [", lo, ", ", hi, "]");
+      TORCH_CHECK(lo >= 0 && hi < I, op, ": expected token ids in [0, input_size=", num(I),
+                  "), got values in [", num(lo), ", ", num(hi), "]");
     }
   } else {
     check_same(op, "w_hh", w_hh, input);
@@ -119,8 +127,8 @@ inline void check_lengths(const char* op, const c10::optional<at::Tensor>& lengt
               " (the device of input), got ", l.device());
   if (l.is_cpu() && B > 0) {
     const int64_t lo = l.min().item<int64_t>(), hi = l.max().item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi <= T, op, ": expected lengths in [0, seq_len=", T, "], got values in [",
-                lo, ", ", hi, "]");
+    TORCH_CHECK(lo >= 0 && hi <= T, op, ": expected lengths in [0, seq_len=", num(T),
+                "], got values in [", num(lo), ", ", num(hi), "]");
   }
 }
 

@@ -86,12 +86,21 @@ inline Tensor weight_grad(const Tensor& d_g2d, const Tensor& rows) {
 }
 
 // dL/dW_ih: [G, I] = d_g^T x over all steps; d_g2d: [T*B, G] in `lay`'s row order.
-// Token ids: the columns of the ids seen get their rows of d_g added (index_add, no one-hot).
+// Token ids: the columns of the ids seen get their rows of d_g added (no one-hot). CPU:
+// index_add (serial over the ids: deterministic). CUDA: index_add adds with atomics, in an
+// order that changes from run to run (seen on the H200, run 5: the LSTM token-input gradient
+// of one thread differed from the sequential run's in the last bits); index_put_ with
+// accumulate sorts the ids and sums each id's rows in that order instead.
 inline Tensor input_weight_grad(const SeqLayout& lay, const Tensor& x, const Tensor& d_g2d,
                                 const Tensor& w_ih) {
   if (is_token_input(x)) {
-    return at::zeros_like(w_ih, at::MemoryFormat::Contiguous)
-        .index_add_(1, token_rows(lay, x), d_g2d.t());
+    if (x.is_cpu()) {
+      return at::zeros_like(w_ih, at::MemoryFormat::Contiguous)
+          .index_add_(1, token_rows(lay, x), d_g2d.t());
+    }
+    Tensor dw_t = at::zeros({w_ih.size(1), w_ih.size(0)}, w_ih.options());  // dw_t: [I, G]
+    dw_t.index_put_({token_rows(lay, x)}, d_g2d, /*accumulate=*/true);
+    return dw_t.t().contiguous();
   }
   return weight_grad(d_g2d, lay.rows(x));
 }

@@ -731,8 +731,9 @@ void launch_cooperative(Kernel kernel, const Params& p, const Plan& plan, const 
   int per_sm = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads,
                                                                plan.smem));
-  TORCH_CHECK(per_sm * d.sms >= plan.blocks, "fused_rnn: persistent kernel needs ", plan.blocks,
-              " co-resident blocks, the device holds ", per_sm * d.sms);
+  TORCH_CHECK(per_sm * d.sms >= plan.blocks, "fused_rnn: persistent kernel needs ",
+              std::to_string(plan.blocks), " co-resident blocks, the device holds ",
+              std::to_string(per_sm * d.sms));  // integers as strings: see checks.h, num()
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   // counter: one zeroed word for the counter barrier. Freed to the caching allocator when this
   // function returns: it reuses the block only for work queued after the kernel on this stream.
