@@ -699,16 +699,19 @@ bool make_plan(int G, int64_t B, int64_t H, bool backward, const DeviceLimits& d
 
 // auto: the persistent kernels while a step's multiply-adds G*B*H*H stay under a limit (and
 // B <= kAutoMaxBatch). Their per-step products run on the CUDA cores, so beyond it the general
-// path's cuBLAS GEMM per step is faster. Limits from the H200 measurements (T=256, fp32 and bf16,
-// benchmarks/persistent_kernel_notes.md, run 3): the forward kernel was faster than the general
-// path up to 2^27 (LSTM B=32 H=1024) and slower at 3*64*1024^2 (GRU B=64 H=1024); the backward
-// kernel, which also writes every step's gate gradients, was faster up to 2^25 (LSTM B=32 H=512)
-// and even or slower from 3*64*512^2 (GRU B=64 H=512) up.
+// path's cuBLAS GEMM per step is faster. Limits from the H200 measurements (T=256,
+// benchmarks/persistent_kernel_notes.md, runs 3 and 4): the fp32 forward kernel was faster than
+// the general path up to 2^27 (LSTM B=32 H=1024) and slower at 3*64*1024^2 (GRU B=64 H=1024);
+// in bf16, whose cuBLAS GEMMs run on tensor cores, it won at 2^25 (LSTM B=32 H=512), tied at
+// 3*64*512^2 (GRU B=64 H=512) and lost from 2^26 up (LSTM B=64 H=512: 4.03 vs 3.82 ms; GRU B=32
+// H=1024: 4.80 vs 3.62 ms); the backward kernel, which also writes every step's gate gradients,
+// was faster up to 2^25 (LSTM B=32 H=512) and even or slower from 3*64*512^2 (GRU B=64 H=512).
 constexpr int64_t kAutoMaxBatch = 64;
 constexpr int64_t kAutoMaxMacsForward = int64_t{1} << 27;
+constexpr int64_t kAutoMaxMacsForwardHalf = int64_t{1} << 25;  // fp16 / bf16
 constexpr int64_t kAutoMaxMacsBackward = int64_t{1} << 25;
 
-bool want_persistent(int G, int64_t B, int64_t H, bool fits, bool backward) {
+bool want_persistent(int G, int64_t B, int64_t H, bool fits, bool backward, bool half) {
   switch (cuda_path()) {
     case CudaPath::kGeneral: return false;
     case CudaPath::kPersistent:
@@ -717,9 +720,12 @@ bool want_persistent(int G, int64_t B, int64_t H, bool fits, bool backward) {
                   " (its recurrent weights and batch do not fit on the chip); use "
                   "fused_rnn.set_cuda_path('auto') or 'general'");
       return true;
-    default:
-      return fits && B <= kAutoMaxBatch &&
-             G * B * H * H <= (backward ? kAutoMaxMacsBackward : kAutoMaxMacsForward);
+    default: {
+      const int64_t limit = backward ? kAutoMaxMacsBackward
+                            : half   ? kAutoMaxMacsForwardHalf
+                                     : kAutoMaxMacsForward;
+      return fits && B <= kAutoMaxBatch && G * B * H * H <= limit;
+    }
   }
 }
 
@@ -810,7 +816,7 @@ bool run_recurrence(const Params& p, bool backward) {
   Plan plan;
   const bool fits =
       make_plan<S>(G, p.batch, p.hidden, backward, d, tune.min_units, plan);
-  if (!want_persistent(G, p.batch, p.hidden, fits, backward)) return false;
+  if (!want_persistent(G, p.batch, p.hidden, fits, backward, sizeof(S) == 2)) return false;
   launch_for_cell<S, Params, Pick>(p.cell, p, plan, d, tune, backward);
   return true;
 }
