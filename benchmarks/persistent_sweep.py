@@ -39,7 +39,7 @@ def with_tuning(fn, barrier, units):
     return wrapped
 
 
-PHASES = ["staging + product", "pointwise", "step barrier"]
+PHASES = ["staging", "product", "pointwise", "step barrier"]
 
 
 def phase_profile(cell, B, H, dtype, T, barrier):
@@ -62,14 +62,14 @@ def phase_profile(cell, B, H, dtype, T, barrier):
         p = fused_rnn._C._persistent_profile(backward)
         if not p:
             continue
-        cyc = p[:4]
-        ns_per_cycle = p[4] / cyc[3]
-        steps = p[5]
+        cyc = p[:5]  # 4 phases, then the whole loop
+        ns_per_cycle = p[5] / cyc[4]
+        steps = p[6]
         out.append(dict(cell=cell, B=B, H=H, dtype=str(dtype).replace("torch.", ""), T=T,
                         kernel="backward" if backward else "forward", barrier=barrier,
-                        blocks=p[8], units=p[9], staged_rows=p[10], clock_ghz=1 / ns_per_cycle,
+                        blocks=p[9], units=p[10], staged_rows=p[11], clock_ghz=1 / ns_per_cycle,
                         **{ph: c * ns_per_cycle / 1e3 / steps for ph, c in zip(PHASES, cyc)},
-                        total_us_per_step=p[4] / 1e3 / steps))
+                        total_us_per_step=p[5] / 1e3 / steps))
     return out
 
 
@@ -133,13 +133,13 @@ def main(argv=None):
         lines.append(f"| {r['cell']} | {r['mode']} | {r['B']} | {r['H']} | {r['dtype']} | "
                      f"{r['barrier']} | {r['units']} | {r['nn_ms']:.2f} | {r['fused_ms']:.2f} | "
                      f"{r['us_per_step']:.2f} | {r['speedup']:.2f}x |")
-    lines += ["", "Phase clock (FUSED_RNN_PERSISTENT_PROFILE=1): thread 0 of block 0 sums clock64() "
-              "per phase over all steps; µs per step at the clock measured over the loop "
+    lines += ["", "Phase clock (FUSED_RNN_PERSISTENT_PROFILE=1): thread 0 of block 0 sums "
+              "clock64() per phase over all steps; µs per step at the clock measured over the loop "
               "(%globaltimer). The pointwise phase ends with an extra block barrier while "
               "profiling; the step barrier includes waiting for the slowest block.", "",
               "| cell | kernel | B | H | dtype | barrier | blocks x units | staged rows | "
               + " | ".join(PHASES) + " | total µs/step | clock GHz |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in profiles:
         lines.append(f"| {r['cell']} | {r['kernel']} | {r['B']} | {r['H']} | {r['dtype']} | "
                      f"{r['barrier']} | {r['blocks']} x {r['units']} | {r['staged_rows']} | "

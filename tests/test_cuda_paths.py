@@ -285,5 +285,5 @@ def test_persistent_profile_reports_the_last_launch(monkeypatch):
         y.sum().backward()
     for backward in (False, True):
         p = fused_rnn._C._persistent_profile(backward)
-        assert p[5:8] == [5, 3, 16]  # T, B, H
-        assert min(p[:5]) >= 0 and sum(p[:3]) <= p[3] and p[4] > 0
+        assert p[6:9] == [5, 3, 16]  # T, B, H
+        assert min(p[:6]) >= 0 and sum(p[:4]) <= p[4] and p[5] > 0

@@ -25,7 +25,7 @@ template <typename scalar_t>
 bool recurrence_backward(const RecurrenceBackward<scalar_t>& p);
 
 // The phase clock of the last persistent launch of one direction run with
-// FUSED_RNN_PERSISTENT_PROFILE=1 (empty: none): cycles of staging + product, pointwise, step
+// FUSED_RNN_PERSISTENT_PROFILE=1 (empty: none): cycles of staging, product, pointwise, step
 // barrier, the whole loop; the loop in ns; then T, B, H, blocks, units per block, staged rows,
 // the SM clock rate in kHz.
 std::vector<int64_t> persistent_profile(bool backward);

@@ -250,13 +250,16 @@ __device__ __forceinline__ void step_barrier(unsigned* counter, unsigned target)
 }
 
 // Phase clock (FUSED_RNN_PERSISTENT_PROFILE=1), kept by thread 0 of block 0: SM clock cycles
-// summed over all steps per phase: [0] staging + product, [1] pointwise (an extra block
-// barrier ends it while profiling), [2] the step barrier (waiting for the slowest block); [3] the
-// whole step loop in cycles and [4] in nanoseconds (%globaltimer). phases == nullptr: off.
+// summed over all steps per phase: [0] staging (h_prev or d_gates rows into shared memory, up to
+// the block barrier after it), [1] product, [2] pointwise (an extra block barrier ends it while
+// profiling), [3] the step barrier (waiting for the slowest block); [4] the whole step loop in
+// cycles and [5] in nanoseconds (%globaltimer). phases == nullptr: off.
+constexpr int kPhases = 6;
+
 struct PhaseClock {
   long long* phases;
   bool on;
-  long long sum[3] = {0, 0, 0}, mark = 0, begin = 0, begin_ns = 0;
+  long long sum[4] = {0, 0, 0, 0}, mark = 0, begin = 0, begin_ns = 0;
 
   __device__ explicit PhaseClock(long long* out)
       : phases(out), on(out != nullptr && blockIdx.x == 0 && threadIdx.x == 0) {
@@ -279,9 +282,9 @@ struct PhaseClock {
     if (!on) return;
     long long end_ns;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(end_ns));
-    for (int i = 0; i < 3; ++i) phases[i] = sum[i];
-    phases[3] = clock64() - begin;
-    phases[4] = end_ns - begin_ns;
+    for (int i = 0; i < 4; ++i) phases[i] = sum[i];
+    phases[4] = clock64() - begin;
+    phases[5] = end_ns - begin_ns;
   }
 };
 
@@ -404,9 +407,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       stage_rows(X, h_prev, h_prev_row, b0, nb, H);
       if (b0 == 0) cp_async_wait_all();  // this step's slots (issued a step ago) have landed
       __syncthreads();
+      clock.lap(0, false);
       block_matvec_any<kBW>(W, R, X, nb, H, gh, R, b0, P);
+      clock.lap(1, false);  // block_matvec ends with a block barrier
     }
-    clock.lap(0, false);  // block_matvec ends with a block barrier
     // The cell's update of element (b, u) from its input projection xin[g].
     auto element = [&](int b, int u, const A(&xin)[G]) {
       const int64_t j = j0 + u;
@@ -461,10 +465,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     // the next step's inputs travel while this block waits at the barrier (other slot buffer)
     if (s + 1 < T) fetch_inputs(s + 1);
-    clock.lap(1, true);
+    clock.lap(2, true);
     // this step's h is complete and visible to every block
     step_barrier(barrier, static_cast<unsigned>(s + 1) * gridDim.x);
-    clock.lap(2, false);
+    clock.lap(3, false);
   }
   clock.finish();
 }
@@ -573,10 +577,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       element(s, b, u, v);
     }
-    clock.lap(1, true);
+    clock.lap(2, true);
     // this step's d_gates are complete and visible to every block
     step_barrier(barrier, static_cast<unsigned>(T - s) * gridDim.x);
-    clock.lap(2, false);
+    clock.lap(3, false);
     // the next step's values travel during this step's staging and product (other buffer)
     if (s > 0) fetch_inputs(s - 1);
     const S* d_h_t = p.d_h + t * p.dh_step;  // [B, K]
@@ -585,10 +589,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       __syncthreads();  // X is free
       stage_rows(X, d_h_t, p.dh_row, b0, nb, K);
       __syncthreads();
+      clock.lap(0, false);
       block_matvec_any<kBW>(Wt, U, X, nb, K, mv, U, b0, P);
+      clock.lap(1, false);  // block_matvec ends with a block barrier
     }
     for (int e = threadIdx.x; e < B * U; e += kThreads) dh[e] += mv[e];
-    clock.lap(0, true);
   }
   clock.finish();
   __syncthreads();
@@ -748,7 +753,6 @@ void launch_cooperative(Kernel kernel, const Params& p, const Plan& plan, const 
     counter = at::cuda::getCUDADeviceAllocator()->allocate(sizeof(unsigned));
     C10_CUDA_CHECK(cudaMemsetAsync(counter.get(), 0, sizeof(unsigned), stream));
   }
-  constexpr int kPhases = 5;
   if (tune.profile) clock = at::cuda::getCUDADeviceAllocator()->allocate(kPhases * 8);
   Params params = p;
   int units = plan.units, rows = plan.staged_rows;
@@ -767,8 +771,9 @@ void launch_cooperative(Kernel kernel, const Params& p, const Plan& plan, const 
     C10_CUDA_CHECK(cudaGetDevice(&dev));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, dev));
     const std::lock_guard<std::mutex> lock(profile_mutex);
-    last_profile[backward] = {host[0], host[1], host[2], host[3], host[4], p.steps, p.batch,
-                              p.hidden, plan.blocks, plan.units, plan.staged_rows, khz};
+    last_profile[backward] = {host[0], host[1], host[2],  host[3],     host[4],
+                              host[5], p.steps, p.batch, p.hidden, plan.blocks,
+                              plan.units, plan.staged_rows, khz};
   }
 }
 
