@@ -58,7 +58,10 @@ def _require_saved(ctx, op: str, layer_fn: str) -> None:
 
 
 def _or_zeros(grad: Optional[Tensor], like: Tensor) -> Tensor:
-    """The gradient autograd passed for an output, zeros where the output was not used."""
+    """The gradient autograd passed for an output, zeros where the output was not used.
+    The setup_context functions turn off autograd's own zero-filling (set_materialize_grads):
+    it also filled the gradients of the saved activations, outputs nothing differentiates
+    (GRU at T=35, B=32, H=256: a [T, B, 4H] fill, 0.7 ms of a 19 ms training step)."""
     return torch.zeros_like(like) if grad is None else grad
 
 
@@ -91,6 +94,7 @@ def _gru_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, output, save
 
 
 def _gru_setup_context(ctx, inputs, output):
+    ctx.set_materialize_grads(False)  # unused outputs: None, not zeros (see _or_zeros)
     input, hx, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save_activations = inputs
     out, _h_n, saved = output
     ctx.mark_non_differentiable(saved)
@@ -169,6 +173,7 @@ def _lstm_backward_fake(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih, w_hh
 
 
 def _lstm_setup_context(ctx, inputs, output):
+    ctx.set_materialize_grads(False)  # unused outputs: None, not zeros (see _or_zeros)
     input, hx, cx, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save_activations = inputs
     out, _h_n, _c_n, gates, cells = output
     ctx.mark_non_differentiable(gates, cells)
@@ -220,6 +225,7 @@ def _lstm_proj_backward_fake(grad_output, grad_hy, grad_cy, input, hx, cx, w_ih,
 
 
 def _lstm_proj_setup_context(ctx, inputs, output):
+    ctx.set_materialize_grads(False)  # unused outputs: None, not zeros (see _or_zeros)
     input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh, lengths, reverse, save_activations = inputs
     out, _h_n, _c_n, gates, cells, hidden = output
     ctx.mark_non_differentiable(gates, cells, hidden)
@@ -266,6 +272,7 @@ def _rnn_backward_fake(grad_output, grad_hy, input, hx, w_ih, w_hh, output, leng
 
 
 def _rnn_setup_context(ctx, inputs, output):
+    ctx.set_materialize_grads(False)  # unused outputs: None, not zeros (see _or_zeros)
     input, hx, w_ih, w_hh, b_ih, b_hh, lengths, relu, reverse = inputs
     out, _h_n = output
     ctx.save_for_backward(input, hx, w_ih, w_hh, out, lengths)
