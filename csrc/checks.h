@@ -93,14 +93,7 @@ inline int64_t check_forward_args(const char* op, int64_t gates, const at::Tenso
   if (tokens) {
     TORCH_CHECK(input.device() == ref.device(), op, ": expected input on device ", ref.device(),
                 " (the device of the weights), got ", input.device());
-    // On a GPU this reads two numbers back (a synchronisation): an id out of range would
-    // otherwise end in a device-side assert, which leaves the CUDA context unusable.
-    if (input.numel() > 0) {
-      const at::Tensor bounds = at::stack({input.min(), input.max()}).cpu();  // [2]
-      const int64_t lo = bounds[0].item<int64_t>(), hi = bounds[1].item<int64_t>();
-      TORCH_CHECK(lo >= 0 && hi < I, op, ": expected token ids in [0, input_size=", num(I),
-                  "), got values in [", num(lo), ", ", num(hi), "]");
-    }
+    // the values of the ids: check_token_ids, called by the forward operators
   } else {
     check_same(op, "w_hh", w_hh, input);
   }
@@ -111,6 +104,18 @@ inline int64_t check_forward_args(const char* op, int64_t gates, const at::Tenso
   if (b_ih) check_same(op, "b_ih", *b_ih, ref, ref_name);
   if (b_hh) check_same(op, "b_hh", *b_hh, ref, ref_name);
   return H;
+}
+
+// Token ids: every value in [0, input_size). On a GPU this reads two numbers back (a
+// synchronisation), so the forward operators call it where the device can wait (not while a
+// CUDA graph is being captured); an id out of range would otherwise end in a device-side
+// assert, which leaves the CUDA context unusable.
+inline void check_token_ids(const char* op, const at::Tensor& input, int64_t input_size) {
+  if (input.numel() == 0) return;
+  const at::Tensor bounds = at::stack({input.min(), input.max()}).cpu();  // [2]
+  const int64_t lo = bounds[0].item<int64_t>(), hi = bounds[1].item<int64_t>();
+  TORCH_CHECK(lo >= 0 && hi < input_size, op, ": expected token ids in [0, input_size=",
+              num(input_size), "), got values in [", num(lo), ", ", num(hi), "]");
 }
 
 // lengths: int64 [B] on input's device with values in [0, T] (values checked on the CPU only:

@@ -5,6 +5,7 @@
 //   template <typename S> static const StepKernels<S>& kernels();
 //   template <typename S> static std::unique_ptr<HiddenGemm<S>> hidden_gemm(w, transpose_w, rows);
 //   template <typename F> static auto dispatch(const at::Tensor& w, const char* op, F&& f);
+//   static bool may_synchronize();  // may a check read values back now (checks.h)?
 // where dispatch calls f(S{}) for the element type S of the weights (= that of a floating-point
 // input; token-id input is integer) or raises for unsupported dtypes.
 #pragma once
@@ -46,6 +47,13 @@ inline void check_gru_backward_args(const char* op, int64_t saved_gates, const T
 
 template <typename Backend>
 struct RnnOps {
+  // The values of token-id input, where the device may synchronise (Backend::may_synchronize).
+  static void check_tokens(const char* op, const Tensor& input, const Tensor& w_ih) {
+    if (is_token_input(input) && Backend::may_synchronize()) {
+      check_token_ids(op, input, w_ih.size(1));
+    }
+  }
+
   // input: [T, B, I], hx: [B, H], w_ih: [3H, I], w_hh: [3H, H], b_ih, b_hh: [3H] or None,
   // lengths: [B] or None
   static std::tuple<Tensor, Tensor, Tensor> gru_forward(
@@ -55,6 +63,7 @@ struct RnnOps {
     constexpr const char* op = "fused_rnn::gru_forward";
     const NoAutocast no_autocast;
     check_forward_args(op, 3, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh);
+    check_tokens(op, input, w_ih);
     check_lengths(op, lengths, input);
     return Backend::dispatch(w_hh, op, [&](auto tag) {
       using S = decltype(tag);
@@ -92,6 +101,7 @@ struct RnnOps {
     constexpr const char* op = "fused_rnn::lstm_forward";
     const NoAutocast no_autocast;
     check_forward_args(op, 4, input, hx, &cx, w_ih, w_hh, b_ih, b_hh);
+    check_tokens(op, input, w_ih);
     check_lengths(op, lengths, input);
     return Backend::dispatch(w_hh, op, [&](auto tag) {
       using S = decltype(tag);
@@ -140,6 +150,7 @@ struct RnnOps {
     constexpr const char* op = "fused_rnn::rnn_forward";
     const NoAutocast no_autocast;
     check_forward_args(op, 1, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh);
+    check_tokens(op, input, w_ih);
     check_lengths(op, lengths, input);
     return Backend::dispatch(w_hh, op, [&](auto tag) {
       using S = decltype(tag);
@@ -180,6 +191,7 @@ struct RnnOps {
     constexpr const char* op = "fused_rnn::gru_textbook_forward";
     const NoAutocast no_autocast;
     check_forward_args(op, 3, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh);
+    check_tokens(op, input, w_ih);
     check_lengths(op, lengths, input);
     return Backend::dispatch(w_hh, op, [&](auto tag) {
       using S = decltype(tag);
@@ -216,6 +228,7 @@ struct RnnOps {
     constexpr const char* op = "fused_rnn::lstm_proj_forward";
     const NoAutocast no_autocast;
     check_forward_args(op, 4, input, hx, &cx, w_ih, w_hh, b_ih, b_hh, &w_hr);
+    check_tokens(op, input, w_ih);
     check_lengths(op, lengths, input);
     return Backend::dispatch(w_hh, op, [&](auto tag) {
       using S = decltype(tag);

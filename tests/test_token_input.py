@@ -98,3 +98,30 @@ def test_token_input_wrong_rank():
     m = fused_rnn.LSTM(V, 4)
     with pytest.raises(ValueError, match="Expected token-id input to be 1D or 2D, got 3D input instead"):
         m(torch.zeros(2, 3, 1, dtype=torch.long))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_token_input_forward_captures_in_a_cuda_graph():
+    """The id range check reads values back, which a CUDA graph capture forbids: it is skipped
+    while the stream is capturing, and the captured forward replays to the eager result."""
+    torch.manual_seed(0)
+    m = fused_rnn.GRU(V, 16, device="cuda")
+    ids = torch.randint(0, V, (7, 3), device="cuda")
+    saved = fused_rnn.cuda_path()
+    fused_rnn.set_cuda_path("general")  # cuBLAS + step kernels; no cooperative launch
+    try:
+        with torch.no_grad():
+            want, _ = m(ids)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                m(ids)  # warm-up outside the capture
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                got, _ = m(ids)
+            graph.replay()
+            torch.cuda.synchronize()
+    finally:
+        fused_rnn.set_cuda_path(saved)
+    torch.testing.assert_close(got, want)

@@ -10,6 +10,7 @@ namespace fused_rnn {
 namespace {
 
 struct CpuBackend {
+  static bool may_synchronize() { return true; }
   template <typename S>
   static const StepKernels<S>& kernels() {
     return cpu::step_kernels<S>();

@@ -1,6 +1,7 @@
 // CUDA implementations of the fused_rnn operators (general path): the same time loops as the
 // CPU (rnn_driver.h), per-step GEMMs through ATen (cuBLAS), step kernels from step_kernels.cu.
 // TF32: the GEMMs follow torch.backends.cuda.matmul.allow_tf32 (PyTorch's default: off).
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -11,6 +12,11 @@ namespace fused_rnn {
 namespace {
 
 struct CudaBackend {
+  // false while the current stream is being captured into a CUDA graph (no synchronisation
+  // allowed there)
+  static bool may_synchronize() {
+    return c10::cuda::currentStreamCaptureStatusMayInitCtx() == c10::cuda::CaptureStatus::None;
+  }
   template <typename S>
   static const StepKernels<S>& kernels() {
     return cuda::step_kernels<S>();
