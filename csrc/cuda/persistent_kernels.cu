@@ -344,14 +344,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     recurrence_forward_kernel(RecurrenceForward<S> p, int U, int Bc, unsigned* barrier,
                               long long* phases) {
   using A = acc_t<S>;
-  using Raw = typename RawOf<S>::type;
   constexpr int G = gates_of(kCell);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int H = static_cast<int>(p.hidden), B = static_cast<int>(p.batch), R = G * U;
   const int wps = slot_words<S>(U);
   unsigned* xs = reinterpret_cast<unsigned*>(smem_raw);  // xs: [2][B*G][wps] words
-  A* W = reinterpret_cast<A*>(smem_raw + slot_bytes<S>(B * G, U));  // W: [R, H], row g*U + u
-                                                                    //   = W_hh[g*H + j0 + u, :]
+  // W: [R, H], row g*U + u = W_hh[g*H + j0 + u, :]
+  A* W = reinterpret_cast<A*>(smem_raw + slot_bytes<S>(B * G, U));
   A* X = W + R * H;                       // X: [Bc, H]  rows of h_prev
   A* gh = X + Bc * H;                     // gh: [B, R]  h_prev W_hh^T for this block's rows
   A* P = gh + B * R;                      // P: [kWarps * 32]
@@ -486,8 +485,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int H = static_cast<int>(p.hidden), B = static_cast<int>(p.batch), K = G * H;
   constexpr int kIn = kCell == Cell::kGru ? 6 : kCell == Cell::kLstm ? 7 : 2;  // see input_ptr
   unsigned* xs = reinterpret_cast<unsigned*>(smem_raw);  // xs: [2][B*kIn][slot_words] words
-  A* Wt = reinterpret_cast<A*>(smem_raw + slot_bytes<S>(B * kIn, U));  // Wt: [U, K], row u
-                                                                       //   = W_hh[:, j0 + u]
+  // Wt: [U, K], row u = W_hh[:, j0 + u]
+  A* Wt = reinterpret_cast<A*>(smem_raw + slot_bytes<S>(B * kIn, U));
   A* X = Wt + U * K;                       // X: [Bc, K]  rows of this step's d_gates
   A* mv = X + Bc * K;                      // mv: [B, U]  d_gates W_hh for this block's units
   A* dh = mv + B * U;                      // dh: [B, U]  running dL/dh
