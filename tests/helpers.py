@@ -89,3 +89,27 @@ def compare_with_nn(ref, fused, x, hx, dtype, grad_tol=None):
     assert_grads_close(grads(got, tensors + list(fused.parameters()), seeds),
                        grads(want, tensors + list(ref.parameters()), seeds), dtype, names,
                        grad_tol)
+
+
+def compare_packed_with_nn(ref, fused, x, packed, hx, dtype, grad_tol=None):
+    """fused(packed, hx) against ref(packed, hx): the same PackedSequence out (batch sizes,
+    sorted / unsorted indices, data), final states, then the gradients of x (the tensor packed
+    was made from), of the initial states that require grad and of every parameter
+    (GRAD_TOL[dtype], or grad_tol)."""
+    out_f, st_f = fused(packed, hx)
+    out_r, st_r = ref(packed, hx)
+    assert torch.equal(out_f.batch_sizes, out_r.batch_sizes)
+    for a, b in [(out_f.sorted_indices, out_r.sorted_indices),
+                 (out_f.unsorted_indices, out_r.unsorted_indices)]:
+        assert (a is None and b is None) or torch.equal(a, b)
+    got, want = flat(out_f, st_f), flat(out_r, st_r)
+    for g, w, n in zip(got, want, ["output", "h_n", "c_n"]):
+        assert_close(g, w, dtype, n)
+    states = [] if hx is None else list(hx) if isinstance(hx, tuple) else [hx]
+    states = [s for s in states if s.requires_grad]
+    seeds = [torch.randn_like(w) for w in want]
+    names = (["input"] + [f"state{i}" for i in range(len(states))]
+             + [n for n, _ in ref.named_parameters()])
+    assert_grads_close(grads(got, [x, *states, *fused.parameters()], seeds),
+                       grads(want, [x, *states, *ref.parameters()], seeds), dtype, names,
+                       tol=grad_tol)

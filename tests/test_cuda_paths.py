@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 import fused_rnn
-from helpers import (GRAD_TOL, TOL, assert_close, assert_grads_close, compare_with_nn, flat, grads,
-                     nn_and_fused)
+from helpers import (GRAD_TOL, TOL, assert_close, compare_packed_with_nn,
+                     compare_with_nn, flat, grads, nn_and_fused)
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 PATHS = ["persistent", "general"]
@@ -94,16 +94,7 @@ def test_path_packed_sequences_match_nn(path, cell, enforce_sorted):
     x = torch.randn(T, B, I, device="cuda", requires_grad=True)
     packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
     with cuda_path(path):
-        out_f, st_f = fused(packed)
-        out_r, st_r = ref(packed)
-        got = flat(nn.utils.rnn.pad_packed_sequence(out_f)[0], st_f)
-        want = flat(nn.utils.rnn.pad_packed_sequence(out_r)[0], st_r)
-        for g, w, n in zip(got, want, ["output", "h_n", "c_n"]):
-            assert_close(g, w, torch.float32, n)
-        seeds = [torch.randn_like(w) for w in want]
-        assert_grads_close(grads(got, [x, *fused.parameters()], seeds),
-                           grads(want, [x, *ref.parameters()], seeds), torch.float32,
-                           ["input"] + [n for n, _ in ref.named_parameters()])
+        compare_packed_with_nn(ref, fused, x, packed, None, torch.float32)
 
 
 @needs_cuda
@@ -249,16 +240,7 @@ def test_persistent_tuning_variants_match_nn(monkeypatch, barrier, units, T, B, 
         lengths = torch.randint(1, T + 1, (B,))
         lengths[0] = T
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
-        out_f, st_f = fused(packed, hx)
-        out_r, st_r = ref(packed, hx)
-        got = flat(nn.utils.rnn.pad_packed_sequence(out_f)[0], st_f)
-        want = flat(nn.utils.rnn.pad_packed_sequence(out_r)[0], st_r)
-        for g, w, n in zip(got, want, ["output", "h_n", "c_n"]):
-            assert_close(g, w, torch.float32, n)
-        seeds = [torch.randn_like(w) for w in want]
-        assert_grads_close(grads(got, [x, *fused.parameters()], seeds),
-                           grads(want, [x, *ref.parameters()], seeds), torch.float32,
-                           ["input"] + [n for n, _ in ref.named_parameters()], tol=tol)
+        compare_packed_with_nn(ref, fused, x, packed, hx, torch.float32, grad_tol=tol)
 
 
 @needs_cuda

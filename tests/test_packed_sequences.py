@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pack_sequence
 
 import fused_rnn
-from helpers import DEVICES, assert_close, assert_grads_close, flat, grads
+from helpers import DEVICES, assert_close, compare_packed_with_nn, flat
 
 CELLS = ["GRU", "LSTM", "RNN"]
 
@@ -36,20 +36,7 @@ def test_packed_matches_nn(device, cell, enforce_sorted, num_layers, bidirection
         hx = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)
         if cell == "LSTM":
             hx = (hx, torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True))
-    out_ref, state_ref = ref(packed, hx)
-    out_fused, state_fused = fused(packed, hx)
-    assert torch.equal(out_fused.batch_sizes, out_ref.batch_sizes)
-    for a, b in [(out_fused.sorted_indices, out_ref.sorted_indices),
-                 (out_fused.unsorted_indices, out_ref.unsorted_indices)]:
-        assert (a is None and b is None) or torch.equal(a, b)
-    got, want = flat(out_fused, state_fused), flat(out_ref, state_ref)
-    for g, w, n in zip(got, want, ["output", "h_n", "c_n"]):
-        assert_close(g, w, torch.float64, n)
-    states = [] if hx is None else list(hx) if isinstance(hx, tuple) else [hx]
-    seeds = [torch.randn_like(w) for w in want]
-    names = ["input"] + [f"state{i}" for i in range(len(states))] + [n for n, _ in ref.named_parameters()]
-    assert_grads_close(grads(got, [x, *states, *fused.parameters()], seeds),
-                       grads(want, [x, *states, *ref.parameters()], seeds), torch.float64, names)
+    compare_packed_with_nn(ref, fused, x, packed, hx, torch.float64)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -96,10 +83,4 @@ def test_packed_lstm_proj_size_matches_nn(device, enforce_sorted):
     lengths = [6, 4, 4, 1] if enforce_sorted else [2, 6, 1, 4]
     x = torch.randn(6, 4, 5, dtype=torch.float64, device=device, requires_grad=True)
     packed = pack_padded_sequence(x, lengths, enforce_sorted=enforce_sorted)
-    got, want = flat(*fused(packed)), flat(*ref(packed))
-    for g, w, n in zip(got, want, ["output", "h_n", "c_n"]):
-        assert_close(g, w, torch.float64, n)
-    seeds = [torch.randn_like(w) for w in want]
-    names = ["input"] + [n for n, _ in ref.named_parameters()]
-    assert_grads_close(grads(got, [x, *fused.parameters()], seeds),
-                       grads(want, [x, *ref.parameters()], seeds), torch.float64, names)
+    compare_packed_with_nn(ref, fused, x, packed, None, torch.float64)

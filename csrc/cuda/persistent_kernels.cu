@@ -48,6 +48,12 @@ constexpr int gates_of(Cell cell) {
   return cell == Cell::kGru ? 3 : cell == Cell::kLstm ? 4 : 1;
 }
 
+// Values of the forward that one backward element reads per step (see the backward kernel's
+// input_ptr), by the number of gates: GRU 6, LSTM 7, RNN 2.
+constexpr int backward_inputs_of(int gates) {
+  return gates == 3 ? 6 : gates == 4 ? 7 : 2;
+}
+
 __device__ __forceinline__ int64_t step_time(int64_t s, int64_t T, bool reverse) {
   return reverse ? T - 1 - s : s;
 }
@@ -483,7 +489,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   constexpr int G = gates_of(kCell);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int H = static_cast<int>(p.hidden), B = static_cast<int>(p.batch), K = G * H;
-  constexpr int kIn = kCell == Cell::kGru ? 6 : kCell == Cell::kLstm ? 7 : 2;  // see input_ptr
+  constexpr int kIn = backward_inputs_of(G);  // see input_ptr
   unsigned* xs = reinterpret_cast<unsigned*>(smem_raw);  // xs: [2][B*kIn][slot_words] words
   // Wt: [U, K], row u = W_hh[:, j0 + u]
   A* Wt = reinterpret_cast<A*>(smem_raw + slot_bytes<S>(B * kIn, U));
@@ -679,8 +685,8 @@ bool make_plan(int G, int64_t B, int64_t H, bool backward, const DeviceLimits& d
   if (B > (1 << 16) || G * H * H >= (int64_t{1} << 31)) return false;
   const int64_t U = std::min(H, std::max((H + d.sms - 1) / d.sms, min_units));
   // slots of the inputs fetched ahead: forward x_t W_ih^T per gate; backward the forward's
-  // values (the kernels' kIn: GRU 6, LSTM 7, RNN 2)
-  const int64_t segments = B * (backward ? (G == 3 ? 6 : G == 4 ? 7 : 2) : G);
+  // values an element reads
+  const int64_t segments = B * (backward ? backward_inputs_of(G) : G);
   const size_t slots = static_cast<size_t>(slot_bytes<S>(segments, static_cast<int>(U)));
   if (slots >= d.smem_optin) return false;
   const int64_t K = backward ? G * H : H;         // reduction length
