@@ -130,6 +130,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Per-step GEMM of the CPU kernels: 'mkl-packed' (float32 with MKL) or 'aten'.");
   m.def("set_cpu_gemm_backend", &fused_rnn::cpu::set_gemm_backend,
         "Choose 'mkl-packed' or 'aten' for the per-step GEMMs (testing, benchmarking).");
+  m.def("cpu_schedule", &fused_rnn::cpu::cpu_schedule,
+        "How the CPU runs GRU / LSTM / RNN recurrences: 'auto', 'per-step' or 'row-blocks'.");
+  m.def("set_cpu_schedule", &fused_rnn::cpu::set_cpu_schedule,
+        "Choose the CPU schedule: 'auto', 'per-step' or 'row-blocks' (testing, benchmarking).");
+  m.def("_cpu_row_blocks", &fused_rnn::cpu::row_blocks, pybind11::arg("batch"),
+        pybind11::arg("hidden"), pybind11::arg("float32"),
+        "First batch rows of the row blocks the CPU would run a recurrence in now (and batch at "
+        "the end); empty: per-step (tests).");
   m.def("cuda_path", [] { return std::string(fused_rnn::cuda_path_name(fused_rnn::cuda_path())); },
         "CUDA path of the GRU / LSTM / RNN recurrences: 'auto', 'persistent' or 'general'.");
   m.def("set_cuda_path",

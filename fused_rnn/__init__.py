@@ -34,6 +34,26 @@ def set_cpu_isa(name: str) -> None:
     _C.set_cpu_isa(name)
 
 
+def cpu_schedule() -> str:
+    """How the CPU runs the GRU / LSTM / RNN recurrences: "auto", "per-step" or "row-blocks"."""
+    return _C.cpu_schedule()
+
+
+def set_cpu_schedule(name: str) -> None:
+    """Choose how the CPU runs the recurrences (process-wide; also FUSED_RNN_CPU_SCHEDULE at
+    import). Every schedule gives the same results bit for bit:
+
+    * "per-step": each step is spread over all threads (the hidden GEMM's columns by MKL, then
+      the pointwise kernel's batch rows): two fork-joins per step;
+    * "row-blocks": each thread runs all steps for its own block of batch rows (the rows of a
+      sequence never interact), with no synchronisation inside the sequence;
+    * "auto" (default): row blocks for float32 with MKL where every thread gets at least 16
+      batch rows and hidden_size <= 256 (measured faster there), else per-step.
+    The GRU textbook form (reset_after=False) and the projected LSTM always run per step.
+    """
+    _C.set_cpu_schedule(name)
+
+
 def cuda_path() -> str:
     """CUDA path of the GRU / LSTM / RNN recurrences: "auto", "persistent" or "general"."""
     return _C.cuda_path()
@@ -56,4 +76,5 @@ def set_cuda_path(name: str) -> None:
 
 __all__ = ["GRU", "LSTM", "RNN", "from_torch", "replace_rnns", "gru_layer", "lstm_layer",
            "rnn_layer", "reference", "cpu_isa",
-           "available_cpu_isas", "set_cpu_isa", "cuda_path", "set_cuda_path"]
+           "available_cpu_isas", "set_cpu_isa", "cpu_schedule", "set_cpu_schedule", "cuda_path",
+           "set_cuda_path"]

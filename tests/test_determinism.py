@@ -1,7 +1,8 @@
 """CPU determinism: forward and backward give bit-identical outputs and gradients on repeated
 runs and whatever the number of threads (1, 2, 4), for every cell, both GEMM back ends,
-float32 / float64, and batches of 40 and of 1. (CUDA: tests/test_cuda_paths.py,
-on a GPU.)"""
+float32 / float64, batches of 40 and of 1, and both the automatic CPU schedule and row blocks
+forced (whose blocks change with the thread count: 40, 20 or 10 rows). (CUDA:
+tests/test_cuda_paths.py, on a GPU.)"""
 import pytest
 import torch
 
@@ -29,16 +30,18 @@ def restore_threads():
     torch.set_num_threads(n)
 
 
+@pytest.mark.parametrize("schedule", ["auto", "row-blocks"])
 @pytest.mark.parametrize("batch", [40, 1])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("backend", ["mkl-packed", "aten"])
 @pytest.mark.parametrize("cell,kw", CELLS, ids=IDS)
 def test_bitwise_identical_across_runs_and_thread_counts(cell, kw, backend, dtype, batch,
-                                                         restore_threads):
+                                                         schedule, restore_threads):
     if backend == "mkl-packed" and fused_rnn._C.cpu_gemm_backend() != "mkl-packed":
         pytest.skip("torch without MKL")
     saved = fused_rnn._C.cpu_gemm_backend()
     fused_rnn._C.set_cpu_gemm_backend(backend)
+    fused_rnn.set_cpu_schedule(schedule)
     try:
         results = {}
         for threads in (1, 2, 4, 2):
@@ -46,6 +49,7 @@ def test_bitwise_identical_across_runs_and_thread_counts(cell, kw, backend, dtyp
             results.setdefault(threads, []).append(run(cell, kw, dtype, batch))
     finally:
         fused_rnn._C.set_cpu_gemm_backend(saved)
+        fused_rnn.set_cpu_schedule("auto")
     first = results[1][0]
     for threads, runs in results.items():
         for r in runs:

@@ -32,19 +32,26 @@ std::atomic<const IsaKernels*>& active() {
   return kernels;
 }
 
-template <typename scalar_t>
-const RowKernels<scalar_t>& rows();
+}  // namespace
+
 template <>
-const RowKernels<float>& rows<float>() {
+const RowKernels<float>& row_kernels<float>() {
   return active().load(std::memory_order_relaxed)->f32;
 }
 template <>
-const RowKernels<double>& rows<double>() {
+const RowKernels<double>& row_kernels<double>() {
   return active().load(std::memory_order_relaxed)->f64;
 }
 template <>
-const RowKernels<c10::BFloat16>& rows<c10::BFloat16>() {
+const RowKernels<c10::BFloat16>& row_kernels<c10::BFloat16>() {
   return active().load(std::memory_order_relaxed)->bf16;
+}
+
+namespace {
+
+template <typename S>
+const RowKernels<S>& rows() {
+  return row_kernels<S>();
 }
 
 // Work below about this many elements per thread is not worth waking another thread for.
@@ -101,7 +108,9 @@ const StepKernels<scalar_t>& step_kernels() {
                                              &gru_textbook_gates<scalar_t>,
                                              &gru_textbook_state<scalar_t>,
                                              &gru_textbook_state_back<scalar_t>,
-                                             &gru_textbook_gates_back<scalar_t>};
+                                             &gru_textbook_gates_back<scalar_t>,
+                                             &recurrence_forward<scalar_t>,
+                                             &recurrence_backward<scalar_t>};
   return kernels;
 }
 template const StepKernels<float>& step_kernels<float>();

@@ -7,6 +7,7 @@
 
 #include "../hidden_gemm.h"
 #include "../step_params.h"
+#include "row_kernels.h"
 
 namespace fused_rnn::cpu {
 
@@ -20,6 +21,34 @@ std::unique_ptr<HiddenGemm<scalar_t>> hidden_gemm(const at::Tensor& w, bool tran
                                                   int64_t rows);
 std::string gemm_backend();                     // "mkl-packed" or "aten"
 void set_gemm_backend(const std::string& name);  // for tests and benchmarks
+
+// The pointwise row kernels of the instruction-set build in use.
+template <typename scalar_t>
+const RowKernels<scalar_t>& row_kernels();
+
+// How a GRU / LSTM / RNN recurrence runs on the CPU (process-wide setting; also
+// FUSED_RNN_CPU_SCHEDULE at import), csrc/cpu/cpu_recurrence.cpp:
+//   "per-step"    every step spread over all threads: the GEMM's columns, then the pointwise
+//                 kernel's rows (two fork-joins per step)
+//   "row-blocks"  each thread runs all steps for its own block of batch rows (blocks of at
+//                 least 2 rows; one block when B < 4 or one thread)
+//   "auto"        row blocks for float32 with MKL where every thread gets >= 16 rows and
+//                 H <= 256, else per-step
+// The GRU textbook form and the projected LSTM always run per step.
+enum class CpuSchedule : int { kAuto = 0, kPerStep = 1, kRowBlocks = 2 };
+std::string cpu_schedule();
+void set_cpu_schedule(const std::string& name);  // raises on an unknown name
+
+// First batch rows of the row blocks a recurrence of B rows and hidden size H would run in
+// now (and B at the end); empty: the per-step schedule. Blocks have at least 2 rows (a one-row
+// MKL GEMM rounds differently from the same row in a larger GEMM), except for B = 1.
+std::vector<int64_t> row_blocks(int64_t B, int64_t H, bool float32);
+
+// The row-blocks schedule (StepKernels::recurrence_*): false where the per-step one runs.
+template <typename scalar_t>
+bool recurrence_forward(const RecurrenceForward<scalar_t>& p);
+template <typename scalar_t>
+bool recurrence_backward(const RecurrenceBackward<scalar_t>& p);
 
 // Name of the instruction-set build in use ("DEFAULT", "AVX2", "AVX512").
 std::string active_isa();

@@ -16,6 +16,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <limits>
 #include <type_traits>
 
 #include "../gates.h"
@@ -33,11 +34,39 @@ struct Activations<at::vec::Vectorized<S>> {
   // exp_u20: ATen's fast exp (a few ulp, clamps its argument to the finite range, so large
   // |x| saturate correctly); it would turn NaN into a number, so NaN is put back.
   static inline V exp(V x) { return V::blendv(x.exp_u20(), x, x.isnan()); }
-  static inline V sigmoid(V x) { return V(S(1)) / (V(S(1)) + exp(x.neg())); }
-  // tanh(x) = 1 - 2 / (1 + exp(2x)): one exp and one division, several times cheaper than
+  // 1 / d for d >= 1 (or NaN). float on AVX2 / AVX512: the hardware's approximate reciprocal
+  // (12 / 14 bits) refined by two Newton steps in the form r + r * (1 - d * r), which gives
+  // the correctly rounded quotient all but rarely (one step left tanh one ulp off +-1 near
+  // saturation, where 1 - tanh^2 then is 1e-7 instead of 0: tests/test_modules_parity.py's
+  // saturated gates). A division of 16 floats costs the AVX512 core ~16 cycles and waits ~20
+  // more; the three of a GRU step were the hottest instructions of its forward kernel (perf
+  // annotate). d is first capped at FLT_MAX (an infinite d would make the Newton step 0 * inf =
+  // NaN; min returns its second operand, d, when d is NaN).
+  static inline V recip(V d) {
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<S, float>) {
+      const __m512 dc = _mm512_min_ps(_mm512_set1_ps(std::numeric_limits<float>::max()), d);
+      const __m512 one = _mm512_set1_ps(1.f);
+      __m512 r = _mm512_rcp14_ps(dc);
+      r = _mm512_fmadd_ps(r, _mm512_fnmadd_ps(dc, r, one), r);
+      return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(dc, r, one), r);
+    }
+#elif defined(CPU_CAPABILITY_AVX2)
+    if constexpr (std::is_same_v<S, float>) {
+      const __m256 dc = _mm256_min_ps(_mm256_set1_ps(std::numeric_limits<float>::max()), d);
+      const __m256 one = _mm256_set1_ps(1.f);
+      __m256 r = _mm256_rcp_ps(dc);
+      r = _mm256_fmadd_ps(r, _mm256_fnmadd_ps(dc, r, one), r);
+      return _mm256_fmadd_ps(r, _mm256_fnmadd_ps(dc, r, one), r);
+    }
+#endif
+    return V(S(1)) / d;
+  }
+  static inline V sigmoid(V x) { return recip(V(S(1)) + exp(x.neg())); }
+  // tanh(x) = 1 - 2 / (1 + exp(2x)): one exp and one reciprocal, several times cheaper than
   // Sleef's tanh; absolute error about one ulp of 1 (where |x| << 1 that is more than tanh's own
   // ulp, well inside what the recurrence's GEMMs round anyway). Saturates to +-1, keeps NaN.
-  static inline V tanh(V x) { return V(S(1)) - V(S(2)) / (V(S(1)) + exp(x + x)); }
+  static inline V tanh(V x) { return V(S(1)) - V(S(2)) * recip(V(S(1)) + exp(x + x)); }
   static inline V relu(V x) { return at::vec::maximum(x, V(S(0))); }  // keeps NaN
   static inline V relu_grad(V y) { return V::blendv(V(S(0)), V(S(1)), y > V(S(0))); }
 };

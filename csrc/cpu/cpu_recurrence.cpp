@@ -1,0 +1,207 @@
+// The CPU's "row blocks" schedule of a GRU / LSTM / RNN recurrence (the StepKernels hooks
+// recurrence_forward / recurrence_backward; the per-step schedule is the driver's own loop).
+//
+// The batch rows of a sequence never interact: row b's state at step t depends only on row b.
+// So each intra-op thread takes one block of rows and runs all T steps for it alone: per step a
+// GEMM of its rows with the shared W_hh (packed once, read by every thread), then the pointwise
+// step kernel on the same rows. The threads never wait for each other inside the sequence. The
+// per-step schedule instead spreads every step over all threads: two fork-joins per step (MKL's
+// GEMM, then the pointwise kernel), and the threads wait at both.
+//
+// Same results bit for bit as the per-step schedule (and whatever the thread count): MKL's
+// packed GEMM computes each row of a block as it computes that row in the whole batch, as long
+// as the weight is packed for the whole batch and no block has a single row (a one-row GEMM
+// takes another code path): checked for H from 5 to 1000, both GEMM directions, with and
+// without accumulation, blocks of 2..64 rows; tests/test_determinism.py and
+// tests/test_cpu_schedule.py keep checking it.
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <type_traits>
+#include <vector>
+
+#include "cpu_kernels.h"
+#include "row_kernels.h"
+
+namespace fused_rnn::cpu {
+namespace {
+
+// In auto, the row blocks run for float32 with MKL where every thread gets at least
+// kMinAutoRows rows and H <= kMaxAutoHidden. Measured on the 2-core development machine
+// (T=35, I=H, fused time row blocks / per step): H=128 B=32 forward 0.80-0.83, forward+backward
+// 0.90-0.94; H=256 B=32..64 0.93-1.00; H=512 B=32..128 1.00-1.03 (there MKL's 2-thread GEMM
+// of the whole batch is a little faster than two 1-thread GEMMs of half of it). Blocks of fewer
+// rows were not measured as worth it.
+constexpr int64_t kMinAutoRows = 16;
+constexpr int64_t kMaxAutoHidden = 256;
+
+CpuSchedule parse(const std::string& name) {
+  if (name == "auto") return CpuSchedule::kAuto;
+  if (name == "per-step") return CpuSchedule::kPerStep;
+  if (name == "row-blocks") return CpuSchedule::kRowBlocks;
+  TORCH_CHECK(false, "fused_rnn: CPU schedule must be 'auto', 'per-step' or 'row-blocks', got '",
+              name, "'");
+}
+
+std::atomic<int>& setting() {
+  static std::atomic<int> value{[] {
+    const char* env = std::getenv("FUSED_RNN_CPU_SCHEDULE");
+    return static_cast<int>(env && *env ? parse(env) : CpuSchedule::kAuto);
+  }()};
+  return value;
+}
+
+}  // namespace
+
+std::vector<int64_t> row_blocks(int64_t B, int64_t H, bool float32) {
+  const CpuSchedule schedule = static_cast<CpuSchedule>(setting().load());
+  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  int64_t blocks = 0;
+  if (schedule == CpuSchedule::kRowBlocks) {
+    blocks = std::max<int64_t>(1, std::min(threads, B / 2));
+  } else if (schedule == CpuSchedule::kAuto && float32 && gemm_backend() == "mkl-packed" &&
+             threads >= 2 && B >= kMinAutoRows * threads && H <= kMaxAutoHidden) {
+    blocks = threads;
+  }
+  if (blocks == 0 || B == 0) return {};
+  std::vector<int64_t> starts(blocks + 1);
+  for (int64_t i = 0; i <= blocks; ++i) starts[i] = B * i / blocks;
+  return starts;
+}
+
+namespace {
+
+// Runs body(b_begin, b_end) for the blocks, one thread per block (a thread given several
+// blocks runs their rows as one block).
+template <typename F>
+void for_row_blocks(const std::vector<int64_t>& starts, const F& body) {
+  const int64_t blocks = static_cast<int64_t>(starts.size()) - 1;
+  at::parallel_for(0, blocks, 1, [&](int64_t k0, int64_t k1) { body(starts[k0], starts[k1]); });
+}
+
+// w: [N, K] (transpose_w: op(W) = w^T) or [K, N], as a tensor over the hook's pointer.
+template <typename S>
+at::Tensor weight_tensor(const S* w, int64_t rows, int64_t cols) {
+  return at::from_blob(const_cast<S*>(w), {rows, cols}, c10::CppTypeToScalarType<S>::value);
+}
+
+inline int64_t time_of(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s : s; }
+
+inline int64_t gates_of(Cell cell) {
+  return cell == Cell::kGru ? 3 : cell == Cell::kLstm ? 4 : 1;
+}
+
+}  // namespace
+
+template <typename S>
+bool recurrence_forward(const RecurrenceForward<S>& p) {
+  const int64_t T = p.steps, B = p.batch, H = p.hidden, G = gates_of(p.cell);
+  const std::vector<int64_t> starts = row_blocks(B, H, std::is_same_v<S, float>);
+  if (starts.empty()) return false;
+  const RowKernels<S>& k = row_kernels<S>();
+  // gh = h_prev W_hh^T (GRU: a buffer of its own; LSTM / RNN: added to x in place)
+  const auto hidden = hidden_gemm<S>(weight_tensor(p.w_hh, G * H, H), /*transpose_w=*/true, B);
+  std::vector<S> gh_buffer(p.cell == Cell::kGru ? B * 3 * H : 0);  // gh: [B, 3H]
+  S* gh = gh_buffer.data();
+  const bool relu = p.cell == Cell::kRnnRelu;
+  auto x_at = [&](int64_t t) { return p.x + t * p.x_step; };        // [B, G*H]
+  auto out_at = [&](int64_t t) { return p.out + t * p.out_step; };  // [B, H]
+  auto cell_at = [&](int64_t s) {  // [B, H], the cell state after processing step s
+    return p.cells + (p.cells_per_step ? time_of(s, T, p.reverse) : s % 2) * B * H;
+  };
+  for_row_blocks(starts, [&](int64_t b0, int64_t b1) {
+    const int64_t rows = b1 - b0;
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t t = time_of(s, T, p.reverse);
+      const S* h_prev = s == 0 ? p.h0 : out_at(time_of(s - 1, T, p.reverse));  // [B, H]
+      const int64_t h_prev_row = s == 0 ? H : p.out_row;
+      switch (p.cell) {
+        case Cell::kGru:
+          hidden->run(h_prev + b0 * h_prev_row, h_prev_row, gh + b0 * 3 * H, 3 * H, rows, false);
+          k.gru_forward({B, H, x_at(t), p.x_row, gh, 3 * H, p.b_ih, p.b_hh, h_prev, h_prev_row,
+                         out_at(t), p.out_row, p.saved ? p.saved + t * B * 4 * H : nullptr,
+                         4 * H, t, p.lengths},
+                        b0, b1);
+          break;
+        case Cell::kLstm:
+          hidden->run(h_prev + b0 * h_prev_row, h_prev_row, x_at(t) + b0 * p.x_row, p.x_row,
+                      rows, true);
+          k.lstm_forward({B, H, x_at(t), p.x_row, p.b_ih, h_prev, h_prev_row,
+                          s == 0 ? p.c0 : cell_at(s - 1), H, cell_at(s), H, out_at(t), p.out_row,
+                          t, p.lengths},
+                         b0, b1);
+          break;
+        default:
+          hidden->run(h_prev + b0 * h_prev_row, h_prev_row, x_at(t) + b0 * p.x_row, p.x_row,
+                      rows, true);
+          k.rnn_forward({B, H, x_at(t), p.x_row, p.b_ih, h_prev, h_prev_row, out_at(t),
+                         p.out_row, relu, t, p.lengths},
+                        b0, b1);
+      }
+    }
+  });
+  return true;
+}
+
+template <typename S>
+bool recurrence_backward(const RecurrenceBackward<S>& p) {
+  const int64_t T = p.steps, B = p.batch, H = p.hidden, G = gates_of(p.cell);
+  const std::vector<int64_t> starts = row_blocks(B, H, std::is_same_v<S, float>);
+  if (starts.empty()) return false;
+  const RowKernels<S>& k = row_kernels<S>();
+  // dh += d_h W_hh (d_h: GRU's d_gh, LSTM's d_gates, RNN's d_pre)
+  const auto hidden = hidden_gemm<S>(weight_tensor(p.w_hh, G * H, H), /*transpose_w=*/false, B);
+  const bool relu = p.cell == Cell::kRnnRelu;
+  for_row_blocks(starts, [&](int64_t b0, int64_t b1) {
+    const int64_t rows = b1 - b0;
+    for (int64_t s = T - 1; s >= 0; --s) {
+      const int64_t t = time_of(s, T, p.reverse);
+      const S* grad_h = p.grad_out + t * p.go_step;  // [B, H]
+      S* d_x = p.d_x + t * p.dx_step;                // [B, G*H]
+      S* d_h = p.d_h + t * p.dh_step;                // [B, G*H]
+      switch (p.cell) {
+        case Cell::kGru:
+          k.gru_backward({B, H, grad_h, p.go_row, p.dh, p.h_prev + t * p.hp_step, p.hp_row,
+                          p.saved + t * B * 4 * H, 4 * H, d_x, p.dx_row, d_h, p.dh_row, t,
+                          p.lengths},
+                         b0, b1);
+          break;
+        case Cell::kLstm: {
+          const S* c_prev = s == 0 ? p.c0 : p.cells + time_of(s - 1, T, p.reverse) * B * H;
+          k.lstm_backward({B, H, grad_h, p.go_row, p.dh, p.dc, p.gates + t * p.g_step, p.g_row,
+                           c_prev, H, p.cells + t * B * H, H, d_x, p.dx_row, t, p.lengths},
+                          b0, b1);
+          break;
+        }
+        default:
+          k.rnn_backward({B, H, grad_h, p.go_row, p.dh, p.out + t * p.out_step, p.out_row, d_x,
+                          p.dx_row, relu, t, p.lengths},
+                         b0, b1);
+      }
+      hidden->run(d_h + b0 * p.dh_row, p.dh_row, p.dh + b0 * H, H, rows, true);
+    }
+  });
+  return true;
+}
+
+template bool recurrence_forward<float>(const RecurrenceForward<float>&);
+template bool recurrence_forward<double>(const RecurrenceForward<double>&);
+template bool recurrence_forward<c10::BFloat16>(const RecurrenceForward<c10::BFloat16>&);
+template bool recurrence_backward<float>(const RecurrenceBackward<float>&);
+template bool recurrence_backward<double>(const RecurrenceBackward<double>&);
+template bool recurrence_backward<c10::BFloat16>(const RecurrenceBackward<c10::BFloat16>&);
+
+std::string cpu_schedule() {
+  switch (static_cast<CpuSchedule>(setting().load())) {
+    case CpuSchedule::kPerStep: return "per-step";
+    case CpuSchedule::kRowBlocks: return "row-blocks";
+    default: return "auto";
+  }
+}
+
+void set_cpu_schedule(const std::string& name) { setting().store(static_cast<int>(parse(name))); }
+
+}  // namespace fused_rnn::cpu
