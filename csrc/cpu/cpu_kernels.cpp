@@ -117,6 +117,31 @@ template const StepKernels<float>& step_kernels<float>();
 template const StepKernels<double>& step_kernels<double>();
 template const StepKernels<c10::BFloat16>& step_kernels<c10::BFloat16>();
 
+template <typename S>
+void column_sums_parallel(const at::Tensor& m, at::Tensor& out) {
+  const RowKernels<S>& k = row_kernels<S>();
+  const S* base = m.data_ptr<S>();
+  S* dst = out.data_ptr<S>();
+  const int64_t rows = m.size(0), stride = m.stride(0);
+  // column ranges only: every column is still summed in row order by one thread
+  at::parallel_for(0, m.size(1), 128, [&](int64_t c0, int64_t c1) {
+    k.column_sums(base, rows, stride, c0, c1, dst);
+  });
+}
+
+at::Tensor bias_grad(const at::Tensor& d_g2d_) {
+  const at::Tensor d_g2d = d_g2d_.stride(1) == 1 ? d_g2d_ : d_g2d_.contiguous();  // [N, G]
+  at::Tensor out = at::empty({d_g2d.size(1)}, d_g2d.options());                     // [G]
+  if (out.numel() == 0) return out;
+  switch (d_g2d.scalar_type()) {
+    case at::kFloat: column_sums_parallel<float>(d_g2d, out); break;
+    case at::kDouble: column_sums_parallel<double>(d_g2d, out); break;
+    case at::kBFloat16: column_sums_parallel<c10::BFloat16>(d_g2d, out); break;
+    default: TORCH_CHECK(false, "fused_rnn: bias_grad: unsupported dtype ", d_g2d.scalar_type());
+  }
+  return out;
+}
+
 std::string active_isa() { return active().load()->name; }
 
 std::vector<std::string> available_isas() {

@@ -50,6 +50,10 @@ bool recurrence_forward(const RecurrenceForward<scalar_t>& p);
 template <typename scalar_t>
 bool recurrence_backward(const RecurrenceBackward<scalar_t>& p);
 
+// Bias gradient: d_g2d: [N, G] (unit column stride) summed over its rows -> [G]; columns split
+// over threads, each column summed in row order (bit-identical whatever the thread count).
+at::Tensor bias_grad(const at::Tensor& d_g2d);
+
 // Name of the instruction-set build in use ("DEFAULT", "AVX2", "AVX512").
 std::string active_isa();
 // The builds compiled into this binary that this CPU can run, best last.

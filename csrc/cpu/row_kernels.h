@@ -23,6 +23,10 @@ struct RowKernels {
   void (*gru_textbook_state)(const GruTextbookStateStep<scalar_t>&, int64_t, int64_t);
   void (*gru_textbook_state_back)(const GruTextbookStateBackStep<scalar_t>&, int64_t, int64_t);
   void (*gru_textbook_gates_back)(const GruTextbookGatesBackStep<scalar_t>&, int64_t, int64_t);
+  // out[j] = sum over the rows of m: [rows, *] (row stride row_stride) of column j, for the
+  // columns [c_begin, c_end): the bias gradients (cpu::bias_grad).
+  void (*column_sums)(const scalar_t* m, int64_t rows, int64_t row_stride, int64_t c_begin,
+                      int64_t c_end, scalar_t* out);
 };
 
 struct IsaKernels {
