@@ -8,6 +8,7 @@
 
 #include "cpu/cpu_kernels.h"
 #include "path_choice.h"
+#include "phase_clock.h"
 #if defined(FUSED_RNN_WITH_CUDA)
 #include "cuda/cuda_kernels.h"
 #endif
@@ -138,6 +139,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("hidden"), pybind11::arg("float32"),
         "First batch rows of the row blocks the CPU would run a recurrence in now (and batch at "
         "the end); empty: per-step (tests).");
+  m.def("_set_phase_clock", &fused_rnn::phase_clock::set_enabled, pybind11::arg("enabled"),
+        "Switch the CPU layers' phase clock on or off (benchmarks/cpu_profile.py).");
+  m.def("_phase_clock", &fused_rnn::phase_clock::read,
+        "Phase -> (marks, total microseconds) booked by the CPU layers since the last reset.");
+  m.def("_reset_phase_clock", &fused_rnn::phase_clock::reset, "Clear the phase clock's totals.");
   m.def("cuda_path", [] { return std::string(fused_rnn::cuda_path_name(fused_rnn::cuda_path())); },
         "CUDA path of the GRU / LSTM / RNN recurrences: 'auto', 'persistent' or 'general'.");
   m.def("set_cuda_path",

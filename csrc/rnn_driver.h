@@ -19,6 +19,7 @@
 
 #include "checks.h"
 #include "hidden_gemm.h"
+#include "phase_clock.h"
 #include "step_params.h"
 
 namespace fused_rnn {
@@ -162,13 +163,18 @@ inline const int64_t* lengths_ptr(const Tensor& lengths) {
 // same for the input and the hidden projection (LSTM, RNN): returns grad_input ([T, B, I] or
 // [0]), grad_w_ih: [G, I], grad_w_hh: [G, H_state] (from h_prevs: [T, B, H_state]), and the
 // equal grad_b_ih, grad_b_hh: [G].
+// `clock` gets the phases' marks.
 inline std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> shared_gate_grads(
     const SeqLayout& lay, const Tensor& input, const Tensor& d_g2d, const Tensor& h_prevs,
-    const Tensor& w_ih, bool compute_input_grad) {
+    const Tensor& w_ih, bool compute_input_grad, PhaseClock& clock) {
+  Tensor grad_w_ih = input_weight_grad(lay, input, d_g2d, w_ih);
+  Tensor grad_w_hh = weight_grad(d_g2d, lay.rows(h_prevs));
+  clock.lap("backward: weight gradients");
   Tensor grad_b = bias_grad(d_g2d);
-  return {input_grad(lay, input, d_g2d, w_ih, compute_input_grad),
-          input_weight_grad(lay, input, d_g2d, w_ih), weight_grad(d_g2d, lay.rows(h_prevs)),
-          grad_b, grad_b.clone()};
+  clock.lap("backward: bias gradients");
+  Tensor grad_input = input_grad(lay, input, d_g2d, w_ih, compute_input_grad);
+  clock.lap("backward: input gradient");
+  return {grad_input, grad_w_ih, grad_w_hh, grad_b, grad_b.clone()};
 }
 
 // h_n: [B, H], the state after the last processed step (carried past the end of a sequence).
@@ -209,12 +215,14 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(
     const StepKernels<S>& k, HiddenGemmFactory<S> make_gemm, const Tensor& input_,
     const Tensor& hx_, const Tensor& w_ih, const Tensor& w_hh, const Tensor& b_ih,
     const Tensor& b_hh, const Tensor& lengths, bool reverse, bool save) {
+  PhaseClock clock(input_.is_cpu());
   const SeqLayout lay = SeqLayout::of(input_);
   const Tensor input = lay.normalize(input_);  // input: [T, B, I]
   const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
   const auto opts = w_hh.options();
   const Tensor hx = hx_.contiguous();                        // hx: [B, H]
   const Tensor gi = input_projection(lay, input, w_ih);      // gi: [T, B, 3H]
+  clock.lap("forward: input projection");
   Tensor output = lay.empty(T, B, H, opts);                  // output: [T, B, H]
   Tensor saved = at::empty({save ? T : 0, B, 4 * H}, opts);  // saved: [T, B, 4H]
   const StepRows<S> gi_s(gi), out_s(output);
@@ -237,9 +245,11 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(
                    save ? ptr<S>(saved) + t * B * 4 * H : nullptr, 4 * H, t,
                    lengths_ptr(lengths)});
   }
+  clock.lap("forward: recurrence");
   Tensor h_n = last_state(output, hx, reverse);
   zero_padding(output, lengths);
   if (!save) saved = at::empty({0}, opts);
+  clock.lap("forward: other");
   return {output, h_n, saved};
 }
 
@@ -251,6 +261,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
     const Tensor& grad_hy, const Tensor& input_, const Tensor& hx, const Tensor& w_ih,
     const Tensor& w_hh, const Tensor& output, const Tensor& saved_, const Tensor& lengths,
     bool reverse, bool compute_input_grad) {
+  PhaseClock clock(input_.is_cpu());
   const SeqLayout lay = SeqLayout::of(input_);
   const Tensor input = lay.normalize(input_);                 // input: [T, B, I]
   const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
@@ -262,6 +273,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
   Tensor d_gi = lay.empty(T, B, 3 * H, opts);                 // d_gi: [T, B, 3H]
   Tensor d_gh = lay.empty(T, B, 3 * H, opts);                 // d_gh: [T, B, 3H]
   Tensor dh = grad_hy.clone(at::MemoryFormat::Contiguous);    // dh: [B, H]
+  clock.lap("backward: setup");
   const StepRows<S> go_s(grad_output), hp_s(h_prevs), d_gi_s(d_gi), d_gh_s(d_gh);
   const Tensor w = k.recurrence_backward ? w_hh.contiguous() : w_hh;  // w: [3H, H]
   const bool whole = k.recurrence_backward &&
@@ -280,15 +292,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
                     d_gh_s.at(t), d_gh_s.row, t, lengths_ptr(lengths)});
     hidden->run(d_gh_s.at(t), d_gh_s.row, ptr<S>(dh), H, B, /*accumulate=*/true);
   }
+  clock.lap("backward: recurrence");
   const Tensor d_gi2d = lay.rows(d_gi), d_gh2d = lay.rows(d_gh);  // [T*B, 3H]
   Tensor grad_w_ih = input_weight_grad(lay, input, d_gi2d, w_ih);
   Tensor grad_w_hh = weight_grad(d_gh2d, lay.rows(h_prevs));
+  clock.lap("backward: weight gradients");
   Tensor grad_b_ih = bias_grad(d_gi2d);
   // the r and z columns of d_gh are those of d_gi (the step kernels write both): only the
   // n part of b_hh's gradient needs a reduction of its own
   Tensor grad_b_hh =
       at::cat({grad_b_ih.narrow(0, 0, 2 * H), bias_grad(d_gh2d.narrow(1, 2 * H, H))});
+  clock.lap("backward: bias gradients");
   Tensor grad_input = input_grad(lay, input, d_gi2d, w_ih, compute_input_grad);
+  clock.lap("backward: input gradient");
   return {grad_input, dh, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
 }
 
@@ -303,6 +319,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
     const StepKernels<S>& k, HiddenGemmFactory<S> make_gemm, const Tensor& input_,
     const Tensor& hx_, const Tensor& cx_, const Tensor& w_ih, const Tensor& w_hh,
     const Tensor& b_ih, const Tensor& b_hh, const Tensor& lengths, bool reverse, bool save) {
+  PhaseClock clock(input_.is_cpu());
   const SeqLayout lay = SeqLayout::of(input_);
   const Tensor input = lay.normalize(input_);  // input: [T, B, I]
   const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
@@ -312,6 +329,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
   // gates: [T, B, 4H]; step t adds h_{t-1} W_hh^T in place, then the step kernel adds the bias
   // and turns it into activations, which are what the backward needs.
   Tensor gates = input_projection(lay, input, w_ih);
+  clock.lap("forward: input projection");
   Tensor output = lay.empty(T, B, H, opts);  // output: [T, B, H]
   // cells: [T, B, H] when saving, else two alternating [B, H] buffers.
   Tensor cells = at::empty({save ? T : std::min<int64_t>(T, 2), B, H}, opts);
@@ -334,10 +352,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
                     s == 0 ? ptr<S>(cx) : cell_of(s - 1), H, cell_of(s), H, out_s.at(t),
                     out_s.row, t, lengths_ptr(lengths)});
   }
+  clock.lap("forward: recurrence");
   Tensor h_n = last_state(output, hx, reverse);
   Tensor c_n = T > 0 ? cells.select(0, save ? time_of(T - 1, T, reverse) : (T - 1) % 2).clone()
                      : cx.clone(at::MemoryFormat::Contiguous);
   zero_padding(output, lengths);
+  clock.lap("forward: other");
   if (!save) return {output, h_n, c_n, at::empty({0}, opts), at::empty({0}, opts)};
   return {output, h_n, c_n, gates, cells};
 }
@@ -351,6 +371,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     const Tensor& cx, const Tensor& w_ih, const Tensor& w_hh, const Tensor& output,
     const Tensor& gates_, const Tensor& cells_, const Tensor& lengths, bool reverse,
     bool compute_input_grad) {
+  PhaseClock clock(input_.is_cpu());
   const SeqLayout lay = SeqLayout::of(input_);
   const Tensor input = lay.normalize(input_);  // input: [T, B, I]
   const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
@@ -362,6 +383,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   Tensor d_gates = lay.empty(T, B, 4 * H, opts);              // d_gates: [T, B, 4H]
   Tensor dh = grad_hy.clone(at::MemoryFormat::Contiguous);    // dh: [B, H]
   Tensor dc = grad_cy.clone(at::MemoryFormat::Contiguous);    // dc: [B, H]
+  clock.lap("backward: setup");
   const StepRows<S> go_s(grad_output), g_s(gates), c_s(cells), dg_s(d_gates);
   const Tensor w = k.recurrence_backward ? w_hh.contiguous() : w_hh;  // w: [4H, H]
   const bool whole = k.recurrence_backward &&
@@ -379,10 +401,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                      c_prev, H, c_s.at(t), H, dg_s.at(t), dg_s.row, t, lengths_ptr(lengths)});
     hidden->run(dg_s.at(t), dg_s.row, ptr<S>(dh), H, B, /*accumulate=*/true);
   }
+  clock.lap("backward: recurrence");
   const Tensor d_gates2d = lay.rows(d_gates);  // [T*B, 4H]
   const Tensor h_prevs = previous_states(lay, inner_contiguous(output), h0, reverse, lengths);
+  clock.lap("backward: setup");
   auto [grad_input, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh] =
-      shared_gate_grads(lay, input, d_gates2d, h_prevs, w_ih, compute_input_grad);
+      shared_gate_grads(lay, input, d_gates2d, h_prevs, w_ih, compute_input_grad, clock);
   return {grad_input, dh, dc, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
 }
 
@@ -457,6 +481,7 @@ lstm_proj_backward_impl(const StepKernels<S>& k, HiddenGemmFactory<S> make_gemm,
                         const Tensor& output, const Tensor& gates_, const Tensor& cells_,
                         const Tensor& hidden_full_, const Tensor& lengths, bool reverse,
                         bool compute_input_grad) {
+  PhaseClock clock(false);  // not profiled (the phases interleave with the projection's)
   const SeqLayout lay = SeqLayout::of(input_);
   const Tensor input = lay.normalize(input_);  // input: [T, B, I]
   const int64_t T = input.size(0), B = input.size(1), P = w_hr.size(0), H = w_hr.size(1);
@@ -491,7 +516,7 @@ lstm_proj_backward_impl(const StepKernels<S>& k, HiddenGemmFactory<S> make_gemm,
   const Tensor d_gates2d = lay.rows(d_gates);  // [T*B, 4H]
   const Tensor h_prevs = previous_states(lay, inner_contiguous(output), h0, reverse, lengths);
   auto [grad_input, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh] =
-      shared_gate_grads(lay, input, d_gates2d, h_prevs, w_ih, compute_input_grad);
+      shared_gate_grads(lay, input, d_gates2d, h_prevs, w_ih, compute_input_grad, clock);
   Tensor grad_w_hr = weight_grad(dh_total.view({T * B, P}), hidden_full.view({T * B, H}));
   return {grad_input, dh, dc, grad_w_ih, grad_w_hh, grad_w_hr, grad_b_ih, grad_b_hh};
 }
@@ -508,12 +533,14 @@ std::tuple<Tensor, Tensor> rnn_forward_impl(const StepKernels<S>& k,
                                             const Tensor& w_hh, const Tensor& b_ih,
                                             const Tensor& b_hh, const Tensor& lengths, bool relu,
                                             bool reverse) {
+  PhaseClock clock(input_.is_cpu());
   const SeqLayout lay = SeqLayout::of(input_);
   const Tensor input = lay.normalize(input_);  // input: [T, B, I]
   const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
   const Tensor hx = hx_.contiguous();                    // hx: [B, H]
   const Tensor bias = combined_bias(b_ih, b_hh);          // bias: [H] or undefined
   Tensor pre = input_projection(lay, input, w_ih);        // pre: [T, B, H], += h W_hh^T per step
+  clock.lap("forward: input projection");
   Tensor output = lay.empty(T, B, H, w_hh.options());     // output: [T, B, H]
   const StepRows<S> pre_s(pre), out_s(output);
   const Tensor w = k.recurrence_forward ? w_hh.contiguous() : w_hh;  // w: [H, H]
@@ -531,8 +558,10 @@ std::tuple<Tensor, Tensor> rnn_forward_impl(const StepKernels<S>& k,
     k.rnn_forward({B, H, pre_s.at(t), pre_s.row, opt_ptr<S>(bias), h_prev, h_prev_row,
                    out_s.at(t), out_s.row, relu, t, lengths_ptr(lengths)});
   }
+  clock.lap("forward: recurrence");
   Tensor h_n = last_state(output, hx, reverse);
   zero_padding(output, lengths);
+  clock.lap("forward: other");
   return {output, h_n};
 }
 
@@ -544,6 +573,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_impl(
     const Tensor& grad_hy, const Tensor& input_, const Tensor& hx, const Tensor& w_ih,
     const Tensor& w_hh, const Tensor& output_, const Tensor& lengths, bool relu, bool reverse,
     bool compute_input_grad) {
+  PhaseClock clock(input_.is_cpu());
   const SeqLayout lay = SeqLayout::of(input_);
   const Tensor input = lay.normalize(input_);  // input: [T, B, I]
   const int64_t T = input.size(0), B = input.size(1), H = w_hh.size(1);
@@ -553,6 +583,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_impl(
   const Tensor h0 = hx.contiguous();                          // h0: [B, H]
   Tensor d_pre = lay.empty(T, B, H, opts);                    // d_pre: [T, B, H]
   Tensor dh = grad_hy.clone(at::MemoryFormat::Contiguous);    // dh: [B, H]
+  clock.lap("backward: setup");
   const StepRows<S> go_s(grad_output), out_s(output), dp_s(d_pre);
   const Tensor w = k.recurrence_backward ? w_hh.contiguous() : w_hh;  // w: [H, H]
   const bool whole = k.recurrence_backward &&
@@ -570,10 +601,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_impl(
                     dp_s.at(t), dp_s.row, relu, t, lengths_ptr(lengths)});
     hidden->run(dp_s.at(t), dp_s.row, ptr<S>(dh), H, B, /*accumulate=*/true);
   }
+  clock.lap("backward: recurrence");
   const Tensor d_pre2d = lay.rows(d_pre);  // [T*B, H]
   const Tensor h_prevs = previous_states(lay, output, h0, reverse, lengths);
+  clock.lap("backward: setup");
   auto [grad_input, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh] =
-      shared_gate_grads(lay, input, d_pre2d, h_prevs, w_ih, compute_input_grad);
+      shared_gate_grads(lay, input, d_pre2d, h_prevs, w_ih, compute_input_grad, clock);
   return {grad_input, dh, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
 }
 

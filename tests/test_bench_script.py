@@ -2,6 +2,8 @@
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 
 import bench  # noqa: E402
@@ -29,3 +31,23 @@ def test_run_point_and_report(tmp_path):
             assert r["fused_mem_mb"] > 0 and r["nn_mem_mb"] > 0
     md = bench.markdown(rows, bench.machine_info("cpu"), {"float32": rate})
     assert md.count("\n| ") == len(rows) + 1
+
+
+def test_cpu_profile_phases_cover_the_layer():
+    """benchmarks/cpu_profile.py: the layers' phase clock books every phase of a training step,
+    each phase's GEMM FLOPs add up to the cell's, and the clock is off again afterwards."""
+    import cpu_profile
+    import fused_rnn
+    for cell in ("GRU", "LSTM", "RNN"):
+        r = cpu_profile.profile(cell, 4, 3, 5, 6, steps=2, rate=1e11)
+        names = {p["phase"] for p in r["rows"]}
+        assert {"forward: input projection", "forward: recurrence", "backward: recurrence",
+                "backward: weight gradients", "backward: input gradient",
+                "backward: bias gradients", "backward: setup"} <= names
+        assert all(p["ms"] >= 0 for p in r["rows"])
+        flops = bench.cell_flops(cell, 4, 3, 5, 6, 1, 1, True)
+        assert sum(p["gflop"] for p in r["rows"]) * 1e9 == pytest.approx(flops)
+    before = fused_rnn._C._phase_clock()
+    m = fused_rnn.GRU(5, 6)
+    m(__import__("torch").randn(4, 3, 5))
+    assert fused_rnn._C._phase_clock() == before  # off: nothing booked
