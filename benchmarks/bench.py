@@ -11,6 +11,7 @@ autograd saves for the backward (unique storages, counted with saved_tensors_hoo
     python benchmarks/bench.py --full --device cuda --dtype float32 bfloat16   # the GPU grid
     python benchmarks/bench.py --quick --json r.json --md r.md --plot r.png
     python benchmarks/bench.py --isa                   # what vectorising the CPU kernels gives
+    python benchmarks/bench.py --cpu-schedule per-step row-blocks   # the CPU schedules
 
 The plot needs matplotlib (optional extra: pip install matplotlib).
 """
@@ -149,10 +150,18 @@ def on_path(fn, path):
     return wrapped
 
 
+def on_schedule(fn, schedule):
+    """fn run with the CPU recurrences in `schedule` (auto / per-step / row-blocks)."""
+    def wrapped():
+        fused_rnn.set_cpu_schedule(schedule)
+        fn()
+    return wrapped
+
+
 def run_point(cell, T, B, I, H, layers, bidir, dtype, device, mode, rate, min_run_time,
-              paths=("auto",)):
-    """One grid point; on CUDA the fused layer is timed on each of `paths` in the same
-    interleaved run as nn.* (one row per path)."""
+              paths=("auto",), schedules=("auto",)):
+    """One grid point; the fused layer is timed on each of `paths` (CUDA) or `schedules` (CPU)
+    in the same interleaved run as nn.* (one row each; the row's "path" names it)."""
     torch.manual_seed(0)
     kw = dict(num_layers=layers, bidirectional=bidir, device=device, dtype=dtype)
     ref = getattr(nn, cell)(I, H, **kw)
@@ -160,11 +169,11 @@ def run_point(cell, T, B, I, H, layers, bidir, dtype, device, mode, rate, min_ru
     fused.load_state_dict(ref.state_dict())
     x = torch.randn(T, B, I, device=device, dtype=dtype)
     training = mode == "training"
-    paths = list(paths) if device == "cuda" else ["-"]
+    paths = list(paths) if device == "cuda" else list(schedules)
     fused_fn = make_fn(fused, x, training)
-    fns = [make_fn(ref, x, training)] + [
-        on_path(fused_fn, p) if device == "cuda" else fused_fn for p in paths]
-    saved_path = fused_rnn.cuda_path()
+    wrap = on_path if device == "cuda" else on_schedule
+    fns = [make_fn(ref, x, training)] + [wrap(fused_fn, p) for p in paths]
+    saved_path, saved_schedule = fused_rnn.cuda_path(), fused_rnn.cpu_schedule()
     try:
         times = interleaved_medians(fns, device, min_run_time)
         t_ref = times[0]
@@ -182,6 +191,7 @@ def run_point(cell, T, B, I, H, layers, bidir, dtype, device, mode, rate, min_ru
             rows.append(row)
     finally:
         fused_rnn.set_cuda_path(saved_path)
+        fused_rnn.set_cpu_schedule(saved_schedule)
     return rows
 
 
@@ -201,6 +211,10 @@ def markdown(rows, info, rates):
         head += ("\nCUDA path of the fused layer: persistent = one cooperative kernel for all "
                  "steps; general = per step a cuBLAS GEMM + a pointwise kernel; auto = persistent "
                  "where the shapes suit it.\n")
+    else:
+        head += ("\nPath = the CPU schedule of the fused layer (fused_rnn.set_cpu_schedule): "
+                 "per-step = each step spread over all threads; row-blocks = each thread runs "
+                 "every step for its own batch rows; auto = row blocks where measured faster.\n")
     lines = [head, "| cell | mode | path | T | B | I | H | L | bi | dtype | nn.* ms | fused ms "
              "| speed-up | µs/step | GEMM floor ms | GEMM share | nn.* MB | fused MB |",
              "|" + "---|" * 18]
@@ -284,6 +298,9 @@ def main(argv=None):
     ap.add_argument("--cuda-path", nargs="+", default=["auto"],
                     choices=["auto", "persistent", "general"],
                     help="CUDA: time the fused layer on each of these paths (one row each)")
+    ap.add_argument("--cpu-schedule", nargs="+", default=["auto"],
+                    choices=["auto", "per-step", "row-blocks"],
+                    help="CPU: time the fused layer in each of these schedules (one row each)")
     ap.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None)
@@ -310,7 +327,8 @@ def main(argv=None):
             args.dtype, grid["cells"], grid["T"], grid["B"], grid["H"], grid["layers"],
             grid["bidirectional"], grid["modes"]):
         for r in run_point(cell, T, B, H, H, layers, bidir, getattr(torch, dtype_name),
-                           args.device, mode, rates[dtype_name], min_run_time, args.cuda_path):
+                           args.device, mode, rates[dtype_name], min_run_time, args.cuda_path,
+                           args.cpu_schedule):
             rows.append(r)
             print(f"{cell:4s} {dtype_name} {mode:9s} {r['path']:10s} T={T} B={B:<3d} H={H:<4d} "
                   f"L={layers} bi={int(bidir)}: nn {r['nn_ms']:8.2f} ms, fused "

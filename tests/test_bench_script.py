@@ -51,3 +51,13 @@ def test_cpu_profile_phases_cover_the_layer():
     m = fused_rnn.GRU(5, 6)
     m(__import__("torch").randn(4, 3, 5))
     assert fused_rnn._C._phase_clock() == before  # off: nothing booked
+
+
+def test_run_point_times_each_cpu_schedule():
+    import torch
+    import fused_rnn
+    rows = bench.run_point("GRU", 3, 4, 4, 5, 1, False, torch.float32, "cpu", "training", 1e11,
+                           0.01, schedules=("per-step", "row-blocks"))
+    assert [r["path"] for r in rows] == ["per-step", "row-blocks"]
+    assert all(r["fused_ms"] > 0 for r in rows)
+    assert fused_rnn.cpu_schedule() == "auto"  # restored
