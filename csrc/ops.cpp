@@ -136,7 +136,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_cpu_schedule", &fused_rnn::cpu::set_cpu_schedule,
         "Choose the CPU schedule: 'auto', 'per-step' or 'row-blocks' (testing, benchmarking).");
   m.def("_cpu_row_blocks", &fused_rnn::cpu::row_blocks, pybind11::arg("batch"),
-        pybind11::arg("hidden"), pybind11::arg("float32"),
+        pybind11::arg("hidden"), pybind11::arg("gates"), pybind11::arg("float32"),
         "First batch rows of the row blocks the CPU would run a recurrence in now (and batch at "
         "the end); empty: per-step (tests).");
   m.def("_set_phase_clock", &fused_rnn::phase_clock::set_enabled, pybind11::arg("enabled"),

@@ -1,7 +1,7 @@
 """The CPU schedules of a recurrence (fused_rnn.set_cpu_schedule): "per-step" (each step spread
 over all threads) and "row-blocks" (each thread runs all steps for its own batch rows) give the
 same outputs, final states and gradients bit for bit, and both match nn.*; "auto" picks row
-blocks only where measured faster (float32 with MKL, >= 16 rows per thread, H <= 256)."""
+blocks only where measured faster (float32 with MKL, >= 16 rows per thread, gates * H^2 <= 2^16)."""
 import os
 import subprocess
 import sys
@@ -80,27 +80,30 @@ def test_auto_picks_row_blocks_where_measured_faster(schedule_and_threads):
     torch.set_num_threads(2)
     row_blocks = fused_rnn._C._cpu_row_blocks
     if fused_rnn._C.cpu_gemm_backend() == "mkl-packed":
-        assert row_blocks(32, 256, True) == [0, 16, 32]
-        assert row_blocks(33, 128, True) == [0, 16, 33]
-    assert row_blocks(32, 512, True) == []   # H > 256: per-step
-    assert row_blocks(31, 128, True) == []   # fewer than 16 rows per thread
-    assert row_blocks(64, 128, False) == []  # not float32
+        assert row_blocks(32, 128, 4, True) == [0, 16, 32]   # LSTM H=128
+        assert row_blocks(33, 256, 1, True) == [0, 16, 33]   # RNN H=256
+        assert row_blocks(64, 147, 3, True) == [0, 32, 64]   # GRU H=147
+    assert row_blocks(32, 256, 3, True) == []   # GRU H=256: 3 * 256^2 > 2^16, per-step
+    assert row_blocks(32, 148, 3, True) == []
+    assert row_blocks(32, 512, 1, True) == []   # RNN H=512
+    assert row_blocks(31, 128, 1, True) == []   # fewer than 16 rows per thread
+    assert row_blocks(64, 128, 1, False) == []  # not float32
     torch.set_num_threads(1)
-    assert row_blocks(64, 128, True) == []   # one thread: nothing to spread
+    assert row_blocks(64, 128, 1, True) == []   # one thread: nothing to spread
     fused_rnn.set_cpu_schedule("per-step")
     torch.set_num_threads(2)
-    assert row_blocks(64, 128, True) == []
+    assert row_blocks(64, 128, 1, True) == []
 
 
 def test_forced_row_blocks_have_at_least_two_rows(schedule_and_threads):
     fused_rnn.set_cpu_schedule("row-blocks")
     torch.set_num_threads(4)
     row_blocks = fused_rnn._C._cpu_row_blocks
-    assert row_blocks(1, 8, False) == [0, 1]
-    assert row_blocks(3, 8, False) == [0, 3]
-    assert row_blocks(5, 8, False) == [0, 2, 5]
-    assert row_blocks(40, 8, False) == [0, 10, 20, 30, 40]
-    assert row_blocks(0, 8, False) == []
+    assert row_blocks(1, 8, 3, False) == [0, 1]
+    assert row_blocks(3, 8, 3, False) == [0, 3]
+    assert row_blocks(5, 8, 3, False) == [0, 2, 5]
+    assert row_blocks(40, 8, 3, False) == [0, 10, 20, 30, 40]
+    assert row_blocks(0, 8, 3, False) == []
 
 
 def test_unknown_schedule_is_refused(schedule_and_threads):

@@ -33,16 +33,16 @@ const RowKernels<scalar_t>& row_kernels();
 //   "row-blocks"  each thread runs all steps for its own block of batch rows (blocks of at
 //                 least 2 rows; one block when B < 4 or one thread)
 //   "auto"        row blocks for float32 with MKL where every thread gets >= 16 rows and
-//                 H <= 256, else per-step
+//                 a row's step GEMM has gates * H * H <= 2^16 multiply-adds, else per-step
 // The GRU textbook form and the projected LSTM always run per step.
 enum class CpuSchedule : int { kAuto = 0, kPerStep = 1, kRowBlocks = 2 };
 std::string cpu_schedule();
 void set_cpu_schedule(const std::string& name);  // raises on an unknown name
 
-// First batch rows of the row blocks a recurrence of B rows and hidden size H would run in
-// now (and B at the end); empty: the per-step schedule. Blocks have at least 2 rows (a one-row
+// First batch rows of the row blocks a recurrence of B rows, hidden size H and `gates` gates
+// (GRU 3, LSTM 4, RNN 1) would run in now (and B at the end); empty: the per-step schedule. Blocks have at least 2 rows (a one-row
 // MKL GEMM rounds differently from the same row in a larger GEMM), except for B = 1.
-std::vector<int64_t> row_blocks(int64_t B, int64_t H, bool float32);
+std::vector<int64_t> row_blocks(int64_t B, int64_t H, int64_t gates, bool float32);
 
 // The row-blocks schedule (StepKernels::recurrence_*): false where the per-step one runs.
 template <typename scalar_t>

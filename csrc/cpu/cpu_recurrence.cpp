@@ -30,13 +30,15 @@ namespace fused_rnn::cpu {
 namespace {
 
 // In auto, the row blocks run for float32 with MKL where every thread gets at least
-// kMinAutoRows rows and H <= kMaxAutoHidden. Measured on the 2-core development machine
-// (T=35, I=H, fused time row blocks / per step): H=128 B=32 forward 0.80-0.83, forward+backward
-// 0.90-0.94; H=256 B=32..64 0.93-1.00; H=512 B=32..128 1.00-1.03 (there MKL's 2-thread GEMM
-// of the whole batch is a little faster than two 1-thread GEMMs of half of it). Blocks of fewer
-// rows were not measured as worth it.
+// kMinAutoRows rows and a row's step GEMM has at most kMaxAutoMacs = gates * H * H
+// multiply-adds. Measured on the 2-core development machine (T=35, I=H, float32; fused time
+// row blocks / per step, B=32; benchmarks/results/cpu_schedules{,_h512}_2026-11-28.md): up to
+// 2^16 (GRU, LSTM at H=128, RNN at H=128..256) 0.83-0.89 forward and 0.85-0.92 training (RNN
+// H=256 0.95 / 1.00); GRU and LSTM at H=256 (2^17.6, 2^18) 1.02-1.05, all at H=512 1.01-1.03:
+// there MKL's 2-thread GEMM of the whole batch beats two 1-thread GEMMs of half of it by more
+// than the fork-joins cost.
 constexpr int64_t kMinAutoRows = 16;
-constexpr int64_t kMaxAutoHidden = 256;
+constexpr int64_t kMaxAutoMacs = int64_t{1} << 16;
 
 CpuSchedule parse(const std::string& name) {
   if (name == "auto") return CpuSchedule::kAuto;
@@ -56,14 +58,14 @@ std::atomic<int>& setting() {
 
 }  // namespace
 
-std::vector<int64_t> row_blocks(int64_t B, int64_t H, bool float32) {
+std::vector<int64_t> row_blocks(int64_t B, int64_t H, int64_t gates, bool float32) {
   const CpuSchedule schedule = static_cast<CpuSchedule>(setting().load());
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
   int64_t blocks = 0;
   if (schedule == CpuSchedule::kRowBlocks) {
     blocks = std::max<int64_t>(1, std::min(threads, B / 2));
   } else if (schedule == CpuSchedule::kAuto && float32 && gemm_backend() == "mkl-packed" &&
-             threads >= 2 && B >= kMinAutoRows * threads && H <= kMaxAutoHidden) {
+             threads >= 2 && B >= kMinAutoRows * threads && gates * H * H <= kMaxAutoMacs) {
     blocks = threads;
   }
   if (blocks == 0 || B == 0) return {};
@@ -99,7 +101,7 @@ inline int64_t gates_of(Cell cell) {
 template <typename S>
 bool recurrence_forward(const RecurrenceForward<S>& p) {
   const int64_t T = p.steps, B = p.batch, H = p.hidden, G = gates_of(p.cell);
-  const std::vector<int64_t> starts = row_blocks(B, H, std::is_same_v<S, float>);
+  const std::vector<int64_t> starts = row_blocks(B, H, G, std::is_same_v<S, float>);
   if (starts.empty()) return false;
   const RowKernels<S>& k = row_kernels<S>();
   // gh = h_prev W_hh^T (GRU: a buffer of its own; LSTM / RNN: added to x in place)
@@ -149,7 +151,7 @@ bool recurrence_forward(const RecurrenceForward<S>& p) {
 template <typename S>
 bool recurrence_backward(const RecurrenceBackward<S>& p) {
   const int64_t T = p.steps, B = p.batch, H = p.hidden, G = gates_of(p.cell);
-  const std::vector<int64_t> starts = row_blocks(B, H, std::is_same_v<S, float>);
+  const std::vector<int64_t> starts = row_blocks(B, H, G, std::is_same_v<S, float>);
   if (starts.empty()) return false;
   const RowKernels<S>& k = row_kernels<S>();
   // dh += d_h W_hh (d_h: GRU's d_gh, LSTM's d_gates, RNN's d_pre)
