@@ -49,11 +49,6 @@ const RowKernels<c10::BFloat16>& row_kernels<c10::BFloat16>() {
 
 namespace {
 
-template <typename S>
-const RowKernels<S>& rows() {
-  return row_kernels<S>();
-}
-
 // Work below about this many elements per thread is not worth waking another thread for.
 constexpr int64_t kMinElementsPerTask = 4096;
 
@@ -65,32 +60,32 @@ void run_rows(void (*fn)(const Params&, int64_t, int64_t), const Params& p) {
 }
 
 template <typename S>
-void gru_forward(const GruForwardStep<S>& p) { run_rows(rows<S>().gru_forward, p); }
+void gru_forward(const GruForwardStep<S>& p) { run_rows(row_kernels<S>().gru_forward, p); }
 template <typename S>
-void gru_backward(const GruBackwardStep<S>& p) { run_rows(rows<S>().gru_backward, p); }
+void gru_backward(const GruBackwardStep<S>& p) { run_rows(row_kernels<S>().gru_backward, p); }
 template <typename S>
-void lstm_forward(const LstmForwardStep<S>& p) { run_rows(rows<S>().lstm_forward, p); }
+void lstm_forward(const LstmForwardStep<S>& p) { run_rows(row_kernels<S>().lstm_forward, p); }
 template <typename S>
-void lstm_backward(const LstmBackwardStep<S>& p) { run_rows(rows<S>().lstm_backward, p); }
+void lstm_backward(const LstmBackwardStep<S>& p) { run_rows(row_kernels<S>().lstm_backward, p); }
 template <typename S>
-void rnn_forward(const RnnForwardStep<S>& p) { run_rows(rows<S>().rnn_forward, p); }
+void rnn_forward(const RnnForwardStep<S>& p) { run_rows(row_kernels<S>().rnn_forward, p); }
 template <typename S>
-void rnn_backward(const RnnBackwardStep<S>& p) { run_rows(rows<S>().rnn_backward, p); }
+void rnn_backward(const RnnBackwardStep<S>& p) { run_rows(row_kernels<S>().rnn_backward, p); }
 template <typename S>
 void gru_textbook_gates(const GruTextbookGatesStep<S>& p) {
-  run_rows(rows<S>().gru_textbook_gates, p);
+  run_rows(row_kernels<S>().gru_textbook_gates, p);
 }
 template <typename S>
 void gru_textbook_state(const GruTextbookStateStep<S>& p) {
-  run_rows(rows<S>().gru_textbook_state, p);
+  run_rows(row_kernels<S>().gru_textbook_state, p);
 }
 template <typename S>
 void gru_textbook_state_back(const GruTextbookStateBackStep<S>& p) {
-  run_rows(rows<S>().gru_textbook_state_back, p);
+  run_rows(row_kernels<S>().gru_textbook_state_back, p);
 }
 template <typename S>
 void gru_textbook_gates_back(const GruTextbookGatesBackStep<S>& p) {
-  run_rows(rows<S>().gru_textbook_gates_back, p);
+  run_rows(row_kernels<S>().gru_textbook_gates_back, p);
 }
 
 std::string upper(std::string s) {

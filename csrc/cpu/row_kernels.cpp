@@ -41,26 +41,30 @@ struct Activations<at::vec::Vectorized<S>> {
   // saturated gates). A division of 16 floats costs the AVX512 core ~16 cycles and waits ~20
   // more; the three of a GRU step were the hottest instructions of its forward kernel (perf
   // annotate). d is first capped at FLT_MAX (an infinite d would make the Newton step 0 * inf =
-  // NaN; min returns its second operand, d, when d is NaN).
+  // NaN).
   static inline V recip(V d) {
-#if defined(CPU_CAPABILITY_AVX512)
-    if constexpr (std::is_same_v<S, float>) {
-      const __m512 dc = _mm512_min_ps(_mm512_set1_ps(std::numeric_limits<float>::max()), d);
-      const __m512 one = _mm512_set1_ps(1.f);
-      __m512 r = _mm512_rcp14_ps(dc);
-      r = _mm512_fmadd_ps(r, _mm512_fnmadd_ps(dc, r, one), r);
-      return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(dc, r, one), r);
+    if constexpr (kHardwareRecip) {
+      const V one(S(1));
+      const V dc = at::vec::minimum(V(std::numeric_limits<S>::max()), d);  // keeps NaN
+      V r = approx_recip(dc);
+      r = at::vec::fmadd(r, at::vec::fmsub(dc, r, one).neg(), r);  // r + r * (1 - d * r)
+      return at::vec::fmadd(r, at::vec::fmsub(dc, r, one).neg(), r);
     }
-#elif defined(CPU_CAPABILITY_AVX2)
-    if constexpr (std::is_same_v<S, float>) {
-      const __m256 dc = _mm256_min_ps(_mm256_set1_ps(std::numeric_limits<float>::max()), d);
-      const __m256 one = _mm256_set1_ps(1.f);
-      __m256 r = _mm256_rcp_ps(dc);
-      r = _mm256_fmadd_ps(r, _mm256_fnmadd_ps(dc, r, one), r);
-      return _mm256_fmadd_ps(r, _mm256_fnmadd_ps(dc, r, one), r);
-    }
-#endif
     return V(S(1)) / d;
+  }
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  static constexpr bool kHardwareRecip = std::is_same_v<S, float>;
+#else
+  static constexpr bool kHardwareRecip = false;
+#endif
+  // The hardware's approximate reciprocal (float, kHardwareRecip only).
+  static inline V approx_recip(V d) {
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (kHardwareRecip) return _mm512_rcp14_ps(d);
+#elif defined(CPU_CAPABILITY_AVX2)
+    if constexpr (kHardwareRecip) return _mm256_rcp_ps(d);
+#endif
+    return d;  // not used
   }
   static inline V sigmoid(V x) { return recip(V(S(1)) + exp(x.neg())); }
   // tanh(x) = 1 - 2 / (1 + exp(2x)): one exp and one reciprocal, several times cheaper than
