@@ -39,7 +39,7 @@ def test_bitwise_identical_across_runs_and_thread_counts(cell, kw, backend, dtyp
                                                          schedule, restore_threads):
     if backend == "mkl-packed" and fused_rnn._C.cpu_gemm_backend() != "mkl-packed":
         pytest.skip("torch without MKL")
-    saved = fused_rnn._C.cpu_gemm_backend()
+    saved, saved_schedule = fused_rnn._C.cpu_gemm_backend(), fused_rnn.cpu_schedule()
     fused_rnn._C.set_cpu_gemm_backend(backend)
     fused_rnn.set_cpu_schedule(schedule)
     try:
@@ -49,7 +49,7 @@ def test_bitwise_identical_across_runs_and_thread_counts(cell, kw, backend, dtyp
             results.setdefault(threads, []).append(run(cell, kw, dtype, batch))
     finally:
         fused_rnn._C.set_cpu_gemm_backend(saved)
-        fused_rnn.set_cpu_schedule("auto")
+        fused_rnn.set_cpu_schedule(saved_schedule)
     first = results[1][0]
     for threads, runs in results.items():
         for r in runs:
