@@ -56,6 +56,22 @@ def test_schedules_give_identical_bits(cell, variant, batch, threads, schedule_a
         assert torch.equal(a, b), "row blocks differ from per-step"
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("cell", CELLS)
+def test_schedules_give_identical_bits_in_other_dtypes(cell, dtype, schedule_and_threads):
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    _, fused = nn_and_fused(cell, 6, 20, dtype)
+    x = torch.randn(7, 9, 6, dtype=dtype, requires_grad=True)
+    lengths = torch.tensor([7, 1, 3, 7, 2, 5, 4, 6, 1])
+    by_schedule = {}
+    for schedule in ("per-step", "row-blocks"):
+        fused_rnn.set_cpu_schedule(schedule)
+        by_schedule[schedule] = results(fused, x, None, lengths)
+    for a, b in zip(by_schedule["per-step"], by_schedule["row-blocks"]):
+        assert torch.equal(a, b), "row blocks differ from per-step"
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("cell", CELLS)
 def test_row_blocks_match_nn(cell, dtype, schedule_and_threads):
