@@ -33,6 +33,15 @@ def results(fused, x, hx, lengths=None):
     return [g.detach() for g in got] + grads(got, [x, *fused.parameters()], seeds)
 
 
+def assert_schedules_identical(fused, x, lengths):
+    by_schedule = {}
+    for schedule in ("per-step", "row-blocks"):
+        fused_rnn.set_cpu_schedule(schedule)
+        by_schedule[schedule] = results(fused, x, None, lengths)
+    for a, b in zip(by_schedule["per-step"], by_schedule["row-blocks"]):
+        assert torch.equal(a, b), "row blocks differ from per-step"
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("batch", [1, 5, 33])
 @pytest.mark.parametrize("variant", ["plain", "bidirectional_2_layers", "batch_first", "lengths"])
@@ -48,12 +57,7 @@ def test_schedules_give_identical_bits(cell, variant, batch, threads, schedule_a
     x = torch.randn(batch, T, 6) if variant == "batch_first" else torch.randn(T, batch, 6)
     x.requires_grad_(True)
     lengths = torch.randint(1, T + 1, (batch,)) if variant == "lengths" else None
-    by_schedule = {}
-    for schedule in ("per-step", "row-blocks"):
-        fused_rnn.set_cpu_schedule(schedule)
-        by_schedule[schedule] = results(fused, x, None, lengths)
-    for a, b in zip(by_schedule["per-step"], by_schedule["row-blocks"]):
-        assert torch.equal(a, b), "row blocks differ from per-step"
+    assert_schedules_identical(fused, x, lengths)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
@@ -63,13 +67,7 @@ def test_schedules_give_identical_bits_in_other_dtypes(cell, dtype, schedule_and
     torch.manual_seed(0)
     _, fused = nn_and_fused(cell, 6, 20, dtype)
     x = torch.randn(7, 9, 6, dtype=dtype, requires_grad=True)
-    lengths = torch.tensor([7, 1, 3, 7, 2, 5, 4, 6, 1])
-    by_schedule = {}
-    for schedule in ("per-step", "row-blocks"):
-        fused_rnn.set_cpu_schedule(schedule)
-        by_schedule[schedule] = results(fused, x, None, lengths)
-    for a, b in zip(by_schedule["per-step"], by_schedule["row-blocks"]):
-        assert torch.equal(a, b), "row blocks differ from per-step"
+    assert_schedules_identical(fused, x, torch.tensor([7, 1, 3, 7, 2, 5, 4, 6, 1]))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
