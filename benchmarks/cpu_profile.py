@@ -88,7 +88,8 @@ def markdown(results, info, rate, T, B, I, H):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cells", nargs="+", default=list(GATES), choices=list(GATES))
     ap.add_argument("--T", type=int, default=35)
     ap.add_argument("--B", type=int, default=32)

@@ -129,6 +129,7 @@ def test_unknown_schedule_is_refused(schedule_and_threads):
 
 def test_schedule_from_the_environment():
     env = dict(os.environ, FUSED_RNN_CPU_SCHEDULE="row-blocks")
-    out = subprocess.run([sys.executable, "-c", "import fused_rnn; print(fused_rnn.cpu_schedule())"],
-                         env=env, capture_output=True, text=True, check=True)
+    code = "import fused_rnn; print(fused_rnn.cpu_schedule())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
     assert out.stdout.strip() == "row-blocks"

@@ -40,8 +40,9 @@ std::string cpu_schedule();
 void set_cpu_schedule(const std::string& name);  // raises on an unknown name
 
 // First batch rows of the row blocks a recurrence of B rows, hidden size H and `gates` gates
-// (GRU 3, LSTM 4, RNN 1) would run in now (and B at the end); empty: the per-step schedule. Blocks have at least 2 rows (a one-row
-// MKL GEMM rounds differently from the same row in a larger GEMM), except for B = 1.
+// (GRU 3, LSTM 4, RNN 1) would run in now (and B at the end); empty: the per-step schedule.
+// Blocks have at least 2 rows (a one-row MKL GEMM rounds differently from the same row in a
+// larger GEMM), except for B = 1.
 std::vector<int64_t> row_blocks(int64_t B, int64_t H, int64_t gates, bool float32);
 
 // The row-blocks schedule (StepKernels::recurrence_*): false where the per-step one runs.

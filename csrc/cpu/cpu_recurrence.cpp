@@ -32,9 +32,9 @@ namespace {
 // In auto, the row blocks run for float32 with MKL where every thread gets at least
 // kMinAutoRows rows and a row's step GEMM has at most kMaxAutoMacs = gates * H * H
 // multiply-adds. Measured on the 2-core development machine (T=35, I=H, float32; fused time
-// row blocks / per step, B=32; benchmarks/results/cpu_schedules{,_h512}_2026-11-28.md): up to
-// 2^16 (GRU, LSTM at H=128, RNN at H=128..256) 0.83-0.89 forward and 0.85-0.92 training (RNN
-// H=256 0.95 / 1.00); GRU and LSTM at H=256 (2^17.6, 2^18) 1.02-1.05, all at H=512 1.01-1.03:
+// row blocks / per step, B=32, two runs; benchmarks/results/cpu_schedules{,_h512}_2026-11-28.md):
+// up to 2^16 (GRU, LSTM, RNN at H=128) 0.80-0.85 forward and 0.85-0.94 training, RNN H=256
+// 0.95 / 1.00; GRU and LSTM at H=256 (2^17.6, 2^18) 1.00-1.05, all at H=512 1.00-1.03:
 // there MKL's 2-thread GEMM of the whole batch beats two 1-thread GEMMs of half of it by more
 // than the fork-joins cost.
 constexpr int64_t kMinAutoRows = 16;
