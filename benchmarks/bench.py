@@ -282,6 +282,17 @@ def isa_comparison(min_run_time, T=35, B=32, H=256):
     return "\n".join(lines) + "\n"
 
 
+def write_results(md_path, md, json_path=None, data=None):
+    """The run's markdown and JSON, each where a path was given (bench.py, persistent_sweep.py,
+    cpu_profile.py)."""
+    if md_path:
+        with open(md_path, "w") as f:
+            f.write(md)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(data, f, indent=1)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_mutually_exclusive_group()
@@ -338,12 +349,7 @@ def main(argv=None):
     md = markdown(rows, info, rates)
     print()
     print(md)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(md)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(machine=info, gemm_flops_per_s=rates, results=rows), f, indent=1)
+    write_results(args.md, md, args.json, dict(machine=info, gemm_flops_per_s=rates, results=rows))
     if args.plot:
         plot(rows, args.plot)
     return rows

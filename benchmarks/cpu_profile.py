@@ -19,7 +19,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import GATES, cell_flops, gemm_rate, machine_info, make_fn  # noqa: E402
+from bench import GATES, cell_flops, gemm_rate, machine_info, make_fn, write_results  # noqa: E402
 
 import fused_rnn  # noqa: E402
 
@@ -105,10 +105,8 @@ def main(argv=None):
     results = [profile(c, args.T, args.B, args.H, args.H, args.steps, rate) for c in args.cells]
     text = markdown(results, info, rate, args.T, args.B, args.H, args.H)
     print(text)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(f"<!-- python benchmarks/cpu_profile.py {' '.join(argv or sys.argv[1:])} -->\n"
-                    + text + "\n")
+    command = f"<!-- python benchmarks/cpu_profile.py {' '.join(argv or sys.argv[1:])} -->\n"
+    write_results(args.md, command + text + "\n")
 
 
 if __name__ == "__main__":

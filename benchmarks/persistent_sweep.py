@@ -9,14 +9,13 @@ vs nn.*; phases) and writes JSON.
   python benchmarks/persistent_sweep.py --json sweep.json --md sweep.md
 """
 import argparse
-import json
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import interleaved_medians, machine_info, make_fn  # noqa: E402
+from bench import interleaved_medians, machine_info, make_fn, write_results  # noqa: E402
 
 import fused_rnn  # noqa: E402
 
@@ -147,12 +146,7 @@ def main(argv=None):
                      + f" | {r['total_us_per_step']:.2f} | {r['clock_ghz']:.2f} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    if args.md:
-        with open(args.md, "w") as f:
-            f.write(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(machine=info, rows=rows, profiles=profiles), f, indent=1)
+    write_results(args.md, text, args.json, dict(machine=info, rows=rows, profiles=profiles))
 
 
 if __name__ == "__main__":

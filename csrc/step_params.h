@@ -164,6 +164,14 @@ struct GruTextbookGatesBackStep {
 // pointer plus the distances in elements between steps (`*_step`) and batch rows (`*_row`).
 enum class Cell : int { kGru = 0, kLstm = 1, kRnnTanh = 2, kRnnRelu = 3 };
 
+// Gate blocks of a cell's weights (W_ih, W_hh: [gates_of(cell) * H, *]).
+constexpr int gates_of(Cell cell) {
+  return cell == Cell::kGru ? 3 : cell == Cell::kLstm ? 4 : 1;
+}
+
+// Time index of processing step s of T (a reversed direction runs from the last step).
+constexpr int64_t time_of(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s : s; }
+
 template <typename scalar_t>
 struct RecurrenceForward {
   Cell cell;

@@ -90,12 +90,6 @@ at::Tensor weight_tensor(const S* w, int64_t rows, int64_t cols) {
   return at::from_blob(const_cast<S*>(w), {rows, cols}, c10::CppTypeToScalarType<S>::value);
 }
 
-inline int64_t time_of(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s : s; }
-
-inline int64_t gates_of(Cell cell) {
-  return cell == Cell::kGru ? 3 : cell == Cell::kLstm ? 4 : 1;
-}
-
 }  // namespace
 
 template <typename S>

@@ -44,10 +44,6 @@ namespace cg = cooperative_groups;
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 
-constexpr int gates_of(Cell cell) {
-  return cell == Cell::kGru ? 3 : cell == Cell::kLstm ? 4 : 1;
-}
-
 // Values of the forward that one backward element reads per step (see the backward kernel's
 // input_ptr), by the number of gates: GRU 6, LSTM 7, RNN 2.
 constexpr int backward_inputs_of(int gates) {
