@@ -47,11 +47,17 @@ inline void check_gru_backward_args(const char* op, int64_t saved_gates, const T
 
 template <typename Backend>
 struct RnnOps {
-  // The values of token-id input, where the device may synchronise (Backend::may_synchronize).
-  static void check_tokens(const char* op, const Tensor& input, const Tensor& w_ih) {
+  // The arguments of a forward operator (check_forward_args), the values of token-id input
+  // where the device may synchronise (Backend::may_synchronize), and the lengths.
+  static void check_forward(const char* op, int64_t gates, const Tensor& input, const Tensor& hx,
+                            const Tensor* cx, const Tensor& w_ih, const Tensor& w_hh,
+                            const c10::optional<Tensor>& b_ih, const c10::optional<Tensor>& b_hh,
+                            const c10::optional<Tensor>& lengths, const Tensor* w_hr = nullptr) {
+    check_forward_args(op, gates, input, hx, cx, w_ih, w_hh, b_ih, b_hh, w_hr);
     if (is_token_input(input) && Backend::may_synchronize()) {
       check_token_ids(op, input, w_ih.size(1));
     }
+    check_lengths(op, lengths, input);
   }
 
   // input: [T, B, I], hx: [B, H], w_ih: [3H, I], w_hh: [3H, H], b_ih, b_hh: [3H] or None,
@@ -62,9 +68,7 @@ struct RnnOps {
       const c10::optional<Tensor>& lengths, bool reverse, bool save_activations) {
     constexpr const char* op = "fused_rnn::gru_forward";
     const NoAutocast no_autocast;
-    check_forward_args(op, 3, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh);
-    check_tokens(op, input, w_ih);
-    check_lengths(op, lengths, input);
+    check_forward(op, 3, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh, lengths);
     return Backend::dispatch(w_hh, op, [&](auto tag) {
       using S = decltype(tag);
       return gru_forward_impl<S>(Backend::template kernels<S>(), &Backend::template hidden_gemm<S>,
@@ -100,9 +104,7 @@ struct RnnOps {
       const c10::optional<Tensor>& lengths, bool reverse, bool save_activations) {
     constexpr const char* op = "fused_rnn::lstm_forward";
     const NoAutocast no_autocast;
-    check_forward_args(op, 4, input, hx, &cx, w_ih, w_hh, b_ih, b_hh);
-    check_tokens(op, input, w_ih);
-    check_lengths(op, lengths, input);
+    check_forward(op, 4, input, hx, &cx, w_ih, w_hh, b_ih, b_hh, lengths);
     return Backend::dispatch(w_hh, op, [&](auto tag) {
       using S = decltype(tag);
       return lstm_forward_impl<S>(Backend::template kernels<S>(),
@@ -149,9 +151,7 @@ struct RnnOps {
                                                 bool reverse) {
     constexpr const char* op = "fused_rnn::rnn_forward";
     const NoAutocast no_autocast;
-    check_forward_args(op, 1, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh);
-    check_tokens(op, input, w_ih);
-    check_lengths(op, lengths, input);
+    check_forward(op, 1, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh, lengths);
     return Backend::dispatch(w_hh, op, [&](auto tag) {
       using S = decltype(tag);
       return rnn_forward_impl<S>(Backend::template kernels<S>(), &Backend::template hidden_gemm<S>,
@@ -190,9 +190,7 @@ struct RnnOps {
       const c10::optional<Tensor>& lengths, bool reverse, bool save_activations) {
     constexpr const char* op = "fused_rnn::gru_textbook_forward";
     const NoAutocast no_autocast;
-    check_forward_args(op, 3, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh);
-    check_tokens(op, input, w_ih);
-    check_lengths(op, lengths, input);
+    check_forward(op, 3, input, hx, nullptr, w_ih, w_hh, b_ih, b_hh, lengths);
     return Backend::dispatch(w_hh, op, [&](auto tag) {
       using S = decltype(tag);
       return gru_textbook_forward_impl<S>(
@@ -227,9 +225,7 @@ struct RnnOps {
       bool save_activations) {
     constexpr const char* op = "fused_rnn::lstm_proj_forward";
     const NoAutocast no_autocast;
-    check_forward_args(op, 4, input, hx, &cx, w_ih, w_hh, b_ih, b_hh, &w_hr);
-    check_tokens(op, input, w_ih);
-    check_lengths(op, lengths, input);
+    check_forward(op, 4, input, hx, &cx, w_ih, w_hh, b_ih, b_hh, lengths, &w_hr);
     return Backend::dispatch(w_hh, op, [&](auto tag) {
       using S = decltype(tag);
       return lstm_proj_forward_impl<S>(Backend::template kernels<S>(),
