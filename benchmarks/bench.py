@@ -310,7 +310,7 @@ def main(argv=None):
                     choices=["auto", "persistent", "general"],
                     help="CUDA: time the fused layer on each of these paths (one row each)")
     ap.add_argument("--cpu-schedule", nargs="+", default=["auto"],
-                    choices=["auto", "per-step", "row-blocks"],
+                    choices=["auto", "per-step", "row-blocks", "lanes"],
                     help="CPU: time the fused layer in each of these schedules (one row each)")
     ap.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement")
     ap.add_argument("--threads", type=int, default=None)

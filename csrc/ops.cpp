@@ -132,13 +132,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_cpu_gemm_backend", &fused_rnn::cpu::set_gemm_backend,
         "Choose 'mkl-packed' or 'aten' for the per-step GEMMs (testing, benchmarking).");
   m.def("cpu_schedule", &fused_rnn::cpu::cpu_schedule,
-        "How the CPU runs GRU / LSTM / RNN recurrences: 'auto', 'per-step' or 'row-blocks'.");
+        "How the CPU runs GRU / LSTM / RNN recurrences: 'auto', 'per-step', 'row-blocks' or "
+        "'lanes'.");
   m.def("set_cpu_schedule", &fused_rnn::cpu::set_cpu_schedule,
-        "Choose the CPU schedule: 'auto', 'per-step' or 'row-blocks' (testing, benchmarking).");
+        "Choose the CPU schedule: 'auto', 'per-step', 'row-blocks' or 'lanes' (testing, "
+        "benchmarking).");
   m.def("_cpu_row_blocks", &fused_rnn::cpu::row_blocks, pybind11::arg("batch"),
         pybind11::arg("hidden"), pybind11::arg("gates"), pybind11::arg("float32"),
         "First batch rows of the row blocks the CPU would run a recurrence in now (and batch at "
         "the end); empty: per-step (tests).");
+  m.def("_cpu_lanes", &fused_rnn::cpu::lanes, pybind11::arg("batch"), pybind11::arg("hidden"),
+        pybind11::arg("float32"),
+        "First hidden units of the lanes the CPU would run a forward recurrence in now (and "
+        "hidden at the end); empty: not in lanes (tests).");
   m.def("_set_phase_clock", &fused_rnn::phase_clock::set_enabled, pybind11::arg("enabled"),
         "Switch the CPU layers' phase clock on or off (benchmarks/cpu_profile.py).");
   m.def("_phase_clock", &fused_rnn::phase_clock::read,

@@ -35,22 +35,30 @@ def set_cpu_isa(name: str) -> None:
 
 
 def cpu_schedule() -> str:
-    """How the CPU runs the GRU / LSTM / RNN recurrences: "auto", "per-step" or "row-blocks"."""
+    """How the CPU runs the GRU / LSTM / RNN recurrences: "auto", "per-step", "row-blocks" or
+    "lanes"."""
     return _C.cpu_schedule()
 
 
 def set_cpu_schedule(name: str) -> None:
     """Choose how the CPU runs the recurrences (process-wide; also FUSED_RNN_CPU_SCHEDULE at
-    import). Every schedule gives the same results bit for bit:
+    import):
 
     * "per-step": each step is spread over all threads (the hidden GEMM's columns by MKL, then
       the pointwise kernel's batch rows): two fork-joins per step;
     * "row-blocks": each thread runs all steps for its own block of batch rows (the rows of a
-      sequence never interact), with no synchronisation inside the sequence;
-    * "auto" (default): row blocks for float32 with MKL where every thread gets at least 16
-      batch rows and a row's step GEMM has gates * hidden_size^2 <= 2^16 multiply-adds (GRU
-      up to hidden 147, LSTM 128, RNN 256: measured faster there), else per-step.
+      sequence never interact), with no synchronisation inside the sequence; the same bits as
+      per-step;
+    * "lanes" (forward only; backward passes run per step): each thread owns a slice of the
+      hidden units and reads its rows of W_hh in place every step (they stay in its core's
+      cache), one barrier per step; the hidden GEMM is the library's own dot-product kernel,
+      so results differ from per-step in the last bits (and do not depend on the thread count);
+    * "auto" (default): lanes for a float32 forward of batch size 1; else row blocks for
+      float32 with MKL where every thread gets at least 16 batch rows and a row's step GEMM
+      has gates * hidden_size^2 <= 2^16 multiply-adds (GRU up to hidden 147, LSTM 128, RNN
+      256: measured faster there); else per-step.
     The GRU textbook form (reset_after=False) and the projected LSTM always run per step.
+    Whatever the schedule, results do not depend on the number of threads.
     """
     _C.set_cpu_schedule(name)
 

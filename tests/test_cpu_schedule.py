@@ -1,17 +1,22 @@
 """The CPU schedules of a recurrence (fused_rnn.set_cpu_schedule): "per-step" (each step spread
 over all threads) and "row-blocks" (each thread runs all steps for its own batch rows) give the
-same outputs, final states and gradients bit for bit, and both match nn.*; "auto" picks row
-blocks only where measured faster (float32 with MKL, >= 16 rows per thread, gates * H^2 <= 2^16)."""
+same outputs, final states and gradients bit for bit, and both match nn.*; "lanes" (forward
+only: each thread owns a slice of the hidden units, one barrier per step) matches per-step and
+nn.* within rounding and gives the same bits whatever the thread count; "auto" picks lanes for
+a float32 batch of one and row blocks only where measured faster (float32 with MKL, >= 16 rows
+per thread, gates * H^2 <= 2^16)."""
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import fused_rnn
-from helpers import compare_packed_with_nn, compare_with_nn, flat, grads, nn_and_fused
+from helpers import (GRAD_TOL, TOL, compare_packed_with_nn, compare_with_nn, flat, grads,
+                     nn_and_fused)
 
 CELLS = ["GRU", "LSTM", "RNN", "RNN_RELU"]
 
@@ -122,7 +127,8 @@ def test_forced_row_blocks_have_at_least_two_rows(schedule_and_threads):
 
 def test_unknown_schedule_is_refused(schedule_and_threads):
     before = fused_rnn.cpu_schedule()
-    with pytest.raises(RuntimeError, match="'auto', 'per-step' or 'row-blocks', got 'fast'"):
+    with pytest.raises(RuntimeError,
+                       match="'auto', 'per-step', 'row-blocks' or 'lanes', got 'fast'"):
         fused_rnn.set_cpu_schedule("fast")
     assert fused_rnn.cpu_schedule() == before
 
@@ -133,3 +139,152 @@ def test_schedule_from_the_environment():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "row-blocks"
+
+
+# ---------------------------------------------------------------------------------------------
+# lanes
+# ---------------------------------------------------------------------------------------------
+
+def lanes_inputs(variant, batch, T=9, I=6):
+    x = torch.randn(batch, T, I) if variant == "batch_first" else torch.randn(T, batch, I)
+    lengths = torch.randint(1, T + 1, (batch,)) if variant == "lengths" else None
+    return x.requires_grad_(True), lengths
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("batch", [1, 2, 5])
+@pytest.mark.parametrize("variant", ["plain", "bidirectional_2_layers", "batch_first", "lengths"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_lanes_match_per_step(cell, variant, batch, threads, schedule_and_threads):
+    """H=40: two lanes of 16 and 24 units with 3 threads (lane tails, a partial vector)."""
+    torch.set_num_threads(threads)
+    kw = dict(num_layers=2, bidirectional=True) if variant == "bidirectional_2_layers" else {}
+    if variant == "batch_first":
+        kw["batch_first"] = True
+    torch.manual_seed(0)
+    _, fused = nn_and_fused(cell, 6, 40, torch.float32, **kw)
+    x, lengths = lanes_inputs(variant, batch)
+    by_schedule = {}
+    for schedule in ("per-step", "lanes"):
+        fused_rnn.set_cpu_schedule(schedule)
+        by_schedule[schedule] = results(fused, x, None, lengths)
+    n_values = 2 + (cell == "LSTM")  # output, h_n (, c_n); then gradients
+    for i, (a, b) in enumerate(zip(by_schedule["per-step"], by_schedule["lanes"])):
+        tol = TOL[torch.float32] if i < n_values else GRAD_TOL[torch.float32]
+        torch.testing.assert_close(b, a, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cell", CELLS)
+def test_lanes_match_nn(cell, dtype, schedule_and_threads):
+    """Lanes against nn.* (initial states given and compared), padded and packed input, batch
+    of one and of several rows."""
+    torch.set_num_threads(2)
+    fused_rnn.set_cpu_schedule("lanes")
+    for B in (1, 7):
+        torch.manual_seed(0)
+        T, I, H = 6, 5, 37
+        ref, fused = nn_and_fused(cell, I, H, dtype)
+        x = torch.randn(T, B, I, dtype=dtype, requires_grad=True)
+        h0 = torch.randn(1, B, H, dtype=dtype, requires_grad=True)
+        hx = (h0, torch.randn(1, B, H, dtype=dtype, requires_grad=True)) if cell == "LSTM" else h0
+        compare_with_nn(ref, fused, x, hx, dtype)
+        lengths = torch.tensor([6, 1, 3, 6, 2, 5, 4][:B])
+        packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+        compare_packed_with_nn(ref, fused, x, packed, hx, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("cell", CELLS)
+def test_lanes_bits_do_not_depend_on_the_thread_count(cell, dtype, schedule_and_threads):
+    """H=70: 1 to 4 lanes ([0, 70], [0, 32, 70], [0, 16, 32, 70], [0, 16, 32, 48, 70]); batches
+    of 1, 3 and 6 rows (the kernel's row tiles of 4, 3, 2, 1)."""
+    fused_rnn.set_cpu_schedule("lanes")
+    torch.manual_seed(0)
+    _, fused = nn_and_fused(cell, 6, 70, dtype)
+    for B in (1, 3, 6):
+        x = torch.randn(11, B, 6, dtype=dtype)
+        lengths = torch.tensor([11, 2, 7, 11, 1, 5][:B])
+        by_threads = []
+        for threads in (1, 2, 3, 4):
+            torch.set_num_threads(threads)
+            assert len(fused_rnn._C._cpu_lanes(B, 70, dtype == torch.float32)) == threads + 1
+            with torch.no_grad():
+                by_threads.append(flat(*fused(x)) + flat(*fused(
+                    pack_padded_sequence(x, lengths, enforce_sorted=False))))
+        for got in by_threads[1:]:
+            for a, b in zip(by_threads[0], got):
+                assert torch.equal(a, b), "lanes depend on the thread count"
+
+
+def test_lanes_long_sequence_with_more_threads_than_cores(schedule_and_threads):
+    """500 steps, 8 threads on (in CI) 2 cores: the step barrier makes progress when lanes
+    wait for descheduled ones, and the result is per-step's within rounding."""
+    torch.set_num_threads(8)
+    torch.manual_seed(0)
+    ref, fused = nn_and_fused("GRU", 8, 160, torch.float32)
+    x = torch.randn(500, 1, 8)
+    fused_rnn.set_cpu_schedule("lanes")
+    assert len(fused_rnn._C._cpu_lanes(1, 160, True)) == 9
+    with torch.no_grad():
+        got = flat(*fused(x))
+        want = flat(*ref(x))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **TOL[torch.float32])
+
+
+def test_lanes_from_several_python_threads_at_once(schedule_and_threads):
+    """Concurrent lane forwards (each call its own barrier) give the sequential results."""
+    fused_rnn.set_cpu_schedule("lanes")
+    torch.set_num_threads(2)
+    models = []
+    for i, cell in enumerate(["GRU", "LSTM", "RNN", "GRU"]):
+        torch.manual_seed(i)
+        models.append((getattr(fused_rnn, cell)(5, 48), torch.randn(40, 1 + i, 5)))
+
+    def run(k):
+        m, x = models[k]
+        with torch.no_grad():
+            return flat(*m(x))
+    sequential = [run(k) for k in range(len(models))]
+    results_by_job = [[] for _ in models]
+    start = threading.Barrier(len(models))
+
+    def worker(k):
+        start.wait()
+        for _ in range(5):
+            results_by_job[k].append(run(k))
+    workers = [threading.Thread(target=worker, args=(k,)) for k in range(len(models))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=120)
+        assert not w.is_alive(), "a lanes forward did not finish"
+    for want, runs in zip(sequential, results_by_job):
+        assert len(runs) == 5
+        for got in runs:
+            for a, b in zip(want, got):
+                assert torch.equal(a, b)
+
+
+def test_auto_picks_lanes_for_a_float32_batch_of_one(schedule_and_threads):
+    lanes = fused_rnn._C._cpu_lanes
+    fused_rnn.set_cpu_schedule("auto")
+    torch.set_num_threads(2)
+    assert lanes(1, 256, True) == [0, 128, 256]
+    assert lanes(1, 40, True) == [0, 16, 40]
+    assert lanes(1, 20, True) == [0, 20]        # one lane of 16 units or more per thread
+    assert lanes(2, 256, True) == []            # measured slower than per-step from 2 rows
+    assert lanes(1, 256, False) == []           # not float32
+    assert lanes(0, 256, True) == []
+    torch.set_num_threads(1)
+    assert lanes(1, 256, True) == [0, 256]      # one thread: one lane (the same bits)
+    fused_rnn.set_cpu_schedule("per-step")
+    assert lanes(1, 256, True) == []
+    fused_rnn.set_cpu_schedule("row-blocks")
+    assert lanes(1, 256, True) == []
+    fused_rnn.set_cpu_schedule("lanes")
+    torch.set_num_threads(3)
+    assert lanes(5, 100, False) == [0, 32, 64, 100]
+    assert lanes(5, 8, False) == [0, 8]
+    assert fused_rnn._C._cpu_row_blocks(64, 128, 1, True) == []  # lanes forced: no row blocks

@@ -1,8 +1,8 @@
 """CPU determinism: forward and backward give bit-identical outputs and gradients on repeated
 runs and whatever the number of threads (1, 2, 4), for every cell, both GEMM back ends,
-float32 / float64, batches of 40 and of 1, and both the automatic CPU schedule and row blocks
-forced (whose blocks change with the thread count: 40, 20 or 10 rows). (CUDA:
-tests/test_cuda_paths.py, on a GPU.)"""
+float32 / float64, batches of 40 and of 1, and the automatic CPU schedule (lanes at batch 1),
+row blocks forced (whose blocks change with the thread count: 40, 20 or 10 rows) and lanes
+forced (1, 2 or 3 lanes of the 48 hidden units). (CUDA: tests/test_cuda_paths.py, on a GPU.)"""
 import pytest
 import torch
 
@@ -30,7 +30,7 @@ def restore_threads():
     torch.set_num_threads(n)
 
 
-@pytest.mark.parametrize("schedule", ["auto", "row-blocks"])
+@pytest.mark.parametrize("schedule", ["auto", "row-blocks", "lanes"])
 @pytest.mark.parametrize("batch", [40, 1])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("backend", ["mkl-packed", "aten"])

@@ -59,6 +59,15 @@ void run_rows(void (*fn)(const Params&, int64_t, int64_t), const Params& p) {
   at::parallel_for(0, p.batch, grain, [&](int64_t b0, int64_t b1) { fn(p, b0, b1); });
 }
 
+// The forward kernels, which also take a range of hidden units: all of them here.
+template <typename Params>
+void run_rows(void (*fn)(const Params&, int64_t, int64_t, int64_t, int64_t), const Params& p) {
+  if (p.batch == 0) return;
+  const int64_t grain = std::max<int64_t>(1, kMinElementsPerTask / std::max<int64_t>(1, p.hidden));
+  at::parallel_for(0, p.batch, grain,
+                   [&](int64_t b0, int64_t b1) { fn(p, b0, b1, 0, p.hidden); });
+}
+
 template <typename S>
 void gru_forward(const GruForwardStep<S>& p) { run_rows(row_kernels<S>().gru_forward, p); }
 template <typename S>

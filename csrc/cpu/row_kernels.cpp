@@ -13,7 +13,13 @@
 #define CPU_CAPABILITY_DEFAULT
 #endif
 
+// GCC 12 reports its own AVX512 intrinsics (_mm512_reduce_add_ps, through at::vec's
+// reduce_add) for using _mm512_undefined_*() (-Wuninitialized, a false positive): not for the
+// lines of these headers.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <ATen/cpu/vec/vec.h>
+#pragma GCC diagnostic pop
 
 #include <algorithm>
 #include <limits>
@@ -137,7 +143,8 @@ inline void zero_row(S* dst, int64_t n) {
 }
 
 template <typename S>
-void gru_forward_rows(const GruForwardStep<S>& p, int64_t b_begin, int64_t b_end) {
+void gru_forward_rows(const GruForwardStep<S>& p, int64_t b_begin, int64_t b_end, int64_t j_begin,
+                      int64_t j_end) {
   const int64_t H = p.hidden;
   using A = acc_t<S>;
   constexpr int64_t W = Vec<A>::size();
@@ -148,12 +155,12 @@ void gru_forward_rows(const GruForwardStep<S>& p, int64_t b_begin, int64_t b_end
     S* h = p.h + b * p.h_row;                       // [H]
     S* saved = p.saved ? p.saved + b * p.saved_row : nullptr;  // [4H]
     if (!active(p.lengths, p.t, b)) {
-      copy_row(h, h_prev, H);
-      if (saved) zero_row(saved, 4 * H);
+      copy_row(h + j_begin, h_prev + j_begin, j_end - j_begin);
+      for (int64_t g = 0; saved && g < 4; ++g) zero_row(saved + g * H + j_begin, j_end - j_begin);
       continue;
     }
-    for (int64_t j = 0; j < H; j += W) {
-      const int64_t n = std::min<int64_t>(W, H - j);
+    for (int64_t j = j_begin; j < j_end; j += W) {
+      const int64_t n = std::min<int64_t>(W, j_end - j);
       Vec<A> gi_r = load(gi + j, n), gi_z = load(gi + H + j, n), gi_n = load(gi + 2 * H + j, n);
       Vec<A> gh_r = load(gh + j, n), gh_z = load(gh + H + j, n), gh_n = load(gh + 2 * H + j, n);
       if (p.b_ih) {
@@ -215,7 +222,8 @@ void gru_backward_rows(const GruBackwardStep<S>& p, int64_t b_begin, int64_t b_e
 }
 
 template <typename S>
-void lstm_forward_rows(const LstmForwardStep<S>& p, int64_t b_begin, int64_t b_end) {
+void lstm_forward_rows(const LstmForwardStep<S>& p, int64_t b_begin, int64_t b_end, int64_t j_begin,
+                       int64_t j_end) {
   const int64_t H = p.hidden;
   using A = acc_t<S>;
   constexpr int64_t W = Vec<A>::size();
@@ -224,18 +232,19 @@ void lstm_forward_rows(const LstmForwardStep<S>& p, int64_t b_begin, int64_t b_e
     const S* c_prev = p.c_prev + b * p.c_prev_row;  // [H]
     S* c = p.c + b * p.c_row;                       // [H]
     S* h = p.h + b * p.h_row;                       // [H]
+    const int64_t units = j_end - j_begin;
     if (!active(p.lengths, p.t, b)) {
-      zero_row(gates, 4 * H);
-      copy_row(c, c_prev, H);
+      for (int64_t g = 0; g < 4; ++g) zero_row(gates + g * H + j_begin, units);
+      copy_row(c + j_begin, c_prev + j_begin, units);
       if (p.h_prev) {
-        copy_row(h, p.h_prev + b * p.h_prev_row, H);
+        copy_row(h + j_begin, p.h_prev + b * p.h_prev_row + j_begin, units);
       } else {  // projected LSTM: the carried (projected) state is restored after the projection
-        zero_row(h, H);
+        zero_row(h + j_begin, units);
       }
       continue;
     }
-    for (int64_t j = 0; j < H; j += W) {
-      const int64_t n = std::min<int64_t>(W, H - j);
+    for (int64_t j = j_begin; j < j_end; j += W) {
+      const int64_t n = std::min<int64_t>(W, j_end - j);
       Vec<A> i = load(gates + j, n), f = load(gates + H + j, n), g = load(gates + 2 * H + j, n),
              o = load(gates + 3 * H + j, n);
       if (p.bias) {
@@ -292,19 +301,19 @@ void lstm_backward_rows(const LstmBackwardStep<S>& p, int64_t b_begin, int64_t b
 }
 
 template <bool kRelu, typename S>
-void rnn_forward_rows_impl(const RnnForwardStep<S>& p, int64_t b_begin, int64_t b_end) {
-  const int64_t H = p.hidden;
+void rnn_forward_rows_impl(const RnnForwardStep<S>& p, int64_t b_begin, int64_t b_end,
+                           int64_t j_begin, int64_t j_end) {
   using A = acc_t<S>;
   constexpr int64_t W = Vec<A>::size();
   for (int64_t b = b_begin; b < b_end; ++b) {
     const S* pre = p.pre + b * p.pre_row;  // [H]
     S* h = p.h + b * p.h_row;              // [H]
     if (!active(p.lengths, p.t, b)) {
-      copy_row(h, p.h_prev + b * p.h_prev_row, H);
+      copy_row(h + j_begin, p.h_prev + b * p.h_prev_row + j_begin, j_end - j_begin);
       continue;
     }
-    for (int64_t j = 0; j < H; j += W) {
-      const int64_t n = std::min<int64_t>(W, H - j);
+    for (int64_t j = j_begin; j < j_end; j += W) {
+      const int64_t n = std::min<int64_t>(W, j_end - j);
       Vec<A> x = load(pre + j, n);
       if (p.bias) x = x + load(p.bias + j, n);
       store(rnn_cell_forward<kRelu>(x), h + j, n);
@@ -313,11 +322,12 @@ void rnn_forward_rows_impl(const RnnForwardStep<S>& p, int64_t b_begin, int64_t 
 }
 
 template <typename S>
-void rnn_forward_rows(const RnnForwardStep<S>& p, int64_t b_begin, int64_t b_end) {
+void rnn_forward_rows(const RnnForwardStep<S>& p, int64_t b_begin, int64_t b_end, int64_t j_begin,
+                      int64_t j_end) {
   if (p.relu) {
-    rnn_forward_rows_impl<true>(p, b_begin, b_end);
+    rnn_forward_rows_impl<true>(p, b_begin, b_end, j_begin, j_end);
   } else {
-    rnn_forward_rows_impl<false>(p, b_begin, b_end);
+    rnn_forward_rows_impl<false>(p, b_begin, b_end, j_begin, j_end);
   }
 }
 
@@ -471,6 +481,100 @@ void gru_textbook_gates_back_rows(const GruTextbookGatesBackStep<S>& p, int64_t 
   }
 }
 
+// Sum of the elements of v in a fixed order: AVX512 / AVX2 float's reduce_add (a fixed tree of
+// shuffles), else pairwise over the stored elements.
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+constexpr bool kVectorReduceAdd = true;
+#else
+constexpr bool kVectorReduceAdd = false;
+#endif
+template <typename A>
+inline A horizontal_sum(const Vec<A>& v) {
+  if constexpr (std::is_same_v<A, float> && kVectorReduceAdd) {
+    return v.reduce_add();
+  } else {
+    constexpr int64_t W = Vec<A>::size();
+    alignas(64) A e[W];
+    v.store(e);
+    for (int64_t width = W / 2; width >= 1; width /= 2) {
+      for (int64_t i = 0; i < width; ++i) e[i] += e[i + width];
+    }
+    return e[0];
+  }
+}
+
+// One tile of lane_gemm: rows h[0, R) times the NN consecutive weight rows w[0, NN) (row
+// stride K): out[r, c] (+)= sum_k h[r, k] * w[c, k]. Each output: Vec-wide partial sums over k
+// in order (one fused multiply-add per vector of k), then horizontal_sum.
+template <typename S, int R, int NN>
+void lane_tile(const S* h, int64_t h_row, int64_t K, const S* w, S* out, int64_t out_row,
+               bool accumulate) {
+  using A = acc_t<S>;
+  constexpr int64_t W = Vec<A>::size();
+  Vec<A> acc[R][NN];
+  for (int r = 0; r < R; ++r) {
+    for (int c = 0; c < NN; ++c) acc[r][c] = Vec<A>(A(0));
+  }
+  for (int64_t k = 0; k < K; k += W) {
+    const int64_t n = std::min<int64_t>(W, K - k);  // a partial vector loads zeros past n
+    Vec<A> hv[R];
+    for (int r = 0; r < R; ++r) hv[r] = load(h + r * h_row + k, n);
+    for (int c = 0; c < NN; ++c) {
+      const Vec<A> wv = load(w + c * K + k, n);
+      for (int r = 0; r < R; ++r) acc[r][c] = at::vec::fmadd(hv[r], wv, acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int c = 0; c < NN; ++c) {
+      const A sum = horizontal_sum(acc[r][c]);
+      S* dst = out + r * out_row + c;
+      *dst = static_cast<S>(accumulate ? static_cast<A>(*dst) + sum : sum);
+    }
+  }
+}
+
+// Accumulators of a tile: 16 where a vector is 64 bytes (AVX512's 32 registers), else 8.
+template <typename S>
+constexpr int kTileAccumulators = sizeof(Vec<acc_t<S>>) >= 64 ? 16 : 8;
+
+// Rows h[0, R) times the weight rows w[0, units): tiles of NN outputs, then single ones.
+template <typename S, int R>
+void lane_rows(const S* h, int64_t h_row, int64_t K, const S* w, int64_t units, S* out,
+               int64_t out_row, bool accumulate) {
+  constexpr int kNN = std::min(8, kTileAccumulators<S> / R);
+  int64_t j = 0;
+  for (; j + kNN <= units; j += kNN) {
+    lane_tile<S, R, kNN>(h, h_row, K, w + j * K, out + j, out_row, accumulate);
+  }
+  for (; j < units; ++j) lane_tile<S, R, 1>(h, h_row, K, w + j * K, out + j, out_row, accumulate);
+}
+
+template <typename S>
+void lane_gemm(const S* h, int64_t h_row, int64_t rows, int64_t K, const S* w, int64_t w_gate,
+               int64_t gates, int64_t units, S* out, int64_t out_row, int64_t out_gate,
+               bool accumulate) {
+  for (int64_t g = 0; g < gates; ++g) {
+    const S* wg = w + g * w_gate;  // [units, K]
+    S* o = out + g * out_gate;
+    int64_t b = 0;
+    for (; b + 4 <= rows; b += 4) {
+      lane_rows<S, 4>(h + b * h_row, h_row, K, wg, units, o + b * out_row, out_row, accumulate);
+    }
+    switch (rows - b) {
+      case 3:
+        lane_rows<S, 3>(h + b * h_row, h_row, K, wg, units, o + b * out_row, out_row, accumulate);
+        break;
+      case 2:
+        lane_rows<S, 2>(h + b * h_row, h_row, K, wg, units, o + b * out_row, out_row, accumulate);
+        break;
+      case 1:
+        lane_rows<S, 1>(h + b * h_row, h_row, K, wg, units, o + b * out_row, out_row, accumulate);
+        break;
+      default: break;
+    }
+  }
+}
+
 // out[j] = sum of m[r, j] over the rows r, for the columns [c_begin, c_end); m: [rows, *] with
 // row stride row_stride. Each column is summed in row order whatever the column range (so the
 // result does not depend on how the columns are split over threads): in blocks of 64 rows in
@@ -516,7 +620,8 @@ constexpr RowKernels<S> row_kernels() {
   return {&gru_forward_rows<S>, &gru_backward_rows<S>, &lstm_forward_rows<S>,
           &lstm_backward_rows<S>, &rnn_forward_rows<S>, &rnn_backward_rows<S>,
           &gru_textbook_gates_rows<S>, &gru_textbook_state_rows<S>,
-          &gru_textbook_state_back_rows<S>, &gru_textbook_gates_back_rows<S>, &column_sums<S>};
+          &gru_textbook_state_back_rows<S>, &gru_textbook_gates_back_rows<S>, &column_sums<S>,
+          &lane_gemm<S>};
 }
 
 }  // namespace

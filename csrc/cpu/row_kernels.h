@@ -10,14 +10,18 @@
 
 namespace fused_rnn::cpu {
 
-// Each function handles the batch rows [b_begin, b_end) of one step.
+// Each function handles the batch rows [b_begin, b_end) of one step; the forward kernels only
+// the hidden units [j_begin, j_end) of those rows (their columns in every gate).
 template <typename scalar_t>
 struct RowKernels {
-  void (*gru_forward)(const GruForwardStep<scalar_t>&, int64_t b_begin, int64_t b_end);
+  void (*gru_forward)(const GruForwardStep<scalar_t>&, int64_t b_begin, int64_t b_end,
+                      int64_t j_begin, int64_t j_end);
   void (*gru_backward)(const GruBackwardStep<scalar_t>&, int64_t b_begin, int64_t b_end);
-  void (*lstm_forward)(const LstmForwardStep<scalar_t>&, int64_t b_begin, int64_t b_end);
+  void (*lstm_forward)(const LstmForwardStep<scalar_t>&, int64_t b_begin, int64_t b_end,
+                       int64_t j_begin, int64_t j_end);
   void (*lstm_backward)(const LstmBackwardStep<scalar_t>&, int64_t b_begin, int64_t b_end);
-  void (*rnn_forward)(const RnnForwardStep<scalar_t>&, int64_t b_begin, int64_t b_end);
+  void (*rnn_forward)(const RnnForwardStep<scalar_t>&, int64_t b_begin, int64_t b_end,
+                      int64_t j_begin, int64_t j_end);
   void (*rnn_backward)(const RnnBackwardStep<scalar_t>&, int64_t b_begin, int64_t b_end);
   void (*gru_textbook_gates)(const GruTextbookGatesStep<scalar_t>&, int64_t, int64_t);
   void (*gru_textbook_state)(const GruTextbookStateStep<scalar_t>&, int64_t, int64_t);
@@ -27,6 +31,15 @@ struct RowKernels {
   // columns [c_begin, c_end): the bias gradients (cpu::bias_grad).
   void (*column_sums)(const scalar_t* m, int64_t rows, int64_t row_stride, int64_t c_begin,
                       int64_t c_end, scalar_t* out);
+  // The hidden GEMM of one lane (a slice of the hidden units, csrc/cpu/cpu_recurrence.cpp):
+  //   out[b, g * out_gate + j] (+)= sum_k h[b, k] * w[g * w_gate + j * K + k]
+  // for rows b < rows, gates g < gates, units j < units: w points at the lane's first row of
+  // W_hh: [G*H, K] (w_gate = H * K), read in place. h: [rows, K] (row stride h_row); out: row
+  // stride out_row. Each output element is summed the same way (vector partial sums over k in
+  // order, then a fixed reduction tree) whatever the lane, rows or thread count.
+  void (*lane_gemm)(const scalar_t* h, int64_t h_row, int64_t rows, int64_t K,
+                    const scalar_t* w, int64_t w_gate, int64_t gates, int64_t units,
+                    scalar_t* out, int64_t out_row, int64_t out_gate, bool accumulate);
 };
 
 struct IsaKernels {
