@@ -515,15 +515,19 @@ void lane_tile(const S* h, int64_t h_row, int64_t K, const S* w, S* out, int64_t
   for (int r = 0; r < R; ++r) {
     for (int c = 0; c < NN; ++c) acc[r][c] = Vec<A>(A(0));
   }
-  for (int64_t k = 0; k < K; k += W) {
-    const int64_t n = std::min<int64_t>(W, K - k);  // a partial vector loads zeros past n
+  // whole vectors of k in a loop without a partial-load branch (so that the accumulators stay
+  // in registers), then the partial vector at the end, whose loads give zeros past K
+  auto step = [&](int64_t k, int64_t n) __attribute__((always_inline)) {
     Vec<A> hv[R];
     for (int r = 0; r < R; ++r) hv[r] = load(h + r * h_row + k, n);
     for (int c = 0; c < NN; ++c) {
       const Vec<A> wv = load(w + c * K + k, n);
       for (int r = 0; r < R; ++r) acc[r][c] = at::vec::fmadd(hv[r], wv, acc[r][c]);
     }
-  }
+  };
+  int64_t k = 0;
+  for (; k + W <= K; k += W) step(k, W);
+  if (k < K) step(k, K - k);
   for (int r = 0; r < R; ++r) {
     for (int c = 0; c < NN; ++c) {
       const A sum = horizontal_sum(acc[r][c]);
