@@ -47,22 +47,39 @@ def assert_schedules_identical(fused, x, lengths):
         assert torch.equal(a, b), "row blocks differ from per-step"
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-@pytest.mark.parametrize("batch", [1, 5, 33])
-@pytest.mark.parametrize("variant", ["plain", "bidirectional_2_layers", "batch_first", "lengths"])
-@pytest.mark.parametrize("cell", CELLS)
-def test_schedules_give_identical_bits(cell, variant, batch, threads, schedule_and_threads):
-    torch.set_num_threads(threads)
+VARIANTS = ["plain", "bidirectional_2_layers", "batch_first", "lengths"]
+
+
+def variant_case(cell, variant, batch, H, T=7, I=6):
+    """A fused float32 module of one of VARIANTS, input x (requiring grad) and lengths or None."""
     kw = dict(num_layers=2, bidirectional=True) if variant == "bidirectional_2_layers" else {}
     if variant == "batch_first":
         kw["batch_first"] = True
     torch.manual_seed(0)
-    _, fused = nn_and_fused(cell, 6, 20, torch.float32, **kw)
-    T = 7
-    x = torch.randn(batch, T, 6) if variant == "batch_first" else torch.randn(T, batch, 6)
-    x.requires_grad_(True)
+    _, fused = nn_and_fused(cell, I, H, torch.float32, **kw)
+    x = torch.randn(batch, T, I) if variant == "batch_first" else torch.randn(T, batch, I)
     lengths = torch.randint(1, T + 1, (batch,)) if variant == "lengths" else None
+    return fused, x.requires_grad_(True), lengths
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("batch", [1, 2, 5, 33])
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_schedules_against_per_step(cell, variant, batch, threads, schedule_and_threads):
+    """Row blocks: the same bits as per-step. Lanes (forward; H=40: two lanes of 16 and 24 units
+    with 3 threads, lane tails, a partial vector): per-step's results within rounding."""
+    torch.set_num_threads(threads)
+    fused, x, lengths = variant_case(cell, variant, batch, 40)
     assert_schedules_identical(fused, x, lengths)
+    by_schedule = {}
+    for schedule in ("per-step", "lanes"):
+        fused_rnn.set_cpu_schedule(schedule)
+        by_schedule[schedule] = results(fused, x, None, lengths)
+    n_values = 2 + (cell == "LSTM")  # output, h_n (, c_n); then gradients
+    for i, (a, b) in enumerate(zip(by_schedule["per-step"], by_schedule["lanes"])):
+        tol = TOL[torch.float32] if i < n_values else GRAD_TOL[torch.float32]
+        torch.testing.assert_close(b, a, **tol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
@@ -144,35 +161,6 @@ def test_schedule_from_the_environment():
 # ---------------------------------------------------------------------------------------------
 # lanes
 # ---------------------------------------------------------------------------------------------
-
-def lanes_inputs(variant, batch, T=9, I=6):
-    x = torch.randn(batch, T, I) if variant == "batch_first" else torch.randn(T, batch, I)
-    lengths = torch.randint(1, T + 1, (batch,)) if variant == "lengths" else None
-    return x.requires_grad_(True), lengths
-
-
-@pytest.mark.parametrize("threads", [1, 3])
-@pytest.mark.parametrize("batch", [1, 2, 5])
-@pytest.mark.parametrize("variant", ["plain", "bidirectional_2_layers", "batch_first", "lengths"])
-@pytest.mark.parametrize("cell", CELLS)
-def test_lanes_match_per_step(cell, variant, batch, threads, schedule_and_threads):
-    """H=40: two lanes of 16 and 24 units with 3 threads (lane tails, a partial vector)."""
-    torch.set_num_threads(threads)
-    kw = dict(num_layers=2, bidirectional=True) if variant == "bidirectional_2_layers" else {}
-    if variant == "batch_first":
-        kw["batch_first"] = True
-    torch.manual_seed(0)
-    _, fused = nn_and_fused(cell, 6, 40, torch.float32, **kw)
-    x, lengths = lanes_inputs(variant, batch)
-    by_schedule = {}
-    for schedule in ("per-step", "lanes"):
-        fused_rnn.set_cpu_schedule(schedule)
-        by_schedule[schedule] = results(fused, x, None, lengths)
-    n_values = 2 + (cell == "LSTM")  # output, h_n (, c_n); then gradients
-    for i, (a, b) in enumerate(zip(by_schedule["per-step"], by_schedule["lanes"])):
-        tol = TOL[torch.float32] if i < n_values else GRAD_TOL[torch.float32]
-        torch.testing.assert_close(b, a, **tol)
-
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("cell", CELLS)

@@ -107,6 +107,51 @@ at::Tensor weight_tensor(const S* w, int64_t rows, int64_t cols) {
   return at::from_blob(const_cast<S*>(w), {rows, cols}, c10::CppTypeToScalarType<S>::value);
 }
 
+// A forward recurrence step by step (processing step s, at time index t(s)), for the row-blocks
+// and lanes schedules: where the step's rows are, and its pointwise kernel.
+template <typename S>
+struct ForwardSteps {
+  const RecurrenceForward<S>& p;
+  S* gh;  // GRU: [B, 3H], the step's h_prev W_hh^T (LSTM / RNN add it to x in place)
+
+  int64_t t(int64_t s) const { return time_of(s, p.steps, p.reverse); }
+  S* x(int64_t s) const { return p.x + t(s) * p.x_step; }        // [B, G*H]
+  S* out(int64_t s) const { return p.out + t(s) * p.out_step; }  // [B, H]
+  const S* h_prev(int64_t s) const { return s == 0 ? p.h0 : out(s - 1); }  // [B, H]
+  int64_t h_prev_row(int64_t s) const { return s == 0 ? p.hidden : p.out_row; }
+  S* cell(int64_t s) const {  // [B, H], the LSTM cell state after processing step s
+    return p.cells + (p.cells_per_step ? t(s) : s % 2) * p.batch * p.hidden;
+  }
+  // Where h_prev W_hh^T goes ([B, G*H], row stride hidden_row()), and whether it is added.
+  S* hidden(int64_t s) const { return p.cell == Cell::kGru ? gh : x(s); }
+  int64_t hidden_row() const { return p.cell == Cell::kGru ? 3 * p.hidden : p.x_row; }
+  bool hidden_adds() const { return p.cell != Cell::kGru; }
+
+  // The pointwise kernel of step s on the rows [b0, b1) and hidden units [j0, j1).
+  void pointwise(const RowKernels<S>& k, int64_t s, int64_t b0, int64_t b1, int64_t j0,
+                 int64_t j1) const {
+    const int64_t B = p.batch, H = p.hidden;
+    switch (p.cell) {
+      case Cell::kGru:
+        k.gru_forward({B, H, x(s), p.x_row, gh, 3 * H, p.b_ih, p.b_hh, h_prev(s), h_prev_row(s),
+                       out(s), p.out_row, p.saved ? p.saved + t(s) * B * 4 * H : nullptr, 4 * H,
+                       t(s), p.lengths},
+                      b0, b1, j0, j1);
+        break;
+      case Cell::kLstm:
+        k.lstm_forward({B, H, x(s), p.x_row, p.b_ih, h_prev(s), h_prev_row(s),
+                        s == 0 ? p.c0 : cell(s - 1), H, cell(s), H, out(s), p.out_row, t(s),
+                        p.lengths},
+                       b0, b1, j0, j1);
+        break;
+      default:
+        k.rnn_forward({B, H, x(s), p.x_row, p.b_ih, h_prev(s), h_prev_row(s), out(s), p.out_row,
+                       p.cell == Cell::kRnnRelu, t(s), p.lengths},
+                      b0, b1, j0, j1);
+    }
+  }
+};
+
 }  // namespace
 
 std::vector<int64_t> lanes(int64_t B, int64_t H, bool float32) {
@@ -169,50 +214,21 @@ class StepBarrier {
 // other lanes (the next step's GEMM reads all of h).
 template <typename S>
 bool lanes_forward(const RecurrenceForward<S>& p, const std::vector<int64_t>& units) {
-  const int64_t T = p.steps, B = p.batch, H = p.hidden;
+  const int64_t T = p.steps, B = p.batch, H = p.hidden, G = gates_of(p.cell);
   const int64_t L = static_cast<int64_t>(units.size()) - 1;
   const RowKernels<S>& k = row_kernels<S>();
   // allocation before the threads start: nothing inside may throw past the barrier
   std::vector<S> gh_buffer(p.cell == Cell::kGru ? B * 3 * H : 0);  // gh: [B, 3H] (GRU)
-  S* gh = gh_buffer.data();
-  const bool relu = p.cell == Cell::kRnnRelu;
-  auto x_at = [&](int64_t t) { return p.x + t * p.x_step; };        // [B, G*H]
-  auto out_at = [&](int64_t t) { return p.out + t * p.out_step; };  // [B, H]
-  auto cell_at = [&](int64_t s) {  // [B, H], the cell state after processing step s
-    return p.cells + (p.cells_per_step ? time_of(s, T, p.reverse) : s % 2) * B * H;
-  };
+  const ForwardSteps<S> seq{p, gh_buffer.data()};
   StepBarrier barrier(L);
   at::parallel_for(0, L, 1, [&](int64_t l0, int64_t l1) {
     for (int64_t s = 0; s < T; ++s) {
-      const int64_t t = time_of(s, T, p.reverse);
-      const S* h_prev = s == 0 ? p.h0 : out_at(time_of(s - 1, T, p.reverse));  // [B, H]
-      const int64_t h_prev_row = s == 0 ? H : p.out_row;
       for (int64_t l = l0; l < l1; ++l) {
         const int64_t u0 = units[l], u1 = units[l + 1];
-        const S* w = p.w_hh + u0 * H;  // the lane's rows of gate 0 of W_hh: [G*H, H]
-        switch (p.cell) {
-          case Cell::kGru:
-            k.lane_gemm(h_prev, h_prev_row, B, H, w, H * H, 3, u1 - u0, gh + u0, 3 * H, H, false);
-            k.gru_forward({B, H, x_at(t), p.x_row, gh, 3 * H, p.b_ih, p.b_hh, h_prev, h_prev_row,
-                           out_at(t), p.out_row, p.saved ? p.saved + t * B * 4 * H : nullptr,
-                           4 * H, t, p.lengths},
-                          0, B, u0, u1);
-            break;
-          case Cell::kLstm:
-            k.lane_gemm(h_prev, h_prev_row, B, H, w, H * H, 4, u1 - u0, x_at(t) + u0, p.x_row, H,
-                        true);
-            k.lstm_forward({B, H, x_at(t), p.x_row, p.b_ih, h_prev, h_prev_row,
-                            s == 0 ? p.c0 : cell_at(s - 1), H, cell_at(s), H, out_at(t),
-                            p.out_row, t, p.lengths},
-                           0, B, u0, u1);
-            break;
-          default:
-            k.lane_gemm(h_prev, h_prev_row, B, H, w, H * H, 1, u1 - u0, x_at(t) + u0, p.x_row, H,
-                        true);
-            k.rnn_forward({B, H, x_at(t), p.x_row, p.b_ih, h_prev, h_prev_row, out_at(t),
-                           p.out_row, relu, t, p.lengths},
-                          0, B, u0, u1);
-        }
+        // the lane's rows of each gate of W_hh: [G*H, H], from row u0 of gate 0
+        k.lane_gemm(seq.h_prev(s), seq.h_prev_row(s), B, H, p.w_hh + u0 * H, H * H, G, u1 - u0,
+                    seq.hidden(s) + u0, seq.hidden_row(), H, seq.hidden_adds());
+        seq.pointwise(k, s, 0, B, u0, u1);
       }
       if (s + 1 < T) barrier.arrive_and_wait(l1 - l0);
     }
@@ -233,42 +249,13 @@ bool recurrence_forward(const RecurrenceForward<S>& p) {
   // gh = h_prev W_hh^T (GRU: a buffer of its own; LSTM / RNN: added to x in place)
   const auto hidden = hidden_gemm<S>(weight_tensor(p.w_hh, G * H, H), /*transpose_w=*/true, B);
   std::vector<S> gh_buffer(p.cell == Cell::kGru ? B * 3 * H : 0);  // gh: [B, 3H]
-  S* gh = gh_buffer.data();
-  const bool relu = p.cell == Cell::kRnnRelu;
-  auto x_at = [&](int64_t t) { return p.x + t * p.x_step; };        // [B, G*H]
-  auto out_at = [&](int64_t t) { return p.out + t * p.out_step; };  // [B, H]
-  auto cell_at = [&](int64_t s) {  // [B, H], the cell state after processing step s
-    return p.cells + (p.cells_per_step ? time_of(s, T, p.reverse) : s % 2) * B * H;
-  };
+  const ForwardSteps<S> seq{p, gh_buffer.data()};
   for_row_blocks(starts, [&](int64_t b0, int64_t b1) {
-    const int64_t rows = b1 - b0;
     for (int64_t s = 0; s < T; ++s) {
-      const int64_t t = time_of(s, T, p.reverse);
-      const S* h_prev = s == 0 ? p.h0 : out_at(time_of(s - 1, T, p.reverse));  // [B, H]
-      const int64_t h_prev_row = s == 0 ? H : p.out_row;
-      switch (p.cell) {
-        case Cell::kGru:
-          hidden->run(h_prev + b0 * h_prev_row, h_prev_row, gh + b0 * 3 * H, 3 * H, rows, false);
-          k.gru_forward({B, H, x_at(t), p.x_row, gh, 3 * H, p.b_ih, p.b_hh, h_prev, h_prev_row,
-                         out_at(t), p.out_row, p.saved ? p.saved + t * B * 4 * H : nullptr,
-                         4 * H, t, p.lengths},
-                        b0, b1, 0, H);
-          break;
-        case Cell::kLstm:
-          hidden->run(h_prev + b0 * h_prev_row, h_prev_row, x_at(t) + b0 * p.x_row, p.x_row,
-                      rows, true);
-          k.lstm_forward({B, H, x_at(t), p.x_row, p.b_ih, h_prev, h_prev_row,
-                          s == 0 ? p.c0 : cell_at(s - 1), H, cell_at(s), H, out_at(t), p.out_row,
-                          t, p.lengths},
-                         b0, b1, 0, H);
-          break;
-        default:
-          hidden->run(h_prev + b0 * h_prev_row, h_prev_row, x_at(t) + b0 * p.x_row, p.x_row,
-                      rows, true);
-          k.rnn_forward({B, H, x_at(t), p.x_row, p.b_ih, h_prev, h_prev_row, out_at(t),
-                         p.out_row, relu, t, p.lengths},
-                        b0, b1, 0, H);
-      }
+      hidden->run(seq.h_prev(s) + b0 * seq.h_prev_row(s), seq.h_prev_row(s),
+                  seq.hidden(s) + b0 * seq.hidden_row(), seq.hidden_row(), b1 - b0,
+                  seq.hidden_adds());
+      seq.pointwise(k, s, b0, b1, 0, H);
     }
   });
   return true;
