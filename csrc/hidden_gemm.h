@@ -18,10 +18,12 @@ struct HiddenGemm {
 };
 
 // w: [N, K] when transpose_w (op(W) = w^T, the forward's h W_hh^T), else w: [K, N];
-// rows: the B of the calls to come.
+// rows: the B of the calls to come; steps: how many calls will come (T), so that a device can
+// weigh preparing W once against running each call on W as it is.
 template <typename S>
 using HiddenGemmFactory = std::unique_ptr<HiddenGemm<S>> (*)(const at::Tensor& w,
-                                                             bool transpose_w, int64_t rows);
+                                                             bool transpose_w, int64_t rows,
+                                                             int64_t steps);
 
 // Any device: ATen's mm on op(W) given as `w_op`: [K, N].
 template <typename S>

@@ -145,6 +145,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("float32"),
         "First hidden units of the lanes the CPU would run a forward recurrence in now (and "
         "hidden at the end); empty: not in lanes (tests).");
+  m.def("_min_prepared_rows", &fused_rnn::cpu::min_prepared_rows,
+        "CPU calls with at least this many rows over all steps (T * B) prepare the recurrent "
+        "weight once (MKL packing or a transposed copy); smaller ones run on it as it is.");
+  m.def("_set_min_prepared_rows", &fused_rnn::cpu::set_min_prepared_rows,
+        pybind11::arg("rows"), "Set _min_prepared_rows (tests, benchmarks).");
   m.def("_set_phase_clock", &fused_rnn::phase_clock::set_enabled, pybind11::arg("enabled"),
         "Switch the CPU layers' phase clock on or off (benchmarks/cpu_profile.py).");
   m.def("_phase_clock", &fused_rnn::phase_clock::read,

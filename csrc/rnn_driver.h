@@ -232,7 +232,7 @@ std::tuple<Tensor, Tensor, Tensor> gru_forward_impl(
                             out_s.row, save ? ptr<S>(saved) : nullptr, nullptr, false});
   Tensor gh = at::empty({whole ? 0 : B, 3 * H}, opts);  // gh: [B, 3H] (step loop only)
   // gh = h_prev W_hh^T
-  const auto hidden = whole ? nullptr : make_gemm(w_hh, /*transpose_w=*/true, B);
+  const auto hidden = whole ? nullptr : make_gemm(w_hh, /*transpose_w=*/true, B, T);
   for (int64_t s = 0; s < (whole ? 0 : T); ++s) {
     const int64_t t = time_of(s, T, reverse);
     const S* h_prev = s == 0 ? ptr<S>(hx) : out_s.at(time_of(s - 1, T, reverse));  // [B, H]
@@ -282,7 +282,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_backward_impl(
                              hp_s.row, ptr<S>(saved), nullptr, 0, 0, nullptr, nullptr, nullptr,
                              0, 0});
   // dh += d_gh W_hh
-  const auto hidden = whole ? nullptr : make_gemm(w_hh, /*transpose_w=*/false, B);
+  const auto hidden = whole ? nullptr : make_gemm(w_hh, /*transpose_w=*/false, B, T);
   for (int64_t s = whole ? -1 : T - 1; s >= 0; --s) {
     const int64_t t = time_of(s, T, reverse);
     k.gru_backward({B, H, go_s.at(t), go_s.row, ptr<S>(dh), hp_s.at(t), hp_s.row,
@@ -339,7 +339,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_impl(
                             ptr<S>(hx), ptr<S>(cx), out_s.base, out_s.step_stride, out_s.row,
                             nullptr, ptr<S>(cells), save});
   // gates += h_prev W_hh^T
-  const auto hidden = whole ? nullptr : make_gemm(w_hh, /*transpose_w=*/true, B);
+  const auto hidden = whole ? nullptr : make_gemm(w_hh, /*transpose_w=*/true, B, T);
   auto cell_of = [&](int64_t s) { return c_s.at(save ? time_of(s, T, reverse) : s % 2); };
   for (int64_t s = 0; s < (whole ? 0 : T); ++s) {
     const int64_t t = time_of(s, T, reverse);
@@ -391,7 +391,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                              dg_s.row, nullptr, 0, 0, nullptr, g_s.base, g_s.step_stride,
                              g_s.row, ptr<S>(cells), ptr<S>(c0), nullptr, 0, 0});
   // dh += d_gates W_hh
-  const auto hidden = whole ? nullptr : make_gemm(w_hh, /*transpose_w=*/false, B);
+  const auto hidden = whole ? nullptr : make_gemm(w_hh, /*transpose_w=*/false, B, T);
   for (int64_t s = whole ? -1 : T - 1; s >= 0; --s) {
     const int64_t t = time_of(s, T, reverse);
     const S* c_prev = s == 0 ? ptr<S>(c0) : c_s.at(time_of(s - 1, T, reverse));  // [B, H]
@@ -436,8 +436,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_proj_forward_imp
   Tensor output = lay.empty(T, B, P, opts);                    // output: [T, B, P]
   Tensor cells = at::empty({save ? T : std::min<int64_t>(T, 2), B, H}, opts);
   Tensor hidden_full = at::empty({save ? T : 1, B, H}, opts);  // o * tanh(c): [T, B, H]
-  const auto hidden = make_gemm(w_hh, /*transpose_w=*/true, B);  // gates += h_prev W_hh^T
-  const auto proj = make_gemm(w_hr, /*transpose_w=*/true, B);    // h = hidden_full W_hr^T
+  const auto hidden = make_gemm(w_hh, /*transpose_w=*/true, B, T);  // gates += h_prev W_hh^T
+  const auto proj = make_gemm(w_hr, /*transpose_w=*/true, B, T);    // h = hidden_full W_hr^T
   const Tensor active = active_steps(lengths, T);                // [T, B] or undefined
   const StepRows<S> g_s(gates), out_s(output), c_s(cells);
   auto cell_of = [&](int64_t s) { return c_s.at(save ? time_of(s, T, reverse) : s % 2); };
@@ -495,8 +495,8 @@ lstm_proj_backward_impl(const StepKernels<S>& k, HiddenGemmFactory<S> make_gemm,
   Tensor dh_total = at::empty({T, B, P}, opts);               // dL/dh per step: [T, B, P]
   Tensor d_hfull = at::empty({B, H}, opts);                   // d_hfull: [B, H]
   Tensor scratch = at::zeros({B, H}, opts);                   // the kernel's (zero) dh input
-  const auto proj_back = make_gemm(w_hr, /*transpose_w=*/false, B);  // d_hfull = dh W_hr
-  const auto hidden = make_gemm(w_hh, /*transpose_w=*/false, B);     // dh = d_gates W_hh
+  const auto proj_back = make_gemm(w_hr, /*transpose_w=*/false, B, T);  // d_hfull = dh W_hr
+  const auto hidden = make_gemm(w_hh, /*transpose_w=*/false, B, T);     // dh = d_gates W_hh
   const Tensor active = active_steps(lengths, T);
   const StepRows<S> g_s(gates), c_s(cells), dg_s(d_gates);
   for (int64_t s = T - 1; s >= 0; --s) {
@@ -547,7 +547,7 @@ std::tuple<Tensor, Tensor> rnn_forward_impl(const StepKernels<S>& k,
                             lengths_ptr(lengths), ptr<S>(w), pre_s.base, pre_s.step_stride,
                             pre_s.row, opt_ptr<S>(bias), nullptr, ptr<S>(hx), nullptr,
                             out_s.base, out_s.step_stride, out_s.row, nullptr, nullptr, false});
-  const auto hidden = whole ? nullptr : make_gemm(w_hh, /*transpose_w=*/true, B);
+  const auto hidden = whole ? nullptr : make_gemm(w_hh, /*transpose_w=*/true, B, T);
   for (int64_t s = 0; s < (whole ? 0 : T); ++s) {
     const int64_t t = time_of(s, T, reverse);
     const S* h_prev = s == 0 ? ptr<S>(hx) : out_s.at(time_of(s - 1, T, reverse));  // [B, H]
@@ -592,7 +592,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_impl(
                              nullptr, nullptr, 0, 0, nullptr, nullptr, out_s.base,
                              out_s.step_stride, out_s.row});
   // dh += d_pre W_hh
-  const auto hidden = whole ? nullptr : make_gemm(w_hh, /*transpose_w=*/false, B);
+  const auto hidden = whole ? nullptr : make_gemm(w_hh, /*transpose_w=*/false, B, T);
   for (int64_t s = whole ? -1 : T - 1; s >= 0; --s) {
     const int64_t t = time_of(s, T, reverse);
     k.rnn_backward({B, H, go_s.at(t), go_s.row, ptr<S>(dh), out_s.at(t), out_s.row,
@@ -630,8 +630,8 @@ std::tuple<Tensor, Tensor, Tensor> gru_textbook_forward_impl(
   Tensor gh_rz = at::empty({B, 2 * H}, opts);                // gh_rz: [B, 2H]
   Tensor rh = at::empty({B, H}, opts);                       // rh: [B, H]
   Tensor gh_n = at::empty({B, H}, opts);                     // gh_n: [B, H]
-  const auto hidden_rz = make_gemm(w_hh.narrow(0, 0, 2 * H), /*transpose_w=*/true, B);
-  const auto hidden_n = make_gemm(w_hh.narrow(0, 2 * H, H), /*transpose_w=*/true, B);
+  const auto hidden_rz = make_gemm(w_hh.narrow(0, 0, 2 * H), /*transpose_w=*/true, B, T);
+  const auto hidden_n = make_gemm(w_hh.narrow(0, 2 * H, H), /*transpose_w=*/true, B, T);
   const StepRows<S> gi_s(gi), out_s(output);
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = time_of(s, T, reverse);
@@ -673,8 +673,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> gru_textbook_backward
   Tensor d_g = lay.empty(T, B, 3 * H, opts);                  // d_g: [T, B, 3H] (= d_gi = d_gh)
   Tensor dh = grad_hy.clone(at::MemoryFormat::Contiguous);    // dh: [B, H]
   Tensor d_rh = at::empty({B, H}, opts);                      // d_rh: [B, H]
-  const auto hidden_n = make_gemm(w_hh.narrow(0, 2 * H, H), /*transpose_w=*/false, B);
-  const auto hidden_rz = make_gemm(w_hh.narrow(0, 0, 2 * H), /*transpose_w=*/false, B);
+  const auto hidden_n = make_gemm(w_hh.narrow(0, 2 * H, H), /*transpose_w=*/false, B, T);
+  const auto hidden_rz = make_gemm(w_hh.narrow(0, 0, 2 * H), /*transpose_w=*/false, B, T);
   const StepRows<S> go_s(grad_output), hp_s(h_prevs), d_g_s(d_g);
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = time_of(s, T, reverse);

@@ -247,7 +247,7 @@ bool recurrence_forward(const RecurrenceForward<S>& p) {
   if (starts.empty()) return false;
   const RowKernels<S>& k = row_kernels<S>();
   // gh = h_prev W_hh^T (GRU: a buffer of its own; LSTM / RNN: added to x in place)
-  const auto hidden = hidden_gemm<S>(weight_tensor(p.w_hh, G * H, H), /*transpose_w=*/true, B);
+  const auto hidden = hidden_gemm<S>(weight_tensor(p.w_hh, G * H, H), /*transpose_w=*/true, B, T);
   std::vector<S> gh_buffer(p.cell == Cell::kGru ? B * 3 * H : 0);  // gh: [B, 3H]
   const ForwardSteps<S> seq{p, gh_buffer.data()};
   for_row_blocks(starts, [&](int64_t b0, int64_t b1) {
@@ -268,7 +268,7 @@ bool recurrence_backward(const RecurrenceBackward<S>& p) {
   if (starts.empty()) return false;
   const RowKernels<S>& k = row_kernels<S>();
   // dh += d_h W_hh (d_h: GRU's d_gh, LSTM's d_gates, RNN's d_pre)
-  const auto hidden = hidden_gemm<S>(weight_tensor(p.w_hh, G * H, H), /*transpose_w=*/false, B);
+  const auto hidden = hidden_gemm<S>(weight_tensor(p.w_hh, G * H, H), /*transpose_w=*/false, B, T);
   const bool relu = p.cell == Cell::kRnnRelu;
   for_row_blocks(starts, [&](int64_t b0, int64_t b1) {
     const int64_t rows = b1 - b0;

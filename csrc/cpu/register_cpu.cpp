@@ -17,8 +17,8 @@ struct CpuBackend {
   }
   template <typename S>
   static std::unique_ptr<HiddenGemm<S>> hidden_gemm(const at::Tensor& w, bool transpose_w,
-                                                    int64_t rows) {
-    return cpu::hidden_gemm<S>(w, transpose_w, rows);
+                                                    int64_t rows, int64_t steps) {
+    return cpu::hidden_gemm<S>(w, transpose_w, rows, steps);
   }
   template <typename F>
   static auto dispatch(const at::Tensor& w, const char* op, F&& f) {  // w: the weights

@@ -23,7 +23,7 @@ struct CudaBackend {
   }
   template <typename S>
   static std::unique_ptr<HiddenGemm<S>> hidden_gemm(const at::Tensor& w, bool transpose_w,
-                                                    int64_t /*rows*/) {
+                                                    int64_t /*rows*/, int64_t /*steps*/) {
     return std::make_unique<AtenHiddenGemm<S>>(transpose_w ? w.t() : w);  // cuBLAS transposes
   }
   template <typename F>

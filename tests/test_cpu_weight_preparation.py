@@ -1,0 +1,96 @@
+"""CPU per-step GEMMs on the recurrent weight as it is or prepared once per call (MKL packing or
+a transposed copy): a call with fewer than fused_rnn._C._min_prepared_rows() rows over all its
+steps (T * B) skips the preparation. Both ways give nn.*'s outputs, states and gradients, for
+every cell and dtype, and the same bits whatever the thread count."""
+import pytest
+import torch
+
+import fused_rnn
+from helpers import compare_with_nn, flat, grads, nn_and_fused
+
+CELLS = [("GRU", {}), ("LSTM", {}), ("LSTM", {"proj_size": 3}), ("RNN", {}), ("RNN_RELU", {})]
+IDS = ["gru", "lstm", "lstm_proj", "rnn", "rnn_relu"]
+
+
+def fused_module(cell, kw, I, H, dtype=torch.float32, **more):
+    """The fused module (cell "RNN_RELU": RNN with nonlinearity="relu"), seeded weights."""
+    torch.manual_seed(0)
+    if cell == "RNN_RELU":
+        cell, kw = "RNN", dict(kw, nonlinearity="relu")
+    return getattr(fused_rnn, cell)(I, H, dtype=dtype, **kw, **more)
+
+
+@pytest.fixture
+def settings():
+    rows, schedule, threads = (fused_rnn._C._min_prepared_rows(), fused_rnn.cpu_schedule(),
+                               torch.get_num_threads())
+    yield
+    fused_rnn._C._set_min_prepared_rows(rows)
+    fused_rnn.set_cpu_schedule(schedule)
+    torch.set_num_threads(threads)
+
+
+def test_default_and_bad_value(settings):
+    assert fused_rnn._C._min_prepared_rows() == 32
+    with pytest.raises(RuntimeError, match="min_prepared_rows must be >= 0, got -1"):
+        fused_rnn._C._set_min_prepared_rows(-1)
+
+
+@pytest.mark.parametrize("prepared", [False, True], ids=["as_is", "prepared"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cell,kw", CELLS, ids=IDS)
+def test_both_ways_match_nn(cell, kw, dtype, prepared, settings):
+    """Per-step schedule (lanes would take the batch-1 forward), T * B = 12 rows."""
+    fused_rnn.set_cpu_schedule("per-step")
+    fused_rnn._C._set_min_prepared_rows(0 if prepared else 10**9)
+    torch.manual_seed(0)
+    ref, fused = nn_and_fused(cell, 5, 11, dtype, num_layers=2, bidirectional=True, **kw)
+    x = torch.randn(3, 4, 5, dtype=dtype, requires_grad=True)
+    compare_with_nn(ref, fused, x, None, dtype)
+
+
+def test_textbook_gru_both_ways_agree(settings):
+    """The textbook GRU (no nn.* twin; its cells are checked elsewhere): W as it is and
+    prepared give the same outputs and gradients within float64 rounding."""
+    fused_rnn.set_cpu_schedule("per-step")
+    m = fused_module("GRU", {"reset_after": False}, 5, 11, torch.float64, num_layers=2)
+    x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    results = []
+    for rows in (0, 10**9):
+        fused_rnn._C._set_min_prepared_rows(rows)
+        got = flat(*m(x))
+        results.append([g.detach() for g in got] +
+                       grads(got, [x, *m.parameters()], [torch.ones_like(g) for g in got]))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
+
+
+@pytest.mark.parametrize("cell,kw", CELLS + [("GRU", {"reset_after": False})],
+                         ids=IDS + ["gru_textbook"])
+def test_w_as_it_is_gives_the_same_bits_for_any_thread_count(cell, kw, settings):
+    fused_rnn._C._set_min_prepared_rows(10**9)
+    fused_rnn.set_cpu_schedule("per-step")
+    fused = fused_module(cell, kw, 6, 40)
+    x = torch.randn(4, 6, 6, requires_grad=True)
+    by_threads = []
+    for threads in (1, 2, 3):
+        torch.set_num_threads(threads)
+        got = flat(*fused(x))
+        seeds = [torch.ones_like(g) for g in got]
+        by_threads.append([g.detach() for g in got] + grads(got, [x, *fused.parameters()], seeds))
+    for other in by_threads[1:]:
+        for a, b in zip(by_threads[0], other):
+            assert torch.equal(a, b)
+
+
+def test_bfloat16_both_ways_agree(settings):
+    fused_rnn.set_cpu_schedule("per-step")
+    m = fused_module("GRU", {}, 5, 16, torch.bfloat16)
+    x = torch.randn(3, 4, 5, dtype=torch.bfloat16)
+    results = []
+    for rows in (0, 10**9):
+        fused_rnn._C._set_min_prepared_rows(rows)
+        with torch.no_grad():
+            results.append(flat(*m(x)))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a.float(), b.float(), atol=2e-2, rtol=2e-2)
