@@ -10,6 +10,18 @@ from . import _C  # noqa: F401  (loads the operator library and its kernels)
 ops = torch.ops.fused_rnn
 
 
+def _call(op, *args):
+    """op(*args). With grad mode off (torch.no_grad / inference_mode, and a backward pass that
+    does not create a graph), outside tracing, the call goes straight below the autograd
+    dispatch key: no gradient can be recorded there anyway, and the Python autograd wrapper
+    that register_autograd installs would otherwise redispatch from Python on every call
+    (~30-80 us per layer and direction here, more than a whole small step); same kernels."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
 def _batch_major(input: Tensor) -> bool:
     """The kernels keep sequence tensors in the input's memory layout: [T, B, F] contiguous
     (seq-major) or [B, T, F] contiguous seen as [T, B, F] (batch-major, as batch_first gives)."""
@@ -109,9 +121,9 @@ def _gru_backward(ctx, grad_output, grad_hy, _grad_saved, backward_op=None):
     _require_saved(ctx, "fused_rnn GRU forward", "gru_layer")
     input, hx, w_ih, w_hh, out, saved, lengths = ctx.saved_tensors
     need_input = ctx.needs_input_grad[0]
-    g_in, g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh = backward_op(
-        _or_zeros(grad_output, out), _or_zeros(grad_hy, hx), input, hx, w_ih, w_hh, out, saved,
-        lengths, ctx.reverse, need_input)
+    g_in, g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh = _call(
+        backward_op, _or_zeros(grad_output, out), _or_zeros(grad_hy, hx), input, hx, w_ih, w_hh,
+        out, saved, lengths, ctx.reverse, need_input)
     return (g_in if need_input else None, g_hx, g_w_ih, g_w_hh,
             g_b_ih if ctx.has_bias[0] else None, g_b_hh if ctx.has_bias[1] else None,
             None, None, None)
@@ -187,7 +199,8 @@ def _lstm_backward(ctx, grad_output, grad_hy, grad_cy, _grad_gates, _grad_cells)
     _require_saved(ctx, "fused_rnn::lstm_forward", "lstm_layer")
     input, hx, cx, w_ih, w_hh, out, gates, cells, lengths = ctx.saved_tensors
     need_input = ctx.needs_input_grad[0]
-    g_in, g_hx, g_cx, g_w_ih, g_w_hh, g_b_ih, g_b_hh = ops.lstm_backward(
+    g_in, g_hx, g_cx, g_w_ih, g_w_hh, g_b_ih, g_b_hh = _call(
+        ops.lstm_backward,
         _or_zeros(grad_output, out), _or_zeros(grad_hy, hx), _or_zeros(grad_cy, cx), input, hx,
         cx, w_ih, w_hh, out, gates, cells, lengths, ctx.reverse, need_input)
     return (g_in if need_input else None, g_hx, g_cx, g_w_ih, g_w_hh,
@@ -239,7 +252,8 @@ def _lstm_proj_backward(ctx, grad_output, grad_hy, grad_cy, *_grad_saved):
     _require_saved(ctx, "fused_rnn::lstm_proj_forward", "lstm_layer")
     input, hx, cx, w_ih, w_hh, w_hr, out, gates, cells, hidden, lengths = ctx.saved_tensors
     need_input = ctx.needs_input_grad[0]
-    g_in, g_hx, g_cx, g_w_ih, g_w_hh, g_w_hr, g_b_ih, g_b_hh = ops.lstm_proj_backward(
+    g_in, g_hx, g_cx, g_w_ih, g_w_hh, g_w_hr, g_b_ih, g_b_hh = _call(
+        ops.lstm_proj_backward,
         _or_zeros(grad_output, out), _or_zeros(grad_hy, hx), _or_zeros(grad_cy, cx), input, hx,
         cx, w_ih, w_hh, w_hr, out, gates, cells, hidden, lengths, ctx.reverse, need_input)
     return (g_in if need_input else None, g_hx, g_cx, g_w_ih, g_w_hh, g_w_hr,
@@ -283,7 +297,8 @@ def _rnn_setup_context(ctx, inputs, output):
 def _rnn_backward(ctx, grad_output, grad_hy):
     input, hx, w_ih, w_hh, out, lengths = ctx.saved_tensors
     need_input = ctx.needs_input_grad[0]
-    g_in, g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh = ops.rnn_backward(
+    g_in, g_hx, g_w_ih, g_w_hh, g_b_ih, g_b_hh = _call(
+        ops.rnn_backward,
         _or_zeros(grad_output, out), _or_zeros(grad_hy, hx), input, hx, w_ih, w_hh, out, lengths,
         ctx.relu, ctx.reverse, need_input)
     return (g_in if need_input else None, g_hx, g_w_ih, g_w_hh,
@@ -345,7 +360,7 @@ def gru_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optio
     """
     save = _needs_grad(input, hx, w_ih, w_hh, b_ih, b_hh)
     op = ops.gru_forward if reset_after else ops.gru_textbook_forward
-    output, h_n, _ = op(input, hx, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save)
+    output, h_n, _ = _call(op, input, hx, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save)
     return output, h_n
 
 
@@ -362,11 +377,11 @@ def lstm_layer(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor
     """
     save = _needs_grad(input, hx, cx, w_ih, w_hh, w_hr, b_ih, b_hh)
     if w_hr is not None:
-        output, h_n, c_n, _, _, _ = ops.lstm_proj_forward(input, hx, cx, w_ih, w_hh, w_hr, b_ih,
-                                                          b_hh, lengths, reverse, save)
+        output, h_n, c_n, _, _, _ = _call(ops.lstm_proj_forward, input, hx, cx, w_ih, w_hh,
+                                          w_hr, b_ih, b_hh, lengths, reverse, save)
         return output, h_n, c_n
-    output, h_n, c_n, _, _ = ops.lstm_forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh, lengths,
-                                              reverse, save)
+    output, h_n, c_n, _, _ = _call(ops.lstm_forward, input, hx, cx, w_ih, w_hh, b_ih, b_hh,
+                                   lengths, reverse, save)
     return output, h_n, c_n
 
 
@@ -380,5 +395,5 @@ def rnn_layer(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optio
     """
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
-    return ops.rnn_forward(input, hx, w_ih, w_hh, b_ih, b_hh, lengths, nonlinearity == "relu",
-                           reverse)
+    return _call(ops.rnn_forward, input, hx, w_ih, w_hh, b_ih, b_hh, lengths,
+                 nonlinearity == "relu", reverse)

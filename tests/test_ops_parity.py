@@ -171,3 +171,25 @@ def test_no_grad_forward_matches_training_forward(cell):
     b = run_fused(cell, x.requires_grad_(True), states, params, False)
     for u, v in zip(a, b):
         assert torch.equal(u, v)
+
+
+def test_no_grad_calls_skip_the_python_autograd_wrapper(monkeypatch):
+    """Under no_grad the layer functions call the operators below the autograd key (no Python
+    redispatch per call: fused_rnn/_ops.py's _call); with gradients they go through it, and the
+    backward runs its operator below it too unless a graph is being created."""
+    calls = []
+    original = torch._ops.OpOverload.redispatch
+
+    def counting(self, *args, **kwargs):
+        calls.append(str(self))
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(torch._ops.OpOverload, "redispatch", counting)
+    m = fused_rnn.GRU(4, 6)
+    x = torch.randn(5, 2, 4)
+    with torch.no_grad():
+        m(x)
+    assert calls == []
+    out, _ = m(x)
+    assert calls == ["fused_rnn.gru_forward.default"]
+    out.sum().backward()
+    assert calls == ["fused_rnn.gru_forward.default"]
