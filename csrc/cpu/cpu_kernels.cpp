@@ -59,7 +59,7 @@ void run_rows(void (*fn)(const Params&, int64_t, int64_t), const Params& p) {
   at::parallel_for(0, p.batch, grain, [&](int64_t b0, int64_t b1) { fn(p, b0, b1); });
 }
 
-// The forward kernels, which also take a range of hidden units: all of them here.
+// The GRU / LSTM / RNN kernels, which also take a range of hidden units: all of them here.
 template <typename Params>
 void run_rows(void (*fn)(const Params&, int64_t, int64_t, int64_t, int64_t), const Params& p) {
   if (p.batch == 0) return;

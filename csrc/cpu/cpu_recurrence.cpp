@@ -152,6 +152,44 @@ struct ForwardSteps {
   }
 };
 
+// A backward recurrence step by step (processing step s from T - 1 down to 0), for the
+// row-blocks and lanes schedules: the rows the hidden GEMM reads, and the pointwise kernel.
+template <typename S>
+struct BackwardSteps {
+  const RecurrenceBackward<S>& p;
+
+  int64_t t(int64_t s) const { return time_of(s, p.steps, p.reverse); }
+  // dh += d_h W_hh reads these rows: [B, G*H] (GRU's d_gh, LSTM's d_gates, RNN's d_pre)
+  const S* d_h(int64_t s) const { return p.d_h + t(s) * p.dh_step; }
+
+  // The pointwise kernel of step s on the rows [b0, b1) and hidden units [j0, j1).
+  void pointwise(const RowKernels<S>& k, int64_t s, int64_t b0, int64_t b1, int64_t j0,
+                 int64_t j1) const {
+    const int64_t B = p.batch, H = p.hidden, ts = t(s);
+    const S* grad_h = p.grad_out + ts * p.go_step;  // [B, H]
+    S* d_x = p.d_x + ts * p.dx_step;                // [B, G*H]
+    switch (p.cell) {
+      case Cell::kGru:
+        k.gru_backward({B, H, grad_h, p.go_row, p.dh, p.h_prev + ts * p.hp_step, p.hp_row,
+                        p.saved + ts * B * 4 * H, 4 * H, d_x, p.dx_row, p.d_h + ts * p.dh_step,
+                        p.dh_row, ts, p.lengths},
+                       b0, b1, j0, j1);
+        break;
+      case Cell::kLstm: {
+        const S* c_prev = s == 0 ? p.c0 : p.cells + t(s - 1) * B * H;  // [B, H]
+        k.lstm_backward({B, H, grad_h, p.go_row, p.dh, p.dc, p.gates + ts * p.g_step, p.g_row,
+                         c_prev, H, p.cells + ts * B * H, H, d_x, p.dx_row, ts, p.lengths},
+                        b0, b1, j0, j1);
+        break;
+      }
+      default:
+        k.rnn_backward({B, H, grad_h, p.go_row, p.dh, p.out + ts * p.out_step, p.out_row, d_x,
+                        p.dx_row, p.cell == Cell::kRnnRelu, ts, p.lengths},
+                       b0, b1, j0, j1);
+    }
+  }
+};
+
 }  // namespace
 
 std::vector<int64_t> lanes(int64_t B, int64_t H, bool float32) {
@@ -236,6 +274,32 @@ bool lanes_forward(const RecurrenceForward<S>& p, const std::vector<int64_t>& un
   return true;
 }
 
+// The lanes schedule of a backward recurrence: per step each lane runs the pointwise kernel on
+// its units (their gate gradients, and the direct part of dh), waits for the other lanes (the
+// GEMM reads every gate gradient of the step), then adds d_h W_hh to its units' columns of dh
+// (lane_gemm_t on its columns of W_hh, read in place). The next step's pointwise kernel reads
+// only the lane's own columns of dh (and dc), so one barrier per step.
+template <typename S>
+bool lanes_backward(const RecurrenceBackward<S>& p, const std::vector<int64_t>& units) {
+  const int64_t T = p.steps, B = p.batch, H = p.hidden, G = gates_of(p.cell);
+  const int64_t L = static_cast<int64_t>(units.size()) - 1;
+  const RowKernels<S>& k = row_kernels<S>();
+  const BackwardSteps<S> seq{p};
+  StepBarrier barrier(L);
+  at::parallel_for(0, L, 1, [&](int64_t l0, int64_t l1) {
+    for (int64_t s = T - 1; s >= 0; --s) {
+      for (int64_t l = l0; l < l1; ++l) seq.pointwise(k, s, 0, B, units[l], units[l + 1]);
+      barrier.arrive_and_wait(l1 - l0);
+      for (int64_t l = l0; l < l1; ++l) {
+        const int64_t u0 = units[l], u1 = units[l + 1];
+        k.lane_gemm_t(seq.d_h(s), p.dh_row, B, G * H, p.w_hh + u0, H, u1 - u0, p.dh + u0, H,
+                      true);
+      }
+    }
+  });
+  return true;
+}
+
 }  // namespace
 
 template <typename S>
@@ -264,39 +328,19 @@ bool recurrence_forward(const RecurrenceForward<S>& p) {
 template <typename S>
 bool recurrence_backward(const RecurrenceBackward<S>& p) {
   const int64_t T = p.steps, B = p.batch, H = p.hidden, G = gates_of(p.cell);
+  const std::vector<int64_t> units = lanes(B, H, std::is_same_v<S, float>);
+  if (!units.empty()) return lanes_backward(p, units);
   const std::vector<int64_t> starts = row_blocks(B, H, G, std::is_same_v<S, float>);
   if (starts.empty()) return false;
   const RowKernels<S>& k = row_kernels<S>();
   // dh += d_h W_hh (d_h: GRU's d_gh, LSTM's d_gates, RNN's d_pre)
-  const auto hidden = hidden_gemm<S>(weight_tensor(p.w_hh, G * H, H), /*transpose_w=*/false, B, T);
-  const bool relu = p.cell == Cell::kRnnRelu;
+  const auto hidden =
+      hidden_gemm<S>(weight_tensor(p.w_hh, G * H, H), /*transpose_w=*/false, B, T);
+  const BackwardSteps<S> seq{p};
   for_row_blocks(starts, [&](int64_t b0, int64_t b1) {
-    const int64_t rows = b1 - b0;
     for (int64_t s = T - 1; s >= 0; --s) {
-      const int64_t t = time_of(s, T, p.reverse);
-      const S* grad_h = p.grad_out + t * p.go_step;  // [B, H]
-      S* d_x = p.d_x + t * p.dx_step;                // [B, G*H]
-      S* d_h = p.d_h + t * p.dh_step;                // [B, G*H]
-      switch (p.cell) {
-        case Cell::kGru:
-          k.gru_backward({B, H, grad_h, p.go_row, p.dh, p.h_prev + t * p.hp_step, p.hp_row,
-                          p.saved + t * B * 4 * H, 4 * H, d_x, p.dx_row, d_h, p.dh_row, t,
-                          p.lengths},
-                         b0, b1);
-          break;
-        case Cell::kLstm: {
-          const S* c_prev = s == 0 ? p.c0 : p.cells + time_of(s - 1, T, p.reverse) * B * H;
-          k.lstm_backward({B, H, grad_h, p.go_row, p.dh, p.dc, p.gates + t * p.g_step, p.g_row,
-                           c_prev, H, p.cells + t * B * H, H, d_x, p.dx_row, t, p.lengths},
-                          b0, b1);
-          break;
-        }
-        default:
-          k.rnn_backward({B, H, grad_h, p.go_row, p.dh, p.out + t * p.out_step, p.out_row, d_x,
-                          p.dx_row, relu, t, p.lengths},
-                         b0, b1);
-      }
-      hidden->run(d_h + b0 * p.dh_row, p.dh_row, p.dh + b0 * H, H, rows, true);
+      seq.pointwise(k, s, b0, b1, 0, H);
+      hidden->run(seq.d_h(s) + b0 * p.dh_row, p.dh_row, p.dh + b0 * H, H, b1 - b0, true);
     }
   });
   return true;

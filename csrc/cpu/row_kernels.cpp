@@ -187,7 +187,8 @@ void gru_forward_rows(const GruForwardStep<S>& p, int64_t b_begin, int64_t b_end
 }
 
 template <typename S>
-void gru_backward_rows(const GruBackwardStep<S>& p, int64_t b_begin, int64_t b_end) {
+void gru_backward_rows(const GruBackwardStep<S>& p, int64_t b_begin, int64_t b_end,
+                       int64_t j_begin, int64_t j_end) {
   const int64_t H = p.hidden;
   using A = acc_t<S>;
   constexpr int64_t W = Vec<A>::size();
@@ -199,12 +200,14 @@ void gru_backward_rows(const GruBackwardStep<S>& p, int64_t b_begin, int64_t b_e
     S* d_gi = p.d_gi + b * p.d_gi_row;              // [3H]
     S* d_gh = p.d_gh + b * p.d_gh_row;              // [3H]
     if (!active(p.lengths, p.t, b)) {  // dh passes through; no gate gradient
-      zero_row(d_gi, 3 * H);
-      zero_row(d_gh, 3 * H);
+      for (int64_t g = 0; g < 3; ++g) {
+        zero_row(d_gi + g * H + j_begin, j_end - j_begin);
+        zero_row(d_gh + g * H + j_begin, j_end - j_begin);
+      }
       continue;
     }
-    for (int64_t j = 0; j < H; j += W) {
-      const int64_t n = std::min<int64_t>(W, H - j);
+    for (int64_t j = j_begin; j < j_end; j += W) {
+      const int64_t n = std::min<int64_t>(W, j_end - j);
       const Vec<A> dh_total = load(dh + j, n) + load(grad_h + j, n);
       Vec<A> d_r, d_z, d_gi_n, d_gh_n, dh_direct;
       gru_cell_backward(dh_total, load(h_prev + j, n), load(saved + j, n), load(saved + H + j, n),
@@ -266,7 +269,8 @@ void lstm_forward_rows(const LstmForwardStep<S>& p, int64_t b_begin, int64_t b_e
 }
 
 template <typename S>
-void lstm_backward_rows(const LstmBackwardStep<S>& p, int64_t b_begin, int64_t b_end) {
+void lstm_backward_rows(const LstmBackwardStep<S>& p, int64_t b_begin, int64_t b_end,
+                        int64_t j_begin, int64_t j_end) {
   const int64_t H = p.hidden;
   using A = acc_t<S>;
   constexpr int64_t W = Vec<A>::size();
@@ -279,11 +283,11 @@ void lstm_backward_rows(const LstmBackwardStep<S>& p, int64_t b_begin, int64_t b
     const S* c = p.c + b * p.c_row;                 // [H]
     S* d_gates = p.d_gates + b * p.d_gates_row;     // [4H]
     if (!active(p.lengths, p.t, b)) {  // dh and dc pass through; no gate gradient
-      zero_row(d_gates, 4 * H);
+      for (int64_t g = 0; g < 4; ++g) zero_row(d_gates + g * H + j_begin, j_end - j_begin);
       continue;
     }
-    for (int64_t j = 0; j < H; j += W) {
-      const int64_t n = std::min<int64_t>(W, H - j);
+    for (int64_t j = j_begin; j < j_end; j += W) {
+      const int64_t n = std::min<int64_t>(W, j_end - j);
       Vec<A> dcv = load(dc + j, n);
       Vec<A> d_i, d_f, d_g, d_o;
       lstm_cell_backward(load(dh + j, n) + load(grad_h + j, n), dcv, load(gates + j, n),
@@ -332,7 +336,8 @@ void rnn_forward_rows(const RnnForwardStep<S>& p, int64_t b_begin, int64_t b_end
 }
 
 template <bool kRelu, typename S>
-void rnn_backward_rows_impl(const RnnBackwardStep<S>& p, int64_t b_begin, int64_t b_end) {
+void rnn_backward_rows_impl(const RnnBackwardStep<S>& p, int64_t b_begin, int64_t b_end,
+                            int64_t j_begin, int64_t j_end) {
   const int64_t H = p.hidden;
   using A = acc_t<S>;
   constexpr int64_t W = Vec<A>::size();
@@ -342,11 +347,11 @@ void rnn_backward_rows_impl(const RnnBackwardStep<S>& p, int64_t b_begin, int64_
     const S* h = p.h + b * p.h_row;                 // [H]
     S* d_pre = p.d_pre + b * p.d_pre_row;           // [H]
     if (!active(p.lengths, p.t, b)) {  // dh passes through
-      zero_row(d_pre, H);
+      zero_row(d_pre + j_begin, j_end - j_begin);
       continue;
     }
-    for (int64_t j = 0; j < H; j += W) {
-      const int64_t n = std::min<int64_t>(W, H - j);
+    for (int64_t j = j_begin; j < j_end; j += W) {
+      const int64_t n = std::min<int64_t>(W, j_end - j);
       store(rnn_cell_backward<kRelu>(load(dh + j, n) + load(grad_h + j, n), load(h + j, n)),
             d_pre + j, n);
       store(Vec<A>(A(0)), dh + j, n);  // all of dL/dh_prev goes through W_hh
@@ -355,11 +360,12 @@ void rnn_backward_rows_impl(const RnnBackwardStep<S>& p, int64_t b_begin, int64_
 }
 
 template <typename S>
-void rnn_backward_rows(const RnnBackwardStep<S>& p, int64_t b_begin, int64_t b_end) {
+void rnn_backward_rows(const RnnBackwardStep<S>& p, int64_t b_begin, int64_t b_end,
+                       int64_t j_begin, int64_t j_end) {
   if (p.relu) {
-    rnn_backward_rows_impl<true>(p, b_begin, b_end);
+    rnn_backward_rows_impl<true>(p, b_begin, b_end, j_begin, j_end);
   } else {
-    rnn_backward_rows_impl<false>(p, b_begin, b_end);
+    rnn_backward_rows_impl<false>(p, b_begin, b_end, j_begin, j_end);
   }
 }
 
@@ -579,6 +585,93 @@ void lane_gemm(const S* h, int64_t h_row, int64_t rows, int64_t K, const S* w, i
   }
 }
 
+// One tile of lane_gemm_t: rows d[0, R) times the NV vectors of columns from v0 * W of the
+// weight rows w[n] (row stride w_row), n < N: out[r, j] (+)= sum_n d[r, n] * w[n, j]. Each
+// output element: a sum over n in order, one fused multiply-add per n, from zero. kTail: the
+// last vector has `tail` columns (the loads give zeros past them), known at compile time not
+// to be there otherwise (a partial-load branch in the loop kept the accumulators on the stack).
+template <typename S, int R, int NV, bool kTail>
+void lane_tile_t(const S* d, int64_t d_row, int64_t N, const S* w, int64_t w_row, int64_t v0,
+                 int64_t tail, S* out, int64_t out_row, bool accumulate) {
+  using A = acc_t<S>;
+  constexpr int64_t W = Vec<A>::size();
+  Vec<A> acc[R][NV];
+  for (int r = 0; r < R; ++r) {
+    for (int c = 0; c < NV; ++c) acc[r][c] = Vec<A>(A(0));
+  }
+  const S* wp = w + v0 * W;
+  for (int64_t n = 0; n < N; ++n) {
+    Vec<A> wv[NV];
+    for (int c = 0; c < NV; ++c) {
+      wv[c] = load(wp + n * w_row + c * W, kTail && c == NV - 1 ? tail : W);
+    }
+    for (int r = 0; r < R; ++r) {
+      const Vec<A> dv(static_cast<A>(d[r * d_row + n]));
+      for (int c = 0; c < NV; ++c) acc[r][c] = at::vec::fmadd(dv, wv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int c = 0; c < NV; ++c) {
+      const int64_t cnt = kTail && c == NV - 1 ? tail : W;
+      S* dst = out + r * out_row + (v0 + c) * W;
+      store(accumulate ? load(dst, cnt) + acc[r][c] : acc[r][c], dst, cnt);
+    }
+  }
+}
+
+// Rows d[0, R): the whole vectors of the units in tiles of kNV, then of 4, 2 and 1 vectors,
+// the partial vector last.
+template <typename S, int R>
+void lane_rows_t(const S* d, int64_t d_row, int64_t N, const S* w, int64_t w_row, int64_t units,
+                 S* out, int64_t out_row, bool accumulate) {
+  constexpr int64_t W = Vec<acc_t<S>>::size();
+  constexpr int kNV = std::max(1, std::min(8, kTileAccumulators<S> / R));
+  const int64_t full = units / W, tail = units % W;
+  int64_t v = 0;
+  for (; v + kNV <= full; v += kNV) {
+    lane_tile_t<S, R, kNV, false>(d, d_row, N, w, w_row, v, 0, out, out_row, accumulate);
+  }
+  if constexpr (kNV > 4) {
+    for (; v + 4 <= full; v += 4) {
+      lane_tile_t<S, R, 4, false>(d, d_row, N, w, w_row, v, 0, out, out_row, accumulate);
+    }
+  }
+  if constexpr (kNV > 2) {
+    for (; v + 2 <= full; v += 2) {
+      lane_tile_t<S, R, 2, false>(d, d_row, N, w, w_row, v, 0, out, out_row, accumulate);
+    }
+  }
+  for (; v < full; ++v) {
+    lane_tile_t<S, R, 1, false>(d, d_row, N, w, w_row, v, 0, out, out_row, accumulate);
+  }
+  if (tail) lane_tile_t<S, R, 1, true>(d, d_row, N, w, w_row, v, tail, out, out_row, accumulate);
+}
+
+template <typename S>
+void lane_gemm_t(const S* d, int64_t d_row, int64_t rows, int64_t N, const S* w, int64_t w_row,
+                 int64_t units, S* out, int64_t out_row, bool accumulate) {
+  int64_t b = 0;
+  for (; b + 4 <= rows; b += 4) {
+    lane_rows_t<S, 4>(d + b * d_row, d_row, N, w, w_row, units, out + b * out_row, out_row,
+                      accumulate);
+  }
+  switch (rows - b) {
+    case 3:
+      lane_rows_t<S, 3>(d + b * d_row, d_row, N, w, w_row, units, out + b * out_row, out_row,
+                        accumulate);
+      break;
+    case 2:
+      lane_rows_t<S, 2>(d + b * d_row, d_row, N, w, w_row, units, out + b * out_row, out_row,
+                        accumulate);
+      break;
+    case 1:
+      lane_rows_t<S, 1>(d + b * d_row, d_row, N, w, w_row, units, out + b * out_row, out_row,
+                        accumulate);
+      break;
+    default: break;
+  }
+}
+
 // out[j] = sum of m[r, j] over the rows r, for the columns [c_begin, c_end); m: [rows, *] with
 // row stride row_stride. Each column is summed in row order whatever the column range (so the
 // result does not depend on how the columns are split over threads): in blocks of 64 rows in
@@ -625,7 +718,7 @@ constexpr RowKernels<S> row_kernels() {
           &lstm_backward_rows<S>, &rnn_forward_rows<S>, &rnn_backward_rows<S>,
           &gru_textbook_gates_rows<S>, &gru_textbook_state_rows<S>,
           &gru_textbook_state_back_rows<S>, &gru_textbook_gates_back_rows<S>, &column_sums<S>,
-          &lane_gemm<S>};
+          &lane_gemm<S>, &lane_gemm_t<S>};
 }
 
 }  // namespace

@@ -10,19 +10,22 @@
 
 namespace fused_rnn::cpu {
 
-// Each function handles the batch rows [b_begin, b_end) of one step; the forward kernels only
-// the hidden units [j_begin, j_end) of those rows (their columns in every gate).
+// Each function handles the batch rows [b_begin, b_end) of one step; the GRU / LSTM / RNN
+// kernels only the hidden units [j_begin, j_end) of those rows (their columns in every gate).
 template <typename scalar_t>
 struct RowKernels {
   void (*gru_forward)(const GruForwardStep<scalar_t>&, int64_t b_begin, int64_t b_end,
                       int64_t j_begin, int64_t j_end);
-  void (*gru_backward)(const GruBackwardStep<scalar_t>&, int64_t b_begin, int64_t b_end);
+  void (*gru_backward)(const GruBackwardStep<scalar_t>&, int64_t b_begin, int64_t b_end,
+                       int64_t j_begin, int64_t j_end);
   void (*lstm_forward)(const LstmForwardStep<scalar_t>&, int64_t b_begin, int64_t b_end,
                        int64_t j_begin, int64_t j_end);
-  void (*lstm_backward)(const LstmBackwardStep<scalar_t>&, int64_t b_begin, int64_t b_end);
+  void (*lstm_backward)(const LstmBackwardStep<scalar_t>&, int64_t b_begin, int64_t b_end,
+                        int64_t j_begin, int64_t j_end);
   void (*rnn_forward)(const RnnForwardStep<scalar_t>&, int64_t b_begin, int64_t b_end,
                       int64_t j_begin, int64_t j_end);
-  void (*rnn_backward)(const RnnBackwardStep<scalar_t>&, int64_t b_begin, int64_t b_end);
+  void (*rnn_backward)(const RnnBackwardStep<scalar_t>&, int64_t b_begin, int64_t b_end,
+                       int64_t j_begin, int64_t j_end);
   void (*gru_textbook_gates)(const GruTextbookGatesStep<scalar_t>&, int64_t, int64_t);
   void (*gru_textbook_state)(const GruTextbookStateStep<scalar_t>&, int64_t, int64_t);
   void (*gru_textbook_state_back)(const GruTextbookStateBackStep<scalar_t>&, int64_t, int64_t);
@@ -40,6 +43,15 @@ struct RowKernels {
   void (*lane_gemm)(const scalar_t* h, int64_t h_row, int64_t rows, int64_t K,
                     const scalar_t* w, int64_t w_gate, int64_t gates, int64_t units,
                     scalar_t* out, int64_t out_row, int64_t out_gate, bool accumulate);
+  // The backward's hidden GEMM of one lane (units [u0, u0 + units)):
+  //   out[b, j] (+)= sum_n d[b, n] * w[n * w_row + j]
+  // for rows b < rows, n < N (= G*H), j < units: w points at column u0 of W_hh: [G*H, H]
+  // (w_row = H), read in place; d: [rows, N] (row stride d_row); out: row stride out_row.
+  // Each output element is summed over n in order, one fused multiply-add per n, from zero
+  // (then added to out when accumulate): the same bits whatever the lanes or thread count.
+  void (*lane_gemm_t)(const scalar_t* d, int64_t d_row, int64_t rows, int64_t N,
+                      const scalar_t* w, int64_t w_row, int64_t units, scalar_t* out,
+                      int64_t out_row, bool accumulate);
 };
 
 struct IsaKernels {
