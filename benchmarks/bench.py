@@ -215,8 +215,8 @@ def markdown(rows, info, rates):
         head += ("\nPath = the CPU schedule of the fused layer (fused_rnn.set_cpu_schedule): "
                  "per-step = each step spread over all threads; row-blocks = each thread runs "
                  "every step for its own batch rows; lanes = each thread owns a slice of the "
-                 "hidden units and its rows of W_hh, one barrier per step (forward only; the "
-                 "backward runs per step); auto = lanes at batch 1 (float32), row blocks where "
+                 "hidden units and its part of W_hh, one barrier per step; auto = lanes at "
+                 "batch 1 (float32), row blocks where "
                  "measured faster, else per-step.\n")
     lines = [head, "| cell | mode | path | T | B | I | H | L | bi | dtype | nn.* ms | fused ms "
              "| speed-up | µs/step | GEMM floor ms | GEMM share | nn.* MB | fused MB |",

@@ -49,11 +49,11 @@ def set_cpu_schedule(name: str) -> None:
     * "row-blocks": each thread runs all steps for its own block of batch rows (the rows of a
       sequence never interact), with no synchronisation inside the sequence; the same bits as
       per-step;
-    * "lanes" (forward only; backward passes run per step): each thread owns a slice of the
-      hidden units and reads its rows of W_hh in place every step (they stay in its core's
-      cache), one barrier per step; the hidden GEMM is the library's own dot-product kernel,
-      so results differ from per-step in the last bits (and do not depend on the thread count);
-    * "auto" (default): lanes for a float32 forward of batch size 1; else row blocks for
+    * "lanes": each thread owns a slice of the hidden units and reads its part of W_hh in
+      place every step (it stays in its core's cache), one barrier per step, forward and
+      backward; the hidden GEMMs are the library's own kernels, so results differ from
+      per-step in the last bits (and do not depend on the thread count);
+    * "auto" (default): lanes for float32 at batch size 1; else row blocks for
       float32 with MKL where every thread gets at least 16 batch rows and a row's step GEMM
       has gates * hidden_size^2 <= 2^16 multiply-adds (GRU up to hidden 147, LSTM 128, RNN
       256: measured faster there); else per-step.

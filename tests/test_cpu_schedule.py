@@ -1,8 +1,9 @@
 """The CPU schedules of a recurrence (fused_rnn.set_cpu_schedule): "per-step" (each step spread
 over all threads) and "row-blocks" (each thread runs all steps for its own batch rows) give the
-same outputs, final states and gradients bit for bit, and both match nn.*; "lanes" (forward
-only: each thread owns a slice of the hidden units, one barrier per step) matches per-step and
-nn.* within rounding and gives the same bits whatever the thread count; "auto" picks lanes for
+same outputs, final states and gradients bit for bit, and both match nn.*; "lanes" (each
+thread owns a slice of the hidden units, one barrier per step, forward and backward) matches
+per-step and nn.* within rounding and gives the same bits whatever the thread count (forward
+here, forward and backward in tests/test_determinism.py); "auto" picks lanes for
 a float32 batch of one and row blocks only where measured faster (float32 with MKL, >= 16 rows
 per thread, gates * H^2 <= 2^16)."""
 import os

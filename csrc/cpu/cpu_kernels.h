@@ -36,16 +36,16 @@ const RowKernels<scalar_t>& row_kernels();
 //                 kernel's rows (two fork-joins per step)
 //   "row-blocks"  each thread runs all steps for its own block of batch rows (blocks of at
 //                 least 2 rows; one block when B < 4 or one thread)
-//   "lanes"       forward only: each thread owns a slice of the hidden units ("lane") and reads
-//                 its rows of W_hh in place every step (they stay in its core's cache); per
-//                 step it computes its units' gates for all rows, then its units' new state,
-//                 then one barrier. No weight packing per call.
-//   "auto"        lanes for the float32 forward of a batch of one row (any thread count: a
-//                 lane's results do not depend on the lanes), else row blocks for float32
-//                 with MKL where every thread gets >= 16 rows and a row's step GEMM has
+//   "lanes"       each thread owns a slice of the hidden units ("lane") and reads its part of
+//                 W_hh in place every step (it stays in its core's cache), one barrier per
+//                 step. Forward: its units' gates for all rows, then their new state;
+//                 backward: its units' gate gradients, the barrier, then its columns of
+//                 d_h W_hh. No weight packing per call.
+//   "auto"        lanes for float32 with a batch of one row (any thread count: a lane's
+//                 results do not depend on the lanes), else row blocks for float32 with MKL
+//                 where every thread gets >= 16 rows and a row's step GEMM has
 //                 gates * H * H <= 2^16 multiply-adds, else per-step
-// The GRU textbook form and the projected LSTM always run per step; backward passes never run
-// in lanes.
+// The GRU textbook form and the projected LSTM always run per step.
 enum class CpuSchedule : int { kAuto = 0, kPerStep = 1, kRowBlocks = 2, kLanes = 3 };
 std::string cpu_schedule();
 void set_cpu_schedule(const std::string& name);  // raises on an unknown name
@@ -56,8 +56,8 @@ void set_cpu_schedule(const std::string& name);  // raises on an unknown name
 // larger GEMM), except for B = 1.
 std::vector<int64_t> row_blocks(int64_t B, int64_t H, int64_t gates, bool float32);
 
-// First hidden units of the lanes a forward recurrence of B rows and hidden size H would run in
-// now (and H at the end): multiples of kLaneUnits, one lane per thread at most; empty: not lanes.
+// First hidden units of the lanes a recurrence of B rows and hidden size H would run in now
+// (and H at the end): multiples of kLaneUnits, one lane per thread at most; empty: not lanes.
 std::vector<int64_t> lanes(int64_t B, int64_t H, bool float32);
 
 // The row-blocks and lanes schedules (StepKernels::recurrence_*): false where the per-step one
