@@ -143,8 +143,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the end); empty: per-step (tests).");
   m.def("_cpu_lanes", &fused_rnn::cpu::lanes, pybind11::arg("batch"), pybind11::arg("hidden"),
         pybind11::arg("float32"),
-        "First hidden units of the lanes the CPU would run a forward recurrence in now (and "
-        "hidden at the end); empty: not in lanes (tests).");
+        "First hidden units of the lanes the CPU would run a recurrence in now (and hidden at "
+        "the end); empty: not in lanes (tests).");
   m.def("_min_prepared_rows", &fused_rnn::cpu::min_prepared_rows,
         "CPU calls with at least this many rows over all steps (T * B) prepare the recurrent "
         "weight once (MKL packing or a transposed copy); smaller ones run on it as it is.");

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
+#include <type_traits>
 
 #include "cpu_kernels.h"
 
@@ -118,36 +119,34 @@ std::unique_ptr<HiddenGemm<S>> unprepared_gemm(const at::Tensor& w, bool transpo
   return std::make_unique<AtenHiddenGemm<S>>(transpose_w ? w.t() : w);
 }
 
+// W prepared once for the call: MKL's packed form for float where torch has MKL, else a
+// contiguous op(W).
+template <typename S>
+std::unique_ptr<HiddenGemm<S>> prepared_gemm(const at::Tensor& w, bool transpose_w,
+                                             int64_t rows) {
+  if constexpr (std::is_same_v<S, float>) {
+    if (mkl_enabled() && mkl_packed_available() && w.numel() > 0 && w.size(0) < INT_MAX &&
+        w.size(1) < INT_MAX && rows < INT_MAX) {
+      return std::make_unique<MklPackedGemm>(w, transpose_w, rows);
+    }
+  }
+  return aten_gemm<S>(w, transpose_w);
+}
+
 }  // namespace
 
-template <>
-std::unique_ptr<HiddenGemm<float>> hidden_gemm<float>(const at::Tensor& w, bool transpose_w,
-                                                      int64_t rows, int64_t steps) {
-  if (rows * steps < min_prepared_rows()) return unprepared_gemm<float>(w, transpose_w);
-  if (mkl_enabled() && mkl_packed_available() && w.numel() > 0 && w.size(0) < INT_MAX &&
-      w.size(1) < INT_MAX && rows < INT_MAX) {
-    return std::make_unique<MklPackedGemm>(w, transpose_w, rows);
-  }
-  return aten_gemm<float>(w, transpose_w);
+template <typename S>
+std::unique_ptr<HiddenGemm<S>> hidden_gemm(const at::Tensor& w, bool transpose_w, int64_t rows,
+                                           int64_t steps) {
+  if (rows * steps < min_prepared_rows()) return unprepared_gemm<S>(w, transpose_w);
+  return prepared_gemm<S>(w, transpose_w, rows);
 }
-
-template <>
-std::unique_ptr<HiddenGemm<double>> hidden_gemm<double>(const at::Tensor& w, bool transpose_w,
-                                                        int64_t rows, int64_t steps) {
-  if (rows * steps < min_prepared_rows()) return unprepared_gemm<double>(w, transpose_w);
-  return aten_gemm<double>(w, transpose_w);
-}
-
-template <>
-std::unique_ptr<HiddenGemm<c10::BFloat16>> hidden_gemm<c10::BFloat16>(const at::Tensor& w,
-                                                                      bool transpose_w,
-                                                                      int64_t rows,
-                                                                      int64_t steps) {
-  if (rows * steps < min_prepared_rows()) {
-    return unprepared_gemm<c10::BFloat16>(w, transpose_w);
-  }
-  return aten_gemm<c10::BFloat16>(w, transpose_w);
-}
+template std::unique_ptr<HiddenGemm<float>> hidden_gemm<float>(const at::Tensor&, bool, int64_t,
+                                                               int64_t);
+template std::unique_ptr<HiddenGemm<double>> hidden_gemm<double>(const at::Tensor&, bool,
+                                                                 int64_t, int64_t);
+template std::unique_ptr<HiddenGemm<c10::BFloat16>> hidden_gemm<c10::BFloat16>(
+    const at::Tensor&, bool, int64_t, int64_t);
 
 std::string gemm_backend() {
   return mkl_enabled() && mkl_packed_available() ? "mkl-packed" : "aten";

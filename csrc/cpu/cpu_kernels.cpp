@@ -52,20 +52,23 @@ namespace {
 // Work below about this many elements per thread is not worth waking another thread for.
 constexpr int64_t kMinElementsPerTask = 4096;
 
-template <typename Params>
-void run_rows(void (*fn)(const Params&, int64_t, int64_t), const Params& p) {
+// body(b0, b1) over the batch rows of a step, spread over the threads.
+template <typename Params, typename F>
+void for_rows(const Params& p, const F& body) {
   if (p.batch == 0) return;
   const int64_t grain = std::max<int64_t>(1, kMinElementsPerTask / std::max<int64_t>(1, p.hidden));
-  at::parallel_for(0, p.batch, grain, [&](int64_t b0, int64_t b1) { fn(p, b0, b1); });
+  at::parallel_for(0, p.batch, grain, body);
+}
+
+template <typename Params>
+void run_rows(void (*fn)(const Params&, int64_t, int64_t), const Params& p) {
+  for_rows(p, [&](int64_t b0, int64_t b1) { fn(p, b0, b1); });
 }
 
 // The GRU / LSTM / RNN kernels, which also take a range of hidden units: all of them here.
 template <typename Params>
 void run_rows(void (*fn)(const Params&, int64_t, int64_t, int64_t, int64_t), const Params& p) {
-  if (p.batch == 0) return;
-  const int64_t grain = std::max<int64_t>(1, kMinElementsPerTask / std::max<int64_t>(1, p.hidden));
-  at::parallel_for(0, p.batch, grain,
-                   [&](int64_t b0, int64_t b1) { fn(p, b0, b1, 0, p.hidden); });
+  for_rows(p, [&](int64_t b0, int64_t b1) { fn(p, b0, b1, 0, p.hidden); });
 }
 
 template <typename S>

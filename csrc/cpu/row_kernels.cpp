@@ -559,6 +559,20 @@ void lane_rows(const S* h, int64_t h_row, int64_t K, const S* w, int64_t units, 
   for (; j < units; ++j) lane_tile<S, R, 1>(h, h_row, K, w + j * K, out + j, out_row, accumulate);
 }
 
+// tile(R, b) for the row tiles [b, b + R) of `rows` rows: R = 4, then one tile of 1-3 rows;
+// R comes as std::integral_constant<int, R> (a compile-time tile height).
+template <typename F>
+void for_row_tiles(int64_t rows, const F& tile) {
+  int64_t b = 0;
+  for (; b + 4 <= rows; b += 4) tile(std::integral_constant<int, 4>{}, b);
+  switch (rows - b) {
+    case 3: tile(std::integral_constant<int, 3>{}, b); break;
+    case 2: tile(std::integral_constant<int, 2>{}, b); break;
+    case 1: tile(std::integral_constant<int, 1>{}, b); break;
+    default: break;
+  }
+}
+
 template <typename S>
 void lane_gemm(const S* h, int64_t h_row, int64_t rows, int64_t K, const S* w, int64_t w_gate,
                int64_t gates, int64_t units, S* out, int64_t out_row, int64_t out_gate,
@@ -566,22 +580,10 @@ void lane_gemm(const S* h, int64_t h_row, int64_t rows, int64_t K, const S* w, i
   for (int64_t g = 0; g < gates; ++g) {
     const S* wg = w + g * w_gate;  // [units, K]
     S* o = out + g * out_gate;
-    int64_t b = 0;
-    for (; b + 4 <= rows; b += 4) {
-      lane_rows<S, 4>(h + b * h_row, h_row, K, wg, units, o + b * out_row, out_row, accumulate);
-    }
-    switch (rows - b) {
-      case 3:
-        lane_rows<S, 3>(h + b * h_row, h_row, K, wg, units, o + b * out_row, out_row, accumulate);
-        break;
-      case 2:
-        lane_rows<S, 2>(h + b * h_row, h_row, K, wg, units, o + b * out_row, out_row, accumulate);
-        break;
-      case 1:
-        lane_rows<S, 1>(h + b * h_row, h_row, K, wg, units, o + b * out_row, out_row, accumulate);
-        break;
-      default: break;
-    }
+    for_row_tiles(rows, [&](auto R, int64_t b) {
+      lane_rows<S, decltype(R)::value>(h + b * h_row, h_row, K, wg, units, o + b * out_row,
+                                       out_row, accumulate);
+    });
   }
 }
 
@@ -650,26 +652,10 @@ void lane_rows_t(const S* d, int64_t d_row, int64_t N, const S* w, int64_t w_row
 template <typename S>
 void lane_gemm_t(const S* d, int64_t d_row, int64_t rows, int64_t N, const S* w, int64_t w_row,
                  int64_t units, S* out, int64_t out_row, bool accumulate) {
-  int64_t b = 0;
-  for (; b + 4 <= rows; b += 4) {
-    lane_rows_t<S, 4>(d + b * d_row, d_row, N, w, w_row, units, out + b * out_row, out_row,
-                      accumulate);
-  }
-  switch (rows - b) {
-    case 3:
-      lane_rows_t<S, 3>(d + b * d_row, d_row, N, w, w_row, units, out + b * out_row, out_row,
-                        accumulate);
-      break;
-    case 2:
-      lane_rows_t<S, 2>(d + b * d_row, d_row, N, w, w_row, units, out + b * out_row, out_row,
-                        accumulate);
-      break;
-    case 1:
-      lane_rows_t<S, 1>(d + b * d_row, d_row, N, w, w_row, units, out + b * out_row, out_row,
-                        accumulate);
-      break;
-    default: break;
-  }
+  for_row_tiles(rows, [&](auto R, int64_t b) {
+    lane_rows_t<S, decltype(R)::value>(d + b * d_row, d_row, N, w, w_row, units,
+                                       out + b * out_row, out_row, accumulate);
+  });
 }
 
 // out[j] = sum of m[r, j] over the rows r, for the columns [c_begin, c_end); m: [rows, *] with
