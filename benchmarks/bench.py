@@ -151,7 +151,7 @@ def on_path(fn, path):
 
 
 def on_schedule(fn, schedule):
-    """fn run with the CPU recurrences in `schedule` (auto / per-step / row-blocks)."""
+    """fn run with the CPU recurrences in `schedule` (auto / per-step / row-blocks / lanes)."""
     def wrapped():
         fused_rnn.set_cpu_schedule(schedule)
         fn()
