@@ -11,15 +11,54 @@ ops = torch.ops.fused_rnn
 
 
 def _call(op, *args):
-    """op(*args). With grad mode off (torch.no_grad / inference_mode, and a backward pass that
-    does not create a graph), outside tracing, the call goes straight below the autograd
-    dispatch key: no gradient can be recorded there anyway, and the Python autograd wrapper
-    that register_autograd installs would otherwise redispatch from Python on every call
-    (measured ~25-35 us per layer and direction here, as much as a small step); same kernels."""
-    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+    """op(*args), by the cheapest route with the same kernels and the same autograd formula.
+
+    - Tracing (torch.compile): the operator itself, so the graph holds it and its
+      register_autograd formula.
+    - Grad mode off (torch.no_grad / inference_mode, and a backward pass that does not create a
+      graph): straight below the autograd dispatch key. No gradient can be recorded there, and
+      the Python autograd wrapper that register_autograd installs would otherwise redispatch from
+      Python on every call (measured ~25-35 us per layer and direction here).
+    - Grad mode on, eager: the forward operators go through `_EAGER_AUTOGRAD`'s
+      autograd.Function, which records the same setup_context and backward as
+      register_autograd but skips that wrapper's per-call work (its redispatch from Python and
+      torch's `fill_defaults`, which rebuilds the argument list from the schema on every call):
+      ~190-290 us less per T=1 training step of one layer here. Not under autocast (its
+      kernels sit above autograd and cast the arguments that autograd then saves) nor under
+      functorch transforms, where the operator is called as it is, as are the other operators
+      (the backward ones, differentiated again only under create_graph).
+    """
+    if torch.compiler.is_compiling():
         return op(*args)
-    with torch._C._AutoDispatchBelowAutograd():
+    if not torch.is_grad_enabled():
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+    function = _EAGER_AUTOGRAD.get(op._qualified_op_name)
+    if (function is None or torch._C._is_any_autocast_enabled()
+            or torch._C._are_functorch_transforms_active()):
         return op(*args)
+    return function.apply(*args)
+
+
+# qualified forward operator name -> autograd.Function running it eagerly (see _call).
+_EAGER_AUTOGRAD = {}
+
+
+def _register_autograd(name: str, backward, setup_context) -> None:
+    """register_autograd(name, backward, setup_context) for tracing and for other callers of the
+    operator, and the same two functions as an autograd.Function for _call's eager route."""
+    torch.library.register_autograd(name, backward, setup_context=setup_context)
+    op = getattr(ops, name.split("::")[1])
+
+    def forward(ctx, *args):
+        with torch._C._AutoDispatchBelowAutograd():
+            output = op(*args)
+        setup_context(ctx, args, output)
+        return output
+
+    _EAGER_AUTOGRAD[name] = type(f"Fused_{name.split('::')[1]}", (torch.autograd.Function,),
+                                 {"forward": staticmethod(forward),
+                                  "backward": staticmethod(backward)})
 
 
 def _batch_major(input: Tensor) -> bool:
@@ -129,8 +168,7 @@ def _gru_backward(ctx, grad_output, grad_hy, _grad_saved, backward_op=None):
             None, None, None)
 
 
-torch.library.register_autograd("fused_rnn::gru_forward", _gru_backward,
-                                setup_context=_gru_setup_context)
+_register_autograd("fused_rnn::gru_forward", _gru_backward, _gru_setup_context)
 
 
 # GRU, textbook form (reset gate before the hidden matmul): saved is [T, B, 3H] (r, z, n).
@@ -154,8 +192,7 @@ def _gru_textbook_backward(ctx, grad_output, grad_hy, _grad_saved):
     return _gru_backward(ctx, grad_output, grad_hy, _grad_saved, ops.gru_textbook_backward)
 
 
-torch.library.register_autograd("fused_rnn::gru_textbook_forward", _gru_textbook_backward,
-                                setup_context=_gru_setup_context)
+_register_autograd("fused_rnn::gru_textbook_forward", _gru_textbook_backward, _gru_setup_context)
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,8 +245,7 @@ def _lstm_backward(ctx, grad_output, grad_hy, grad_cy, _grad_gates, _grad_cells)
             None, None, None)
 
 
-torch.library.register_autograd("fused_rnn::lstm_forward", _lstm_backward,
-                                setup_context=_lstm_setup_context)
+_register_autograd("fused_rnn::lstm_forward", _lstm_backward, _lstm_setup_context)
 
 
 # LSTM with projection (proj_size P): w_hr: [P, H]; saved_hidden: [T, B, H].
@@ -261,8 +297,7 @@ def _lstm_proj_backward(ctx, grad_output, grad_hy, grad_cy, *_grad_saved):
             None, None, None)
 
 
-torch.library.register_autograd("fused_rnn::lstm_proj_forward", _lstm_proj_backward,
-                                setup_context=_lstm_proj_setup_context)
+_register_autograd("fused_rnn::lstm_proj_forward", _lstm_proj_backward, _lstm_proj_setup_context)
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,8 +341,7 @@ def _rnn_backward(ctx, grad_output, grad_hy):
             None, None, None)
 
 
-torch.library.register_autograd("fused_rnn::rnn_forward", _rnn_backward,
-                                setup_context=_rnn_setup_context)
+_register_autograd("fused_rnn::rnn_forward", _rnn_backward, _rnn_setup_context)
 
 
 # --------------------------------------------------------------------------------------------

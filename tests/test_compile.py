@@ -1,7 +1,8 @@
 """torch.compile(fullgraph=True) traces models using the fused layers with no graph break
 (nn.GRU / nn.LSTM / nn.RNN graph-break there), and gives eager's results and gradients, for
 every cell and the options: layers, directions, batch_first, bias, token input, lengths, and
-PackedSequence input (enforce_sorted=False, or an initial state giving the batch size)."""
+PackedSequence input (enforce_sorted=False, or an initial state giving the batch size); and
+torch.export captures the fused operators."""
 import pytest
 import torch
 from torch import nn
@@ -126,3 +127,18 @@ def test_nn_gru_itself_cannot_be_compiled_fullgraph():
     m = nn.GRU(3, 4)
     with pytest.raises(Exception, match="RNN, GRU, or LSTM"):
         torch.compile(m, fullgraph=True, backend="aot_eager")(torch.randn(2, 1, 3))
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["nonstrict", "strict"])
+@pytest.mark.parametrize("cell", ["GRU", "LSTM", "RNN"])
+def test_torch_export_records_the_fused_operator(cell, strict):
+    """torch.export (with gradients enabled, where eager calls go through fused_rnn's own
+    autograd.Function) captures the fused operator itself, and the exported program computes
+    eager's output."""
+    torch.manual_seed(0)
+    model = Classifier(cell, num_layers=2)
+    x = torch.randn(3, 5, 6)
+    program = torch.export.export(model, (x,), strict=strict)
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert f"fused_rnn.{cell.lower()}_forward.default" in targets
+    assert_close(program.module()(x), model(x), torch.float32, "output")

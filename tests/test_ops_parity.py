@@ -173,10 +173,11 @@ def test_no_grad_forward_matches_training_forward(cell):
         assert torch.equal(u, v)
 
 
-def test_no_grad_calls_skip_the_python_autograd_wrapper(monkeypatch):
-    """Under no_grad the layer functions call the operators below the autograd key (no Python
-    redispatch per call: fused_rnn/_ops.py's _call); with gradients they go through it, and the
-    backward runs its operator below it too unless a graph is being created."""
+def test_eager_calls_skip_the_python_autograd_wrapper(monkeypatch):
+    """In eager mode the layer functions never redispatch from Python (fused_rnn/_ops.py's
+    _call): under no_grad they call the operators below the autograd key; with gradients the
+    forward is recorded by the eager autograd.Function (same setup_context and backward as
+    register_autograd), and the backward runs its operator below the key too."""
     calls = []
     original = torch._ops.OpOverload.redispatch
 
@@ -190,6 +191,54 @@ def test_no_grad_calls_skip_the_python_autograd_wrapper(monkeypatch):
         m(x)
     assert calls == []
     out, _ = m(x)
-    assert calls == ["fused_rnn.gru_forward.default"]
+    assert type(out.grad_fn).__name__ == "Fused_gru_forwardBackward"
     out.sum().backward()
+    assert calls == []
+    assert m.weight_hh_l0.grad is not None and m.weight_hh_l0.grad.abs().sum() > 0
+    # without the eager route the register_autograd wrapper records the call, as when traced
+    monkeypatch.setattr(fused_rnn._ops, "_EAGER_AUTOGRAD", {})
+    out, _ = m(x)
     assert calls == ["fused_rnn.gru_forward.default"]
+    assert type(out.grad_fn).__name__.startswith("GeneratedBackwardFor_fused_rnn_gru_forward")
+
+
+@pytest.mark.parametrize("cell", CELLS + ["LSTM_PROJ"])
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+def test_eager_autograd_function_matches_registered_autograd(cell, with_lengths, monkeypatch):
+    """The eager autograd.Function and the operator's register_autograd formula (what
+    torch.compile and direct operator calls use) give the same bits: outputs, final states and
+    the gradients of input, states and every weight, also with the output unused (its
+    gradient arrives as None)."""
+    torch.manual_seed(3)
+    T, B, I, H, P = 5, 3, 4, 6, 2
+    lengths = torch.tensor([5, 2, 4]) if with_lengths else None
+    x = torch.randn(T, B, I, requires_grad=True)
+    if cell == "LSTM_PROJ":
+        states = [torch.randn(B, P, requires_grad=True), torch.randn(B, H, requires_grad=True)]
+        w_ih, _, b_ih, b_hh = make_params("LSTM", I, H, torch.float32, True)
+        params = [w_ih, torch.randn(4 * H, P) * 0.3, b_ih, b_hh, torch.randn(P, H) * 0.3]
+    else:
+        states = [torch.randn(B, H, requires_grad=True) for _ in range(N_STATES[cell])]
+        params = make_params(cell, I, H, torch.float32, True)
+    params = [p.requires_grad_(True) for p in params]
+    inputs = [x, *states, *params]
+
+    def run():
+        if cell == "LSTM_PROJ":  # params: w_ih, w_hh: [4H, P], b_ih, b_hh, w_hr: [P, H]
+            got = list(fused_rnn.lstm_layer(x, *states, *params[:4], reverse=True,
+                                            lengths=lengths, w_hr=params[4]))
+        else:
+            got = run_fused(cell, x, states, params, True, lengths)
+        return (got[0].grad_fn, got,
+                grads(got[1:], inputs, [torch.ones_like(g) for g in got[1:]]),
+                grads(got, inputs, [torch.full_like(g, 0.5) for g in got]))
+
+    eager = run()
+    assert type(eager[0]).__name__.startswith("Fused_")
+    monkeypatch.setattr(fused_rnn._ops, "_EAGER_AUTOGRAD", {})
+    registered = run()
+    assert type(registered[0]).__name__.startswith("GeneratedBackwardFor_fused_rnn")
+    for a, b in zip(eager[1:], registered[1:]):
+        assert len(a) == len(b) == (len(inputs) if a is not eager[1] else len(a))
+        for u, v in zip(a, b):
+            assert torch.equal(u, v)

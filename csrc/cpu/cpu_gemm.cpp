@@ -171,22 +171,30 @@ void set_min_prepared_rows(int64_t rows) {
   min_rows().store(rows);
 }
 
-// dW = d_g2d^T rows with the reduction over N = T*B rows summed the same way whatever the
+// dW += d_g2d^T rows with the reduction over N = T*B rows summed the same way whatever the
 // number of threads. BLAS libraries split a long reduction over their threads (MKL does so from
 // ~1000 rows here), which changes the order of the sums with the thread count; so the reduction
 // runs as fixed pieces of rows added into dW one after the other. MKL spreads a 256-row piece
 // over dW's rows and columns only when dW has at least 2 rows and 2 columns, a 64-row piece
 // always (checked with 1-8 threads, float32 and float64, dW up to [4096, 1024]).
+void add_weight_grad(at::Tensor& dw, const at::Tensor& d_g2d, const at::Tensor& rows) {
+  const int64_t N = d_g2d.size(0);
+  const int64_t piece = d_g2d.size(1) >= 2 && rows.size(1) >= 2 ? 256 : 64;
+  for (int64_t n0 = 0; n0 < N; n0 += piece) {
+    const int64_t n = std::min(piece, N - n0);
+    dw.addmm_(d_g2d.narrow(0, n0, n).t(), rows.narrow(0, n0, n));
+  }
+}
+
 at::Tensor weight_grad(const at::Tensor& d_g2d, const at::Tensor& rows) {
   const int64_t N = d_g2d.size(0);
   const int64_t piece = d_g2d.size(1) >= 2 && rows.size(1) >= 2 ? 256 : 64;
-  if (N <= piece) return at::mm(d_g2d.t(), rows);
-  at::Tensor out = at::mm(d_g2d.narrow(0, 0, piece).t(), rows.narrow(0, 0, piece));  // [G, K]
-  for (int64_t n0 = piece; n0 < N; n0 += piece) {
-    const int64_t n = std::min(piece, N - n0);
-    out.addmm_(d_g2d.narrow(0, n0, n).t(), rows.narrow(0, n0, n));
+  at::Tensor dw = at::mm(d_g2d.narrow(0, 0, std::min(piece, N)).t(),
+                         rows.narrow(0, 0, std::min(piece, N)));  // dw: [G, K]
+  if (N > piece) {
+    add_weight_grad(dw, d_g2d.narrow(0, piece, N - piece), rows.narrow(0, piece, N - piece));
   }
-  return out;
+  return dw;
 }
 
 }  // namespace fused_rnn::cpu
