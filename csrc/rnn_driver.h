@@ -123,6 +123,9 @@ inline Tensor input_grad(const SeqLayout& lay, const Tensor& x, const Tensor& d_
   return lay.unrows(at::mm(d_g2d, w_ih), x.size(0), x.size(1));
 }
 
+// Tensor with unit stride in its last dimension (gradients may arrive expanded or strided).
+inline Tensor inner_contiguous(const Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
+
 // h_prevs: [T, B, H] (in `lay`), the state each step started from: h0, then the outputs
 // (before padding was zeroed). With lengths, a reversed sequence starts at its own last step
 // t = len-1 from h0; steps after its end (t >= len) are never used.
@@ -212,9 +215,6 @@ inline Tensor combined_bias(const Tensor& b_ih, const Tensor& b_hh) {
   if (b_ih.defined() && b_hh.defined()) return b_ih + b_hh;
   return b_ih.defined() ? b_ih : b_hh;
 }
-
-// Tensor with unit stride in its last dimension (gradients may arrive expanded or strided).
-inline Tensor inner_contiguous(const Tensor& t) { return t.stride(-1) == 1 ? t : t.contiguous(); }
 
 inline Tensor opt_contiguous(const c10::optional<Tensor>& t) {
   return t.has_value() && t->defined() ? t->contiguous() : Tensor();

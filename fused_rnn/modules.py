@@ -61,8 +61,14 @@ class _FusedRNNBase(nn.RNNBase):
         names = self._flat_weights_names
         per = len(names) // (self.num_layers * (2 if self.bidirectional else 1))
         # by name, not from the cached self._flat_weights: torch.func.functional_call and
-        # parametrizations replace the attributes without refreshing that cache
-        w = [getattr(self, n) for n in names[idx * per:(idx + 1) * per]]
+        # parametrizations replace the attributes without refreshing that cache. The
+        # _parameters entry first (what functional_call swaps; nn.Module.__getattr__ would look
+        # there after a failed attribute lookup, ~2 us a name), getattr for anything else
+        # (a parametrized weight is a property).
+        params = self._parameters
+        w = [params.get(n) for n in names[idx * per:(idx + 1) * per]]
+        w = [getattr(self, n) if p is None else p
+             for n, p in zip(names[idx * per:(idx + 1) * per], w)]
         weights = (w[0], w[1], w[2], w[3]) if self.bias else (w[0], w[1], None, None)
         return weights + ((w[-1],) if self.proj_size > 0 else ())
 
@@ -106,7 +112,8 @@ class _FusedRNNBase(nn.RNNBase):
             if self.dropout and self.training and layer < self.num_layers - 1:
                 layer_output = F.dropout(layer_output, self.dropout, True)
             layer_input = layer_output
-        return layer_input, [torch.stack(f) for f in finals]
+        return layer_input, [f[0].unsqueeze(0) if len(f) == 1 else torch.stack(f)
+                             for f in finals]
 
     def _forward(self, input, hx, num_states: int, layer_fn, lengths: Optional[Tensor] = None):
         """The whole forward: nn.*'s input handling, then the layers. Returns the output (a

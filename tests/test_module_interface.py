@@ -102,3 +102,40 @@ def test_gru_textbook_module_matches_reference_deep_bidirectional():
         layer_in = torch.cat(outs, 2)
     torch.testing.assert_close(out, layer_in)
     torch.testing.assert_close(h_n, torch.stack(finals))
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM", "RNN"])
+def test_parametrized_weight_is_the_one_used(cell):
+    """A parametrization (here weight_norm on weight_hh_l0, the weight becomes a property) is
+    what the layer computes with: same output as a plain module holding the parametrized
+    value, and gradients reach the parametrization's own parameters."""
+    torch.manual_seed(0)
+    m = getattr(fused_rnn, cell)(4, 5, num_layers=2)
+    plain = getattr(fused_rnn, cell)(4, 5, num_layers=2)
+    nn.utils.parametrizations.weight_norm(m, "weight_hh_l1")
+    with torch.no_grad():
+        m.parametrizations.weight_hh_l1.original0.mul_(1.7)  # the weight's norms change
+        plain.load_state_dict({k: v for k, v in m.state_dict().items()
+                               if "parametrizations" not in k}, strict=False)
+        plain.weight_hh_l1.copy_(m.weight_hh_l1)
+    x = torch.randn(3, 2, 4)
+    out, _ = m(x)
+    torch.testing.assert_close(out, plain(x)[0])
+    assert not torch.allclose(out, plain.__class__(4, 5, num_layers=2)(x)[0])
+    out.sum().backward()
+    assert m.parametrizations.weight_hh_l1.original0.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("cell", ["GRU", "LSTM", "RNN"])
+def test_functional_call_weights_are_the_ones_used(cell):
+    """torch.func.functional_call swaps the parameters: the layer computes with the swapped
+    ones (same output as a module holding them), and the module's own are untouched."""
+    torch.manual_seed(0)
+    m = getattr(fused_rnn, cell)(4, 5)
+    other = getattr(fused_rnn, cell)(4, 5)
+    x = torch.randn(3, 2, 4)
+    own = m(x)[0]
+    swapped = torch.func.functional_call(m, dict(other.named_parameters()), (x,))[0]
+    torch.testing.assert_close(swapped, other(x)[0])
+    torch.testing.assert_close(m(x)[0], own)
+    assert not torch.allclose(swapped, own)
