@@ -60,6 +60,25 @@ def machine_info(device):
     return info
 
 
+def cpu_jiffies():
+    """(steal, total) CPU time of all CPUs in jiffies from /proc/stat, or None (not Linux)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (fields[7], sum(fields)) if len(fields) == 8 else None
+
+
+def steal_share(before, after):
+    """Share of the CPU time between two cpu_jiffies() readings that the hypervisor gave to
+    other guests (steal), or None. On a shared VM this is what makes timings jump: a point
+    measured with more than a few percent of steal is not to be trusted."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def sync(device):
     if device == "cuda":
         torch.cuda.synchronize()
@@ -175,7 +194,9 @@ def run_point(cell, T, B, I, H, layers, bidir, dtype, device, mode, rate, min_ru
     fns = [make_fn(ref, x, training)] + [wrap(fused_fn, p) for p in paths]
     saved_path, saved_schedule = fused_rnn.cuda_path(), fused_rnn.cpu_schedule()
     try:
+        jiffies = cpu_jiffies()
         times = interleaved_medians(fns, device, min_run_time)
+        steal = steal_share(jiffies, cpu_jiffies())
         t_ref = times[0]
         flops = cell_flops(cell, T, B, I, H, layers, 2 if bidir else 1, training)
         rows = []
@@ -184,7 +205,8 @@ def run_point(cell, T, B, I, H, layers, bidir, dtype, device, mode, rate, min_ru
                        dtype=str(dtype).replace("torch.", ""), device=device, mode=mode,
                        path=path, nn_ms=t_ref * 1e3, fused_ms=t_fused * 1e3,
                        speedup=t_ref / t_fused, fused_us_per_step=t_fused * 1e6 / T,
-                       gemm_floor_ms=flops / rate * 1e3, gemm_share=flops / rate / t_fused)
+                       gemm_floor_ms=flops / rate * 1e3, gemm_share=flops / rate / t_fused,
+                       steal=steal)
             if training:
                 row["nn_mem_mb"] = memory(fns[0], device) / 2 ** 20
                 row["fused_mem_mb"] = memory(fn, device) / 2 ** 20
@@ -195,6 +217,10 @@ def run_point(cell, T, B, I, H, layers, bidir, dtype, device, mode, rate, min_ru
     return rows
 
 
+def steal_text(share):
+    return "-" if share is None else f"{100 * share:.0f}%"
+
+
 def markdown(rows, info, rates):
     """rates: {dtype name: large-GEMM FLOP/s measured in this run}."""
     mem = "peak allocated" if info["device"] == "cuda" else "saved for backward"
@@ -203,7 +229,9 @@ def markdown(rows, info, rates):
             f"{info['threads']} threads, torch {info['torch']}, {info['date']})\n\n"
             f"Large-GEMM rate measured in this run: {rate_text}. Speed-up = nn.* time / "
             f"fused time. GEMM share = the cell's GEMM FLOPs at that rate / fused time. "
-            f"Memory: {mem} (MB), training only.\n")
+            f"Memory: {mem} (MB), training only. Steal: share of the host's CPU time taken "
+            f"by the hypervisor for other guests while the point was timed (/proc/stat; a "
+            f"point with more than a few percent is not to be trusted).\n")
     if info["device"] == "cuda":
         head += (f"\nTF32: cudnn.allow_tf32={info['cudnn_allow_tf32']}, "
                  f"cuda.matmul.allow_tf32={info['matmul_allow_tf32']}.\n")
@@ -219,8 +247,8 @@ def markdown(rows, info, rates):
                  "batch 1 (float32), row blocks where "
                  "measured faster, else per-step.\n")
     lines = [head, "| cell | mode | path | T | B | I | H | L | bi | dtype | nn.* ms | fused ms "
-             "| speed-up | µs/step | GEMM floor ms | GEMM share | nn.* MB | fused MB |",
-             "|" + "---|" * 18]
+             "| speed-up | µs/step | GEMM floor ms | GEMM share | nn.* MB | fused MB | steal |",
+             "|" + "---|" * 19]
     for r in rows:
         lines.append(
             f"| {r['cell']} | {r['mode']} | {r.get('path', '-')} | {r['T']} | {r['B']} | {r['I']} "
@@ -228,7 +256,7 @@ def markdown(rows, info, rates):
             f"| {'y' if r['bidirectional'] else 'n'} | {r['dtype']} | {r['nn_ms']:.2f} | {r['fused_ms']:.2f} "
             f"| {r['speedup']:.2f}x | {r['fused_us_per_step']:.0f} | {r['gemm_floor_ms']:.2f} "
             f"| {100 * r['gemm_share']:.0f}% | {r.get('nn_mem_mb', float('nan')):.1f} "
-            f"| {r.get('fused_mem_mb', float('nan')):.1f} |")
+            f"| {r.get('fused_mem_mb', float('nan')):.1f} | {steal_text(r.get('steal'))} |")
     return "\n".join(lines) + "\n"
 
 

@@ -27,10 +27,22 @@ def test_run_point_and_report(tmp_path):
     assert len(rows) == 6  # one row per point on the CPU (no CUDA paths)
     for r in rows:
         assert r["nn_ms"] > 0 and r["fused_ms"] > 0 and r["speedup"] > 0
+        assert r["steal"] is None or 0 <= r["steal"] <= 1
         if r["mode"] == "training":
             assert r["fused_mem_mb"] > 0 and r["nn_mem_mb"] > 0
     md = bench.markdown(rows, bench.machine_info("cpu"), {"float32": rate})
     assert md.count("\n| ") == len(rows) + 1
+
+
+def test_steal_share_from_proc_stat_readings():
+    """Steal = the steal jiffies' share of all jiffies between two /proc/stat readings."""
+    assert bench.steal_share((10, 1000), (30, 1200)) == pytest.approx(0.1)
+    assert bench.steal_share(None, (30, 1200)) is None
+    assert bench.steal_share((10, 1000), (10, 1000)) is None
+    assert bench.steal_text(0.1234) == "12%" and bench.steal_text(None) == "-"
+    now = bench.cpu_jiffies()
+    if os.path.exists("/proc/stat"):
+        assert now is not None and 0 <= now[0] <= now[1]
 
 
 def test_cpu_profile_phases_cover_the_layer():
@@ -62,3 +74,15 @@ def test_run_point_times_each_cpu_schedule():
     assert [r["path"] for r in rows] == ["per-step", "row-blocks"]
     assert all(r["fused_ms"] > 0 for r in rows)
     assert fused_rnn.cpu_schedule() == before  # restored
+
+
+def test_ab_checkouts_alternates_processes_of_two_builds(capsys):
+    """benchmarks/ab_checkouts.py: one line per process, old and new alternated, then the
+    ratio ranges (here the same checkout on both sides)."""
+    import ab_checkouts
+    root = os.path.join(os.path.dirname(__file__), "..")
+    ab_checkouts.main([root, root, "--cell", "RNN", "--T", "2", "--B", "2", "--H", "4",
+                       "--rounds", "1", "--min-run-time", "0.01"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [l.split()[0] for l in lines] == ["old", "new", "old:", "new:"]
+    assert all(float(l.split()[1]) > 0 and float(l.split()[2]) > 0 for l in lines[:2])
