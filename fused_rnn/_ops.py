@@ -34,14 +34,16 @@ def _call(op, *args):
         with torch._C._AutoDispatchBelowAutograd():
             return op(*args)
     function = _EAGER_AUTOGRAD.get(op._qualified_op_name)
-    if (function is None or torch._C._is_any_autocast_enabled()
-            or torch._C._are_functorch_transforms_active()):
+    if function is None or _autocast_enabled() or _functorch_active():
         return op(*args)
     return function.apply(*args)
 
 
 # qualified forward operator name -> autograd.Function running it eagerly (see _call).
 _EAGER_AUTOGRAD = {}
+# torch's own checks (private: a torch without them gets the operator itself every time)
+_autocast_enabled = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
 
 
 def _register_autograd(name: str, backward, setup_context) -> None:
