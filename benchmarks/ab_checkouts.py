@@ -24,7 +24,8 @@ sys.path[:0] = [root, root + "/benchmarks"]
 import torch, fused_rnn
 assert fused_rnn.__file__.startswith(root), fused_rnn.__file__
 from bench import make_fn, interleaved_medians
-cell, T, B, H, mode, min_run_time = sys.argv[2], *map(int, sys.argv[3:6]), sys.argv[6], float(sys.argv[7])
+cell, (T, B, H) = sys.argv[2], map(int, sys.argv[3:6])
+mode, min_run_time = sys.argv[6], float(sys.argv[7])
 torch.manual_seed(0)
 fused = getattr(fused_rnn, cell)(H, H)
 ref = getattr(torch.nn, cell)(H, H)

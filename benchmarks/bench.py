@@ -150,15 +150,38 @@ def saved_bytes(fn):
     return sum(seen.values())
 
 
+def cpu_peak_bytes(fn):
+    """Peak bytes allocated on the CPU by fn (forward+backward) and live at once, from the
+    profiler's memory timeline (allocations made during fn; frees of tensors from before it are
+    not seen, so this errs high). None where torch's (private) memory timeline is missing.
+    It counts allocations, not touched pages: MKL asks ~7.3 MB more than the packed weight for
+    each cblas_sgemm_pack buffer (its size query, for any weight shape here), and after packing
+    only about the weight's size of it is resident (mincore: 0.26 of 7.56 MB for a 256x256
+    weight, 0.76 of 8.81 MB for 768x256)."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+        from torch.profiler._memory_profiler import MemoryProfileTimeline
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                     with_stack=True) as prof:
+            fn()
+        _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline(
+            torch.device("cpu"))
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+    return max((sum(s) for s in sizes), default=0)
+
+
 def memory(fn, device):
+    """Peak bytes allocated during fn (CUDA: the caching allocator's peak above the start;
+    CPU: cpu_peak_bytes), and the bytes autograd saves for the backward (CPU only, else None)."""
     if device == "cuda":
         sync(device)
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         fn()
         sync(device)
-        return torch.cuda.max_memory_allocated() - base
-    return saved_bytes(fn)
+        return torch.cuda.max_memory_allocated() - base, None
+    return cpu_peak_bytes(fn), saved_bytes(fn)
 
 
 def on_path(fn, path):
@@ -208,13 +231,23 @@ def run_point(cell, T, B, I, H, layers, bidir, dtype, device, mode, rate, min_ru
                        gemm_floor_ms=flops / rate * 1e3, gemm_share=flops / rate / t_fused,
                        steal=steal)
             if training:
-                row["nn_mem_mb"] = memory(fns[0], device) / 2 ** 20
-                row["fused_mem_mb"] = memory(fn, device) / 2 ** 20
+                for side, f in (("nn", fns[0]), ("fused", fn)):
+                    peak, saved = memory(f, device)
+                    row[f"{side}_mem_mb"] = None if peak is None else peak / 2 ** 20
+                    if saved is not None:
+                        row[f"{side}_saved_mb"] = saved / 2 ** 20
             rows.append(row)
     finally:
         fused_rnn.set_cuda_path(saved_path)
         fused_rnn.set_cpu_schedule(saved_schedule)
     return rows
+
+
+def memory_text(row, side):
+    """'peak (saved)' MB of one side of a training row, '-' where not measured."""
+    peak, saved = row.get(f"{side}_mem_mb"), row.get(f"{side}_saved_mb")
+    text = "-" if peak is None else f"{peak:.1f}"
+    return text if saved is None else f"{text} ({saved:.1f})"
 
 
 def steal_text(share):
@@ -223,7 +256,11 @@ def steal_text(share):
 
 def markdown(rows, info, rates):
     """rates: {dtype name: large-GEMM FLOP/s measured in this run}."""
-    mem = "peak allocated" if info["device"] == "cuda" else "saved for backward"
+    mem = ("peak allocated during forward+backward" if info["device"] == "cuda" else
+           "peak allocated during forward+backward (the profiler's memory timeline; it counts "
+           "MKL's packed-weight buffers, which ask ~7.3 MB more than the weight, of which only "
+           "about the weight's size is ever written), in brackets the bytes autograd saves "
+           "for the backward")
     rate_text = ", ".join(f"{d} {r / 1e9:.0f} GFLOP/s" for d, r in rates.items())
     head = (f"# fused_rnn benchmark ({info['device']}: {info.get('cpu') or info.get('gpu')}, "
             f"{info['threads']} threads, torch {info['torch']}, {info['date']})\n\n"
@@ -255,8 +292,8 @@ def markdown(rows, info, rates):
             f"| {r['H']} | {r['layers']} "
             f"| {'y' if r['bidirectional'] else 'n'} | {r['dtype']} | {r['nn_ms']:.2f} | {r['fused_ms']:.2f} "
             f"| {r['speedup']:.2f}x | {r['fused_us_per_step']:.0f} | {r['gemm_floor_ms']:.2f} "
-            f"| {100 * r['gemm_share']:.0f}% | {r.get('nn_mem_mb', float('nan')):.1f} "
-            f"| {r.get('fused_mem_mb', float('nan')):.1f} | {steal_text(r.get('steal'))} |")
+            f"| {100 * r['gemm_share']:.0f}% | {memory_text(r, 'nn')} | {memory_text(r, 'fused')} "
+            f"| {steal_text(r.get('steal'))} |")
     return "\n".join(lines) + "\n"
 
 

@@ -30,8 +30,24 @@ def test_run_point_and_report(tmp_path):
         assert r["steal"] is None or 0 <= r["steal"] <= 1
         if r["mode"] == "training":
             assert r["fused_mem_mb"] > 0 and r["nn_mem_mb"] > 0
+            assert r["fused_saved_mb"] > 0 and r["nn_saved_mb"] > 0
     md = bench.markdown(rows, bench.machine_info("cpu"), {"float32": rate})
     assert md.count("\n| ") == len(rows) + 1
+
+
+def test_cpu_peak_bytes_sees_what_a_function_allocates():
+    """The CPU peak: two 4 MB tensors live at once, then freed: ~8 MB (the memory timeline
+    counts allocations made inside the function)."""
+    import torch
+
+    def fn():
+        a = torch.ones(1 << 20)  # 4 MB
+        b = a * 2                # 4 MB more
+        return float(b[0])
+    peak = bench.cpu_peak_bytes(fn)
+    assert peak is not None and 8 << 20 <= peak < 9 << 20
+    assert bench.memory_text({"nn_mem_mb": 1.25, "nn_saved_mb": 0.5}, "nn") == "1.2 (0.5)"
+    assert bench.memory_text({}, "fused") == "-"
 
 
 def test_steal_share_from_proc_stat_readings():
