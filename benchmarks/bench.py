@@ -272,7 +272,6 @@ def markdown(rows, info, rates):
     if info["device"] == "cuda":
         head += (f"\nTF32: cudnn.allow_tf32={info['cudnn_allow_tf32']}, "
                  f"cuda.matmul.allow_tf32={info['matmul_allow_tf32']}.\n")
-    if info["device"] == "cuda":
         head += ("\nCUDA path of the fused layer: persistent = one cooperative kernel for all "
                  "steps; general = per step a cuBLAS GEMM + a pointwise kernel; auto = persistent "
                  "where the shapes suit it.\n")

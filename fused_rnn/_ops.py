@@ -50,7 +50,8 @@ def _register_autograd(name: str, backward, setup_context) -> None:
     """register_autograd(name, backward, setup_context) for tracing and for other callers of the
     operator, and the same two functions as an autograd.Function for _call's eager route."""
     torch.library.register_autograd(name, backward, setup_context=setup_context)
-    op = getattr(ops, name.split("::")[1])
+    op_name = name.split("::")[1]
+    op = getattr(ops, op_name)
 
     def forward(ctx, *args):
         with torch._C._AutoDispatchBelowAutograd():
@@ -58,7 +59,7 @@ def _register_autograd(name: str, backward, setup_context) -> None:
         setup_context(ctx, args, output)
         return output
 
-    _EAGER_AUTOGRAD[name] = type(f"Fused_{name.split('::')[1]}", (torch.autograd.Function,),
+    _EAGER_AUTOGRAD[name] = type(f"Fused_{op_name}", (torch.autograd.Function,),
                                  {"forward": staticmethod(forward),
                                   "backward": staticmethod(backward)})
 

@@ -177,9 +177,13 @@ void set_min_prepared_rows(int64_t rows) {
 // runs as fixed pieces of rows added into dW one after the other. MKL spreads a 256-row piece
 // over dW's rows and columns only when dW has at least 2 rows and 2 columns, a 64-row piece
 // always (checked with 1-8 threads, float32 and float64, dW up to [4096, 1024]).
+static int64_t weight_grad_piece(const at::Tensor& d_g2d, const at::Tensor& rows) {
+  return d_g2d.size(1) >= 2 && rows.size(1) >= 2 ? 256 : 64;
+}
+
 void add_weight_grad(at::Tensor& dw, const at::Tensor& d_g2d, const at::Tensor& rows) {
   const int64_t N = d_g2d.size(0);
-  const int64_t piece = d_g2d.size(1) >= 2 && rows.size(1) >= 2 ? 256 : 64;
+  const int64_t piece = weight_grad_piece(d_g2d, rows);
   for (int64_t n0 = 0; n0 < N; n0 += piece) {
     const int64_t n = std::min(piece, N - n0);
     dw.addmm_(d_g2d.narrow(0, n0, n).t(), rows.narrow(0, n0, n));
@@ -188,7 +192,7 @@ void add_weight_grad(at::Tensor& dw, const at::Tensor& d_g2d, const at::Tensor& 
 
 at::Tensor weight_grad(const at::Tensor& d_g2d, const at::Tensor& rows) {
   const int64_t N = d_g2d.size(0);
-  const int64_t piece = d_g2d.size(1) >= 2 && rows.size(1) >= 2 ? 256 : 64;
+  const int64_t piece = weight_grad_piece(d_g2d, rows);
   at::Tensor dw = at::mm(d_g2d.narrow(0, 0, std::min(piece, N)).t(),
                          rows.narrow(0, 0, std::min(piece, N)));  // dw: [G, K]
   if (N > piece) {

@@ -12,20 +12,18 @@ namespace fused_rnn::cpu {
 
 // Each function handles the batch rows [b_begin, b_end) of one step; the GRU / LSTM / RNN
 // kernels only the hidden units [j_begin, j_end) of those rows (their columns in every gate).
+template <typename Step>
+using UnitRowKernel = void (*)(const Step&, int64_t b_begin, int64_t b_end, int64_t j_begin,
+                               int64_t j_end);
+
 template <typename scalar_t>
 struct RowKernels {
-  void (*gru_forward)(const GruForwardStep<scalar_t>&, int64_t b_begin, int64_t b_end,
-                      int64_t j_begin, int64_t j_end);
-  void (*gru_backward)(const GruBackwardStep<scalar_t>&, int64_t b_begin, int64_t b_end,
-                       int64_t j_begin, int64_t j_end);
-  void (*lstm_forward)(const LstmForwardStep<scalar_t>&, int64_t b_begin, int64_t b_end,
-                       int64_t j_begin, int64_t j_end);
-  void (*lstm_backward)(const LstmBackwardStep<scalar_t>&, int64_t b_begin, int64_t b_end,
-                        int64_t j_begin, int64_t j_end);
-  void (*rnn_forward)(const RnnForwardStep<scalar_t>&, int64_t b_begin, int64_t b_end,
-                      int64_t j_begin, int64_t j_end);
-  void (*rnn_backward)(const RnnBackwardStep<scalar_t>&, int64_t b_begin, int64_t b_end,
-                       int64_t j_begin, int64_t j_end);
+  UnitRowKernel<GruForwardStep<scalar_t>> gru_forward;
+  UnitRowKernel<GruBackwardStep<scalar_t>> gru_backward;
+  UnitRowKernel<LstmForwardStep<scalar_t>> lstm_forward;
+  UnitRowKernel<LstmBackwardStep<scalar_t>> lstm_backward;
+  UnitRowKernel<RnnForwardStep<scalar_t>> rnn_forward;
+  UnitRowKernel<RnnBackwardStep<scalar_t>> rnn_backward;
   void (*gru_textbook_gates)(const GruTextbookGatesStep<scalar_t>&, int64_t, int64_t);
   void (*gru_textbook_state)(const GruTextbookStateStep<scalar_t>&, int64_t, int64_t);
   void (*gru_textbook_state_back)(const GruTextbookStateBackStep<scalar_t>&, int64_t, int64_t);
