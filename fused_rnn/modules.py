@@ -222,7 +222,11 @@ class _FusedRNNBase(nn.RNNBase):
         if ids.dim() != want:
             raise RuntimeError(f"fused_rnn.{name}: expected token-id input of {want} dimensions, "
                                f"got {ids.dim()}-D tensor of shape {list(ids.shape)}")
-        if ids.numel() and not torch.compiler.is_compiling():  # (a compiled graph checks in C++)
+        # Reading the values back: not when compiling (the compiled graph's operator checks
+        # them in C++), nor while a CUDA stream is being captured into a graph, where reading
+        # back is not allowed (the operators skip their own check then too: csrc/rnn_ops.h)
+        capturing = ids.is_cuda and torch.cuda.is_current_stream_capturing()
+        if ids.numel() and not torch.compiler.is_compiling() and not capturing:
             lo, hi = int(ids.min()), int(ids.max())
             if lo < 0 or hi >= self.input_size:
                 raise IndexError(f"fused_rnn.{name}: token ids must be in [0, input_size="
