@@ -3,11 +3,12 @@
 For every point of a grid (cell, T, B, input size, hidden size, layers, directions, dtype,
 device, mode): median times of fused and nn.* measured in the same run, interleaved (warm-up
 excluded), their ratio, the fused time per step, the share of this machine's own GEMM rate
-that the fused layer reaches (a large GEMM is timed in the same run; the cell's GEMM FLOPs are
-counted), and memory: on CUDA the peak allocated during forward+backward, on the CPU the bytes
-autograd saves for the backward (unique storages, counted with saved_tensors_hooks).
+that the fused layer reaches (a large GEMM is timed in the same run, on the CPU inside each
+point's interleaved rounds; the cell's GEMM FLOPs are counted), and memory: the peak allocated
+during forward+backward (CUDA's allocator; on the CPU the profiler's memory timeline) and on the
+CPU the bytes autograd saves for the backward (unique storages, counted with saved_tensors_hooks).
 
-    python benchmarks/bench.py --quick                 # about a minute on a 2-core CPU
+    python benchmarks/bench.py --quick                 # 1-1.5 minutes on a 2-core CPU
     python benchmarks/bench.py --full --device cuda --dtype float32 bfloat16   # the GPU grid
     python benchmarks/bench.py --quick --json r.json --md r.md --plot r.png
     python benchmarks/bench.py --isa                   # what vectorising the CPU kernels gives
@@ -84,14 +85,20 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def gemm_rate(device, dtype, min_run_time):
-    """FLOP/s of a large GEMM on this machine, in this run."""
+def large_gemm(device, dtype):
+    """The reference GEMM of the GEMM share: (a function running it, its FLOPs)."""
     n = 2048 if device == "cpu" else 8192
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    t = tb.Timer("torch.mm(a, b)", globals=dict(torch=torch, a=a, b=b),
+    return (lambda: torch.mm(a, b)), 2 * n ** 3
+
+
+def gemm_rate(device, dtype, min_run_time):
+    """FLOP/s of a large GEMM on this machine, in this run."""
+    fn, flops = large_gemm(device, dtype)
+    t = tb.Timer("fn()", globals=dict(fn=fn),
                  num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=min_run_time).median
-    return 2 * n ** 3 / t
+    return flops / t
 
 
 def cell_flops(cell, T, B, I, H, layers, dirs, training):
@@ -201,9 +208,13 @@ def on_schedule(fn, schedule):
 
 
 def run_point(cell, T, B, I, H, layers, bidir, dtype, device, mode, rate, min_run_time,
-              paths=("auto",), schedules=("auto",)):
+              paths=("auto",), schedules=("auto",), gemm=None):
     """One grid point; the fused layer is timed on each of `paths` (CUDA) or `schedules` (CPU)
-    in the same interleaved run as nn.* (one row each; the row's "path" names it)."""
+    in the same interleaved run as nn.* (one row each; the row's "path" names it).
+    gemm: None, or large_gemm's (function, FLOPs): then the reference GEMM is timed in the same
+    interleaved rounds, and the point's GEMM share uses the rate measured there instead of
+    `rate` (the shared CPU's speed drifts within a run: the share then drifts with it no more
+    than the speed-up does)."""
     torch.manual_seed(0)
     kw = dict(num_layers=layers, bidirectional=bidir, device=device, dtype=dtype)
     ref = getattr(nn, cell)(I, H, **kw)
@@ -218,8 +229,10 @@ def run_point(cell, T, B, I, H, layers, bidir, dtype, device, mode, rate, min_ru
     saved_path, saved_schedule = fused_rnn.cuda_path(), fused_rnn.cpu_schedule()
     try:
         jiffies = cpu_jiffies()
-        times = interleaved_medians(fns, device, min_run_time)
+        times = interleaved_medians(fns + ([gemm[0]] if gemm else []), device, min_run_time)
         steal = steal_share(jiffies, cpu_jiffies())
+        if gemm:
+            rate = gemm[1] / times.pop()
         t_ref = times[0]
         flops = cell_flops(cell, T, B, I, H, layers, 2 if bidir else 1, training)
         rows = []
@@ -229,6 +242,7 @@ def run_point(cell, T, B, I, H, layers, bidir, dtype, device, mode, rate, min_ru
                        path=path, nn_ms=t_ref * 1e3, fused_ms=t_fused * 1e3,
                        speedup=t_ref / t_fused, fused_us_per_step=t_fused * 1e6 / T,
                        gemm_floor_ms=flops / rate * 1e3, gemm_share=flops / rate / t_fused,
+                       gemm_flops_per_s=rate, gemm_rate_interleaved=gemm is not None,
                        steal=steal)
             if training:
                 for side, f in (("nn", fns[0]), ("fused", fn)):
@@ -255,16 +269,22 @@ def steal_text(share):
 
 
 def markdown(rows, info, rates):
-    """rates: {dtype name: large-GEMM FLOP/s measured in this run}."""
+    """rates: {dtype name: large-GEMM FLOP/s measured at the start of this run}."""
     mem = ("peak allocated during forward+backward" if info["device"] == "cuda" else
            "peak allocated during forward+backward (the profiler's memory timeline; it counts "
            "MKL's packed-weight buffers, which ask ~7.3 MB more than the weight, of which only "
            "about the weight's size is ever written), in brackets the bytes autograd saves "
            "for the backward")
     rate_text = ", ".join(f"{d} {r / 1e9:.0f} GFLOP/s" for d, r in rates.items())
+    point_rates = [r["gemm_flops_per_s"] for r in rows if r.get("gemm_rate_interleaved")]
+    if point_rates:
+        rate_text = (f"{rate_text} at the start; in each point's own interleaved rounds "
+                     f"{min(point_rates) / 1e9:.0f}-{max(point_rates) / 1e9:.0f} GFLOP/s, and "
+                     f"each point's GEMM share uses its own")
     head = (f"# fused_rnn benchmark ({info['device']}: {info.get('cpu') or info.get('gpu')}, "
             f"{info['threads']} threads, torch {info['torch']}, {info['date']})\n\n"
-            f"Large-GEMM rate measured in this run: {rate_text}. Speed-up = nn.* time / "
+            f"Large-GEMM rate ({'2048' if info['device'] == 'cpu' else '8192'}^3 torch.mm) "
+            f"measured in this run: {rate_text}. Speed-up = nn.* time / "
             f"fused time. GEMM share = the cell's GEMM FLOPs at that rate / fused time. "
             f"Memory: {mem} (MB), training only. Steal: share of the host's CPU time taken "
             f"by the hypervisor for other guests while the point was timed (/proc/stat; a "
@@ -399,6 +419,10 @@ def main(argv=None):
     min_run_time = args.min_run_time or (0.15 if not args.full else 0.5)
     info = machine_info(args.device)
     rates = {d: gemm_rate(args.device, getattr(torch, d), 1.0) for d in args.dtype}
+    # On the CPU the reference GEMM is timed again inside every point's interleaved rounds
+    # (about half a second a point here); the GPU's speed holds within a run.
+    gemms = ({d: large_gemm(args.device, getattr(torch, d)) for d in args.dtype}
+             if args.device == "cpu" else {})
     rows = []
     start = time.time()
     for dtype_name, cell, T, B, H, layers, bidir, mode in itertools.product(
@@ -406,7 +430,7 @@ def main(argv=None):
             grid["bidirectional"], grid["modes"]):
         for r in run_point(cell, T, B, H, H, layers, bidir, getattr(torch, dtype_name),
                            args.device, mode, rates[dtype_name], min_run_time, args.cuda_path,
-                           args.cpu_schedule):
+                           args.cpu_schedule, gemms.get(dtype_name)):
             rows.append(r)
             print(f"{cell:4s} {dtype_name} {mode:9s} {r['path']:10s} T={T} B={B:<3d} H={H:<4d} "
                   f"L={layers} bi={int(bidir)}: nn {r['nn_ms']:8.2f} ms, fused "

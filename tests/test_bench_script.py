@@ -81,6 +81,29 @@ def test_cpu_profile_phases_cover_the_layer():
     assert fused_rnn._C._phase_clock() == before  # off: nothing booked
 
 
+def test_run_point_times_the_reference_gemm_in_its_rounds():
+    """gemm=(fn, FLOPs): the point's GEMM rate and share come from the reference GEMM timed
+    in the point's own interleaved rounds, not from the rate passed in."""
+    import torch
+    calls = []
+    a = torch.randn(64, 64)
+
+    def gemm():
+        calls.append(1)
+        torch.mm(a, a)
+    (row,) = bench.run_point("RNN", 3, 2, 4, 5, 1, False, torch.float32, "cpu", "inference",
+                             1.0, 0.01, gemm=(gemm, 2 * 64 ** 3))
+    assert calls  # timed
+    assert row["gemm_rate_interleaved"] and row["gemm_flops_per_s"] > 1.0  # not the 1.0 given
+    flops = bench.cell_flops("RNN", 3, 2, 4, 5, 1, 1, False)
+    assert row["gemm_share"] == pytest.approx(flops / row["gemm_flops_per_s"] / (row["fused_ms"] / 1e3))
+    md = bench.markdown([row], bench.machine_info("cpu"), {"float32": 1.0})
+    assert "in each point's own interleaved rounds" in md
+    (plain,) = bench.run_point("RNN", 3, 2, 4, 5, 1, False, torch.float32, "cpu", "inference",
+                               1e11, 0.01)
+    assert not plain["gemm_rate_interleaved"] and plain["gemm_flops_per_s"] == 1e11
+
+
 def test_run_point_times_each_cpu_schedule():
     import torch
     import fused_rnn
