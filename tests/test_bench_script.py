@@ -66,8 +66,18 @@ def test_cpu_profile_phases_cover_the_layer():
     each phase's GEMM FLOPs add up to the cell's, and the clock is off again afterwards."""
     import cpu_profile
     import fused_rnn
+    import torch
+    a = torch.randn(32, 32)
+    gemm_calls = []
+
+    def gemm():
+        gemm_calls.append(1)
+        torch.mm(a, a)
     for cell in ("GRU", "LSTM", "RNN"):
-        r = cpu_profile.profile(cell, 4, 3, 5, 6, steps=2, rate=1e11)
+        r = cpu_profile.profile(cell, 4, 3, 5, 6, steps=2, gemm=(gemm, 2 * 32 ** 3))
+        assert r["gemm_flops_per_s"] > 0
+        assert r["floor_ms"] == pytest.approx(
+            bench.cell_flops(cell, 4, 3, 5, 6, 1, 1, True) / r["gemm_flops_per_s"] * 1e3)
         names = {p["phase"] for p in r["rows"]}
         assert {"forward: input projection", "forward: recurrence", "backward: recurrence",
                 "backward: weight gradients", "backward: input gradient",
@@ -75,6 +85,7 @@ def test_cpu_profile_phases_cover_the_layer():
         assert all(p["ms"] >= 0 for p in r["rows"])
         flops = bench.cell_flops(cell, 4, 3, 5, 6, 1, 1, True)
         assert sum(p["gflop"] for p in r["rows"]) * 1e9 == pytest.approx(flops)
+    assert len(gemm_calls) == 3 * 3  # one warm-up, then one after each timed step
     before = fused_rnn._C._phase_clock()
     m = fused_rnn.GRU(5, 6)
     m(__import__("torch").randn(4, 3, 5))
