@@ -93,9 +93,8 @@ def large_gemm(device, dtype):
     return (lambda: torch.mm(a, b)), 2 * n ** 3
 
 
-def gemm_rate(device, dtype, min_run_time):
-    """FLOP/s of a large GEMM on this machine, in this run."""
-    fn, flops = large_gemm(device, dtype)
+def gemm_rate(fn, flops, min_run_time):
+    """FLOP/s of large_gemm's (fn, flops) on this machine, now."""
     t = tb.Timer("fn()", globals=dict(fn=fn),
                  num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=min_run_time).median
     return flops / t
@@ -418,11 +417,11 @@ def main(argv=None):
             grid[key] = getattr(args, key)
     min_run_time = args.min_run_time or (0.15 if not args.full else 0.5)
     info = machine_info(args.device)
-    rates = {d: gemm_rate(args.device, getattr(torch, d), 1.0) for d in args.dtype}
+    references = {d: large_gemm(args.device, getattr(torch, d)) for d in args.dtype}
+    rates = {d: gemm_rate(*ref, 1.0) for d, ref in references.items()}
     # On the CPU the reference GEMM is timed again inside every point's interleaved rounds
     # (about half a second a point here); the GPU's speed holds within a run.
-    gemms = ({d: large_gemm(args.device, getattr(torch, d)) for d in args.dtype}
-             if args.device == "cpu" else {})
+    gemms = references if args.device == "cpu" else {}
     rows = []
     start = time.time()
     for dtype_name, cell, T, B, H, layers, bidir, mode in itertools.product(

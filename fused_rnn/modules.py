@@ -65,10 +65,9 @@ class _FusedRNNBase(nn.RNNBase):
         # _parameters entry first (what functional_call swaps; nn.Module.__getattr__ would look
         # there after a failed attribute lookup, ~2 us a name), getattr for anything else
         # (a parametrized weight is a property).
-        params = self._parameters
-        w = [params.get(n) for n in names[idx * per:(idx + 1) * per]]
-        w = [getattr(self, n) if p is None else p
-             for n, p in zip(names[idx * per:(idx + 1) * per], w)]
+        params, layer = self._parameters, names[idx * per:(idx + 1) * per]
+        w = [params.get(n) for n in layer]
+        w = [getattr(self, n) if p is None else p for n, p in zip(layer, w)]
         weights = (w[0], w[1], w[2], w[3]) if self.bias else (w[0], w[1], None, None)
         return weights + ((w[-1],) if self.proj_size > 0 else ())
 
