@@ -28,6 +28,14 @@
 #include "../gates.h"
 #include "row_kernels.h"
 
+// The row loops' helpers and bodies are forced inline: GCC otherwise kept the group loads and
+// the loop bodies out of line, passing each group through memory (1.3x slower).
+#if defined(__GNUC__) || defined(__clang__)
+#define FUSED_RNN_ALWAYS_INLINE __attribute__((always_inline))
+#else
+#define FUSED_RNN_ALWAYS_INLINE
+#endif
+
 #define FUSED_RNN_CAT2(a, b) a##b
 #define FUSED_RNN_CAT(a, b) FUSED_RNN_CAT2(a, b)
 
@@ -53,8 +61,8 @@ struct Activations<at::vec::Vectorized<S>> {
       const V one(S(1));
       const V dc = at::vec::minimum(V(std::numeric_limits<S>::max()), d);  // keeps NaN
       V r = approx_recip(dc);
-      r = at::vec::fmadd(r, at::vec::fmsub(dc, r, one).neg(), r);  // r + r * (1 - d * r)
-      return at::vec::fmadd(r, at::vec::fmsub(dc, r, one).neg(), r);
+      r = at::vec::fmadd(r, at::vec::fnmadd(dc, r, one), r);  // r + r * (1 - d * r)
+      return at::vec::fmadd(r, at::vec::fnmadd(dc, r, one), r);
     }
     return V(S(1)) / d;
   }
@@ -72,13 +80,71 @@ struct Activations<at::vec::Vectorized<S>> {
 #endif
     return d;  // not used
   }
-  static inline V sigmoid(V x) { return recip(V(S(1)) + exp(x.neg())); }
+  // sigmoid(x) = 1 / (1 + exp(-x)), in two stages (VecGroup runs each stage over its registers).
+  static inline V sigmoid_exp(V x) { return exp(x.neg()); }
+  static inline V sigmoid_finish(V e) { return recip(V(S(1)) + e); }
+  static inline V sigmoid(V x) { return sigmoid_finish(sigmoid_exp(x)); }
   // tanh(x) = 1 - 2 / (1 + exp(2x)): one exp and one reciprocal, several times cheaper than
   // Sleef's tanh; absolute error about one ulp of 1 (where |x| << 1 that is more than tanh's own
   // ulp, well inside what the recurrence's GEMMs round anyway). Saturates to +-1, keeps NaN.
-  static inline V tanh(V x) { return V(S(1)) - V(S(2)) * recip(V(S(1)) + exp(x + x)); }
+  static inline V tanh_exp(V x) { return exp(x + x); }
+  static inline V tanh_finish(V e) { return V(S(1)) - V(S(2)) * recip(V(S(1)) + e); }
+  static inline V tanh(V x) { return tanh_finish(tanh_exp(x)); }
   static inline V relu(V x) { return at::vec::maximum(x, V(S(0))); }  // keeps NaN
   static inline V relu_grad(V y) { return V::blendv(V(S(0)), V(S(1)), y > V(S(0))); }
+};
+
+// kN SIMD registers computed as one value: each operation issues kN independent instructions in
+// a row. A gate formula is one long chain of dependent operations (exp -> reciprocal -> the next
+// gate's exp -> ...); with one register per loop iteration the core waited on that chain (the
+// scheduler fills with its waiting operations before the next iteration's can start); with kN
+// chains interleaved it overlaps them. The results are the same bits: every element still goes
+// through the same operations.
+template <typename V, int kN>
+struct VecGroup {
+  using Register = V;
+  static constexpr int kRegisters = kN;
+  V v[kN];
+  VecGroup() = default;
+  template <typename X, typename = std::enable_if_t<std::is_arithmetic_v<X>>>
+  VecGroup(X s) {  // NOLINT(runtime/explicit): gates.h writes T(1)
+    for (int i = 0; i < kN; ++i) v[i] = V(static_cast<typename V::value_type>(s));
+  }
+  template <typename F>
+  static FUSED_RNN_ALWAYS_INLINE VecGroup map(F f) {
+    VecGroup r;
+    for (int i = 0; i < kN; ++i) r.v[i] = f(i);
+    return r;
+  }
+  friend VecGroup operator+(const VecGroup& a, const VecGroup& b) {
+    return map([&](int i) { return a.v[i] + b.v[i]; });
+  }
+  friend VecGroup operator-(const VecGroup& a, const VecGroup& b) {
+    return map([&](int i) { return a.v[i] - b.v[i]; });
+  }
+  friend VecGroup operator*(const VecGroup& a, const VecGroup& b) {
+    return map([&](int i) { return a.v[i] * b.v[i]; });
+  }
+};
+
+// The activations of a group, stage by stage (all kN exps, then the kN rest), each stage the
+// single-register one above.
+template <typename V, int kN>
+struct Activations<VecGroup<V, kN>> {
+  using G = VecGroup<V, kN>;
+  using One = Activations<V>;
+  static inline G sigmoid(const G& x) {
+    const G e = G::map([&](int i) { return One::sigmoid_exp(x.v[i]); });
+    return G::map([&](int i) { return One::sigmoid_finish(e.v[i]); });
+  }
+  static inline G tanh(const G& x) {
+    const G e = G::map([&](int i) { return One::tanh_exp(x.v[i]); });
+    return G::map([&](int i) { return One::tanh_finish(e.v[i]); });
+  }
+  static inline G relu(const G& x) { return G::map([&](int i) { return One::relu(x.v[i]); }); }
+  static inline G relu_grad(const G& y) {
+    return G::map([&](int i) { return One::relu_grad(y.v[i]); });
+  }
 };
 
 namespace cpu {
@@ -128,6 +194,59 @@ inline void store(const Vec<acc_t<S>>& v, S* p, int64_t n) {
   }
 }
 
+// The row loops' unit: G = Group<S, N>, N registers of acc_t<S> computed together (VecGroup),
+// N * Vec<acc_t<S>>::size() elements. Each kernel picks its N (benchmarks/step_kernel_ab.sh:
+// 16 rows x 35 steps, H=256, AVX512, one thread, against one register): the forward kernels
+// 1.3-1.8x faster with 2 or 4 (their activations are long chains); the GRU / LSTM backward
+// kernels 0.8-0.9x with 2 (their work is stores; they keep 1).
+template <typename S, int N>
+using Group = VecGroup<Vec<acc_t<S>>, N>;
+
+// The units [j, j + n) of one loop step: its groups are loaded from and stored to the rows at
+// those units. N: std::integral_constant for whole groups (no masks), int64_t for the tail.
+template <typename G, typename N>
+struct Units {
+  int64_t j;
+  N n;
+  // row[j, j + n) as a group; the elements past n are zero.
+  template <typename S>
+  FUSED_RNN_ALWAYS_INLINE G load(const S* row) const {
+    constexpr int64_t W = G::Register::size();
+    const S* p = row + j;
+    G g;
+    for (int i = 0; i < G::kRegisters; ++i) {
+      const int64_t m = std::min<int64_t>(W, n - i * W);
+      g.v[i] = m == W  ? fused_rnn::cpu::load(p + i * W, W)
+               : m > 0 ? fused_rnn::cpu::load(p + i * W, m)
+                       : typename G::Register(typename G::Register::value_type(0));
+    }
+    return g;
+  }
+  template <typename S>
+  FUSED_RNN_ALWAYS_INLINE void store(const G& g, S* row) const {
+    constexpr int64_t W = G::Register::size();
+    S* p = row + j;
+    for (int i = 0; i < G::kRegisters; ++i) {
+      const int64_t m = std::min<int64_t>(W, n - i * W);
+      if (m == W) {
+        fused_rnn::cpu::store(g.v[i], p + i * W, W);
+      } else if (m > 0) {
+        fused_rnn::cpu::store(g.v[i], p + i * W, m);
+      }
+    }
+  }
+};
+
+// Runs body(Units<G, .>) over the units [j_begin, j_end) in steps of one group: whole groups
+// with a compile-time size, then the tail.
+template <typename G, typename F>
+inline FUSED_RNN_ALWAYS_INLINE void for_each_step(int64_t j_begin, int64_t j_end, F&& body) {
+  using Whole = std::integral_constant<int64_t, G::kRegisters * G::Register::size()>;
+  int64_t j = j_begin;
+  for (; j + Whole::value <= j_end; j += Whole::value) body(Units<G, Whole>{j, Whole{}});
+  if (j < j_end) body(Units<G, int64_t>{j, j_end - j});
+}
+
 inline bool active(const int64_t* lengths, int64_t t, int64_t b) {
   return lengths == nullptr || t < lengths[b];
 }
@@ -145,9 +264,8 @@ inline void zero_row(S* dst, int64_t n) {
 template <typename S>
 void gru_forward_rows(const GruForwardStep<S>& p, int64_t b_begin, int64_t b_end, int64_t j_begin,
                       int64_t j_end) {
+  using G = Group<S, 2>;
   const int64_t H = p.hidden;
-  using A = acc_t<S>;
-  constexpr int64_t W = Vec<A>::size();
   for (int64_t b = b_begin; b < b_end; ++b) {
     const S* gi = p.gi + b * p.gi_row;              // [3H]
     const S* gh = p.gh + b * p.gh_row;              // [3H]
@@ -159,39 +277,37 @@ void gru_forward_rows(const GruForwardStep<S>& p, int64_t b_begin, int64_t b_end
       for (int64_t g = 0; saved && g < 4; ++g) zero_row(saved + g * H + j_begin, j_end - j_begin);
       continue;
     }
-    for (int64_t j = j_begin; j < j_end; j += W) {
-      const int64_t n = std::min<int64_t>(W, j_end - j);
-      Vec<A> gi_r = load(gi + j, n), gi_z = load(gi + H + j, n), gi_n = load(gi + 2 * H + j, n);
-      Vec<A> gh_r = load(gh + j, n), gh_z = load(gh + H + j, n), gh_n = load(gh + 2 * H + j, n);
+    for_each_step<G>(j_begin, j_end, [&](auto u) FUSED_RNN_ALWAYS_INLINE {
+      G gi_r = u.load(gi), gi_z = u.load(gi + H), gi_n = u.load(gi + 2 * H);
+      G gh_r = u.load(gh), gh_z = u.load(gh + H), gh_n = u.load(gh + 2 * H);
       if (p.b_ih) {
-        gi_r = gi_r + load(p.b_ih + j, n);
-        gi_z = gi_z + load(p.b_ih + H + j, n);
-        gi_n = gi_n + load(p.b_ih + 2 * H + j, n);
+        gi_r = gi_r + u.load(p.b_ih);
+        gi_z = gi_z + u.load(p.b_ih + H);
+        gi_n = gi_n + u.load(p.b_ih + 2 * H);
       }
       if (p.b_hh) {
-        gh_r = gh_r + load(p.b_hh + j, n);
-        gh_z = gh_z + load(p.b_hh + H + j, n);
-        gh_n = gh_n + load(p.b_hh + 2 * H + j, n);
+        gh_r = gh_r + u.load(p.b_hh);
+        gh_z = gh_z + u.load(p.b_hh + H);
+        gh_n = gh_n + u.load(p.b_hh + 2 * H);
       }
-      Vec<A> r, z, nn, hv;
-      gru_cell_forward(gi_r, gi_z, gi_n, gh_r, gh_z, gh_n, load(h_prev + j, n), r, z, nn, hv);
-      store(hv, h + j, n);
+      G r, z, nn, hv;
+      gru_cell_forward(gi_r, gi_z, gi_n, gh_r, gh_z, gh_n, u.load(h_prev), r, z, nn, hv);
+      u.store(hv, h);
       if (saved) {
-        store(r, saved + j, n);
-        store(z, saved + H + j, n);
-        store(nn, saved + 2 * H + j, n);
-        store(gh_n, saved + 3 * H + j, n);
+        u.store(r, saved);
+        u.store(z, saved + H);
+        u.store(nn, saved + 2 * H);
+        u.store(gh_n, saved + 3 * H);
       }
-    }
+    });
   }
 }
 
 template <typename S>
 void gru_backward_rows(const GruBackwardStep<S>& p, int64_t b_begin, int64_t b_end,
                        int64_t j_begin, int64_t j_end) {
+  using G = Group<S, 1>;
   const int64_t H = p.hidden;
-  using A = acc_t<S>;
-  constexpr int64_t W = Vec<A>::size();
   for (int64_t b = b_begin; b < b_end; ++b) {
     const S* grad_h = p.grad_h + b * p.grad_h_row;  // [H]
     S* dh = p.dh + b * H;                           // [H]
@@ -206,30 +322,28 @@ void gru_backward_rows(const GruBackwardStep<S>& p, int64_t b_begin, int64_t b_e
       }
       continue;
     }
-    for (int64_t j = j_begin; j < j_end; j += W) {
-      const int64_t n = std::min<int64_t>(W, j_end - j);
-      const Vec<A> dh_total = load(dh + j, n) + load(grad_h + j, n);
-      Vec<A> d_r, d_z, d_gi_n, d_gh_n, dh_direct;
-      gru_cell_backward(dh_total, load(h_prev + j, n), load(saved + j, n), load(saved + H + j, n),
-                        load(saved + 2 * H + j, n), load(saved + 3 * H + j, n), d_r, d_z, d_gi_n,
-                        d_gh_n, dh_direct);
-      store(d_r, d_gi + j, n);
-      store(d_z, d_gi + H + j, n);
-      store(d_gi_n, d_gi + 2 * H + j, n);
-      store(d_r, d_gh + j, n);
-      store(d_z, d_gh + H + j, n);
-      store(d_gh_n, d_gh + 2 * H + j, n);
-      store(dh_direct, dh + j, n);
-    }
+    for_each_step<G>(j_begin, j_end, [&](auto u) FUSED_RNN_ALWAYS_INLINE {
+      const G dh_total = u.load(dh) + u.load(grad_h);
+      G d_r, d_z, d_gi_n, d_gh_n, dh_direct;
+      gru_cell_backward(dh_total, u.load(h_prev), u.load(saved), u.load(saved + H),
+                        u.load(saved + 2 * H), u.load(saved + 3 * H), d_r, d_z, d_gi_n, d_gh_n,
+                        dh_direct);
+      u.store(d_r, d_gi);
+      u.store(d_z, d_gi + H);
+      u.store(d_gi_n, d_gi + 2 * H);
+      u.store(d_r, d_gh);
+      u.store(d_z, d_gh + H);
+      u.store(d_gh_n, d_gh + 2 * H);
+      u.store(dh_direct, dh);
+    });
   }
 }
 
 template <typename S>
 void lstm_forward_rows(const LstmForwardStep<S>& p, int64_t b_begin, int64_t b_end, int64_t j_begin,
                        int64_t j_end) {
+  using G = Group<S, 2>;
   const int64_t H = p.hidden;
-  using A = acc_t<S>;
-  constexpr int64_t W = Vec<A>::size();
   for (int64_t b = b_begin; b < b_end; ++b) {
     S* gates = p.gates + b * p.gates_row;           // [4H]
     const S* c_prev = p.c_prev + b * p.c_prev_row;  // [H]
@@ -246,34 +360,32 @@ void lstm_forward_rows(const LstmForwardStep<S>& p, int64_t b_begin, int64_t b_e
       }
       continue;
     }
-    for (int64_t j = j_begin; j < j_end; j += W) {
-      const int64_t n = std::min<int64_t>(W, j_end - j);
-      Vec<A> i = load(gates + j, n), f = load(gates + H + j, n), g = load(gates + 2 * H + j, n),
-             o = load(gates + 3 * H + j, n);
+    for_each_step<G>(j_begin, j_end, [&](auto u) FUSED_RNN_ALWAYS_INLINE {
+      G i = u.load(gates), f = u.load(gates + H), g = u.load(gates + 2 * H),
+        o = u.load(gates + 3 * H);
       if (p.bias) {
-        i = i + load(p.bias + j, n);
-        f = f + load(p.bias + H + j, n);
-        g = g + load(p.bias + 2 * H + j, n);
-        o = o + load(p.bias + 3 * H + j, n);
+        i = i + u.load(p.bias);
+        f = f + u.load(p.bias + H);
+        g = g + u.load(p.bias + 2 * H);
+        o = o + u.load(p.bias + 3 * H);
       }
-      Vec<A> cv, hv;
-      lstm_cell_forward(i, f, g, o, load(c_prev + j, n), cv, hv);
-      store(i, gates + j, n);
-      store(f, gates + H + j, n);
-      store(g, gates + 2 * H + j, n);
-      store(o, gates + 3 * H + j, n);
-      store(cv, c + j, n);
-      store(hv, h + j, n);
-    }
+      G cv, hv;
+      lstm_cell_forward(i, f, g, o, u.load(c_prev), cv, hv);
+      u.store(i, gates);
+      u.store(f, gates + H);
+      u.store(g, gates + 2 * H);
+      u.store(o, gates + 3 * H);
+      u.store(cv, c);
+      u.store(hv, h);
+    });
   }
 }
 
 template <typename S>
 void lstm_backward_rows(const LstmBackwardStep<S>& p, int64_t b_begin, int64_t b_end,
                         int64_t j_begin, int64_t j_end) {
+  using G = Group<S, 1>;
   const int64_t H = p.hidden;
-  using A = acc_t<S>;
-  constexpr int64_t W = Vec<A>::size();
   for (int64_t b = b_begin; b < b_end; ++b) {
     const S* grad_h = p.grad_h + b * p.grad_h_row;  // [H]
     S* dh = p.dh + b * H;                           // [H]
@@ -286,29 +398,26 @@ void lstm_backward_rows(const LstmBackwardStep<S>& p, int64_t b_begin, int64_t b
       for (int64_t g = 0; g < 4; ++g) zero_row(d_gates + g * H + j_begin, j_end - j_begin);
       continue;
     }
-    for (int64_t j = j_begin; j < j_end; j += W) {
-      const int64_t n = std::min<int64_t>(W, j_end - j);
-      Vec<A> dcv = load(dc + j, n);
-      Vec<A> d_i, d_f, d_g, d_o;
-      lstm_cell_backward(load(dh + j, n) + load(grad_h + j, n), dcv, load(gates + j, n),
-                         load(gates + H + j, n), load(gates + 2 * H + j, n),
-                         load(gates + 3 * H + j, n), load(c_prev + j, n), load(c + j, n), d_i, d_f,
-                         d_g, d_o);
-      store(d_i, d_gates + j, n);
-      store(d_f, d_gates + H + j, n);
-      store(d_g, d_gates + 2 * H + j, n);
-      store(d_o, d_gates + 3 * H + j, n);
-      store(dcv, dc + j, n);
-      store(Vec<A>(A(0)), dh + j, n);  // all of dL/dh_prev goes through W_hh
-    }
+    for_each_step<G>(j_begin, j_end, [&](auto u) FUSED_RNN_ALWAYS_INLINE {
+      G dcv = u.load(dc);
+      G d_i, d_f, d_g, d_o;
+      lstm_cell_backward(u.load(dh) + u.load(grad_h), dcv, u.load(gates), u.load(gates + H),
+                         u.load(gates + 2 * H), u.load(gates + 3 * H), u.load(c_prev),
+                         u.load(c), d_i, d_f, d_g, d_o);
+      u.store(d_i, d_gates);
+      u.store(d_f, d_gates + H);
+      u.store(d_g, d_gates + 2 * H);
+      u.store(d_o, d_gates + 3 * H);
+      u.store(dcv, dc);
+      u.store(G(0), dh);  // all of dL/dh_prev goes through W_hh
+    });
   }
 }
 
 template <bool kRelu, typename S>
 void rnn_forward_rows_impl(const RnnForwardStep<S>& p, int64_t b_begin, int64_t b_end,
                            int64_t j_begin, int64_t j_end) {
-  using A = acc_t<S>;
-  constexpr int64_t W = Vec<A>::size();
+  using G = Group<S, 4>;
   for (int64_t b = b_begin; b < b_end; ++b) {
     const S* pre = p.pre + b * p.pre_row;  // [H]
     S* h = p.h + b * p.h_row;              // [H]
@@ -316,12 +425,11 @@ void rnn_forward_rows_impl(const RnnForwardStep<S>& p, int64_t b_begin, int64_t 
       copy_row(h + j_begin, p.h_prev + b * p.h_prev_row + j_begin, j_end - j_begin);
       continue;
     }
-    for (int64_t j = j_begin; j < j_end; j += W) {
-      const int64_t n = std::min<int64_t>(W, j_end - j);
-      Vec<A> x = load(pre + j, n);
-      if (p.bias) x = x + load(p.bias + j, n);
-      store(rnn_cell_forward<kRelu>(x), h + j, n);
-    }
+    for_each_step<G>(j_begin, j_end, [&](auto u) FUSED_RNN_ALWAYS_INLINE {
+      G x = u.load(pre);
+      if (p.bias) x = x + u.load(p.bias);
+      u.store(rnn_cell_forward<kRelu>(x), h);
+    });
   }
 }
 
@@ -338,9 +446,8 @@ void rnn_forward_rows(const RnnForwardStep<S>& p, int64_t b_begin, int64_t b_end
 template <bool kRelu, typename S>
 void rnn_backward_rows_impl(const RnnBackwardStep<S>& p, int64_t b_begin, int64_t b_end,
                             int64_t j_begin, int64_t j_end) {
+  using G = Group<S, 4>;
   const int64_t H = p.hidden;
-  using A = acc_t<S>;
-  constexpr int64_t W = Vec<A>::size();
   for (int64_t b = b_begin; b < b_end; ++b) {
     const S* grad_h = p.grad_h + b * p.grad_h_row;  // [H]
     S* dh = p.dh + b * H;                           // [H]
@@ -350,12 +457,10 @@ void rnn_backward_rows_impl(const RnnBackwardStep<S>& p, int64_t b_begin, int64_
       zero_row(d_pre + j_begin, j_end - j_begin);
       continue;
     }
-    for (int64_t j = j_begin; j < j_end; j += W) {
-      const int64_t n = std::min<int64_t>(W, j_end - j);
-      store(rnn_cell_backward<kRelu>(load(dh + j, n) + load(grad_h + j, n), load(h + j, n)),
-            d_pre + j, n);
-      store(Vec<A>(A(0)), dh + j, n);  // all of dL/dh_prev goes through W_hh
-    }
+    for_each_step<G>(j_begin, j_end, [&](auto u) FUSED_RNN_ALWAYS_INLINE {
+      u.store(rnn_cell_backward<kRelu>(u.load(dh) + u.load(grad_h), u.load(h)), d_pre);
+      u.store(G(0), dh);  // all of dL/dh_prev goes through W_hh
+    });
   }
 }
 
@@ -371,9 +476,8 @@ void rnn_backward_rows(const RnnBackwardStep<S>& p, int64_t b_begin, int64_t b_e
 
 template <typename S>
 void gru_textbook_gates_rows(const GruTextbookGatesStep<S>& p, int64_t b_begin, int64_t b_end) {
+  using G = Group<S, 2>;
   const int64_t H = p.hidden;
-  using A = acc_t<S>;
-  constexpr int64_t W = Vec<A>::size();
   for (int64_t b = b_begin; b < b_end; ++b) {
     const S* gi = p.gi + b * p.gi_row;              // [3H]
     const S* gh = p.gh + b * p.gh_row;              // [2H]
@@ -385,32 +489,30 @@ void gru_textbook_gates_rows(const GruTextbookGatesStep<S>& p, int64_t b_begin, 
       zero_row(rh, H);
       continue;
     }
-    for (int64_t j = 0; j < H; j += W) {
-      const int64_t n = std::min<int64_t>(W, H - j);
-      Vec<A> gi_r = load(gi + j, n), gi_z = load(gi + H + j, n);
-      Vec<A> gh_r = load(gh + j, n), gh_z = load(gh + H + j, n);
+    for_each_step<G>(0, H, [&](auto u) FUSED_RNN_ALWAYS_INLINE {
+      G gi_r = u.load(gi), gi_z = u.load(gi + H);
+      G gh_r = u.load(gh), gh_z = u.load(gh + H);
       if (p.b_ih) {
-        gi_r = gi_r + load(p.b_ih + j, n);
-        gi_z = gi_z + load(p.b_ih + H + j, n);
+        gi_r = gi_r + u.load(p.b_ih);
+        gi_z = gi_z + u.load(p.b_ih + H);
       }
       if (p.b_hh) {
-        gh_r = gh_r + load(p.b_hh + j, n);
-        gh_z = gh_z + load(p.b_hh + H + j, n);
+        gh_r = gh_r + u.load(p.b_hh);
+        gh_z = gh_z + u.load(p.b_hh + H);
       }
-      Vec<A> r, z, rhv;
-      gru_textbook_gates_forward(gi_r, gi_z, gh_r, gh_z, load(h_prev + j, n), r, z, rhv);
-      store(r, act + j, n);
-      store(z, act + H + j, n);
-      store(rhv, rh + j, n);
-    }
+      G r, z, rhv;
+      gru_textbook_gates_forward(gi_r, gi_z, gh_r, gh_z, u.load(h_prev), r, z, rhv);
+      u.store(r, act);
+      u.store(z, act + H);
+      u.store(rhv, rh);
+    });
   }
 }
 
 template <typename S>
 void gru_textbook_state_rows(const GruTextbookStateStep<S>& p, int64_t b_begin, int64_t b_end) {
+  using G = Group<S, 2>;
   const int64_t H = p.hidden;
-  using A = acc_t<S>;
-  constexpr int64_t W = Vec<A>::size();
   for (int64_t b = b_begin; b < b_end; ++b) {
     const S* gi_n = p.gi + b * p.gi_row + 2 * H;    // [H]
     const S* gh_n = p.gh_n + b * H;                 // [H]
@@ -421,25 +523,23 @@ void gru_textbook_state_rows(const GruTextbookStateStep<S>& p, int64_t b_begin, 
       copy_row(h, h_prev, H);
       continue;
     }
-    for (int64_t j = 0; j < H; j += W) {
-      const int64_t n = std::min<int64_t>(W, H - j);
-      Vec<A> x = load(gi_n + j, n), g = load(gh_n + j, n);
-      if (p.b_ih) x = x + load(p.b_ih + 2 * H + j, n);
-      if (p.b_hh) g = g + load(p.b_hh + 2 * H + j, n);
-      Vec<A> nn, hv;
-      gru_textbook_state_forward(x, g, load(act + H + j, n), load(h_prev + j, n), nn, hv);
-      store(nn, act + 2 * H + j, n);
-      store(hv, h + j, n);
-    }
+    for_each_step<G>(0, H, [&](auto u) FUSED_RNN_ALWAYS_INLINE {
+      G x = u.load(gi_n), g = u.load(gh_n);
+      if (p.b_ih) x = x + u.load(p.b_ih + 2 * H);
+      if (p.b_hh) g = g + u.load(p.b_hh + 2 * H);
+      G nn, hv;
+      gru_textbook_state_forward(x, g, u.load(act + H), u.load(h_prev), nn, hv);
+      u.store(nn, act + 2 * H);
+      u.store(hv, h);
+    });
   }
 }
 
 template <typename S>
 void gru_textbook_state_back_rows(const GruTextbookStateBackStep<S>& p, int64_t b_begin,
                                   int64_t b_end) {
+  using G = Group<S, 1>;
   const int64_t H = p.hidden;
-  using A = acc_t<S>;
-  constexpr int64_t W = Vec<A>::size();
   for (int64_t b = b_begin; b < b_end; ++b) {
     const S* grad_h = p.grad_h + b * p.grad_h_row;  // [H]
     S* dh = p.dh + b * H;                           // [H]
@@ -450,25 +550,23 @@ void gru_textbook_state_back_rows(const GruTextbookStateBackStep<S>& p, int64_t 
       zero_row(d_g, 3 * H);
       continue;
     }
-    for (int64_t j = 0; j < H; j += W) {
-      const int64_t n = std::min<int64_t>(W, H - j);
-      Vec<A> d_n, d_z, dh_direct;
-      gru_textbook_state_backward(load(dh + j, n) + load(grad_h + j, n), load(h_prev + j, n),
-                                  load(act + H + j, n), load(act + 2 * H + j, n), d_n, d_z,
+    for_each_step<G>(0, H, [&](auto u) FUSED_RNN_ALWAYS_INLINE {
+      G d_n, d_z, dh_direct;
+      gru_textbook_state_backward(u.load(dh) + u.load(grad_h), u.load(h_prev),
+                                  u.load(act + H), u.load(act + 2 * H), d_n, d_z,
                                   dh_direct);
-      store(d_z, d_g + H + j, n);
-      store(d_n, d_g + 2 * H + j, n);
-      store(dh_direct, dh + j, n);
-    }
+      u.store(d_z, d_g + H);
+      u.store(d_n, d_g + 2 * H);
+      u.store(dh_direct, dh);
+    });
   }
 }
 
 template <typename S>
 void gru_textbook_gates_back_rows(const GruTextbookGatesBackStep<S>& p, int64_t b_begin,
                                   int64_t b_end) {
+  using G = Group<S, 1>;
   const int64_t H = p.hidden;
-  using A = acc_t<S>;
-  constexpr int64_t W = Vec<A>::size();
   for (int64_t b = b_begin; b < b_end; ++b) {
     const S* d_rh = p.d_rh + b * H;                 // [H]
     const S* h_prev = p.h_prev + b * p.h_prev_row;  // [H]
@@ -476,14 +574,13 @@ void gru_textbook_gates_back_rows(const GruTextbookGatesBackStep<S>& p, int64_t 
     S* dh = p.dh + b * H;                           // [H]
     S* d_g = p.d_g + b * p.d_g_row;                 // [3H]
     if (!active(p.lengths, p.t, b)) continue;       // d_g zeroed by the first half
-    for (int64_t j = 0; j < H; j += W) {
-      const int64_t n = std::min<int64_t>(W, H - j);
-      Vec<A> d_r, dh_direct = load(dh + j, n);
-      gru_textbook_gates_backward(load(d_rh + j, n), load(h_prev + j, n), load(act + j, n), d_r,
+    for_each_step<G>(0, H, [&](auto u) FUSED_RNN_ALWAYS_INLINE {
+      G d_r, dh_direct = u.load(dh);
+      gru_textbook_gates_backward(u.load(d_rh), u.load(h_prev), u.load(act), d_r,
                                   dh_direct);
-      store(d_r, d_g + j, n);
-      store(dh_direct, dh + j, n);
-    }
+      u.store(d_r, d_g);
+      u.store(dh_direct, dh);
+    });
   }
 }
 
