@@ -1,8 +1,8 @@
 // Gate math of every fused cell, written once.
 //
 // Every function here is a template on the element type `T` and is compiled for
-//   * the CPU loops with T = float / double (scalar) and T = at::vec::Vectorized<float/double>
-//     (one SIMD register of elements; see csrc/cpu/pointwise_kernels.h), and
+//   * the CPU loops with T = at::vec::Vectorized<float/double> (one SIMD register of elements)
+//     or a VecGroup of several such registers computed together (csrc/cpu/row_kernels.cpp), and
 //   * the CUDA kernels with T = float / double (half types are computed in float).
 // The only operations used are +, -, *, the constructor T(scalar) and the two activations of
 // `Activations<T>`, which is specialised for the vector types next to the CPU loops.
