@@ -27,7 +27,8 @@ using at::Tensor;
 
 static void spin(int64_t us) {  // the pointwise kernel's time
   const auto s0 = std::chrono::steady_clock::now();
-  while (std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - s0).count() < us) {}
+  using us_t = std::chrono::duration<double, std::micro>;
+  while (us_t(std::chrono::steady_clock::now() - s0).count() < us) {}
 }
 static double ms_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -131,7 +132,8 @@ def main(argv=None):
                     ext.bidir(h0, h1, w, w1, T, conc, fwd_us * (2 if conc else 1)))
         med = {k: statistics.median(v) for k, v in times.items()}
         print(f"{cell} T={T} B={B} H={H}: backward with weight gradients {med['overlap 0']:.2f} ms"
-              f" -> overlapped {med['overlap 1']:.2f} ms ({med['overlap 0'] / med['overlap 1']:.2f}x);"
+              f" -> overlapped {med['overlap 1']:.2f} ms"
+              f" ({med['overlap 0'] / med['overlap 1']:.2f}x);"
               f" two directions {med['bidir 0']:.2f} ms -> at once {med['bidir 1']:.2f} ms"
               f" ({med['bidir 0'] / med['bidir 1']:.2f}x)")
 
