@@ -85,9 +85,13 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+# The side of the square reference GEMM of the GEMM share, per device.
+LARGE_GEMM_N = {"cpu": 2048, "cuda": 8192}
+
+
 def large_gemm(device, dtype):
     """The reference GEMM of the GEMM share: (a function running it, its FLOPs)."""
-    n = 2048 if device == "cpu" else 8192
+    n = LARGE_GEMM_N[device]
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     return (lambda: torch.mm(a, b)), 2 * n ** 3
@@ -282,7 +286,7 @@ def markdown(rows, info, rates):
                      f"each point's GEMM share uses its own")
     head = (f"# fused_rnn benchmark ({info['device']}: {info.get('cpu') or info.get('gpu')}, "
             f"{info['threads']} threads, torch {info['torch']}, {info['date']})\n\n"
-            f"Large-GEMM rate ({'2048' if info['device'] == 'cpu' else '8192'}^3 torch.mm) "
+            f"Large-GEMM rate ({LARGE_GEMM_N[info['device']]}^3 torch.mm) "
             f"measured in this run: {rate_text}. Speed-up = nn.* time / "
             f"fused time. GEMM share = the cell's GEMM FLOPs at that rate / fused time. "
             f"Memory: {mem} (MB), training only. Steal: share of the host's CPU time taken "

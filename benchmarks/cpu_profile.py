@@ -20,7 +20,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import GATES, cell_flops, large_gemm, machine_info, make_fn, write_results  # noqa: E402
+from bench import (GATES, LARGE_GEMM_N, cell_flops, large_gemm, machine_info, make_fn,  # noqa: E402
+                   write_results)
 
 import fused_rnn  # noqa: E402
 
@@ -81,9 +82,9 @@ def markdown(results, info, T, B, I, H):
     out = [f"# fused_rnn CPU training-step profile: T={T} B={B} I={I} H={H} float32",
            f"{info['cpu']}, {info['threads']} threads, torch {info['torch']}, CPU kernels "
            f"{info['fused_cpu_kernels']}, schedule {fused_rnn.cpu_schedule()}, {info['date']}",
-           "", "Large-GEMM rate: a 2048^3 torch.mm timed after each timed step of the cell "
-           "(median), given per cell. GEMM floor = the phase's GEMM FLOPs at that rate; rate "
-           "reached = floor / time.", ""]
+           "", f"Large-GEMM rate: a {LARGE_GEMM_N['cpu']}^3 torch.mm timed after each timed step "
+           "of the cell (median), given per cell. GEMM floor = the phase's GEMM FLOPs at that "
+           "rate; rate reached = floor / time.", ""]
     for r in results:
         out += [f"## {r['cell']}: step {r['step_ms']:.2f} ms (median; {r['clocked_ms']:.2f} ms "
                 f"mean with the clock on), GEMM floor {r['floor_ms']:.2f} ms = "

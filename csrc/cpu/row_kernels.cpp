@@ -216,9 +216,8 @@ struct Units {
     G g;
     for (int i = 0; i < G::kRegisters; ++i) {
       const int64_t m = std::min<int64_t>(W, n - i * W);
-      g.v[i] = m == W  ? fused_rnn::cpu::load(p + i * W, W)
-               : m > 0 ? fused_rnn::cpu::load(p + i * W, m)
-                       : typename G::Register(typename G::Register::value_type(0));
+      g.v[i] = m > 0 ? fused_rnn::cpu::load(p + i * W, m)
+                     : typename G::Register(typename G::Register::value_type(0));
     }
     return g;
   }
@@ -228,11 +227,7 @@ struct Units {
     S* p = row + j;
     for (int i = 0; i < G::kRegisters; ++i) {
       const int64_t m = std::min<int64_t>(W, n - i * W);
-      if (m == W) {
-        fused_rnn::cpu::store(g.v[i], p + i * W, W);
-      } else if (m > 0) {
-        fused_rnn::cpu::store(g.v[i], p + i * W, m);
-      }
+      if (m > 0) fused_rnn::cpu::store(g.v[i], p + i * W, m);
     }
   }
 };
