@@ -9,6 +9,7 @@ during forward+backward (CUDA's allocator; on the CPU the profiler's memory time
 CPU the bytes autograd saves for the backward (unique storages, counted with saved_tensors_hooks).
 
     python benchmarks/bench.py --quick                 # 1-1.5 minutes on a 2-core CPU
+    python benchmarks/bench.py --full                  # 108 points, ~13 minutes there
     python benchmarks/bench.py --full --device cuda --dtype float32 bfloat16   # the GPU grid
     python benchmarks/bench.py --quick --json r.json --md r.md --plot r.png
     python benchmarks/bench.py --isa                   # what vectorising the CPU kernels gives
@@ -19,6 +20,7 @@ The plot needs matplotlib (optional extra: pip install matplotlib).
 import argparse
 import itertools
 import json
+import math
 import platform
 import statistics
 import time
@@ -31,15 +33,37 @@ import fused_rnn
 
 GATES = {"GRU": 3, "LSTM": 4, "RNN": 1}
 
-QUICK = dict(cells=["GRU", "LSTM", "RNN"], T=[35], B=[1, 32], H=[128, 256], layers=[1],
-             bidirectional=[False], modes=["inference", "training"])
-FULL = dict(cells=["GRU", "LSTM", "RNN"], T=[35, 200], B=[1, 16, 64, 256],
-            H=[128, 256, 512, 1024], layers=[1, 2], bidirectional=[False, True],
-            modes=["inference", "training"])
+# A grid is a list of slices; each slice is a product of its values, and the grid's points are
+# the union of its slices' (each point once, in order).
+QUICK = [dict(cells=["GRU", "LSTM", "RNN"], T=[35], B=[1, 32], H=[128, 256], layers=[1],
+              bidirectional=[False], modes=["inference", "training"])]
+# The CPU's full grid: lines through issue 5's target point (T=35, B=32, H=256, one layer, one
+# direction), one quantity varied at a time, for both modes and every cell: hidden size, batch,
+# sequence length, then depth and direction (the whole product would take ~5 hours here).
+_CPU_BASE = dict(cells=["GRU", "LSTM", "RNN"], T=[35], B=[32], H=[256], layers=[1],
+                 bidirectional=[False], modes=["inference", "training"])
+FULL = [dict(_CPU_BASE, H=[64, 128, 256, 512, 1024]),
+        dict(_CPU_BASE, B=[1, 4, 16, 32, 64, 128, 256]),
+        dict(_CPU_BASE, T=[1, 10, 35, 100, 200]),
+        dict(_CPU_BASE, layers=[1, 2], bidirectional=[False, True])]
 # The GPU grid is issue 7's: small batches, 192 < H <= 1024, T >= 100 (about a minute on an
 # H200 for fp32 + bf16 with both CUDA paths timed).
-GPU_FULL = dict(cells=["GRU", "LSTM"], T=[256], B=[1, 32, 64], H=[256, 512, 1024], layers=[1],
-                bidirectional=[False], modes=["inference", "training"])
+GPU_FULL = [dict(cells=["GRU", "LSTM"], T=[256], B=[1, 32, 64], H=[256, 512, 1024], layers=[1],
+                 bidirectional=[False], modes=["inference", "training"])]
+GRID_KEYS = ("cells", "T", "B", "H", "layers", "bidirectional", "modes")
+
+
+def grid_points(grid, **overrides):
+    """(cell, T, B, H, layers, bidirectional, mode) of every point of a grid (a list of slices),
+    each once, in order; an override that is not None replaces that key in every slice."""
+    seen, points = set(), []
+    for piece in grid:
+        piece = {k: (overrides.get(k) or piece[k]) for k in GRID_KEYS}
+        for point in itertools.product(*(piece[k] for k in GRID_KEYS)):
+            if point not in seen:
+                seen.add(point)
+                points.append(point)
+    return points
 
 
 def machine_info(device):
@@ -129,18 +153,32 @@ def make_fn(module, x, training):
     return fn
 
 
-def interleaved_medians(fns, device, min_run_time, rounds=5):
-    """Alternate the candidates round by round; each round times each for min_run_time/rounds."""
+def rounds_for(min_run_time):
+    """Rounds of an interleaved measurement: ~50 ms per candidate and round, at least 5. The
+    shared CPU of the development VM changes speed within seconds (a 2-thread GEMM at ~240 or
+    ~110 GFLOP/s); short rounds put the candidates of a round in the same state."""
+    return max(5, math.ceil(min_run_time / 0.05))
+
+
+def interleaved_rounds(fns, device, min_run_time, rounds=None):
+    """Alternate the candidates round by round, each timed for min_run_time/rounds per round
+    (warm-up excluded); returns, per candidate, the median of each round's times."""
+    rounds = rounds or rounds_for(min_run_time)
     for fn in fns:  # warm-up, excluded
         fn()
     sync(device)
-    times = [[] for _ in fns]
+    per_round = [[] for _ in fns]
     for _ in range(rounds):
         for i, fn in enumerate(fns):
             m = tb.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()
                          ).blocked_autorange(min_run_time=min_run_time / rounds)
-            times[i].extend(m.times)
-    return [statistics.median(t) for t in times]
+            per_round[i].append(m.median)
+    return per_round
+
+
+def interleaved_medians(fns, device, min_run_time, rounds=None):
+    """Each candidate's median over the rounds of interleaved_rounds."""
+    return [statistics.median(t) for t in interleaved_rounds(fns, device, min_run_time, rounds)]
 
 
 def saved_bytes(fn):
@@ -232,19 +270,32 @@ def run_point(cell, T, B, I, H, layers, bidir, dtype, device, mode, rate, min_ru
     saved_path, saved_schedule = fused_rnn.cuda_path(), fused_rnn.cpu_schedule()
     try:
         jiffies = cpu_jiffies()
-        times = interleaved_medians(fns + ([gemm[0]] if gemm else []), device, min_run_time)
+        per_round = interleaved_rounds(fns + ([gemm[0]] if gemm else []), device, min_run_time)
         steal = steal_share(jiffies, cpu_jiffies())
+        times = [statistics.median(t) for t in per_round]
+        flops = cell_flops(cell, T, B, I, H, layers, 2 if bidir else 1, training)
         if gemm:
             rate = gemm[1] / times.pop()
+            gemm_rounds = per_round.pop()
         t_ref = times[0]
-        flops = cell_flops(cell, T, B, I, H, layers, 2 if bidir else 1, training)
         rows = []
-        for path, fn, t_fused in zip(paths, fns[1:], times[1:]):
+        for path, fn, t_fused, fused_rounds in zip(paths, fns[1:], times[1:], per_round[1:]):
+            # each round's own ratio (nn.* and fused timed back to back): their spread shows
+            # how much the machine's speed moved during the point
+            ratios = [a / b for a, b in zip(per_round[0], fused_rounds)]
+            share = flops / rate / t_fused
+            if gemm:  # the share of each round at that round's GEMM rate, their median
+                share = statistics.median(
+                    flops / (gemm[1] / g) / f for g, f in zip(gemm_rounds, fused_rounds))
             row = dict(cell=cell, T=T, B=B, I=I, H=H, layers=layers, bidirectional=bidir,
                        dtype=str(dtype).replace("torch.", ""), device=device, mode=mode,
                        path=path, nn_ms=t_ref * 1e3, fused_ms=t_fused * 1e3,
-                       speedup=t_ref / t_fused, fused_us_per_step=t_fused * 1e6 / T,
-                       gemm_floor_ms=flops / rate * 1e3, gemm_share=flops / rate / t_fused,
+                       speedup=t_ref / t_fused, speedup_rounds=[min(ratios), max(ratios)],
+                       rounds_ms=dict(nn=[t * 1e3 for t in per_round[0]],
+                                      fused=[t * 1e3 for t in fused_rounds],
+                                      **({"gemm": [t * 1e3 for t in gemm_rounds]} if gemm else {})),
+                       fused_us_per_step=t_fused * 1e6 / T,
+                       gemm_floor_ms=flops / rate * 1e3, gemm_share=share,
                        gemm_flops_per_s=rate, gemm_rate_interleaved=gemm is not None,
                        steal=steal)
             if training:
@@ -267,6 +318,12 @@ def memory_text(row, side):
     return text if saved is None else f"{text} ({saved:.1f})"
 
 
+def rounds_text(row):
+    """'lo-hi' of a row's per-round speed-ups, '-' where not recorded."""
+    lo_hi = row.get("speedup_rounds")
+    return "-" if not lo_hi else f"{lo_hi[0]:.2f}-{lo_hi[1]:.2f}"
+
+
 def steal_text(share):
     return "-" if share is None else f"{100 * share:.0f}%"
 
@@ -282,13 +339,17 @@ def markdown(rows, info, rates):
     point_rates = [r["gemm_flops_per_s"] for r in rows if r.get("gemm_rate_interleaved")]
     if point_rates:
         rate_text = (f"{rate_text} at the start; in each point's own interleaved rounds "
-                     f"{min(point_rates) / 1e9:.0f}-{max(point_rates) / 1e9:.0f} GFLOP/s, and "
-                     f"each point's GEMM share uses its own")
+                     f"{min(point_rates) / 1e9:.0f}-{max(point_rates) / 1e9:.0f} GFLOP/s (their "
+                     f"medians), and each point's GEMM share is the median over its rounds of "
+                     f"the share at that round's own GEMM rate")
     head = (f"# fused_rnn benchmark ({info['device']}: {info.get('cpu') or info.get('gpu')}, "
             f"{info['threads']} threads, torch {info['torch']}, {info['date']})\n\n"
             f"Large-GEMM rate ({LARGE_GEMM_N[info['device']]}^3 torch.mm) "
             f"measured in this run: {rate_text}. Speed-up = nn.* time / "
             f"fused time. GEMM share = the cell's GEMM FLOPs at that rate / fused time. "
+            f"Rounds: the range of the per-round speed-ups (nn.* and fused timed back "
+            f"to back in each of the interleaved rounds; a wide range means the machine's speed "
+            f"moved during the point). "
             f"Memory: {mem} (MB), training only. Steal: share of the host's CPU time taken "
             f"by the hypervisor for other guests while the point was timed (/proc/stat; a "
             f"point with more than a few percent is not to be trusted).\n")
@@ -306,14 +367,14 @@ def markdown(rows, info, rates):
                  "batch 1 (float32), row blocks where "
                  "measured faster, else per-step.\n")
     lines = [head, "| cell | mode | path | T | B | I | H | L | bi | dtype | nn.* ms | fused ms "
-             "| speed-up | µs/step | GEMM floor ms | GEMM share | nn.* MB | fused MB | steal |",
-             "|" + "---|" * 19]
+             "| speed-up | rounds | µs/step | GEMM floor ms | GEMM share | nn.* MB | fused MB | steal |",
+             "|" + "---|" * 20]
     for r in rows:
         lines.append(
             f"| {r['cell']} | {r['mode']} | {r.get('path', '-')} | {r['T']} | {r['B']} | {r['I']} "
             f"| {r['H']} | {r['layers']} "
             f"| {'y' if r['bidirectional'] else 'n'} | {r['dtype']} | {r['nn_ms']:.2f} | {r['fused_ms']:.2f} "
-            f"| {r['speedup']:.2f}x | {r['fused_us_per_step']:.0f} | {r['gemm_floor_ms']:.2f} "
+            f"| {r['speedup']:.2f}x | {rounds_text(r)} | {r['fused_us_per_step']:.0f} | {r['gemm_floor_ms']:.2f} "
             f"| {100 * r['gemm_share']:.0f}% | {memory_text(r, 'nn')} | {memory_text(r, 'fused')} "
             f"| {steal_text(r.get('steal'))} |")
     return "\n".join(lines) + "\n"
@@ -330,16 +391,20 @@ def plot(rows, path):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     train = [r for r in rows if r["mode"] == "training" and r["layers"] == 1
              and not r["bidirectional"] and r.get("path", "-") in ("-", "auto")]
-    for ax, (x_key, fixed_key) in zip(axes, [("H", "B"), ("B", "H")]):
-        for cell in GATES:
-            pts = [r for r in train if r["cell"] == cell]
-            if not pts:
-                continue
-            fixed = max(pts, key=lambda r: r[fixed_key])[fixed_key] if fixed_key == "B" else \
-                sorted({r[fixed_key] for r in pts})[len({r[fixed_key] for r in pts}) // 2]
-            sel = sorted((r for r in pts if r[fixed_key] == fixed), key=lambda r: r[x_key])
+    for ax, x_key in zip(axes, ["H", "B"]):
+        fixed_keys = [k for k in ("T", "B", "H") if k != x_key]
+        for cell, dtype in sorted({(r["cell"], r["dtype"]) for r in train},
+                                  key=lambda cd: (list(GATES).index(cd[0]), cd[1])):
+            # one line per cell and dtype: the rows alike in all but x_key with the most points
+            lines = {}
+            for r in train:
+                if (r["cell"], r["dtype"]) == (cell, dtype):
+                    lines.setdefault(tuple(r[k] for k in fixed_keys), []).append(r)
+            fixed, sel = max(lines.items(), key=lambda kv: len({r[x_key] for r in kv[1]}))
+            sel = sorted(sel, key=lambda r: r[x_key])
+            label = ", ".join(f"{k}={v}" for k, v in zip(fixed_keys, fixed))
             ax.plot([r[x_key] for r in sel], [r["speedup"] for r in sel], marker="o",
-                    label=f"{cell} ({fixed_key}={fixed})")
+                    label=f"{cell} {dtype} ({label})")
         ax.axhline(1.0, color="gray", lw=0.8)
         ax.set_xscale("log", base=2)
         ax.set_xlabel({"H": "hidden size", "B": "batch size"}[x_key])
@@ -387,7 +452,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="small grid (default)")
-    g.add_argument("--full", action="store_true", help="full grid")
+    g.add_argument("--full", action="store_true",
+                   help="full grid (CPU: lines through T=35 B=32 H=256; CUDA: issue 7's grid)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--dtype", nargs="+", default=["float32"],
                     choices=["float32", "float64", "bfloat16", "float16"])
@@ -415,10 +481,8 @@ def main(argv=None):
     if args.isa:
         print(isa_comparison(args.min_run_time or 1.0))
         return []
-    grid = dict(FULL if args.device == "cpu" else GPU_FULL) if args.full else dict(QUICK)
-    for key in ("cells", "T", "B", "H", "modes"):
-        if getattr(args, key):
-            grid[key] = getattr(args, key)
+    grid = (FULL if args.device == "cpu" else GPU_FULL) if args.full else QUICK
+    points = grid_points(grid, **{k: getattr(args, k) for k in ("cells", "T", "B", "H", "modes")})
     min_run_time = args.min_run_time or (0.15 if not args.full else 0.5)
     info = machine_info(args.device)
     references = {d: large_gemm(args.device, getattr(torch, d)) for d in args.dtype}
@@ -428,9 +492,7 @@ def main(argv=None):
     gemms = references if args.device == "cpu" else {}
     rows = []
     start = time.time()
-    for dtype_name, cell, T, B, H, layers, bidir, mode in itertools.product(
-            args.dtype, grid["cells"], grid["T"], grid["B"], grid["H"], grid["layers"],
-            grid["bidirectional"], grid["modes"]):
+    for dtype_name, (cell, T, B, H, layers, bidir, mode) in itertools.product(args.dtype, points):
         for r in run_point(cell, T, B, H, H, layers, bidir, getattr(torch, dtype_name),
                            args.device, mode, rates[dtype_name], min_run_time, args.cuda_path,
                            args.cpu_schedule, gemms.get(dtype_name)):

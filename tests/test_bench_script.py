@@ -1,5 +1,6 @@
 """The benchmark suite's pieces work (no timing is asserted: speed is shown by the scripts)."""
 import os
+import statistics
 import sys
 
 import pytest
@@ -16,6 +17,57 @@ def test_cell_flops_counts_gemms():
     # second layer of a bidirectional stack reads 2H features
     two = bench.cell_flops("LSTM", 2, 3, 5, 4, 2, 2, False)
     assert two == 2 * (2 * 2 * 3 * 16 * (5 + 4)) + 2 * (2 * 2 * 3 * 16 * (8 + 4))
+
+
+def test_grid_points_are_the_union_of_the_slices():
+    """A grid is a list of slices (each a product); every point comes once, in order, and the
+    command line's overrides replace a key in every slice."""
+    base = dict(cells=["GRU"], T=[35], B=[32], H=[256], layers=[1], bidirectional=[False],
+                modes=["training"])
+    grid = [dict(base, H=[128, 256]), dict(base, B=[1, 32])]
+    assert bench.grid_points(grid) == [("GRU", 35, 32, 128, 1, False, "training"),
+                                       ("GRU", 35, 32, 256, 1, False, "training"),
+                                       ("GRU", 35, 1, 256, 1, False, "training")]
+    assert bench.grid_points(grid, H=[64], cells=None) == [
+        ("GRU", 35, 32, 64, 1, False, "training"), ("GRU", 35, 1, 64, 1, False, "training")]
+    # the presets: the quick grid is one product; the CPU's full grid passes through issue 5's
+    # target point once per cell and mode and varies one quantity at a time from it
+    assert len(bench.grid_points(bench.QUICK)) == 3 * 2 * 2 * 2
+    full = bench.grid_points(bench.FULL)
+    assert len(full) == len(set(full))
+    for cell in ("GRU", "LSTM", "RNN"):
+        for mode in ("inference", "training"):
+            assert (cell, 35, 32, 256, 1, False, mode) in full
+            assert (cell, 35, 32, 1024, 1, False, mode) in full
+            assert (cell, 35, 256, 256, 1, False, mode) in full
+            assert (cell, 200, 32, 256, 1, False, mode) in full
+            assert (cell, 35, 32, 256, 2, True, mode) in full
+    assert all(sum(p[i] != t for i, t in ((1, 35), (2, 32), (3, 256))) <= 1
+               for p in full if p[4] == 1 and not p[5])
+
+
+def test_plot_draws_one_line_per_cell_along_the_longest_sweep(tmp_path, monkeypatch):
+    """Speed-up vs hidden size and vs batch: for each cell the training rows that differ only
+    in the plotted quantity, the longest such line."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.axes
+    drawn = []
+    real_plot = matplotlib.axes.Axes.plot
+
+    def record(self, xs, ys, *args, **kwargs):
+        drawn.append((self.get_xlabel() or None, list(xs), kwargs.get("label")))
+        return real_plot(self, xs, ys, *args, **kwargs)
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", record)
+    rows = []
+    for cell, T, B, H in [("GRU", 35, 32, 128), ("GRU", 35, 32, 256), ("GRU", 35, 32, 512),
+                          ("GRU", 35, 1, 256), ("GRU", 35, 64, 256), ("GRU", 200, 32, 256)]:
+        rows.append(dict(cell=cell, T=T, B=B, H=H, layers=1, bidirectional=False,
+                         dtype="float32", mode="training", path="auto", speedup=2.0))
+    path = tmp_path / "p.png"
+    bench.plot(rows, str(path))
+    assert path.stat().st_size > 0
+    assert [(xs, label) for _, xs, label in drawn] == [
+        ([128, 256, 512], "GRU float32 (T=35, B=32)"), ([1, 32, 64], "GRU float32 (T=35, H=256)")]
 
 
 def test_run_point_and_report(tmp_path):
@@ -56,6 +108,9 @@ def test_steal_share_from_proc_stat_readings():
     assert bench.steal_share(None, (30, 1200)) is None
     assert bench.steal_share((10, 1000), (10, 1000)) is None
     assert bench.steal_text(0.1234) == "12%" and bench.steal_text(None) == "-"
+    assert bench.rounds_text({"speedup_rounds": [1.234, 2.5]}) == "1.23-2.50"
+    assert bench.rounds_text({}) == "-"
+    assert bench.rounds_for(0.15) == 5 and bench.rounds_for(0.5) == 10
     now = bench.cpu_jiffies()
     if os.path.exists("/proc/stat"):
         assert now is not None and 0 <= now[0] <= now[1]
@@ -107,7 +162,17 @@ def test_run_point_times_the_reference_gemm_in_its_rounds():
     assert calls  # timed
     assert row["gemm_rate_interleaved"] and row["gemm_flops_per_s"] > 1.0  # not the 1.0 given
     flops = bench.cell_flops("RNN", 3, 2, 4, 5, 1, 1, False)
-    assert row["gemm_share"] == pytest.approx(flops / row["gemm_flops_per_s"] / (row["fused_ms"] / 1e3))
+    # the share: the median over the rounds of each round's GEMM time / fused time (times the
+    # cell's FLOPs over the GEMM's)
+    rounds = row["rounds_ms"]
+    assert len(rounds["nn"]) == len(rounds["fused"]) == len(rounds["gemm"]) == bench.rounds_for(0.01)
+    assert row["gemm_share"] == pytest.approx(statistics.median(
+        flops / (2 * 64 ** 3) * g / f for g, f in zip(rounds["gemm"], rounds["fused"])))
+    assert row["fused_ms"] == pytest.approx(statistics.median(rounds["fused"]))
+    assert row["gemm_flops_per_s"] == pytest.approx(2 * 64 ** 3 / statistics.median(rounds["gemm"]) * 1e3)
+    ratios = [a / b for a, b in zip(rounds["nn"], rounds["fused"])]
+    assert row["speedup_rounds"] == pytest.approx([min(ratios), max(ratios)])
+    assert row["speedup"] == pytest.approx(row["nn_ms"] / row["fused_ms"])
     md = bench.markdown([row], bench.machine_info("cpu"), {"float32": 1.0})
     assert "in each point's own interleaved rounds" in md
     (plain,) = bench.run_point("RNN", 3, 2, 4, 5, 1, False, torch.float32, "cpu", "inference",
