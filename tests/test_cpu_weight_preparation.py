@@ -20,6 +20,20 @@ def fused_module(cell, kw, I, H, dtype=torch.float32, **more):
     return getattr(fused_rnn, cell)(I, H, dtype=dtype, **kw, **more)
 
 
+def assert_same_bits_for_1_to_3_threads(fused, x):
+    """Outputs, states and the gradients of x and every parameter: bit-identical with 1, 2
+    and 3 threads."""
+    by_threads = []
+    for threads in (1, 2, 3):
+        torch.set_num_threads(threads)
+        got = flat(*fused(x))
+        seeds = [torch.ones_like(g) for g in got]
+        by_threads.append([g.detach() for g in got] + grads(got, [x, *fused.parameters()], seeds))
+    for other in by_threads[1:]:
+        for a, b in zip(by_threads[0], other):
+            assert torch.equal(a, b)
+
+
 @pytest.fixture
 def settings():
     rows, schedule, threads = (fused_rnn._C._min_prepared_rows(), fused_rnn.cpu_schedule(),
@@ -72,15 +86,7 @@ def test_w_as_it_is_gives_the_same_bits_for_any_thread_count(cell, kw, settings)
     fused_rnn.set_cpu_schedule("per-step")
     fused = fused_module(cell, kw, 6, 40)
     x = torch.randn(4, 6, 6, requires_grad=True)
-    by_threads = []
-    for threads in (1, 2, 3):
-        torch.set_num_threads(threads)
-        got = flat(*fused(x))
-        seeds = [torch.ones_like(g) for g in got]
-        by_threads.append([g.detach() for g in got] + grads(got, [x, *fused.parameters()], seeds))
-    for other in by_threads[1:]:
-        for a, b in zip(by_threads[0], other):
-            assert torch.equal(a, b)
+    assert_same_bits_for_1_to_3_threads(fused, x)
 
 
 def test_bfloat16_both_ways_agree(settings):
@@ -107,12 +113,4 @@ def test_16_to_63_rows_match_nn_and_keep_their_bits(cell, kw, T, B, settings):
     ref, fused = nn_and_fused(cell, 6, 40, torch.float32, num_layers=2, bidirectional=True, **kw)
     x = torch.randn(T, B, 6, requires_grad=True)
     compare_with_nn(ref, fused, x, None, torch.float32)
-    by_threads = []
-    for threads in (1, 2, 3):
-        torch.set_num_threads(threads)
-        got = flat(*fused(x))
-        seeds = [torch.ones_like(g) for g in got]
-        by_threads.append([g.detach() for g in got] + grads(got, [x, *fused.parameters()], seeds))
-    for other in by_threads[1:]:
-        for a, b in zip(by_threads[0], other):
-            assert torch.equal(a, b)
+    assert_same_bits_for_1_to_3_threads(fused, x)
