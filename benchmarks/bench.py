@@ -283,10 +283,11 @@ def run_point(cell, T, B, I, H, layers, bidir, dtype, device, mode, rate, min_ru
             # each round's own ratio (nn.* and fused timed back to back): their spread shows
             # how much the machine's speed moved during the point
             ratios = [a / b for a, b in zip(per_round[0], fused_rounds)]
-            share = flops / rate / t_fused
             if gemm:  # the share of each round at that round's GEMM rate, their median
                 share = statistics.median(
                     flops / (gemm[1] / g) / f for g, f in zip(gemm_rounds, fused_rounds))
+            else:
+                share = flops / rate / t_fused
             row = dict(cell=cell, T=T, B=B, I=I, H=H, layers=layers, bidirectional=bidir,
                        dtype=str(dtype).replace("torch.", ""), device=device, mode=mode,
                        path=path, nn_ms=t_ref * 1e3, fused_ms=t_fused * 1e3,

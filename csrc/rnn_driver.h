@@ -60,30 +60,10 @@ inline Tensor token_rows(const SeqLayout& lay, const Tensor& x) {
   return ids.scalar_type() == at::kLong ? ids : ids.to(at::kLong);
 }
 
-// gi: [T, B, G] = x W^T for all steps at once; x: [T, B, I] in `lay`, w: [G, I]. Biases are
-// added by the step kernels (addmm would first copy the broadcast bias into all T*B rows).
-// Token ids x: [T, B] stand for one-hot rows: gi[t, b] = w[:, x[t, b]], gathered, no one-hot.
-// rows: [N, K], w: [G, K] -> rows W^T: [N, G] contiguous. On the CPU, for 16 <= N < 64 float
-// rows, MKL's multi-threaded GEMM against the transposed view of W ran up to 2x slower than the
-// same product as (W rows^T)^T plus a transposed copy (2 threads, N = 16-48, G = 256-1024, K =
-// 256: 41-335 vs 68-523 us; from N = 64 the plain call was as fast or faster); it seems to
-// split the few rows over the threads, each packing all of W.
-inline Tensor project_rows(const Tensor& rows, const Tensor& w) {
-  const int64_t n = rows.size(0);
-  if (rows.is_cpu() && rows.scalar_type() == at::kFloat && n >= 16 && n < 64) {
-    return at::mm(w, rows.t()).t().contiguous();
-  }
-  return at::mm(rows, w.t());
-}
-
-inline Tensor input_projection(const SeqLayout& lay, const Tensor& x, const Tensor& w) {
-  if (is_token_input(x)) {
-    return lay.unrows(w.t().index_select(0, token_rows(lay, x)), x.size(0), x.size(1));
-  }
-  return lay.unrows(project_rows(lay.rows(x), w), x.size(0), x.size(1));
-}
-
 namespace cpu {
+// Whether a float32 product of `rows` rows against a transposed weight runs as (W x^T)^T
+// (csrc/cpu/cpu_gemm.cpp, with the measurements).
+bool swapped_product(int64_t rows);
 // dW: [G, K] = d_g2d^T rows on the CPU, bit-identical whatever the thread count
 // (csrc/cpu/cpu_gemm.cpp); add_weight_grad adds d_g2d^T rows into dw likewise.
 Tensor weight_grad(const Tensor& d_g2d, const Tensor& rows);
@@ -91,6 +71,24 @@ void add_weight_grad(Tensor& dw, const Tensor& d_g2d, const Tensor& rows);
 // db: [G] = d_g2d summed over its rows, likewise (csrc/cpu/cpu_kernels.cpp).
 Tensor bias_grad(const Tensor& d_g2d);
 }  // namespace cpu
+
+// rows: [N, K], w: [G, K] -> rows W^T: [N, G] contiguous.
+inline Tensor project_rows(const Tensor& rows, const Tensor& w) {
+  if (rows.is_cpu() && rows.scalar_type() == at::kFloat && cpu::swapped_product(rows.size(0))) {
+    return at::mm(w, rows.t()).t().contiguous();
+  }
+  return at::mm(rows, w.t());
+}
+
+// gi: [T, B, G] = x W^T for all steps at once; x: [T, B, I] in `lay`, w: [G, I]. Biases are
+// added by the step kernels (addmm would first copy the broadcast bias into all T*B rows).
+// Token ids x: [T, B] stand for one-hot rows: gi[t, b] = w[:, x[t, b]], gathered, no one-hot.
+inline Tensor input_projection(const SeqLayout& lay, const Tensor& x, const Tensor& w) {
+  if (is_token_input(x)) {
+    return lay.unrows(w.t().index_select(0, token_rows(lay, x)), x.size(0), x.size(1));
+  }
+  return lay.unrows(project_rows(lay.rows(x), w), x.size(0), x.size(1));
+}
 
 // dW: [G, K] = d_g2d^T rows over all steps at once; d_g2d: [N, G], rows: [N, K], N = T*B.
 // On the CPU BLAS libraries split such a long reduction (N) over threads, which makes the result

@@ -26,6 +26,14 @@ void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k
 }
 
 namespace fused_rnn::cpu {
+
+// For 16-63 float rows MKL's multi-threaded GEMM against the transposed view of a weight ran up
+// to 2x slower than the same product as (W x^T)^T plus a transposed copy (2 threads, rows
+// 16-48, W: [256-1024, 256]: 41-335 vs 68-523 us; from 64 rows the plain call was as fast or
+// faster); it seems to split the few rows over the threads, each packing all of W. Used by
+// the input projection (rnn_driver.h project_rows) and SwappedGemm below.
+bool swapped_product(int64_t rows) { return rows >= 16 && rows < 64; }
+
 namespace {
 
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162;
@@ -113,9 +121,7 @@ std::atomic<int64_t>& min_rows() {
   return rows;
 }
 
-// out (+)= h w^T computed as (w h^T)^T: for 16-63 float rows MKL's 2-thread GEMM against the
-// transposed view of w ran up to 2x slower than this (see project_rows in rnn_driver.h, the
-// input projection's twin).
+// out (+)= h w^T computed as (w h^T)^T, for the row counts of swapped_product.
 struct SwappedGemm final : HiddenGemm<float> {
   at::Tensor w;  // w: [N, K]
   explicit SwappedGemm(at::Tensor w_) : w(std::move(w_)) {}
@@ -136,12 +142,13 @@ struct SwappedGemm final : HiddenGemm<float> {
   }
 };
 
-// W as it is: op(W) = w^T as a transposed view (no copy), or SwappedGemm for 16-63 float rows.
+// W as it is: op(W) = w^T as a transposed view (no copy), or SwappedGemm (float, see
+// swapped_product).
 template <typename S>
 std::unique_ptr<HiddenGemm<S>> unprepared_gemm(const at::Tensor& w, bool transpose_w,
                                                int64_t rows) {
   if constexpr (std::is_same_v<S, float>) {
-    if (transpose_w && rows >= 16 && rows < 64) return std::make_unique<SwappedGemm>(w);
+    if (transpose_w && swapped_product(rows)) return std::make_unique<SwappedGemm>(w);
   }
   return std::make_unique<AtenHiddenGemm<S>>(transpose_w ? w.t() : w);
 }
