@@ -1,7 +1,9 @@
 """A small forward+backward of every fused CUDA kernel, for compute-sanitizer (memcheck,
 racecheck): GRU (both formulations), LSTM (with and without projection) and RNN (tanh, relu),
 both directions, seq-major and batch-first, float32 and bfloat16, hidden sizes that leave partial
-blocks, and per-sequence lengths. Run once per CUDA path (FUSED_RNN_CUDA_PATH)."""
+blocks, and per-sequence lengths. Run once per CUDA path (FUSED_RNN_CUDA_PATH) and persistent
+variant (FUSED_RNN_PERSISTENT_*); with FUSED_RNN_PERSISTENT_PRODUCT=mma, float32 runs as tf32 on
+the tensor cores (TF32 allowed here for that)."""
 import os
 
 import torch
@@ -9,6 +11,7 @@ import torch
 import fused_rnn
 
 torch.manual_seed(0)
+torch.backends.cuda.matmul.allow_tf32 = os.environ.get("FUSED_RNN_PERSISTENT_PRODUCT") == "mma"
 configs = [("GRU", {}), ("GRU", {"reset_after": False}), ("LSTM", {}), ("LSTM", {"proj_size": 5}),
            ("RNN", {}), ("RNN", {"nonlinearity": "relu"})]
 for cell, kw in configs:

@@ -1,10 +1,13 @@
-"""Tuning sweep of the persistent CUDA kernels (issue 7): every variant of the per-step barrier
-(FUSED_RNN_PERSISTENT_BARRIER=grid|counter) and of the hidden units per block
-(FUSED_RNN_PERSISTENT_UNITS; fewer, busier blocks) timed in ONE interleaved run with nn.* on
-cuDNN (PyTorch's TF32 defaults, stated), so the variants compare on the same card in the same
-minute. Then the phase clock of each point (FUSED_RNN_PERSISTENT_PROFILE=1: where a step's time
-goes, forward and backward kernels, both barriers). Prints markdown tables (µs per step, speed-up
-vs nn.*; phases) and writes JSON.
+"""Tuning sweep of the persistent CUDA kernels (issue 7): variants of the per-step barrier
+(FUSED_RNN_PERSISTENT_BARRIER=grid|counter), of the hidden units per block
+(FUSED_RNN_PERSISTENT_UNITS; fewer, busier blocks), of the products (FUSED_RNN_PERSISTENT_PRODUCT=
+fma|mma: CUDA cores or tensor cores) and of the staging of h / d_gates rows
+(FUSED_RNN_PERSISTENT_STAGING=loads|async) timed in ONE interleaved run with nn.* on cuDNN
+(PyTorch's TF32 defaults, stated; the tensor-core variants run float32 as tf32, with
+torch.backends.cuda.matmul.allow_tf32 on while they run), so the variants compare on the same
+card in the same minute. Then the phase clock of each point (FUSED_RNN_PERSISTENT_PROFILE=1: where
+a step's time goes, forward and backward kernels, per product and staging). Prints markdown
+tables (µs per step, speed-up vs nn.*; phases) and writes JSON.
 
   python benchmarks/persistent_sweep.py --json sweep.json --md sweep.md
 """
@@ -19,21 +22,43 @@ from bench import interleaved_medians, machine_info, make_fn, write_results  # n
 
 import fused_rnn  # noqa: E402
 
-# (cell, B, H, dtype); units variants per H (None: the kernel's own choice, ceil(H / #SMs))
+# (cell, B, H, dtype)
 POINTS = [("GRU", 1, 256, "float32"), ("GRU", 32, 256, "float32"), ("GRU", 64, 256, "float32"),
-          ("GRU", 32, 256, "bfloat16"), ("GRU", 32, 1024, "float32"), ("LSTM", 1, 256, "float32"),
+          ("GRU", 32, 256, "bfloat16"), ("GRU", 32, 512, "bfloat16"), ("GRU", 32, 1024, "float32"),
+          ("GRU", 64, 1024, "float32"), ("GRU", 64, 1024, "bfloat16"), ("LSTM", 1, 256, "float32"),
           ("LSTM", 32, 256, "float32"), ("LSTM", 32, 1024, "float32")]
-UNITS = {256: [None, 4, 8], 1024: [None, 12]}
-BARRIERS = ["grid", "counter"]
+# more units per block than the kernel's own choice (ceil(H / #SMs)), per H
+UNITS = {256: [4, 8], 512: [8], 1024: [12]}
+# (barrier, units, product, staging); units None: the kernel's own choice
+DEFAULT = ("grid", None, "fma", "loads")
+VARIANTS = [DEFAULT, ("counter", None, "fma", "loads"), ("grid", None, "fma", "async"),
+            ("grid", None, "mma", "loads"), ("grid", None, "mma", "async")]
+# (product, staging) of the phase clocks, grid barrier
+PROFILED = [("fma", "loads"), ("fma", "async"), ("mma", "loads"), ("mma", "async")]
+ENV = ["FUSED_RNN_PERSISTENT_BARRIER", "FUSED_RNN_PERSISTENT_UNITS",
+       "FUSED_RNN_PERSISTENT_PRODUCT", "FUSED_RNN_PERSISTENT_STAGING"]
 
 
-def with_tuning(fn, barrier, units):
-    def wrapped():
-        os.environ["FUSED_RNN_PERSISTENT_BARRIER"] = barrier
-        if units is None:
-            os.environ.pop("FUSED_RNN_PERSISTENT_UNITS", None)
+def set_tuning(barrier, units, product, staging):
+    """The persistent kernels' settings (read at every launch); float32 runs as tf32 on the tensor
+    cores only while torch allows TF32 in float32 matrix products."""
+    for name, value in zip(ENV, (barrier, units, product, staging)):
+        if value is None:
+            os.environ.pop(name, None)
         else:
-            os.environ["FUSED_RNN_PERSISTENT_UNITS"] = str(units)
+            os.environ[name] = str(value)
+    torch.backends.cuda.matmul.allow_tf32 = product == "mma"
+
+
+def clear_tuning():
+    for name in ENV:
+        os.environ.pop(name, None)
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def with_tuning(fn, variant):
+    def wrapped():
+        set_tuning(*variant)
         fn()
     return wrapped
 
@@ -41,13 +66,12 @@ def with_tuning(fn, barrier, units):
 PHASES = ["staging", "product", "pointwise", "step barrier"]
 
 
-def phase_profile(cell, B, H, dtype, T, barrier):
+def phase_profile(cell, B, H, dtype, T, product, staging):
     """µs per step of each phase of the forward and the backward kernel (block 0's clock)."""
     torch.manual_seed(0)
     m = getattr(fused_rnn, cell)(H, H, device="cuda", dtype=dtype)
     x = torch.randn(T, B, H, device="cuda", dtype=dtype, requires_grad=True)
-    os.environ["FUSED_RNN_PERSISTENT_BARRIER"] = barrier
-    os.environ.pop("FUSED_RNN_PERSISTENT_UNITS", None)
+    set_tuning("grid", None, product, staging)
     out = []
     for _ in range(2):  # the first run warms up
         os.environ["FUSED_RNN_PERSISTENT_PROFILE"] = "1"
@@ -65,7 +89,8 @@ def phase_profile(cell, B, H, dtype, T, barrier):
         ns_per_cycle = p[5] / cyc[4]
         steps = p[6]
         out.append(dict(cell=cell, B=B, H=H, dtype=str(dtype).replace("torch.", ""), T=T,
-                        kernel="backward" if backward else "forward", barrier=barrier,
+                        kernel="backward" if backward else "forward",
+                        product="mma" if p[13] else "fma", staging="async" if p[14] else "loads",
                         blocks=p[9], units=p[10], staged_rows=p[11], clock_ghz=1 / ns_per_cycle,
                         **{ph: c * ns_per_cycle / 1e3 / steps for ph, c in zip(PHASES, cyc)},
                         total_us_per_step=p[5] / 1e3 / steps))
@@ -78,7 +103,7 @@ def main(argv=None):
     ap.add_argument("--min-run-time", type=float, default=0.1)
     ap.add_argument("--modes", nargs="+", default=["inference", "training"])
     ap.add_argument("--auto-units-only", action="store_true",
-                    help="time the barrier variants at the kernels' own units per block only")
+                    help="time the variants at the kernels' own units per block only")
     ap.add_argument("--json")
     ap.add_argument("--md")
     args = ap.parse_args(argv)
@@ -96,52 +121,63 @@ def main(argv=None):
             fused.load_state_dict(ref.state_dict())
             x = torch.randn(args.T, B, H, device="cuda", dtype=dtype)
             training = mode == "training"
-            units = [None] if args.auto_units_only else UNITS[H]
-            variants = [(b, u) for u in units for b in BARRIERS]
+            variants = list(VARIANTS)
+            if not args.auto_units_only:
+                variants += [("grid", u, "fma", "loads") for u in UNITS.get(H, [])]
             fused_fn = make_fn(fused, x, training)
-            fns = [make_fn(ref, x, training)] + [with_tuning(fused_fn, b, u) for b, u in variants]
+            fns = [make_fn(ref, x, training)] + [with_tuning(fused_fn, v) for v in variants]
             try:
                 times = interleaved_medians(fns, "cuda", args.min_run_time)
             except RuntimeError as e:  # a variant that does not fit: say so, go on
                 print(f"{cell} B={B} H={H} {dtype_name} {mode}: {e}", flush=True)
                 continue
-            for (barrier, units), t in zip(variants, times[1:]):
+            finally:
+                clear_tuning()
+            for (barrier, units, product, staging), t in zip(variants, times[1:]):
                 rows.append(dict(cell=cell, B=B, H=H, T=args.T, dtype=dtype_name, mode=mode,
-                                 barrier=barrier, units=units or "auto", nn_ms=times[0] * 1e3,
+                                 barrier=barrier, units=units or "auto", product=product,
+                                 staging=staging, nn_ms=times[0] * 1e3,
                                  fused_ms=t * 1e3, us_per_step=t * 1e6 / args.T,
                                  speedup=times[0] / t))
                 r = rows[-1]
                 print(f"{cell} {mode} B={B} H={H} {dtype_name} barrier={barrier} "
-                      f"units={r['units']}: {r['us_per_step']:.2f} us/step, "
+                      f"units={r['units']} {product} {staging}: {r['us_per_step']:.2f} us/step, "
                       f"{r['speedup']:.2f}x nn.*", flush=True)
     profiles = []
     for cell, B, H, dtype_name in POINTS:
-        for barrier in BARRIERS:
-            profiles += phase_profile(cell, B, H, getattr(torch, dtype_name), args.T, barrier)
-    os.environ.pop("FUSED_RNN_PERSISTENT_BARRIER", None)
-    os.environ.pop("FUSED_RNN_PERSISTENT_UNITS", None)
+        for product, staging in PROFILED:
+            try:
+                profiles += phase_profile(cell, B, H, getattr(torch, dtype_name), args.T,
+                                          product, staging)
+            finally:
+                clear_tuning()
     lines = [f"# Persistent-kernel tuning sweep ({info['gpu']}, torch {info['torch']}, "
              f"{info['date']})", "",
              f"T={args.T}, input size = hidden size, 1 layer, medians of interleaved "
              f"torch.utils.benchmark runs. nn.* on cuDNN: cudnn.allow_tf32="
              f"{info['cudnn_allow_tf32']}. units: hidden units per block ('auto': "
-             f"ceil(H / #SMs)).", "",
-             "| cell | mode | B | H | dtype | barrier | units | nn.* ms | fused ms | µs/step "
-             "| speed-up |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"ceil(H / #SMs)). product: fma (CUDA cores) or mma (tensor cores; float32 as tf32, "
+             f"matmul.allow_tf32 on while it runs); staging: loads or async (cp.async). The "
+             f"profile table says which product ran (mma falls back to CUDA cores where its "
+             f"layout does not fit).", "",
+             "| cell | mode | B | H | dtype | barrier | units | product | staging | nn.* ms "
+             "| fused ms | µs/step | speed-up |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['cell']} | {r['mode']} | {r['B']} | {r['H']} | {r['dtype']} | "
-                     f"{r['barrier']} | {r['units']} | {r['nn_ms']:.2f} | {r['fused_ms']:.2f} | "
+                     f"{r['barrier']} | {r['units']} | {r['product']} | {r['staging']} | "
+                     f"{r['nn_ms']:.2f} | {r['fused_ms']:.2f} | "
                      f"{r['us_per_step']:.2f} | {r['speedup']:.2f}x |")
     lines += ["", "Phase clock (FUSED_RNN_PERSISTENT_PROFILE=1): thread 0 of block 0 sums "
               "clock64() per phase over all steps; µs per step at the clock measured over the loop "
               "(%globaltimer). The pointwise phase ends with an extra block barrier while "
               "profiling; the step barrier includes waiting for the slowest block.", "",
-              "| cell | kernel | B | H | dtype | barrier | blocks x units | staged rows | "
+              "| cell | kernel | B | H | dtype | product | staging | blocks x units | staged rows | "
               + " | ".join(PHASES) + " | total µs/step | clock GHz |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in profiles:
         lines.append(f"| {r['cell']} | {r['kernel']} | {r['B']} | {r['H']} | {r['dtype']} | "
-                     f"{r['barrier']} | {r['blocks']} x {r['units']} | {r['staged_rows']} | "
+                     f"{r['product']} | {r['staging']} | {r['blocks']} x {r['units']} | "
+                     f"{r['staged_rows']} | "
                      + " | ".join(f"{r[ph]:.2f}" for ph in PHASES)
                      + f" | {r['total_us_per_step']:.2f} | {r['clock_ghz']:.2f} |")
     text = "\n".join(lines) + "\n"

@@ -12,12 +12,15 @@
 //                       barrier; dh_prev[b, j] = sum_r d_gates[b, r] W_hh[r, j] for its units over
 //                       all G*H rows r (the block keeps the columns W_hh[:, j] on chip). dh and
 //                       (LSTM) dc of its units stay in shared memory from step to step.
-// The products are warp-level: the 32 lanes split the reduction dimension, each lane keeps a
-// 32 / kBW rows x kBW batch-rows tile of partial sums, and one butterfly (31 shuffles) leaves each
-// lane one finished sum. Sums run in a fixed order: results are deterministic.
+// The products are block_products.cuh's: on CUDA cores by default (warp-level: the 32 lanes split
+// the reduction dimension, each lane keeps a 32 / kBW rows x kBW batch-rows tile of partial sums,
+// and one butterfly (31 shuffles) leaves each lane one finished sum), or on tensor cores
+// (FUSED_RNN_PERSISTENT_PRODUCT=mma: kernels with kMma, W and X kept as stored). Sums run in a
+// fixed order: results are deterministic.
 // The pointwise parts are step_elements.cuh's (gate formulas from gates.h), as on the general
 // path. Reads of what other blocks wrote in this launch go through L2 (ld.global.cg).
 // ATen / c10 headers only (no torch/extension.h).
+#include <ATen/Context.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/util/Exception.h>
@@ -33,6 +36,7 @@
 #include <vector>
 
 #include "../path_choice.h"
+#include "block_products.cuh"
 #include "cuda_kernels.h"
 #include "step_elements.cuh"
 
@@ -40,9 +44,6 @@ namespace fused_rnn::cuda {
 namespace {
 
 namespace cg = cooperative_groups;
-
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
 
 // Values of the forward that one backward element reads per step (see the backward kernel's
 // input_ptr), by the number of gates: GRU 6, LSTM 7, RNN 2.
@@ -54,115 +55,13 @@ __device__ __forceinline__ int64_t step_time(int64_t s, int64_t T, bool reverse)
   return reverse ? T - 1 - s : s;
 }
 
-// One butterfly stage of width kS over the first 2*kS partial sums, then the narrower stages.
-template <int kS, typename A>
-__device__ __forceinline__ void butterfly(A (&v)[32], int lane) {
-  const bool upper = (lane & kS) != 0;
-#pragma unroll
-  for (int i = 0; i < kS; ++i) {
-    const A send = upper ? v[i] : v[i + kS];
-    const A keep = upper ? v[i + kS] : v[i];
-    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, kS);
-  }
-  if constexpr (kS > 1) butterfly<kS / 2>(v, lane);
-}
-
-// v: 32 partial sums per lane. Returns, in lane l, the sum over all lanes of v[l].
-template <typename A>
-__device__ __forceinline__ A reduce_scatter32(A (&v)[32], int lane) {
-  butterfly<16>(v, lane);
-  return v[0];
-}
-
-// kVec consecutive elements of type A, 16-byte aligned when kVec * sizeof(A) == 16: one
-// 128-bit shared-memory load.
-template <typename A, int kVec>
-struct alignas(kVec * sizeof(A)) Pack {
-  A v[kVec];
-};
-
-// out[(b_base + b) * out_row + r] = sum_k W[r, k] X[b, k] for r < R, b < nb.
-// W: [R, K], X: [nb, K] in shared memory; P: [kWarps * 32] shared scratch (K split over warps
-// when there are fewer tiles than warps). kVec > 1: lanes read kVec consecutive k at once
-// (needs K % kVec == 0 and W, X aligned to kVec elements). Ends with the block in step.
-template <int kBW, int kVec, typename A>
-__device__ void block_matvec(const A* W, int R, const A* X, int nb, int K, A* out, int out_row,
-                             int b_base, A* P) {
-  constexpr int kRW = 32 / kBW;
-  using V = Pack<A, kVec>;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int n_rg = (R + kRW - 1) / kRW, n_bg = (nb + kBW - 1) / kBW, n_tasks = n_rg * n_bg;
-  const int split = n_tasks >= kWarps ? 1 : kWarps / n_tasks;
-  constexpr int kSpan = 32 * kVec;  // elements of k one pass of the warp covers
-  const int k_chunk = ((K + split - 1) / split + kSpan - 1) / kSpan * kSpan;
-  for (int item = warp; item < n_tasks * split; item += kWarps) {
-    const int task = item % n_tasks, part = item / n_tasks;
-    const int r0 = (task % n_rg) * kRW, b0 = (task / n_rg) * kBW;
-    const int k_end = min(K, (part + 1) * k_chunk);
-    const A* w_rows[kRW];
-    const A* x_rows[kBW];
-#pragma unroll
-    for (int i = 0; i < kRW; ++i) w_rows[i] = W + min(r0 + i, R - 1) * K;
-#pragma unroll
-    for (int jb = 0; jb < kBW; ++jb) x_rows[jb] = X + min(b0 + jb, nb - 1) * K;
-    A acc[32];
-#pragma unroll
-    for (int i = 0; i < 32; ++i) acc[i] = A(0);
-    for (int k = part * k_chunk + lane * kVec; k < k_end; k += kSpan) {
-      V w[kRW], x[kBW];
-#pragma unroll
-      for (int i = 0; i < kRW; ++i) w[i] = *reinterpret_cast<const V*>(w_rows[i] + k);
-#pragma unroll
-      for (int jb = 0; jb < kBW; ++jb) x[jb] = *reinterpret_cast<const V*>(x_rows[jb] + k);
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) {
-#pragma unroll
-        for (int i = 0; i < kRW; ++i) {
-#pragma unroll
-          for (int jb = 0; jb < kBW; ++jb) acc[i * kBW + jb] += w[i].v[e] * x[jb].v[e];
-        }
-      }
-    }
-    const A v = reduce_scatter32(acc, lane);
-    const int i = lane / kBW, jb = lane % kBW;
-    if (split == 1) {
-      if (r0 + i < R && b0 + jb < nb) out[(b_base + b0 + jb) * out_row + r0 + i] = v;
-    } else {
-      P[item * 32 + lane] = v;
-    }
-  }
-  __syncthreads();
-  if (split > 1) {
-    for (int o = threadIdx.x; o < n_tasks * 32; o += kThreads) {
-      const int task = o / 32, l = o % 32;
-      A v(0);
-      for (int part = 0; part < split; ++part) v += P[(part * n_tasks + task) * 32 + l];
-      const int r0 = (task % n_rg) * kRW, b0 = (task / n_rg) * kBW, i = l / kBW, jb = l % kBW;
-      if (r0 + i < R && b0 + jb < nb) out[(b_base + b0 + jb) * out_row + r0 + i] = v;
-    }
-    __syncthreads();
-  }
-}
-
-// block_matvec with 128-bit loads where K allows it (W and X start at multiples of K elements
-// from a 16-byte aligned base, so K % kVec == 0 aligns every row).
-template <int kBW, typename A>
-__device__ __forceinline__ void block_matvec_any(const A* W, int R, const A* X, int nb, int K,
-                                                 A* out, int out_row, int b_base, A* P) {
-  constexpr int kVec = 16 / sizeof(A);
-  if (K % kVec == 0) {
-    block_matvec<kBW, kVec>(W, R, X, nb, K, out, out_row, b_base, P);
-  } else {
-    block_matvec<kBW, 1>(W, R, X, nb, K, out, out_row, b_base, P);
-  }
-}
-
-// X[bb, k] = src[(b0 + bb) * row + k] for bb < nb, k < K, read through L2. Each thread has
-// kBatch loads in flight before it stores (a step's latency is a few L2 round trips), walks its
-// (row, column) position without divisions, and reads 16 bytes at a time where the rows allow.
-template <typename S, typename A>
-__device__ __forceinline__ void stage_rows(A* X, const S* src, int64_t row, int b0, int nb,
-                                           int K) {
+// X[bb * ld + k] = src[(b0 + bb) * row + k] for bb < nb, k < K, read through L2 and converted to
+// X's element type E. Each thread has kBatch loads in flight before it stores (a step's latency
+// is a few L2 round trips), walks its (row, column) position without divisions, and reads 16
+// bytes at a time where the rows allow.
+template <typename S, typename E>
+__device__ __forceinline__ void stage_rows(E* X, int ld, const S* src, int64_t row, int b0,
+                                           int nb, int K) {
   constexpr int kBatch = 8;
   constexpr int kVec = 16 / sizeof(S);  // elements of S per 16-byte load
   const bool vec = K % kVec == 0 && row % kVec == 0 &&
@@ -173,7 +72,7 @@ __device__ __forceinline__ void stage_rows(A* X, const S* src, int64_t row, int 
     int bb = base / per_row, c = base - bb * per_row;  // one division per batch
     int rows[kBatch], cols[kBatch];
     uint4 raw[kBatch];
-    A one[kBatch];
+    acc_t<S> one[kBatch];
 #pragma unroll
     for (int q = 0; q < kBatch; ++q) {
       rows[q] = bb;
@@ -198,13 +97,61 @@ __device__ __forceinline__ void stage_rows(A* X, const S* src, int64_t row, int 
       if (vec) {
         S vals[kVec];
         memcpy(vals, &raw[q], 16);
-        A* dst = X + rows[q] * K + cols[q] * kVec;
+        E* dst = X + rows[q] * ld + cols[q] * kVec;
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) dst[e] = static_cast<A>(vals[e]);
+        for (int e = 0; e < kVec; ++e) dst[e] = static_cast<E>(static_cast<acc_t<S>>(vals[e]));
       } else {
-        X[rows[q] * K + cols[q]] = one[q];
+        X[rows[q] * ld + cols[q]] = static_cast<E>(one[q]);  // exact: one[q] came from an S
       }
     }
+  }
+}
+
+// cp.async: global -> shared memory copies that a block barrier does not wait for (only
+// cp.async.wait_all does). 4 bytes through L1 (inputs written before the launch), 16 bytes through
+// L2 only (rows other blocks wrote in this launch).
+__device__ __forceinline__ void cp_async4(void* smem_dst, const void* src) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(src) : "memory");
+}
+
+__device__ __forceinline__ void cp_async16_l2(void* smem_dst, const void* src) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+}
+
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_all;" ::: "memory");
+}
+
+// stage_rows by cp.async (FUSED_RNN_PERSISTENT_STAGING=async): 16-byte copies through L2 (.cg:
+// other blocks wrote these rows in this launch), all issued before one wait, so the whole step's
+// rows are in flight at once instead of kBatch loads per thread. Only where X keeps the values
+// as stored (E == S: float32 and float64 on CUDA cores, every type on tensor cores) and every
+// row starts 16-byte aligned; false: not possible here (nothing issued), stage_rows instead.
+template <typename S, typename E>
+__device__ __forceinline__ bool stage_rows_async(E* X, int ld, const S* src, int64_t row, int b0,
+                                                 int nb, int K) {
+  if constexpr (!std::is_same_v<S, E>) {
+    return false;
+  } else {
+    constexpr int kVec = 16 / sizeof(S);
+    if (K % kVec != 0 || row % kVec != 0 || ld % kVec != 0 ||
+        reinterpret_cast<uintptr_t>(src) % 16 != 0) {
+      return false;
+    }
+    const int per_row = K / kVec, n = nb * per_row;
+    int bb = threadIdx.x / per_row, c = threadIdx.x - bb * per_row;
+    for (int i = threadIdx.x; i < n; i += kThreads) {
+      cp_async16_l2(X + bb * ld + c * kVec, src + static_cast<int64_t>(b0 + bb) * row + c * kVec);
+      c += kThreads;
+      while (c >= per_row) {
+        c -= per_row;
+        ++bb;
+      }
+    }
+    cp_async_wait_all();
+    return true;
   }
 }
 
@@ -307,15 +254,6 @@ __host__ __device__ constexpr int64_t slot_bytes(int64_t segments, int units) {
   return (2 * segments * slot_words<S>(units) * 4 + 15) / 16 * 16;
 }
 
-__device__ __forceinline__ void cp_async4(void* smem_dst, const void* src) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(src) : "memory");
-}
-
-__device__ __forceinline__ void cp_async_wait_all() {
-  asm volatile("cp.async.wait_all;" ::: "memory");
-}
-
 // Starts the copy of segment `seg` (elements src[0 .. units)) into its slot of `buf`; called by
 // every thread with its share of (segment, word) pairs, see fetch_segments.
 template <typename S>
@@ -338,34 +276,68 @@ __device__ __forceinline__ acc_t<S> slot_value(const unsigned* buf, int seg, int
   return from_raw<S>(*reinterpret_cast<const typename RawOf<S>::type*>(at));
 }
 
+// The element type of W and X in shared memory: the accumulation type on CUDA cores (fp32 /
+// fp64), the storage type on tensor cores (fp16 / bf16; float32 holding tf32 values in W).
+template <typename S, bool kMma>
+using operand_t = std::conditional_t<kMma, S, acc_t<S>>;
+
+// A weight as the products read it (tensor cores on float32: rounded to tf32 once, here).
+template <typename E, bool kMma, typename A>
+__device__ __forceinline__ E to_operand(A w) {
+  if constexpr (kMma && std::is_same_v<E, float>) {
+    return __uint_as_float(to_tf32(w));
+  } else {
+    return static_cast<E>(w);
+  }
+}
+
+// X's columns [K, ld) are zero for the tensor cores' k loop (staging writes columns < K only).
+template <typename E>
+__device__ __forceinline__ void zero_columns(E* M, int rows, int K, int ld) {
+  const int pad = ld - K;
+  for (int idx = threadIdx.x; idx < rows * pad; idx += kThreads) {
+    const int r = idx / pad;
+    M[r * ld + K + idx - r * pad] = E(0);
+  }
+}
+
+// Bits of a launch's `flags` argument.
+constexpr int kAsyncStaging = 1;  // stage rows by cp.async where possible (stage_rows_async)
+
 // Shared memory: xs (slots of x_t W_ih^T, this step's and the next's: slot_bytes<S>(B*G, U)),
-// then in elements of acc_t<S>: W [G*U, H], X [Bc, H], gh [B, G*U], P [kWarps*32],
+// then in operand_t<S, kMma> (ld = row_stride(H), Rw = padded_rows(G*U)): W [Rw, ld],
+// X [Bc, ld]; then in elements of acc_t<S>: gh [B, G*U], P [kWarps * scratch_per_warp],
 // bias_x [G*U], bias_h [G*U], cs [B, U].
-template <Cell kCell, int kBW, typename S>
+template <Cell kCell, int kBW, typename S, bool kMma>
 __global__ void __launch_bounds__(kThreads, 1)
-    recurrence_forward_kernel(RecurrenceForward<S> p, int U, int Bc, unsigned* barrier,
-                              long long* phases) {
+    recurrence_forward_kernel(RecurrenceForward<S> p, int U, int Bc, int flags,
+                              unsigned* barrier, long long* phases) {
   using A = acc_t<S>;
+  using E = operand_t<S, kMma>;
   constexpr int G = gates_of(kCell);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int H = static_cast<int>(p.hidden), B = static_cast<int>(p.batch), R = G * U;
+  const int ld = row_stride(H, sizeof(E), kMma), Rw = padded_rows(R, kMma);
   const int wps = slot_words<S>(U);
   unsigned* xs = reinterpret_cast<unsigned*>(smem_raw);  // xs: [2][B*G][wps] words
-  // W: [R, H], row g*U + u = W_hh[g*H + j0 + u, :]
-  A* W = reinterpret_cast<A*>(smem_raw + slot_bytes<S>(B * G, U));
-  A* X = W + R * H;                       // X: [Bc, H]  rows of h_prev
-  A* gh = X + Bc * H;                     // gh: [B, R]  h_prev W_hh^T for this block's rows
-  A* P = gh + B * R;                      // P: [kWarps * 32]
-  A* bias_x = P + kWarps * 32;            // bias_x: [R]  added to x_t W_ih^T (GRU: b_ih;
+  // W: [Rw, ld], row g*U + u = W_hh[g*H + j0 + u, :]
+  E* W = reinterpret_cast<E*>(smem_raw + slot_bytes<S>(B * G, U));
+  E* X = W + Rw * ld;                     // X: [Bc, ld]  rows of h_prev
+  A* gh = reinterpret_cast<A*>(X + Bc * ld);  // gh: [B, R]  h_prev W_hh^T, this block's rows
+  A* P = gh + B * R;                      // P: [kWarps * scratch_per_warp]
+  A* bias_x = P + kWarps * scratch_per_warp(kMma);  // bias_x: [R]  added to x_t W_ih^T (GRU: b_ih;
                                           //   LSTM / RNN: b_ih + b_hh)
   A* bias_h = bias_x + R;                 // bias_h: [R]  GRU: b_hh, added to h_prev W_hh^T
   A* cs = bias_h + R;                     // cs: [B, U]  LSTM: this block's units' cell state
   const int j0 = blockIdx.x * U, units = min(U, H - j0);
-  for (int idx = threadIdx.x; idx < R * H; idx += kThreads) {
-    const int r = idx / H, k = idx - r * H, g = r / U, u = r - g * U;
-    W[idx] = u < units ? static_cast<A>(p.w_hh[static_cast<int64_t>(g * H + j0 + u) * H + k])
-                       : A(0);
+  for (int idx = threadIdx.x; idx < Rw * ld; idx += kThreads) {
+    const int r = idx / ld, k = idx - r * ld, g = r / U, u = r - g * U;
+    const A w = r < R && u < units && k < H
+                    ? static_cast<A>(p.w_hh[static_cast<int64_t>(g * H + j0 + u) * H + k])
+                    : A(0);
+    W[idx] = to_operand<E, kMma>(w);
   }
+  if constexpr (kMma) zero_columns(X, Bc, H, ld);
   for (int r = threadIdx.x; r < R; r += kThreads) {
     const int g = r / U, u = r - g * U;
     const int64_t i = static_cast<int64_t>(g) * H + j0 + u;
@@ -405,18 +377,25 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int b0 = 0; b0 < B; b0 += Bc) {
       const int nb = min(Bc, B - b0);
       __syncthreads();  // X is free
-      stage_rows(X, h_prev, h_prev_row, b0, nb, H);
+      if (!((flags & kAsyncStaging) && stage_rows_async(X, ld, h_prev, h_prev_row, b0, nb, H))) {
+        stage_rows(X, ld, h_prev, h_prev_row, b0, nb, H);
+      }
       if (b0 == 0) cp_async_wait_all();  // this step's slots (issued a step ago) have landed
       __syncthreads();
       clock.lap(0, false);
-      block_matvec_any<kBW>(W, R, X, nb, H, gh, R, b0, P);
+      if constexpr (kMma) {
+        block_mma(W, R, X, nb, H, ld, gh, R, b0, P);
+      } else {
+        block_matvec_any<kBW>(W, R, X, nb, H, gh, R, b0, P);
+      }
       clock.lap(1, false);  // block_matvec ends with a block barrier
     }
     // The cell's update of element (b, u) from its input projection xin[g].
     auto element = [&](int b, int u, const A(&xin)[G]) {
       const int64_t j = j0 + u;
       const A* g_b = gh + b * R;  // [G*U]
-      const A hp = h_staged ? X[b * H + j] : L2Load::ld(h_prev + b * h_prev_row + j);
+      const A hp = h_staged ? static_cast<A>(X[b * ld + j])
+                            : L2Load::ld(h_prev + b * h_prev_row + j);
       if constexpr (kCell == Cell::kGru) {
         A gi[3], ghv[3];
 #pragma unroll
@@ -475,30 +454,37 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 // Shared memory: xs (slots of the forward's values an element reads, this step's and the next's:
-// slot_bytes<S>(B*kIn, U)), then in elements of acc_t<S>: Wt [U, G*H], X [Bc, G*H], mv [B, U],
-// dh [B, U], dc [B, U], P [kWarps*32].
-template <Cell kCell, int kBW, typename S>
+// slot_bytes<S>(B*kIn, U)), then in operand_t<S, kMma> (ld = row_stride(G*H), Uw =
+// padded_rows(U)): Wt [Uw, ld], X [Bc, ld]; then in elements of acc_t<S>: mv [B, U], dh [B, U],
+// dc [B, U], P [kWarps * scratch_per_warp].
+template <Cell kCell, int kBW, typename S, bool kMma>
 __global__ void __launch_bounds__(kThreads, 1)
-    recurrence_backward_kernel(RecurrenceBackward<S> p, int U, int Bc, unsigned* barrier,
-                               long long* phases) {
+    recurrence_backward_kernel(RecurrenceBackward<S> p, int U, int Bc, int flags,
+                               unsigned* barrier, long long* phases) {
   using A = acc_t<S>;
+  using E = operand_t<S, kMma>;
   constexpr int G = gates_of(kCell);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int H = static_cast<int>(p.hidden), B = static_cast<int>(p.batch), K = G * H;
+  const int ld = row_stride(K, sizeof(E), kMma), Uw = padded_rows(U, kMma);
   constexpr int kIn = backward_inputs_of(G);  // see input_ptr
   unsigned* xs = reinterpret_cast<unsigned*>(smem_raw);  // xs: [2][B*kIn][slot_words] words
-  // Wt: [U, K], row u = W_hh[:, j0 + u]
-  A* Wt = reinterpret_cast<A*>(smem_raw + slot_bytes<S>(B * kIn, U));
-  A* X = Wt + U * K;                       // X: [Bc, K]  rows of this step's d_gates
-  A* mv = X + Bc * K;                      // mv: [B, U]  d_gates W_hh for this block's units
+  // Wt: [Uw, ld], row u = W_hh[:, j0 + u]
+  E* Wt = reinterpret_cast<E*>(smem_raw + slot_bytes<S>(B * kIn, U));
+  E* X = Wt + Uw * ld;                     // X: [Bc, ld]  rows of this step's d_gates
+  A* mv = reinterpret_cast<A*>(X + Bc * ld);  // mv: [B, U]  d_gates W_hh for this block's units
   A* dh = mv + B * U;                      // dh: [B, U]  running dL/dh
   A* dc = dh + B * U;                      // dc: [B, U]  running dL/dc (LSTM)
-  A* P = dc + B * U;                       // P: [kWarps * 32]
+  A* P = dc + B * U;                       // P: [kWarps * scratch_per_warp]
   const int j0 = blockIdx.x * U, units = min(U, H - j0);
-  for (int idx = threadIdx.x; idx < K * U; idx += kThreads) {  // consecutive threads: along j
-    const int r = idx / U, u = idx - r * U;
-    Wt[u * K + r] =
-        u < units ? static_cast<A>(p.w_hh[static_cast<int64_t>(r) * H + j0 + u]) : A(0);
+  for (int idx = threadIdx.x; idx < K * Uw; idx += kThreads) {  // consecutive threads: along j
+    const int r = idx / Uw, u = idx - r * Uw;
+    const A w = u < units ? static_cast<A>(p.w_hh[static_cast<int64_t>(r) * H + j0 + u]) : A(0);
+    Wt[u * ld + r] = to_operand<E, kMma>(w);
+  }
+  if constexpr (kMma) {
+    zero_columns(Wt, Uw, K, ld);
+    zero_columns(X, Bc, K, ld);
   }
   for (int e = threadIdx.x; e < B * U; e += kThreads) {
     const int b = e / U, u = e - b * U;
@@ -588,10 +574,16 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int b0 = 0; b0 < B; b0 += Bc) {
       const int nb = min(Bc, B - b0);
       __syncthreads();  // X is free
-      stage_rows(X, d_h_t, p.dh_row, b0, nb, K);
+      if (!((flags & kAsyncStaging) && stage_rows_async(X, ld, d_h_t, p.dh_row, b0, nb, K))) {
+        stage_rows(X, ld, d_h_t, p.dh_row, b0, nb, K);
+      }
       __syncthreads();
       clock.lap(0, false);
-      block_matvec_any<kBW>(Wt, U, X, nb, K, mv, U, b0, P);
+      if constexpr (kMma) {
+        block_mma(Wt, U, X, nb, K, ld, mv, U, b0, P);
+      } else {
+        block_matvec_any<kBW>(Wt, U, X, nb, K, mv, U, b0, P);
+      }
       clock.lap(1, false);  // block_matvec ends with a block barrier
     }
     for (int e = threadIdx.x; e < B * U; e += kThreads) dh[e] += mv[e];
@@ -612,6 +604,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 struct Plan {
   int units = 0, staged_rows = 0, blocks = 0, bw = 1;
+  bool mma = false;  // products on tensor cores
   size_t smem = 0;
 };
 
@@ -619,15 +612,17 @@ struct DeviceLimits {
   int sms = 0;
   size_t smem_optin = 0;
   bool cooperative = false;
+  int major = 0;  // compute capability
 };
 
 DeviceLimits device_limits() {
-  int dev = 0, sms = 0, smem = 0, coop = 0;
+  int dev = 0, sms = 0, smem = 0, coop = 0, major = 0;
   C10_CUDA_CHECK(cudaGetDevice(&dev));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev));
-  return {sms, static_cast<size_t>(smem), coop != 0};
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
+  return {sms, static_cast<size_t>(smem), coop != 0, major};
 }
 
 // Tuning settings of the persistent kernels, for measuring variants on a GPU (benchmarks/
@@ -639,11 +634,34 @@ DeviceLimits device_limits() {
 //   FUSED_RNN_PERSISTENT_PROFILE=1    keep the phase clock of each launch (PhaseClock; read
 //                                     with fused_rnn._C._persistent_profile); each launch then
 //                                     waits for the kernel to finish
+//   FUSED_RNN_PERSISTENT_PRODUCT=fma|mma   the per-step products on CUDA cores (fma, in the
+//                                     accumulation type) or on tensor cores (mma, block_mma:
+//                                     fp16 / bf16 operands as stored, fp32 accumulators; float32
+//                                     as tf32, only while torch allows TF32 in float32 matrix
+//                                     products, torch.backends.cuda.matmul.allow_tf32, as the
+//                                     general path's cuBLAS GEMMs do; float64, float32 without
+//                                     that permission and devices before sm_80: CUDA cores)
+//   FUSED_RNN_PERSISTENT_STAGING=loads|async   rows of h_prev / d_gates into shared memory by
+//                                     loads (stage_rows) or by cp.async (stage_rows_async, where
+//                                     the staged rows keep the stored type and 16-byte alignment)
 struct Tuning {
   int64_t min_units = 1;
   bool counter_barrier = false;
   bool profile = false;
+  bool mma = false;
+  bool async_staging = false;
 };
+
+// The value of environment variable `name` if it is one of `a` and `b` (true: b); `fallback`
+// when unset or empty; raises otherwise.
+bool env_choice(const char* name, const char* a, const char* b, bool fallback) {
+  const char* env = std::getenv(name);
+  if (env == nullptr || *env == '\0') return fallback;
+  const std::string v(env);
+  TORCH_CHECK(v == a || v == b, "fused_rnn: ", name, " must be '", a, "' or '", b, "', got '", v,
+              "'");
+  return v == b;
+}
 
 Tuning tuning() {
   Tuning t;
@@ -655,13 +673,9 @@ Tuning tuning() {
                 env, "'");
     t.min_units = v;
   }
-  if (const char* env = std::getenv("FUSED_RNN_PERSISTENT_BARRIER"); env && *env) {
-    const std::string v(env);
-    TORCH_CHECK(v == "grid" || v == "counter",
-                "fused_rnn: FUSED_RNN_PERSISTENT_BARRIER must be 'grid' or 'counter', got '", v,
-                "'");
-    t.counter_barrier = v == "counter";
-  }
+  t.counter_barrier = env_choice("FUSED_RNN_PERSISTENT_BARRIER", "grid", "counter", false);
+  t.mma = env_choice("FUSED_RNN_PERSISTENT_PRODUCT", "fma", "mma", false);
+  t.async_staging = env_choice("FUSED_RNN_PERSISTENT_STAGING", "loads", "async", false);
   if (const char* env = std::getenv("FUSED_RNN_PERSISTENT_PROFILE"); env && *env) {
     t.profile = std::string(env) != "0";
   }
@@ -672,11 +686,13 @@ Tuning tuning() {
 std::mutex profile_mutex;
 std::vector<int64_t> last_profile[2];
 
-// The plan for B rows, hidden size H, G gates, storage type S; false: does not fit.
+// The plan for B rows, hidden size H, G gates, storage type S, products on tensor cores or not
+// (shared memory as laid out in the kernels); false: does not fit.
 template <typename S>
-bool make_plan(int G, int64_t B, int64_t H, bool backward, const DeviceLimits& d,
+bool make_plan(int G, int64_t B, int64_t H, bool backward, bool mma, const DeviceLimits& d,
                int64_t min_units, Plan& plan) {
-  const size_t esize = sizeof(acc_t<S>);
+  const int64_t asize = sizeof(acc_t<S>);             // bytes of an accumulator
+  const int64_t esize = mma ? sizeof(S) : asize;      // bytes of an element of W and X
   if (B < 1 || H < 1 || d.sms < 1 || !d.cooperative) return false;
   if (B > (1 << 16) || G * H * H >= (int64_t{1} << 31)) return false;
   const int64_t U = std::min(H, std::max((H + d.sms - 1) / d.sms, min_units));
@@ -687,19 +703,24 @@ bool make_plan(int G, int64_t B, int64_t H, bool backward, const DeviceLimits& d
   if (slots >= d.smem_optin) return false;
   const int64_t K = backward ? G * H : H;         // reduction length
   const int64_t R = backward ? U : G * U;         // rows of the resident weight slice
+  const int64_t ld = row_stride(static_cast<int>(K), static_cast<int>(esize), mma);
+  const int64_t Rw = padded_rows(static_cast<int>(R), mma);
   // forward: gh [B, R], bias_x and bias_h [R], cs [B, U]; backward: mv, dh, dc [B, U]
   const int64_t per_batch = backward ? 3 * B * U : B * R + 2 * R + B * U;
-  const int64_t fixed = R * K + per_batch + kWarps * 32;  // elements
-  const size_t room = d.smem_optin - slots;                                // bytes
-  if (static_cast<size_t>(fixed + K) * esize > room) return false;  // not even 1 row
-  int64_t rows = static_cast<int64_t>((room / esize - fixed) / K);
+  const int64_t fixed = Rw * ld * esize + (per_batch + kWarps * scratch_per_warp(mma)) * asize;
+  const int64_t row_bytes = ld * esize;  // one staged row of X
+  const int64_t room = static_cast<int64_t>(d.smem_optin - slots);
+  if (fixed + row_bytes > room) return false;  // not even 1 row
+  int64_t rows = (room - fixed) / row_bytes;
   plan.bw = B >= 8 ? 8 : B >= 4 ? 4 : B >= 2 ? 2 : 1;
   rows = std::min<int64_t>(rows, B);
-  if (rows < B && rows > plan.bw) rows -= rows % plan.bw;
+  const int64_t whole = mma ? 8 : plan.bw;  // rows of a product tile: passes take whole tiles
+  if (rows < B && rows > whole) rows -= rows % whole;
   plan.units = static_cast<int>(U);
   plan.staged_rows = static_cast<int>(rows);
   plan.blocks = static_cast<int>((H + U - 1) / U);
-  plan.smem = slots + static_cast<size_t>(fixed + rows * K) * esize;
+  plan.mma = mma;
+  plan.smem = slots + static_cast<size_t>(fixed + rows * row_bytes);
   return true;
 }
 
@@ -757,9 +778,10 @@ void launch_cooperative(Kernel kernel, const Params& p, const Plan& plan, const 
   if (tune.profile) clock = at::cuda::getCUDADeviceAllocator()->allocate(kPhases * 8);
   Params params = p;
   int units = plan.units, rows = plan.staged_rows;
+  int flags = tune.async_staging ? kAsyncStaging : 0;
   unsigned* barrier = static_cast<unsigned*>(counter.get());
   long long* phases = static_cast<long long*>(clock.get());
-  void* args[] = {&params, &units, &rows, &barrier, &phases};
+  void* args[] = {&params, &units, &rows, &flags, &barrier, &phases};
   C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel),
                                              dim3(plan.blocks), dim3(kThreads), args, plan.smem,
                                              stream));
@@ -772,33 +794,42 @@ void launch_cooperative(Kernel kernel, const Params& p, const Plan& plan, const 
     C10_CUDA_CHECK(cudaGetDevice(&dev));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, dev));
     const std::lock_guard<std::mutex> lock(profile_mutex);
-    last_profile[backward] = {host[0], host[1], host[2],  host[3],     host[4],
-                              host[5], p.steps, p.batch, p.hidden, plan.blocks,
-                              plan.units, plan.staged_rows, khz};
+    last_profile[backward] = {host[0],     host[1], host[2],  host[3],     host[4],
+                              host[5],     p.steps, p.batch, p.hidden, plan.blocks,
+                              plan.units,  plan.staged_rows,  khz,     plan.mma,
+                              tune.async_staging};
   }
 }
 
-template <Cell kCell, typename S, typename Params, template <Cell, int, typename> class Pick>
+// The kernel for the plan: tensor cores (one instantiation: the batch tile is theirs), or CUDA
+// cores with the plan's batch rows per warp tile.
+template <Cell kCell, typename S, typename Params, template <Cell, int, typename, bool> class Pick>
 void launch_for_bw(const Params& p, const Plan& plan, const DeviceLimits& d, const Tuning& tune,
                    bool backward) {
+  if constexpr (!std::is_same_v<S, double>) {
+    if (plan.mma) {
+      return launch_cooperative(Pick<kCell, 8, S, true>::kernel(), p, plan, d, tune, backward);
+    }
+  }
+  TORCH_CHECK(!plan.mma, "fused_rnn: no tensor-core persistent kernel for float64");
   switch (plan.bw) {
-    case 8: return launch_cooperative(Pick<kCell, 8, S>::kernel(), p, plan, d, tune, backward);
-    case 4: return launch_cooperative(Pick<kCell, 4, S>::kernel(), p, plan, d, tune, backward);
-    case 2: return launch_cooperative(Pick<kCell, 2, S>::kernel(), p, plan, d, tune, backward);
-    default: return launch_cooperative(Pick<kCell, 1, S>::kernel(), p, plan, d, tune, backward);
+    case 8: return launch_cooperative(Pick<kCell, 8, S, false>::kernel(), p, plan, d, tune, backward);
+    case 4: return launch_cooperative(Pick<kCell, 4, S, false>::kernel(), p, plan, d, tune, backward);
+    case 2: return launch_cooperative(Pick<kCell, 2, S, false>::kernel(), p, plan, d, tune, backward);
+    default: return launch_cooperative(Pick<kCell, 1, S, false>::kernel(), p, plan, d, tune, backward);
   }
 }
 
-template <Cell kCell, int kBW, typename S>
+template <Cell kCell, int kBW, typename S, bool kMma>
 struct ForwardKernel {
-  static auto kernel() { return &recurrence_forward_kernel<kCell, kBW, S>; }
+  static auto kernel() { return &recurrence_forward_kernel<kCell, kBW, S, kMma>; }
 };
-template <Cell kCell, int kBW, typename S>
+template <Cell kCell, int kBW, typename S, bool kMma>
 struct BackwardKernel {
-  static auto kernel() { return &recurrence_backward_kernel<kCell, kBW, S>; }
+  static auto kernel() { return &recurrence_backward_kernel<kCell, kBW, S, kMma>; }
 };
 
-template <typename S, typename Params, template <Cell, int, typename> class Pick>
+template <typename S, typename Params, template <Cell, int, typename, bool> class Pick>
 void launch_for_cell(Cell cell, const Params& p, const Plan& plan, const DeviceLimits& d,
                      const Tuning& t, bool backward) {
   switch (cell) {
@@ -813,15 +844,23 @@ void launch_for_cell(Cell cell, const Params& p, const Plan& plan, const DeviceL
 
 // The whole recurrence on the persistent kernel when the path setting and the shapes allow it;
 // false: the caller runs the general path.
-template <typename S, typename Params, template <Cell, int, typename> class Pick>
+template <typename S, typename Params, template <Cell, int, typename, bool> class Pick>
 bool run_recurrence(const Params& p, bool backward) {
   if (cuda_path() == CudaPath::kGeneral || p.steps == 0 || p.batch == 0) return false;
   const DeviceLimits d = device_limits();
   const Tuning tune = tuning();
   const int G = gates_of(p.cell);
+  // tensor cores where asked for and the type allows (see Tuning: FUSED_RNN_PERSISTENT_PRODUCT)
+  bool mma = false;
+  if constexpr (!std::is_same_v<S, double>) {
+    mma = tune.mma && d.major >= 8 &&
+          (sizeof(S) == 2 || at::globalContext().allowTF32CuBLAS());
+  }
   Plan plan;
-  const bool fits =
-      make_plan<S>(G, p.batch, p.hidden, backward, d, tune.min_units, plan);
+  bool fits = make_plan<S>(G, p.batch, p.hidden, backward, mma, d, tune.min_units, plan);
+  if (!fits && mma) {  // the CUDA-core layout needs less room in float32 (no padding)
+    fits = make_plan<S>(G, p.batch, p.hidden, backward, false, d, tune.min_units, plan);
+  }
   if (!want_persistent(G, p.batch, p.hidden, fits, backward, sizeof(S) == 2)) return false;
   launch_for_cell<S, Params, Pick>(p.cell, p, plan, d, tune, backward);
   return true;

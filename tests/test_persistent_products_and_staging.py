@@ -1,0 +1,130 @@
+"""Version 4 of the persistent CUDA kernels (benchmarks/persistent_kernel_notes.md): the per-step
+products on tensor cores (FUSED_RNN_PERSISTENT_PRODUCT=mma: fp16 / bf16 as stored, float32 as
+tf32 only while torch.backends.cuda.matmul.allow_tf32 is on) and the rows of h / d_gates staged by
+cp.async (FUSED_RNN_PERSISTENT_STAGING=async). Each variant is forced and compared with nn.* or a
+float64 oracle (outputs, final states, all gradients), run twice for bitwise determinism, and the
+launch's own record (the profile) says which product ran. The host-side check of the tensor-core
+tiles is test_block_mma_emulation.py; these need a GPU."""
+import pytest
+import torch
+from torch import nn
+
+import fused_rnn
+from helpers import (GRAD_TOL, TOL, compare_packed_with_nn, compare_with_nn, flat, grads,
+                     nn_and_fused)
+from test_cuda_paths import cuda_path
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+CELLS = ["GRU", "LSTM", "RNN", "RNN_RELU"]
+# (T, B, I, H): B=9 H=40 (one block per unit, partial 8-row tiles); B=37 H=300 (several units per
+# block, 5 tiles of 8 rows); B=64 H=1024 (staged rows fewer than the batch: several passes per
+# step); H=37 (rows of 37 elements: not 16-byte aligned, cp.async falls back to loads).
+SIZES = [(6, 9, 8, 40), (3, 37, 9, 300), (2, 64, 8, 1024), (4, 5, 6, 37)]
+MMA_TOL = {torch.float16: (TOL[torch.float16], GRAD_TOL[torch.float16]),
+           torch.bfloat16: (TOL[torch.bfloat16], GRAD_TOL[torch.bfloat16]),
+           # tf32 keeps 10 mantissa bits, as fp16 does
+           torch.float32: (TOL[torch.float16], GRAD_TOL[torch.float16])}
+
+
+def products_used(backward):
+    """1: the last profiled launch ran its products on tensor cores, 0: on CUDA cores."""
+    return fused_rnn._C._persistent_profile(backward)[13]
+
+
+@needs_cuda
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("T,B,I,H", SIZES)
+def test_async_staging_matches_nn(monkeypatch, cell, T, B, I, H):
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_STAGING", "async")
+    torch.manual_seed(B + H)
+    ref, fused = nn_and_fused(cell, I, H, torch.float32, "cuda", bidirectional=True)
+    x = torch.randn(T, B, I, device="cuda", requires_grad=True)
+    h0 = torch.randn(2, B, H, device="cuda", requires_grad=True)
+    hx = (h0, torch.randn_like(h0, requires_grad=True)) if cell == "LSTM" else h0
+    scale = max(1.0, H / 64)
+    tol = dict(atol=GRAD_TOL[torch.float32]["atol"] * scale,
+               rtol=GRAD_TOL[torch.float32]["rtol"] * scale)
+    with cuda_path("persistent"):
+        compare_with_nn(ref, fused, x, hx, torch.float32, grad_tol=tol)
+        lengths = torch.randint(1, T + 1, (B,))
+        lengths[0] = T
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        compare_packed_with_nn(ref, fused, x, packed, hx, torch.float32, grad_tol=tol)
+
+
+@needs_cuda
+@pytest.mark.parametrize("staging", ["loads", "async"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("T,B,I,H", SIZES)
+def test_tensor_core_products_match_float64_oracle(monkeypatch, staging, dtype, cell, T, B, I, H):
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_PRODUCT", "mma")
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_STAGING", staging)
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_PROFILE", "1")
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    torch.manual_seed(T + B + H)
+    oracle, fused = nn_and_fused(cell, I, H, torch.float64, "cuda")
+    fused = fused.to(dtype)
+    x64 = torch.randn(T, B, I, device="cuda", dtype=torch.float64)
+    want = flat(*oracle(x64))
+    seeds = [torch.randn_like(w) for w in want]
+    want_g = grads(want, [*oracle.parameters()], seeds)
+    tol, grad_tol = MMA_TOL[dtype]
+    scale = max(1.0, H / 64)  # sums of H (T*B*H for weights) rounded products
+    grad_tol = {k: v * scale for k, v in grad_tol.items()}
+    runs = []
+    with cuda_path("persistent"):
+        for _ in range(2):
+            got = flat(*fused(x64.to(dtype)))
+            got_g = grads(got, [*fused.parameters()], [s.to(dtype) for s in seeds])
+            runs.append([g.detach() for g in got] + got_g)
+            assert products_used(False) == 1 and products_used(True) == 1
+    for g, w, n in zip(runs[0], want, ["output", "h_n", "c_n"]):
+        torch.testing.assert_close(g.double(), w, **tol, msg=lambda m: f"{n}: {m}")
+    for g, w in zip(runs[0][len(want):], want_g):
+        torch.testing.assert_close(g.double(), w, **grad_tol)
+    for a, b in zip(*runs):  # fixed summation order: the same bits every run
+        assert torch.equal(a, b)
+
+
+@needs_cuda
+def test_float32_uses_tensor_cores_only_with_tf32_allowed(monkeypatch):
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_PROFILE", "1")
+    torch.manual_seed(4)
+    gru = fused_rnn.GRU(8, 64, device="cuda")
+    x = torch.randn(5, 16, 8, device="cuda", requires_grad=True)
+
+    def run(product, tf32):
+        monkeypatch.setenv("FUSED_RNN_PERSISTENT_PRODUCT", product)
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
+        with cuda_path("persistent"):
+            out, h = gru(x)
+            g = torch.autograd.grad(out.sum(), [x, *gru.parameters()])
+        return [out, h, *g], products_used(False), products_used(True)
+
+    fma, *_ = run("fma", False)
+    mma_no_tf32, fwd, bwd = run("mma", False)
+    assert (fwd, bwd) == (0, 0)  # float32 without TF32 permission: CUDA cores, the same bits
+    for a, b in zip(fma, mma_no_tf32):
+        assert torch.equal(a, b)
+    _, fwd, bwd = run("mma", True)
+    assert (fwd, bwd) == (1, 1)
+    fused64 = fused_rnn.GRU(8, 64, device="cuda", dtype=torch.float64)
+    fused64.load_state_dict({k: v.double() for k, v in gru.state_dict().items()})
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_PRODUCT", "mma")
+    with cuda_path("persistent"):
+        fused64(x.double())
+    assert products_used(False) == 0  # float64: always CUDA cores
+
+
+@needs_cuda
+@pytest.mark.parametrize("name,value,message", [
+    ("FUSED_RNN_PERSISTENT_PRODUCT", "tensor", "must be 'fma' or 'mma', got 'tensor'"),
+    ("FUSED_RNN_PERSISTENT_STAGING", "dma", "must be 'loads' or 'async', got 'dma'"),
+])
+def test_product_and_staging_settings_reject_bad_values(monkeypatch, name, value, message):
+    monkeypatch.setenv(name, value)
+    gru = fused_rnn.GRU(4, 8, device="cuda")
+    with cuda_path("persistent"):
+        with pytest.raises(RuntimeError, match=message):
+            gru(torch.randn(3, 2, 4, device="cuda"))
