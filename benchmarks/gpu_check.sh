@@ -17,11 +17,12 @@
 #   QUICK=1 bash benchmarks/gpu_check.sh   # small benchmark grid
 #   BENCH_ARGS="--full --cells GRU --T 512 --B 16 64" bash benchmarks/gpu_check.sh
 # Every step has a time limit (TEST_TIMEOUT, SANITIZER_TIMEOUT, BENCH_TIMEOUT seconds), so the
-# whole check fits one call of the device tool (about 8 minutes). STEPS chooses and orders the
+# whole check fits one call of the device tool (about 9 minutes; STEPS to shorten it). STEPS chooses and orders the
 # steps after the build (default: tests:auto sanitizer:persistent:memcheck
 # sanitizer:persistent:racecheck sanitizer:persistent:memcheck:counter
-# sanitizer:persistent:memcheck:grid:mma:async sanitizer:persistent:racecheck:grid:mma:async sweep
-# bench tests:general sanitizer:general:memcheck; a sanitizer step's 4th to 6th fields are
+# sanitizer:persistent:memcheck:grid:mma:async sanitizer:persistent:racecheck:grid:mma:async
+# sanitizer:persistent:memcheck:cluster:mma:async sanitizer:persistent:racecheck:cluster:mma:async
+# sweep bench tests:general sanitizer:general:memcheck; a sanitizer step's 4th to 6th fields are
 # FUSED_RNN_PERSISTENT_BARRIER, _PRODUCT and _STAGING).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -99,7 +100,7 @@ run_bench() {
 
 run_sweep() {
   local s=$(date +%s)
-  timeout "${SWEEP_TIMEOUT:-120}" "$py" benchmarks/persistent_sweep.py ${SWEEP_ARGS:-} \
+  timeout "${SWEEP_TIMEOUT:-180}" "$py" benchmarks/persistent_sweep.py ${SWEEP_ARGS:-} \
     --json "$OUT/sweep.json" --md "$OUT/sweep.md" >> "$OUT/benchmark.log" 2>&1
   local rc=$?; status "persistent tuning sweep" "rc=$rc" $(( $(date +%s) - s ))
 }
@@ -113,7 +114,7 @@ run_debug() {
 }
 
 # STEPS: what runs, in this order (most important first, so a cut-off run still reports them)
-for step in ${STEPS:-tests:auto sanitizer:persistent:memcheck sanitizer:persistent:racecheck sanitizer:persistent:memcheck:counter sanitizer:persistent:memcheck:grid:mma:async sanitizer:persistent:racecheck:grid:mma:async sweep bench tests:general sanitizer:general:memcheck}; do
+for step in ${STEPS:-tests:auto sanitizer:persistent:memcheck sanitizer:persistent:racecheck sanitizer:persistent:memcheck:counter sanitizer:persistent:memcheck:grid:mma:async sanitizer:persistent:racecheck:grid:mma:async sanitizer:persistent:memcheck:cluster:mma:async sanitizer:persistent:racecheck:cluster:mma:async sweep bench tests:general sanitizer:general:memcheck}; do
   IFS=: read -r kind a b c d e <<< "$step"
   case $kind in
     tests) run_tests "$a" ;;

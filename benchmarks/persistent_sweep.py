@@ -1,5 +1,6 @@
 """Tuning sweep of the persistent CUDA kernels (issue 7): variants of the per-step barrier
-(FUSED_RNN_PERSISTENT_BARRIER=grid|counter), of the hidden units per block
+(FUSED_RNN_PERSISTENT_BARRIER=grid|counter|cluster; cluster: independent 8-block thread-block
+clusters, each with a share of the batch rows), of the hidden units per block
 (FUSED_RNN_PERSISTENT_UNITS; fewer, busier blocks), of the products (FUSED_RNN_PERSISTENT_PRODUCT=
 fma|mma: CUDA cores or tensor cores) and of the staging of h / d_gates rows
 (FUSED_RNN_PERSISTENT_STAGING=loads|async) timed in ONE interleaved run with nn.* on cuDNN
@@ -32,9 +33,11 @@ UNITS = {256: [4, 8], 512: [8], 1024: [12]}
 # (barrier, units, product, staging); units None: the kernel's own choice
 DEFAULT = ("grid", None, "fma", "loads")
 VARIANTS = [DEFAULT, ("counter", None, "fma", "loads"), ("grid", None, "fma", "async"),
-            ("grid", None, "mma", "loads"), ("grid", None, "mma", "async")]
-# (product, staging) of the phase clocks, grid barrier
-PROFILED = [("fma", "loads"), ("fma", "async"), ("mma", "loads"), ("mma", "async")]
+            ("grid", None, "mma", "loads"), ("grid", None, "mma", "async"),
+            ("cluster", None, "fma", "loads"), ("cluster", None, "mma", "async")]
+# (barrier, product, staging) of the phase clocks
+PROFILED = [("grid", "fma", "loads"), ("grid", "fma", "async"), ("grid", "mma", "loads"),
+            ("grid", "mma", "async"), ("cluster", "fma", "loads"), ("cluster", "mma", "async")]
 ENV = ["FUSED_RNN_PERSISTENT_BARRIER", "FUSED_RNN_PERSISTENT_UNITS",
        "FUSED_RNN_PERSISTENT_PRODUCT", "FUSED_RNN_PERSISTENT_STAGING"]
 
@@ -66,12 +69,12 @@ def with_tuning(fn, variant):
 PHASES = ["staging", "product", "pointwise", "step barrier"]
 
 
-def phase_profile(cell, B, H, dtype, T, product, staging):
+def phase_profile(cell, B, H, dtype, T, barrier, product, staging):
     """µs per step of each phase of the forward and the backward kernel (block 0's clock)."""
     torch.manual_seed(0)
     m = getattr(fused_rnn, cell)(H, H, device="cuda", dtype=dtype)
     x = torch.randn(T, B, H, device="cuda", dtype=dtype, requires_grad=True)
-    set_tuning("grid", None, product, staging)
+    set_tuning(barrier, None, product, staging)
     out = []
     for _ in range(2):  # the first run warms up
         os.environ["FUSED_RNN_PERSISTENT_PROFILE"] = "1"
@@ -91,6 +94,7 @@ def phase_profile(cell, B, H, dtype, T, product, staging):
         out.append(dict(cell=cell, B=B, H=H, dtype=str(dtype).replace("torch.", ""), T=T,
                         kernel="backward" if backward else "forward",
                         product="mma" if p[13] else "fma", staging="async" if p[14] else "loads",
+                        cluster=p[15], group_rows=p[16],
                         blocks=p[9], units=p[10], staged_rows=p[11], clock_ghz=1 / ns_per_cycle,
                         **{ph: c * ns_per_cycle / 1e3 / steps for ph, c in zip(PHASES, cyc)},
                         total_us_per_step=p[5] / 1e3 / steps))
@@ -125,7 +129,9 @@ def main(argv=None):
             if not args.auto_units_only:
                 variants += [("grid", u, "fma", "loads") for u in UNITS.get(H, [])]
             fused_fn = make_fn(fused, x, training)
-            fns = [make_fn(ref, x, training)] + [with_tuning(fused_fn, v) for v in variants]
+            # nn.* at PyTorch's defaults (no FUSED_RNN_PERSISTENT_*, matmul.allow_tf32 off)
+            fns = [with_tuning(make_fn(ref, x, training), DEFAULT)]
+            fns += [with_tuning(fused_fn, v) for v in variants]
             try:
                 times = interleaved_medians(fns, "cuda", args.min_run_time)
             except RuntimeError as e:  # a variant that does not fit: say so, go on
@@ -145,10 +151,10 @@ def main(argv=None):
                       f"{r['speedup']:.2f}x nn.*", flush=True)
     profiles = []
     for cell, B, H, dtype_name in POINTS:
-        for product, staging in PROFILED:
+        for barrier, product, staging in PROFILED:
             try:
                 profiles += phase_profile(cell, B, H, getattr(torch, dtype_name), args.T,
-                                          product, staging)
+                                          barrier, product, staging)
             finally:
                 clear_tuning()
     lines = [f"# Persistent-kernel tuning sweep ({info['gpu']}, torch {info['torch']}, "
@@ -158,8 +164,10 @@ def main(argv=None):
              f"{info['cudnn_allow_tf32']}. units: hidden units per block ('auto': "
              f"ceil(H / #SMs)). product: fma (CUDA cores) or mma (tensor cores; float32 as tf32, "
              f"matmul.allow_tf32 on while it runs); staging: loads or async (cp.async). The "
-             f"profile table says which product ran (mma falls back to CUDA cores where its "
-             f"layout does not fit).", "",
+             f"profile table says which product and barrier ran (mma falls back to CUDA cores "
+             f"where its layout does not fit, cluster mode to the grid barrier where no cluster "
+             f"holds W_hh; clusters: blocks per cluster x batch rows per cluster, - for one "
+             f"grid).", "",
              "| cell | mode | B | H | dtype | barrier | units | product | staging | nn.* ms "
              "| fused ms | µs/step | speed-up |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -171,13 +179,14 @@ def main(argv=None):
               "clock64() per phase over all steps; µs per step at the clock measured over the loop "
               "(%globaltimer). The pointwise phase ends with an extra block barrier while "
               "profiling; the step barrier includes waiting for the slowest block.", "",
-              "| cell | kernel | B | H | dtype | product | staging | blocks x units | staged rows | "
-              + " | ".join(PHASES) + " | total µs/step | clock GHz |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| cell | kernel | B | H | dtype | product | staging | clusters | blocks x units "
+              "| staged rows | " + " | ".join(PHASES) + " | total µs/step | clock GHz |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in profiles:
+        clusters = f"{r['cluster']} x {r['group_rows']}" if r["cluster"] else "-"
         lines.append(f"| {r['cell']} | {r['kernel']} | {r['B']} | {r['H']} | {r['dtype']} | "
-                     f"{r['product']} | {r['staging']} | {r['blocks']} x {r['units']} | "
-                     f"{r['staged_rows']} | "
+                     f"{r['product']} | {r['staging']} | {clusters} | "
+                     f"{r['blocks']} x {r['units']} | {r['staged_rows']} | "
                      + " | ".join(f"{r[ph]:.2f}" for ph in PHASES)
                      + f" | {r['total_us_per_step']:.2f} | {r['clock_ghz']:.2f} |")
     text = "\n".join(lines) + "\n"

@@ -215,11 +215,13 @@ def test_persistent_opcheck(op):
 # d_gates do not hold the whole batch (several staging passes per step; h_prev read from L2);
 # units=5, H=37: 8 blocks, the last one partial; units=24, B=64: 1536 pointwise elements per
 # block, more than the forward (1024) and backward (512) fetch ahead: the rest are read late.
+# With the cluster barrier the units per block come from the cluster size (units is ignored) and
+# H=1024 falls back to the grid barrier (no 16-block cluster holds its W_hh in float32).
 TUNING_CASES = [(None, 3, 64, 8, 1024), ("5", 5, 7, 6, 37), ("24", 4, 64, 8, 200)]
 
 
 @needs_cuda
-@pytest.mark.parametrize("barrier", ["grid", "counter"])
+@pytest.mark.parametrize("barrier", ["grid", "counter", "cluster"])
 @pytest.mark.parametrize("units,T,B,I,H", TUNING_CASES)
 @pytest.mark.parametrize("cell", CELLS)
 def test_persistent_tuning_variants_match_nn(monkeypatch, barrier, units, T, B, I, H, cell):
@@ -245,9 +247,11 @@ def test_persistent_tuning_variants_match_nn(monkeypatch, barrier, units, T, B, 
 
 @needs_cuda
 @pytest.mark.parametrize("name,value,message", [
-    ("FUSED_RNN_PERSISTENT_BARRIER", "fast", "must be 'grid' or 'counter', got 'fast'"),
+    ("FUSED_RNN_PERSISTENT_BARRIER", "fast",
+     "must be 'grid', 'counter' or 'cluster', got 'fast'"),
     ("FUSED_RNN_PERSISTENT_UNITS", "0", r"integer in \[1, 4096\], got '0'"),
     ("FUSED_RNN_PERSISTENT_UNITS", "4x", r"integer in \[1, 4096\], got '4x'"),
+    ("FUSED_RNN_PERSISTENT_CLUSTER", "17", r"integer in \[1, 16\], got '17'"),
 ])
 def test_persistent_tuning_rejects_bad_values(monkeypatch, name, value, message):
     monkeypatch.setenv(name, value)

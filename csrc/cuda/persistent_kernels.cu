@@ -178,11 +178,49 @@ __device__ __forceinline__ acc_t<S> from_raw(typename RawOf<S>::type v) {
   }
 }
 
-// The barrier that ends every step. counter == nullptr: cooperative groups' grid.sync().
-// Otherwise counter points at a zeroed word of this launch: each block adds 1 with release
-// semantics once its writes of the step are done (the block barrier before it orders them),
-// then waits with acquire loads until all blocks have added (target = steps done * blocks).
-__device__ __forceinline__ void step_barrier(unsigned* counter, unsigned target) {
+// Bits of a launch's `flags` argument.
+constexpr int kAsyncStaging = 1;   // stage rows by cp.async where possible (stage_rows_async)
+constexpr int kClusterBarrier = 2;  // thread-block clusters, each with its own batch rows
+
+// The hidden units and batch rows of one block. Grid modes: unit slice blockIdx.x of all B rows.
+// Cluster mode (FUSED_RNN_PERSISTENT_BARRIER=cluster, sm_90+): the launch is independent
+// clusters of C blocks; cluster q takes batch rows [q * group_rows, + group_rows) (the batch
+// rows of an RNN never meet), its block of rank k unit slice k, and a step ends at the
+// cluster's own barrier: no grid-wide barrier at all.
+struct BlockShare {
+  int rank;  // unit slice: hidden units [rank * U, rank * U + U)
+  int b_lo;  // first batch row
+  int rows;  // batch rows
+};
+
+__device__ __forceinline__ BlockShare block_share(int flags, int B, int group_rows) {
+  if (flags & kClusterBarrier) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const cg::cluster_group cluster = cg::this_cluster();
+    const int b_lo = static_cast<int>(blockIdx.x / cluster.num_blocks()) * group_rows;
+    return {static_cast<int>(cluster.block_rank()), b_lo, min(group_rows, B - b_lo)};
+#else
+    __trap();  // the host picks cluster mode on sm_90+ only
+#endif
+  }
+  return {static_cast<int>(blockIdx.x), 0, B};
+}
+
+// The barrier that ends every step. Cluster mode: the cluster's barrier (release / acquire at
+// cluster scope: the rows one block wrote are visible to the others of its cluster).
+// counter == nullptr: cooperative groups' grid.sync(). Otherwise counter points at a zeroed
+// word of this launch: each block adds 1 with release semantics once its writes of the step are
+// done (the block barrier before it orders them), then waits with acquire loads until all
+// blocks have added (target = steps done * blocks).
+__device__ __forceinline__ void step_barrier(int flags, unsigned* counter, unsigned target) {
+  if (flags & kClusterBarrier) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    cg::this_cluster().sync();
+#else
+    __trap();
+#endif
+    return;
+  }
   if (counter == nullptr) {
     cg::this_grid().sync();
     return;
@@ -301,35 +339,35 @@ __device__ __forceinline__ void zero_columns(E* M, int rows, int K, int ld) {
   }
 }
 
-// Bits of a launch's `flags` argument.
-constexpr int kAsyncStaging = 1;  // stage rows by cp.async where possible (stage_rows_async)
-
-// Shared memory: xs (slots of x_t W_ih^T, this step's and the next's: slot_bytes<S>(B*G, U)),
-// then in operand_t<S, kMma> (ld = row_stride(H), Rw = padded_rows(G*U)): W [Rw, ld],
-// X [Bc, ld]; then in elements of acc_t<S>: gh [B, G*U], P [kWarps * scratch_per_warp],
-// bias_x [G*U], bias_h [G*U], cs [B, U].
+// A block's rows: Bq = its batch rows (BlockShare: all B, or its cluster's), local row b is
+// batch row b_lo + b. Shared memory: xs (slots of x_t W_ih^T, this step's and the next's:
+// slot_bytes<S>(Bq*G, U)), then in operand_t<S, kMma> (ld = row_stride(H), Rw =
+// padded_rows(G*U)): W [Rw, ld], X [Bc, ld]; then in elements of acc_t<S>: gh [Bq, G*U],
+// P [kWarps * scratch_per_warp], bias_x [G*U], bias_h [G*U], cs [Bq, U].
 template <Cell kCell, int kBW, typename S, bool kMma>
 __global__ void __launch_bounds__(kThreads, 1)
-    recurrence_forward_kernel(RecurrenceForward<S> p, int U, int Bc, int flags,
+    recurrence_forward_kernel(RecurrenceForward<S> p, int U, int Bc, int flags, int group_rows,
                               unsigned* barrier, long long* phases) {
   using A = acc_t<S>;
   using E = operand_t<S, kMma>;
   constexpr int G = gates_of(kCell);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int H = static_cast<int>(p.hidden), B = static_cast<int>(p.batch), R = G * U;
+  const BlockShare share = block_share(flags, B, group_rows);
+  const int Bq = share.rows, b_lo = share.b_lo;
   const int ld = row_stride(H, sizeof(E), kMma), Rw = padded_rows(R, kMma);
   const int wps = slot_words<S>(U);
-  unsigned* xs = reinterpret_cast<unsigned*>(smem_raw);  // xs: [2][B*G][wps] words
+  unsigned* xs = reinterpret_cast<unsigned*>(smem_raw);  // xs: [2][Bq*G][wps] words
   // W: [Rw, ld], row g*U + u = W_hh[g*H + j0 + u, :]
-  E* W = reinterpret_cast<E*>(smem_raw + slot_bytes<S>(B * G, U));
+  E* W = reinterpret_cast<E*>(smem_raw + slot_bytes<S>(Bq * G, U));
   E* X = W + Rw * ld;                     // X: [Bc, ld]  rows of h_prev
-  A* gh = reinterpret_cast<A*>(X + Bc * ld);  // gh: [B, R]  h_prev W_hh^T, this block's rows
-  A* P = gh + B * R;                      // P: [kWarps * scratch_per_warp]
+  A* gh = reinterpret_cast<A*>(X + Bc * ld);  // gh: [Bq, R]  h_prev W_hh^T, this block's rows
+  A* P = gh + Bq * R;                     // P: [kWarps * scratch_per_warp]
   A* bias_x = P + kWarps * scratch_per_warp(kMma);  // bias_x: [R]  added to x_t W_ih^T (GRU: b_ih;
                                           //   LSTM / RNN: b_ih + b_hh)
   A* bias_h = bias_x + R;                 // bias_h: [R]  GRU: b_hh, added to h_prev W_hh^T
-  A* cs = bias_h + R;                     // cs: [B, U]  LSTM: this block's units' cell state
-  const int j0 = blockIdx.x * U, units = min(U, H - j0);
+  A* cs = bias_h + R;                     // cs: [Bq, U]  LSTM: this block's units' cell state
+  const int j0 = share.rank * U, units = min(U, H - j0);
   for (int idx = threadIdx.x; idx < Rw * ld; idx += kThreads) {
     const int r = idx / ld, k = idx - r * ld, g = r / U, u = r - g * U;
     const A w = r < R && u < units && k < H
@@ -345,22 +383,23 @@ __global__ void __launch_bounds__(kThreads, 1)
     bias_h[r] = u < units && p.b_hh && kCell == Cell::kGru ? static_cast<A>(p.b_hh[i]) : A(0);
   }
   if constexpr (kCell == Cell::kLstm) {
-    for (int e = threadIdx.x; e < B * U; e += kThreads) {
+    for (int e = threadIdx.x; e < Bq * U; e += kThreads) {
       const int b = e / U, u = e - b * U;
-      cs[e] = u < units ? static_cast<A>(p.c0[static_cast<int64_t>(b) * H + j0 + u]) : A(0);
+      cs[e] = u < units ? static_cast<A>(p.c0[static_cast<int64_t>(b_lo + b) * H + j0 + u])
+                        : A(0);
     }
   }
-  const bool h_staged = Bc >= B;  // X holds all rows of h_prev after the staging
-  const int n_el = B * units;     // pointwise elements of this block
+  const bool h_staged = Bc >= Bq;  // X holds all rows of h_prev after the staging
+  const int n_el = Bq * units;     // pointwise elements of this block
   const int64_t T = p.steps;
-  // segment (b, g) of step s: x_t[b, g*H + j0 .. + units)
+  // segment (b, g) of step s: x_t[b_lo + b, g*H + j0 .. + units)
   auto x_segment = [&](int64_t s, int seg) {
     const int b = seg / G, g = seg - b * G;
-    return p.x + step_time(s, T, p.reverse) * p.x_step + b * p.x_row + g * H + j0;
+    return p.x + step_time(s, T, p.reverse) * p.x_step + (b_lo + b) * p.x_row + g * H + j0;
   };
   auto fetch_inputs = [&](int64_t s) {  // into xs[s % 2]
-    unsigned* buf = xs + (s & 1) * B * G * wps;
-    for (int i = threadIdx.x; i < B * G * wps; i += kThreads) {
+    unsigned* buf = xs + (s & 1) * Bq * G * wps;
+    for (int i = threadIdx.x; i < Bq * G * wps; i += kThreads) {
       const int seg = i / wps;
       fetch_word(buf, seg, i - seg * wps, wps, x_segment(s, seg), units);
     }
@@ -373,12 +412,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int64_t h_prev_row = s == 0 ? H : p.out_row;
     S* x_t = p.x + t * p.x_step;        // x_t: [B, G*H]
     S* out_t = p.out + t * p.out_step;  // out_t: [B, H]
-    const unsigned* x_slots = xs + (s & 1) * B * G * wps;  // this step's x_t W_ih^T
-    for (int b0 = 0; b0 < B; b0 += Bc) {
-      const int nb = min(Bc, B - b0);
+    const unsigned* x_slots = xs + (s & 1) * Bq * G * wps;  // this step's x_t W_ih^T
+    for (int b0 = 0; b0 < Bq; b0 += Bc) {
+      const int nb = min(Bc, Bq - b0);
       __syncthreads();  // X is free
-      if (!((flags & kAsyncStaging) && stage_rows_async(X, ld, h_prev, h_prev_row, b0, nb, H))) {
-        stage_rows(X, ld, h_prev, h_prev_row, b0, nb, H);
+      if (!((flags & kAsyncStaging) &&
+            stage_rows_async(X, ld, h_prev, h_prev_row, b_lo + b0, nb, H))) {
+        stage_rows(X, ld, h_prev, h_prev_row, b_lo + b0, nb, H);
       }
       if (b0 == 0) cp_async_wait_all();  // this step's slots (issued a step ago) have landed
       __syncthreads();
@@ -390,12 +430,12 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       clock.lap(1, false);  // block_matvec ends with a block barrier
     }
-    // The cell's update of element (b, u) from its input projection xin[g].
+    // The cell's update of element (local row b, unit u) from its input projection xin[g].
     auto element = [&](int b, int u, const A(&xin)[G]) {
-      const int64_t j = j0 + u;
+      const int64_t j = j0 + u, bg = b_lo + b;  // bg: the batch row
       const A* g_b = gh + b * R;  // [G*U]
       const A hp = h_staged ? static_cast<A>(X[b * ld + j])
-                            : L2Load::ld(h_prev + b * h_prev_row + j);
+                            : L2Load::ld(h_prev + bg * h_prev_row + j);
       if constexpr (kCell == Cell::kGru) {
         A gi[3], ghv[3];
 #pragma unroll
@@ -409,7 +449,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                                   h_prev_row, out_t, p.out_row,
                                   p.saved ? p.saved + t * B * 4 * H : nullptr, 4 * H, t,
                                   p.lengths};
-        gru_forward_values(q, b, j, gi[0], gi[1], gi[2], ghv[0], ghv[1], ghv[2], hp);
+        gru_forward_values(q, bg, j, gi[0], gi[1], gi[2], ghv[0], ghv[1], ghv[2], hp);
       } else if constexpr (kCell == Cell::kLstm) {
         auto cell_at = [&](int64_t step) {
           return p.cells + (p.cells_per_step ? step_time(step, T, p.reverse) : step % 2) * B * H;
@@ -424,14 +464,14 @@ __global__ void __launch_bounds__(kThreads, 1)
                                    s == 0 ? p.c0 : cell_at(s - 1), H, cell_at(s), H, out_t,
                                    p.out_row, t, p.lengths};
         A& c = cs[b * U + u];  // kept as stored (rounded to S), as the general path reads it
-        c = static_cast<A>(static_cast<S>(lstm_forward_values(q, b, j, a[0], a[1], a[2], a[3],
+        c = static_cast<A>(static_cast<S>(lstm_forward_values(q, bg, j, a[0], a[1], a[2], a[3],
                                                               c, hp)));
       } else {
         A x = xin[0] + g_b[u];
         if (p.b_ih) x += bias_x[u];
         const RnnForwardStep<S> q{B, H, x_t, p.x_row, p.b_ih, h_prev, h_prev_row, out_t,
                                   p.out_row, kCell == Cell::kRnnRelu, t, p.lengths};
-        rnn_forward_values<kCell == Cell::kRnnRelu>(q, b, j, x, hp);
+        rnn_forward_values<kCell == Cell::kRnnRelu>(q, bg, j, x, hp);
       }
     };
     for (int e = threadIdx.x; e < n_el; e += kThreads) {
@@ -446,37 +486,40 @@ __global__ void __launch_bounds__(kThreads, 1)
     // the next step's inputs travel while this block waits at the barrier (other slot buffer)
     if (s + 1 < T) fetch_inputs(s + 1);
     clock.lap(2, true);
-    // this step's h is complete and visible to every block
-    step_barrier(barrier, static_cast<unsigned>(s + 1) * gridDim.x);
+    // this step's h is complete and visible to every block (of the cluster)
+    step_barrier(flags, barrier, static_cast<unsigned>(s + 1) * gridDim.x);
     clock.lap(3, false);
   }
   clock.finish();
 }
 
-// Shared memory: xs (slots of the forward's values an element reads, this step's and the next's:
-// slot_bytes<S>(B*kIn, U)), then in operand_t<S, kMma> (ld = row_stride(G*H), Uw =
-// padded_rows(U)): Wt [Uw, ld], X [Bc, ld]; then in elements of acc_t<S>: mv [B, U], dh [B, U],
-// dc [B, U], P [kWarps * scratch_per_warp].
+// A block's rows as in the forward kernel (Bq rows from b_lo). Shared memory: xs (slots of the
+// forward's values an element reads, this step's and the next's: slot_bytes<S>(Bq*kIn, U)), then
+// in operand_t<S, kMma> (ld = row_stride(G*H), Uw = padded_rows(U)): Wt [Uw, ld], X [Bc, ld];
+// then in elements of acc_t<S>: mv [Bq, U], dh [Bq, U], dc [Bq, U], P [kWarps *
+// scratch_per_warp].
 template <Cell kCell, int kBW, typename S, bool kMma>
 __global__ void __launch_bounds__(kThreads, 1)
-    recurrence_backward_kernel(RecurrenceBackward<S> p, int U, int Bc, int flags,
+    recurrence_backward_kernel(RecurrenceBackward<S> p, int U, int Bc, int flags, int group_rows,
                                unsigned* barrier, long long* phases) {
   using A = acc_t<S>;
   using E = operand_t<S, kMma>;
   constexpr int G = gates_of(kCell);
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int H = static_cast<int>(p.hidden), B = static_cast<int>(p.batch), K = G * H;
+  const BlockShare share = block_share(flags, B, group_rows);
+  const int Bq = share.rows, b_lo = share.b_lo;
   const int ld = row_stride(K, sizeof(E), kMma), Uw = padded_rows(U, kMma);
   constexpr int kIn = backward_inputs_of(G);  // see input_ptr
-  unsigned* xs = reinterpret_cast<unsigned*>(smem_raw);  // xs: [2][B*kIn][slot_words] words
+  unsigned* xs = reinterpret_cast<unsigned*>(smem_raw);  // xs: [2][Bq*kIn][slot_words] words
   // Wt: [Uw, ld], row u = W_hh[:, j0 + u]
-  E* Wt = reinterpret_cast<E*>(smem_raw + slot_bytes<S>(B * kIn, U));
+  E* Wt = reinterpret_cast<E*>(smem_raw + slot_bytes<S>(Bq * kIn, U));
   E* X = Wt + Uw * ld;                     // X: [Bc, ld]  rows of this step's d_gates
-  A* mv = reinterpret_cast<A*>(X + Bc * ld);  // mv: [B, U]  d_gates W_hh for this block's units
-  A* dh = mv + B * U;                      // dh: [B, U]  running dL/dh
-  A* dc = dh + B * U;                      // dc: [B, U]  running dL/dc (LSTM)
-  A* P = dc + B * U;                       // P: [kWarps * scratch_per_warp]
-  const int j0 = blockIdx.x * U, units = min(U, H - j0);
+  A* mv = reinterpret_cast<A*>(X + Bc * ld);  // mv: [Bq, U]  d_gates W_hh for this block's units
+  A* dh = mv + Bq * U;                     // dh: [Bq, U]  running dL/dh
+  A* dc = dh + Bq * U;                     // dc: [Bq, U]  running dL/dc (LSTM)
+  A* P = dc + Bq * U;                      // P: [kWarps * scratch_per_warp]
+  const int j0 = share.rank * U, units = min(U, H - j0);
   for (int idx = threadIdx.x; idx < K * Uw; idx += kThreads) {  // consecutive threads: along j
     const int r = idx / Uw, u = idx - r * Uw;
     const A w = u < units ? static_cast<A>(p.w_hh[static_cast<int64_t>(r) * H + j0 + u]) : A(0);
@@ -486,17 +529,18 @@ __global__ void __launch_bounds__(kThreads, 1)
     zero_columns(Wt, Uw, K, ld);
     zero_columns(X, Bc, K, ld);
   }
-  for (int e = threadIdx.x; e < B * U; e += kThreads) {
+  for (int e = threadIdx.x; e < Bq * U; e += kThreads) {
     const int b = e / U, u = e - b * U;
-    const int64_t i = static_cast<int64_t>(b) * H + j0 + u;
+    const int64_t i = static_cast<int64_t>(b_lo + b) * H + j0 + u;
     dh[e] = u < units ? static_cast<A>(p.dh[i]) : A(0);
     dc[e] = u < units && p.dc ? static_cast<A>(p.dc[i]) : A(0);
   }
   const int64_t T = p.steps;
-  const int n_el = B * units;  // pointwise elements of this block
+  const int n_el = Bq * units;  // pointwise elements of this block
   // The forward's values that element (b, j0 + u) of step s reads, k < kIn: dL/d(output)
   // first, then GRU: h_prev, r, z, n, gh_n;  LSTM: i, f, g, o, c_prev, c;  RNN: h. Segment
-  // (b, k) of step s: input k of units j0 .. j0 + units, starting at input_ptr(s, b, k).
+  // (b, k) of step s: input k of units j0 .. j0 + units, starting at input_ptr(s, b, k); b is
+  // the batch row (b_lo + local row).
   auto input_ptr = [&](int64_t s, int64_t b, int k) -> const S* {
     const int64_t t = step_time(s, T, p.reverse);
     if (k == 0) return p.grad_out + t * p.go_step + b * p.go_row + j0;
@@ -515,23 +559,23 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
   const int wps = slot_words<S>(U);
   auto fetch_inputs = [&](int64_t s) {  // into xs[s % 2]
-    unsigned* buf = xs + (s & 1) * B * kIn * wps;
-    for (int i = threadIdx.x; i < B * kIn * wps; i += kThreads) {
+    unsigned* buf = xs + (s & 1) * Bq * kIn * wps;
+    for (int i = threadIdx.x; i < Bq * kIn * wps; i += kThreads) {
       const int seg = i / wps, b = seg / kIn;
-      fetch_word(buf, seg, i - seg * wps, wps, input_ptr(s, b, seg - b * kIn), units);
+      fetch_word(buf, seg, i - seg * wps, wps, input_ptr(s, b_lo + b, seg - b * kIn), units);
     }
   };
-  // The cell's gradients of element (b, u) of step s from its values v.
+  // The cell's gradients of element (local row b, unit u) of step s from its values v.
   auto element = [&](int64_t s, int b, int u, const A(&v)[kIn]) {
     const int64_t t = step_time(s, T, p.reverse);
-    const int64_t j = j0 + u;
+    const int64_t j = j0 + u, bg = b_lo + b;  // bg: the batch row
     A* dh_e = dh + b * U + u;
     if constexpr (kCell == Cell::kGru) {
       const GruBackwardStep<S> q{B, H, p.grad_out + t * p.go_step, p.go_row, nullptr,
                                  p.h_prev + t * p.hp_step, p.hp_row, p.saved + t * B * 4 * H,
                                  4 * H, p.d_x + t * p.dx_step, p.dx_row,
                                  p.d_h + t * p.dh_step, p.dh_row, t, p.lengths};
-      gru_backward_values(q, b, j, v[0], v[1], v[2], v[3], v[4], v[5], dh_e);
+      gru_backward_values(q, bg, j, v[0], v[1], v[2], v[3], v[4], v[5], dh_e);
     } else if constexpr (kCell == Cell::kLstm) {
       const S* c_prev =
           s == 0 ? p.c0 : p.cells + step_time(s - 1, T, p.reverse) * B * H;  // [B, H]
@@ -539,13 +583,13 @@ __global__ void __launch_bounds__(kThreads, 1)
                                   nullptr, p.gates + t * p.g_step, p.g_row, c_prev, H,
                                   p.cells + t * B * H, H, p.d_x + t * p.dx_step, p.dx_row,
                                   t, p.lengths};
-      lstm_backward_values(q, b, j, v[0], v[1], v[2], v[3], v[4], v[5], v[6], dh_e,
+      lstm_backward_values(q, bg, j, v[0], v[1], v[2], v[3], v[4], v[5], v[6], dh_e,
                            dc + b * U + u);
     } else {
       const RnnBackwardStep<S> q{B, H, p.grad_out + t * p.go_step, p.go_row, nullptr,
                                  p.out + t * p.out_step, p.out_row, p.d_x + t * p.dx_step,
                                  p.dx_row, kCell == Cell::kRnnRelu, t, p.lengths};
-      rnn_backward_values<kCell == Cell::kRnnRelu>(q, b, j, v[0], v[1], dh_e);
+      rnn_backward_values<kCell == Cell::kRnnRelu>(q, bg, j, v[0], v[1], dh_e);
     }
   };
   PhaseClock clock(phases);
@@ -554,28 +598,29 @@ __global__ void __launch_bounds__(kThreads, 1)
     cp_async_wait_all();  // this step's slots (issued a step ago) have landed
     __syncthreads();      // dh, dc and the slots complete
     const int64_t t = step_time(s, T, p.reverse);
-    const unsigned* slots = xs + (s & 1) * B * kIn * wps;
+    const unsigned* slots = xs + (s & 1) * Bq * kIn * wps;
     for (int e = threadIdx.x; e < n_el; e += kThreads) {
       const int b = e / units, u = e - b * units;
       A v[kIn];
 #pragma unroll
       for (int k = 0; k < kIn; ++k) {
-        v[k] = slot_value(slots, b * kIn + k, wps, input_ptr(s, b, k), u);
+        v[k] = slot_value(slots, b * kIn + k, wps, input_ptr(s, b_lo + b, k), u);
       }
       element(s, b, u, v);
     }
     clock.lap(2, true);
-    // this step's d_gates are complete and visible to every block
-    step_barrier(barrier, static_cast<unsigned>(T - s) * gridDim.x);
+    // this step's d_gates are complete and visible to every block (of the cluster)
+    step_barrier(flags, barrier, static_cast<unsigned>(T - s) * gridDim.x);
     clock.lap(3, false);
     // the next step's values travel during this step's staging and product (other buffer)
     if (s > 0) fetch_inputs(s - 1);
     const S* d_h_t = p.d_h + t * p.dh_step;  // [B, K]
-    for (int b0 = 0; b0 < B; b0 += Bc) {
-      const int nb = min(Bc, B - b0);
+    for (int b0 = 0; b0 < Bq; b0 += Bc) {
+      const int nb = min(Bc, Bq - b0);
       __syncthreads();  // X is free
-      if (!((flags & kAsyncStaging) && stage_rows_async(X, ld, d_h_t, p.dh_row, b0, nb, K))) {
-        stage_rows(X, ld, d_h_t, p.dh_row, b0, nb, K);
+      if (!((flags & kAsyncStaging) &&
+            stage_rows_async(X, ld, d_h_t, p.dh_row, b_lo + b0, nb, K))) {
+        stage_rows(X, ld, d_h_t, p.dh_row, b_lo + b0, nb, K);
       }
       __syncthreads();
       clock.lap(0, false);
@@ -586,13 +631,13 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       clock.lap(1, false);  // block_matvec ends with a block barrier
     }
-    for (int e = threadIdx.x; e < B * U; e += kThreads) dh[e] += mv[e];
+    for (int e = threadIdx.x; e < Bq * U; e += kThreads) dh[e] += mv[e];
   }
   clock.finish();
   __syncthreads();
-  for (int e = threadIdx.x; e < B * units; e += kThreads) {
+  for (int e = threadIdx.x; e < Bq * units; e += kThreads) {
     const int b = e / units, u = e - b * units;
-    const int64_t i = static_cast<int64_t>(b) * H + j0 + u;
+    const int64_t i = static_cast<int64_t>(b_lo + b) * H + j0 + u;
     p.dh[i] = static_cast<S>(dh[b * U + u]);
     if (p.dc) p.dc[i] = static_cast<S>(dc[b * U + u]);
   }
@@ -604,7 +649,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 struct Plan {
   int units = 0, staged_rows = 0, blocks = 0, bw = 1;
-  bool mma = false;  // products on tensor cores
+  bool mma = false;    // products on tensor cores
+  int cluster = 0;     // blocks per cluster (cluster mode), 0: one grid with a grid barrier
+  int group_rows = 0;  // cluster mode: batch rows per cluster
   size_t smem = 0;
 };
 
@@ -628,9 +675,17 @@ DeviceLimits device_limits() {
 // Tuning settings of the persistent kernels, for measuring variants on a GPU (benchmarks/
 // persistent_sweep.py); the defaults are what the measurements chose. Read from the environment
 // at every launch:
-//   FUSED_RNN_PERSISTENT_UNITS=n      at least n hidden units per block (fewer, busier blocks)
-//   FUSED_RNN_PERSISTENT_BARRIER=grid|counter   the per-step barrier: cooperative groups'
-//                                     grid.sync(), or one release-add / acquire-poll counter
+//   FUSED_RNN_PERSISTENT_UNITS=n      at least n hidden units per block (fewer, busier blocks;
+//                                     grid modes)
+//   FUSED_RNN_PERSISTENT_BARRIER=grid|counter|cluster   the per-step barrier: cooperative
+//                                     groups' grid.sync(), one release-add / acquire-poll
+//                                     counter, or (sm_90+) cluster mode: independent
+//                                     thread-block clusters, each holding the whole W_hh over
+//                                     its C blocks and taking a share of the batch rows, with
+//                                     the cluster's barrier per step (BlockShare); where no
+//                                     cluster holds the weights, the grid barrier
+//   FUSED_RNN_PERSISTENT_CLUSTER=n    cluster mode: n blocks per cluster (1-16; default: 8, or
+//                                     16 where 8 cannot hold the weights)
 //   FUSED_RNN_PERSISTENT_PROFILE=1    keep the phase clock of each launch (PhaseClock; read
 //                                     with fused_rnn._C._persistent_profile); each launch then
 //                                     waits for the kernel to finish
@@ -644,38 +699,53 @@ DeviceLimits device_limits() {
 //   FUSED_RNN_PERSISTENT_STAGING=loads|async   rows of h_prev / d_gates into shared memory by
 //                                     loads (stage_rows) or by cp.async (stage_rows_async, where
 //                                     the staged rows keep the stored type and 16-byte alignment)
+enum class Barrier { kGrid = 0, kCounter = 1, kCluster = 2 };
+
 struct Tuning {
   int64_t min_units = 1;
-  bool counter_barrier = false;
+  Barrier barrier = Barrier::kGrid;
+  int cluster_size = 0;  // 0: the plan chooses
   bool profile = false;
   bool mma = false;
   bool async_staging = false;
 };
 
-// The value of environment variable `name` if it is one of `a` and `b` (true: b); `fallback`
-// when unset or empty; raises otherwise.
-bool env_choice(const char* name, const char* a, const char* b, bool fallback) {
+// The index in `names` of environment variable `name`'s value; `fallback` when unset or empty;
+// raises otherwise.
+int env_choice(const char* name, const std::vector<std::string>& names, int fallback) {
   const char* env = std::getenv(name);
   if (env == nullptr || *env == '\0') return fallback;
   const std::string v(env);
-  TORCH_CHECK(v == a || v == b, "fused_rnn: ", name, " must be '", a, "' or '", b, "', got '", v,
-              "'");
-  return v == b;
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (v == names[i]) return static_cast<int>(i);
+  }
+  std::string allowed;
+  for (size_t i = 0; i < names.size(); ++i) {
+    allowed += (i == 0 ? "'" : i + 1 == names.size() ? " or '" : ", '") + names[i] + "'";
+  }
+  TORCH_CHECK(false, "fused_rnn: ", name, " must be ", allowed, ", got '", v, "'");
+}
+
+// The integer value of environment variable `name` in [lo, hi]; `fallback` when unset or empty.
+int64_t env_int(const char* name, int64_t lo, int64_t hi, int64_t fallback) {
+  const char* env = std::getenv(name);
+  if (env == nullptr || *env == '\0') return fallback;
+  char* end = nullptr;
+  const long v = std::strtol(env, &end, 10);
+  TORCH_CHECK(*end == '\0' && v >= lo && v <= hi, "fused_rnn: ", name,
+              " must be an integer in [", std::to_string(lo), ", ", std::to_string(hi),
+              "], got '", env, "'");  // integers as strings: see checks.h, num()
+  return v;
 }
 
 Tuning tuning() {
   Tuning t;
-  if (const char* env = std::getenv("FUSED_RNN_PERSISTENT_UNITS"); env && *env) {
-    char* end = nullptr;
-    const long v = std::strtol(env, &end, 10);
-    TORCH_CHECK(*end == '\0' && v >= 1 && v <= 4096,
-                "fused_rnn: FUSED_RNN_PERSISTENT_UNITS must be an integer in [1, 4096], got '",
-                env, "'");
-    t.min_units = v;
-  }
-  t.counter_barrier = env_choice("FUSED_RNN_PERSISTENT_BARRIER", "grid", "counter", false);
-  t.mma = env_choice("FUSED_RNN_PERSISTENT_PRODUCT", "fma", "mma", false);
-  t.async_staging = env_choice("FUSED_RNN_PERSISTENT_STAGING", "loads", "async", false);
+  t.min_units = env_int("FUSED_RNN_PERSISTENT_UNITS", 1, 4096, 1);
+  t.barrier = static_cast<Barrier>(
+      env_choice("FUSED_RNN_PERSISTENT_BARRIER", {"grid", "counter", "cluster"}, 0));
+  t.cluster_size = static_cast<int>(env_int("FUSED_RNN_PERSISTENT_CLUSTER", 1, 16, 0));
+  t.mma = env_choice("FUSED_RNN_PERSISTENT_PRODUCT", {"fma", "mma"}, 0) == 1;
+  t.async_staging = env_choice("FUSED_RNN_PERSISTENT_STAGING", {"loads", "async"}, 0) == 1;
   if (const char* env = std::getenv("FUSED_RNN_PERSISTENT_PROFILE"); env && *env) {
     t.profile = std::string(env) != "0";
   }
@@ -686,16 +756,26 @@ Tuning tuning() {
 std::mutex profile_mutex;
 std::vector<int64_t> last_profile[2];
 
-// The plan for B rows, hidden size H, G gates, storage type S, products on tensor cores or not
-// (shared memory as laid out in the kernels); false: does not fit.
+// The plan for B rows, hidden size H, G gates, storage type S, products on tensor cores or not,
+// one grid (cluster == 0) or clusters of `cluster` blocks (shared memory as laid out in the
+// kernels); false: does not fit.
 template <typename S>
-bool make_plan(int G, int64_t B, int64_t H, bool backward, bool mma, const DeviceLimits& d,
-               int64_t min_units, Plan& plan) {
+bool make_plan(int G, int64_t B, int64_t H, bool backward, bool mma, int cluster,
+               const DeviceLimits& d, int64_t min_units, Plan& plan) {
   const int64_t asize = sizeof(acc_t<S>);             // bytes of an accumulator
   const int64_t esize = mma ? sizeof(S) : asize;      // bytes of an element of W and X
-  if (B < 1 || H < 1 || d.sms < 1 || !d.cooperative) return false;
+  if (B < 1 || H < 1 || d.sms < 1 || (cluster == 0 && !d.cooperative)) return false;
   if (B > (1 << 16) || G * H * H >= (int64_t{1} << 31)) return false;
-  const int64_t U = std::min(H, std::max((H + d.sms - 1) / d.sms, min_units));
+  int64_t U = std::min(H, std::max((H + d.sms - 1) / d.sms, min_units));
+  int64_t groups = 1, Bq = B;  // clusters, batch rows per block
+  if (cluster > 0) {
+    if (cluster > d.sms || H < cluster) return false;
+    U = (H + cluster - 1) / cluster;
+    groups = std::min<int64_t>(B, std::max(1, d.sms / cluster));  // clusters on the chip at once
+    Bq = (B + groups - 1) / groups;
+    groups = (B + Bq - 1) / Bq;
+  }
+  B = Bq;  // from here on: a block's batch rows
   // slots of the inputs fetched ahead: forward x_t W_ih^T per gate; backward the forward's
   // values an element reads
   const int64_t segments = B * (backward ? backward_inputs_of(G) : G);
@@ -718,8 +798,10 @@ bool make_plan(int G, int64_t B, int64_t H, bool backward, bool mma, const Devic
   if (rows < B && rows > whole) rows -= rows % whole;
   plan.units = static_cast<int>(U);
   plan.staged_rows = static_cast<int>(rows);
-  plan.blocks = static_cast<int>((H + U - 1) / U);
+  plan.blocks = static_cast<int>(cluster > 0 ? groups * cluster : (H + U - 1) / U);
   plan.mma = mma;
+  plan.cluster = cluster;
+  plan.group_rows = cluster > 0 ? static_cast<int>(Bq) : 0;
   plan.smem = slots + static_cast<size_t>(fixed + rows * row_bytes);
   return true;
 }
@@ -756,35 +838,68 @@ bool want_persistent(int G, int64_t B, int64_t H, bool fits, bool backward, bool
   }
 }
 
+// One launch of the plan: grid modes as one cooperative launch (every block co-resident, the
+// grid barrier needs it); cluster mode as clusters of plan.cluster blocks (cudaLaunchKernelEx;
+// the clusters are independent, so they need not all be resident at once).
 template <typename Kernel, typename Params>
-void launch_cooperative(Kernel kernel, const Params& p, const Plan& plan, const DeviceLimits& d,
-                        const Tuning& tune, bool backward) {
+void launch_persistent(Kernel kernel, const Params& p, const Plan& plan, const DeviceLimits& d,
+                       const Tuning& tune, bool backward) {
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(plan.smem)));
-  int per_sm = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads,
-                                                               plan.smem));
-  TORCH_CHECK(per_sm * d.sms >= plan.blocks, "fused_rnn: persistent kernel needs ",
-              std::to_string(plan.blocks), " co-resident blocks, the device holds ",
-              std::to_string(per_sm * d.sms));  // integers as strings: see checks.h, num()
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const bool counter_barrier = plan.cluster == 0 && tune.barrier == Barrier::kCounter;
+  if (plan.cluster == 0) {
+    int per_sm = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads,
+                                                                 plan.smem));
+    TORCH_CHECK(per_sm * d.sms >= plan.blocks, "fused_rnn: persistent kernel needs ",
+                std::to_string(plan.blocks), " co-resident blocks, the device holds ",
+                std::to_string(per_sm * d.sms));  // integers as strings: see checks.h, num()
+  }
   // counter: one zeroed word for the counter barrier. Freed to the caching allocator when this
   // function returns: it reuses the block only for work queued after the kernel on this stream.
   c10::DataPtr counter, clock;
-  if (tune.counter_barrier) {
+  if (counter_barrier) {
     counter = at::cuda::getCUDADeviceAllocator()->allocate(sizeof(unsigned));
     C10_CUDA_CHECK(cudaMemsetAsync(counter.get(), 0, sizeof(unsigned), stream));
   }
   if (tune.profile) clock = at::cuda::getCUDADeviceAllocator()->allocate(kPhases * 8);
   Params params = p;
-  int units = plan.units, rows = plan.staged_rows;
-  int flags = tune.async_staging ? kAsyncStaging : 0;
+  int units = plan.units, rows = plan.staged_rows, group_rows = plan.group_rows;
+  int flags = (tune.async_staging ? kAsyncStaging : 0) | (plan.cluster > 0 ? kClusterBarrier : 0);
   unsigned* barrier = static_cast<unsigned*>(counter.get());
   long long* phases = static_cast<long long*>(clock.get());
-  void* args[] = {&params, &units, &rows, &flags, &barrier, &phases};
-  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel),
-                                             dim3(plan.blocks), dim3(kThreads), args, plan.smem,
-                                             stream));
+  if (plan.cluster > 0) {
+    if (plan.cluster > 8) {  // beyond the portable cluster size (H100 / H200: up to 16)
+      C10_CUDA_CHECK(
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+    }
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = static_cast<unsigned>(plan.cluster);
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(plan.blocks);
+    config.blockDim = dim3(kThreads);
+    config.dynamicSmemBytes = plan.smem;
+    config.stream = stream;
+    config.attrs = attr;
+    config.numAttrs = 1;
+    int resident = 0;  // clusters of this shape the device holds at once
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&resident, kernel, &config));
+    TORCH_CHECK(resident > 0, "fused_rnn: the device cannot hold a cluster of ",
+                std::to_string(plan.cluster), " blocks with ", std::to_string(plan.smem),
+                " bytes of shared memory each; set FUSED_RNN_PERSISTENT_CLUSTER or "
+                "FUSED_RNN_PERSISTENT_BARRIER=grid");
+    C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, params, units, rows, flags, group_rows,
+                                      barrier, phases));
+  } else {
+    void* args[] = {&params, &units, &rows, &flags, &group_rows, &barrier, &phases};
+    C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel),
+                                               dim3(plan.blocks), dim3(kThreads), args,
+                                               plan.smem, stream));
+  }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (tune.profile) {
     long long host[kPhases];
@@ -794,10 +909,11 @@ void launch_cooperative(Kernel kernel, const Params& p, const Plan& plan, const 
     C10_CUDA_CHECK(cudaGetDevice(&dev));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, dev));
     const std::lock_guard<std::mutex> lock(profile_mutex);
-    last_profile[backward] = {host[0],     host[1], host[2],  host[3],     host[4],
-                              host[5],     p.steps, p.batch, p.hidden, plan.blocks,
-                              plan.units,  plan.staged_rows,  khz,     plan.mma,
-                              tune.async_staging};
+    last_profile[backward] = {host[0],          host[1],         host[2],  host[3],
+                              host[4],          host[5],         p.steps,  p.batch,
+                              p.hidden,         plan.blocks,     plan.units, plan.staged_rows,
+                              khz,              plan.mma,        tune.async_staging,
+                              plan.cluster,     plan.group_rows};
   }
 }
 
@@ -808,15 +924,15 @@ void launch_for_bw(const Params& p, const Plan& plan, const DeviceLimits& d, con
                    bool backward) {
   if constexpr (!std::is_same_v<S, double>) {
     if (plan.mma) {
-      return launch_cooperative(Pick<kCell, 8, S, true>::kernel(), p, plan, d, tune, backward);
+      return launch_persistent(Pick<kCell, 8, S, true>::kernel(), p, plan, d, tune, backward);
     }
   }
   TORCH_CHECK(!plan.mma, "fused_rnn: no tensor-core persistent kernel for float64");
   switch (plan.bw) {
-    case 8: return launch_cooperative(Pick<kCell, 8, S, false>::kernel(), p, plan, d, tune, backward);
-    case 4: return launch_cooperative(Pick<kCell, 4, S, false>::kernel(), p, plan, d, tune, backward);
-    case 2: return launch_cooperative(Pick<kCell, 2, S, false>::kernel(), p, plan, d, tune, backward);
-    default: return launch_cooperative(Pick<kCell, 1, S, false>::kernel(), p, plan, d, tune, backward);
+    case 8: return launch_persistent(Pick<kCell, 8, S, false>::kernel(), p, plan, d, tune, backward);
+    case 4: return launch_persistent(Pick<kCell, 4, S, false>::kernel(), p, plan, d, tune, backward);
+    case 2: return launch_persistent(Pick<kCell, 2, S, false>::kernel(), p, plan, d, tune, backward);
+    default: return launch_persistent(Pick<kCell, 1, S, false>::kernel(), p, plan, d, tune, backward);
   }
 }
 
@@ -856,10 +972,22 @@ bool run_recurrence(const Params& p, bool backward) {
     mma = tune.mma && d.major >= 8 &&
           (sizeof(S) == 2 || at::globalContext().allowTF32CuBLAS());
   }
+  // Plans tried in turn: cluster mode where asked for (sm_90+; the given cluster size, or 8
+  // blocks, then 16), then one grid; each with tensor cores where asked for, then CUDA cores
+  // (their layout needs less room in float32: no padding).
+  std::vector<int> clusters;
+  if (tune.barrier == Barrier::kCluster && d.major >= 9) {
+    clusters = tune.cluster_size > 0 ? std::vector<int>{tune.cluster_size} : std::vector<int>{8, 16};
+  }
+  clusters.push_back(0);
   Plan plan;
-  bool fits = make_plan<S>(G, p.batch, p.hidden, backward, mma, d, tune.min_units, plan);
-  if (!fits && mma) {  // the CUDA-core layout needs less room in float32 (no padding)
-    fits = make_plan<S>(G, p.batch, p.hidden, backward, false, d, tune.min_units, plan);
+  bool fits = false;
+  for (const int cluster : clusters) {
+    for (const bool tensor_cores : {true, false}) {
+      if (fits || (tensor_cores && !mma)) continue;
+      fits = make_plan<S>(G, p.batch, p.hidden, backward, tensor_cores, cluster, d,
+                          tune.min_units, plan);
+    }
   }
   if (!want_persistent(G, p.batch, p.hidden, fits, backward, sizeof(S) == 2)) return false;
   launch_for_cell<S, Params, Pick>(p.cell, p, plan, d, tune, backward);

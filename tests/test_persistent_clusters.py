@@ -1,0 +1,110 @@
+"""Cluster mode of the persistent CUDA kernels (FUSED_RNN_PERSISTENT_BARRIER=cluster, sm_90+):
+independent thread-block clusters, each holding the whole W_hh over its blocks and taking a share
+of the batch rows, one cluster barrier per step and no grid-wide barrier. Forced with each cluster
+size and compared with nn.* on copied weights (outputs, final states, all gradients; packed
+sequences), with a float64 oracle together with the tensor-core products and cp.async staging,
+run twice for bitwise determinism; the launch's record (profile) says the mode that ran, and
+shapes whose weights no cluster holds fall back to the grid barrier. Need a GPU."""
+import pytest
+import torch
+from torch import nn
+
+import fused_rnn
+from helpers import (GRAD_TOL, TOL, compare_packed_with_nn, compare_with_nn, flat, grads,
+                     nn_and_fused)
+from test_cuda_paths import cuda_path
+
+needs_sm90 = pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
+    reason="thread-block clusters need a CUDA device of compute capability 9.0+")
+CELLS = ["GRU", "LSTM", "RNN", "RNN_RELU"]
+# (cluster size, T, B, I, H); None: the plan's own (8 blocks). One batch row (one cluster); 37
+# rows over 16 clusters (3 per cluster, the last one partial); 64 rows; H=13 in 8-block clusters
+# (units of 2: the last block owns none); 2, 4 and 16 blocks per cluster; H=13 cannot be split
+# over 16 blocks: the grid barrier.
+CASES = [(None, 5, 1, 6, 40), (None, 4, 37, 7, 300), (None, 3, 64, 8, 256), (None, 4, 5, 6, 13),
+         ("2", 5, 3, 6, 40), ("4", 4, 9, 5, 64), ("16", 3, 64, 8, 256), ("16", 4, 5, 6, 13)]
+
+
+def launch_record(backward):
+    """(blocks per cluster, batch rows per cluster) of the last profiled launch; (0, 0): grid."""
+    p = fused_rnn._C._persistent_profile(backward)
+    return p[15], p[16]
+
+
+@needs_sm90
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cluster,T,B,I,H", CASES)
+def test_cluster_mode_matches_nn(monkeypatch, cluster, cell, T, B, I, H):
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_BARRIER", "cluster")
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_PROFILE", "1")
+    if cluster is not None:
+        monkeypatch.setenv("FUSED_RNN_PERSISTENT_CLUSTER", cluster)
+    torch.manual_seed(B + H)
+    ref, fused = nn_and_fused(cell, I, H, torch.float32, "cuda", bidirectional=True)
+    x = torch.randn(T, B, I, device="cuda", requires_grad=True)
+    h0 = torch.randn(2, B, H, device="cuda", requires_grad=True)
+    hx = (h0, torch.randn_like(h0, requires_grad=True)) if cell == "LSTM" else h0
+    scale = max(1.0, H / 64)
+    tol = dict(atol=GRAD_TOL[torch.float32]["atol"] * scale,
+               rtol=GRAD_TOL[torch.float32]["rtol"] * scale)
+    with cuda_path("persistent"):
+        compare_with_nn(ref, fused, x, hx, torch.float32, grad_tol=tol)
+        size = int(cluster or 8)
+        for backward in (False, True):
+            blocks, rows = launch_record(backward)
+            assert blocks == (size if H >= size else 0), (backward, blocks)
+            assert blocks == 0 or 1 <= rows <= B
+        lengths = torch.randint(1, T + 1, (B,))
+        lengths[0] = T
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        compare_packed_with_nn(ref, fused, x, packed, hx, torch.float32, grad_tol=tol)
+
+
+@needs_sm90
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("cell", CELLS)
+def test_cluster_mode_with_tensor_cores_and_async_staging(monkeypatch, dtype, cell):
+    for name, value in (("BARRIER", "cluster"), ("PRODUCT", "mma"), ("STAGING", "async"),
+                        ("PROFILE", "1")):
+        monkeypatch.setenv(f"FUSED_RNN_PERSISTENT_{name}", value)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    torch.manual_seed(9)
+    T, B, I, H = 6, 19, 8, 256
+    oracle, fused = nn_and_fused(cell, I, H, torch.float64, "cuda")
+    fused = fused.to(dtype)
+    x64 = torch.randn(T, B, I, device="cuda", dtype=torch.float64)
+    want = flat(*oracle(x64))
+    seeds = [torch.randn_like(w) for w in want]
+    want_g = grads(want, [*oracle.parameters()], seeds)
+    tol = TOL[torch.float16] if dtype == torch.float32 else TOL[dtype]  # tf32: 10 bits as fp16
+    grad_tol = {k: v * H / 64 for k, v in
+                (GRAD_TOL[torch.float16] if dtype == torch.float32 else GRAD_TOL[dtype]).items()}
+    runs = []
+    with cuda_path("persistent"):
+        for _ in range(2):
+            got = flat(*fused(x64.to(dtype)))
+            got_g = grads(got, [*fused.parameters()], [s.to(dtype) for s in seeds])
+            runs.append([g.detach() for g in got] + got_g)
+            for backward in (False, True):
+                assert launch_record(backward)[0] == 8
+                assert fused_rnn._C._persistent_profile(backward)[13] == 1  # tensor cores
+    for g, w, n in zip(runs[0], want, ["output", "h_n", "c_n"]):
+        torch.testing.assert_close(g.double(), w, **tol, msg=lambda m: f"{n}: {m}")
+    for g, w in zip(runs[0][len(want):], want_g):
+        torch.testing.assert_close(g.double(), w, **grad_tol)
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
+@needs_sm90
+def test_cluster_mode_falls_back_to_the_grid_where_no_cluster_holds_the_weights(monkeypatch):
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_BARRIER", "cluster")
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_PROFILE", "1")
+    torch.manual_seed(3)
+    ref, fused = nn_and_fused("LSTM", 8, 1024, torch.float32, "cuda")  # W_hh 16 MB
+    x = torch.randn(2, 3, 8, device="cuda", requires_grad=True)
+    with cuda_path("persistent"):
+        compare_with_nn(ref, fused, x, None, torch.float32,
+                        grad_tol=dict(atol=1.6e-3, rtol=1.6e-3))
+        assert launch_record(False) == (0, 0) and launch_record(True) == (0, 0)
