@@ -21,9 +21,10 @@
 # steps after the build (default: tests:auto sanitizer:persistent:memcheck
 # sanitizer:persistent:racecheck sanitizer:persistent:memcheck:counter
 # sanitizer:persistent:memcheck:grid:mma:async sanitizer:persistent:racecheck:grid:mma:async
-# sanitizer:persistent:memcheck:cluster:mma:async sanitizer:persistent:racecheck:cluster:mma:async
-# sweep bench tests:general sanitizer:general:memcheck; a sanitizer step's 4th to 6th fields are
-# FUSED_RNN_PERSISTENT_BARRIER, _PRODUCT and _STAGING).
+# sanitizer:persistent:memcheck:cluster:mma:async:dsmem
+# sanitizer:persistent:racecheck:cluster:mma:async:dsmem sweep bench tests:general
+# sanitizer:general:memcheck; a sanitizer step's 4th to 7th fields are
+# FUSED_RNN_PERSISTENT_BARRIER, _PRODUCT, _STAGING and _EXCHANGE).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results/gpu_check_out}"
@@ -72,16 +73,17 @@ run_tests() {  # $1: CUDA path
 }
 
 run_sanitizer() {  # $1: CUDA path, $2: memcheck or racecheck, $3: barrier (default grid),
-                  # $4: product (default fma), $5: staging (default loads)
-  local s=$(date +%s) barrier="${3:-grid}" product="${4:-fma}" staging="${5:-loads}"
+                  # $4: product (default fma), $5: staging (default loads), $6: exchange (l2)
+  local s=$(date +%s) barrier="${3:-grid}" product="${4:-fma}" staging="${5:-loads}" exchange="${6:-l2}"
   if [ -x "$sanitizer" ]; then
-    echo "=== path $1, $2, barrier $barrier, product $product, staging $staging" >> "$OUT/sanitizer.log"
+    echo "=== path $1, $2, barrier $barrier, product $product, staging $staging, exchange $exchange" >> "$OUT/sanitizer.log"
     FUSED_RNN_CUDA_PATH=$1 FUSED_RNN_PERSISTENT_BARRIER=$barrier \
       FUSED_RNN_PERSISTENT_PRODUCT=$product FUSED_RNN_PERSISTENT_STAGING=$staging \
+      FUSED_RNN_PERSISTENT_EXCHANGE=$exchange \
       timeout "${SANITIZER_TIMEOUT:-120}" "$sanitizer" --tool "$2" \
       --error-exitcode 9 "$py" benchmarks/gpu_sanitize_case.py >> "$OUT/sanitizer.log" 2>&1
     local rc=$?
-    status "compute-sanitizer $2, path $1, barrier $barrier, $product, $staging" "rc=$rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer.log" | tail -1)" $(( $(date +%s) - s ))
+    status "compute-sanitizer $2, path $1, barrier $barrier, $product, $staging, $exchange" "rc=$rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer.log" | tail -1)" $(( $(date +%s) - s ))
   else
     status "compute-sanitizer $2" "not installed" 0
   fi
@@ -114,11 +116,11 @@ run_debug() {
 }
 
 # STEPS: what runs, in this order (most important first, so a cut-off run still reports them)
-for step in ${STEPS:-tests:auto sanitizer:persistent:memcheck sanitizer:persistent:racecheck sanitizer:persistent:memcheck:counter sanitizer:persistent:memcheck:grid:mma:async sanitizer:persistent:racecheck:grid:mma:async sanitizer:persistent:memcheck:cluster:mma:async sanitizer:persistent:racecheck:cluster:mma:async sweep bench tests:general sanitizer:general:memcheck}; do
-  IFS=: read -r kind a b c d e <<< "$step"
+for step in ${STEPS:-tests:auto sanitizer:persistent:memcheck sanitizer:persistent:racecheck sanitizer:persistent:memcheck:counter sanitizer:persistent:memcheck:grid:mma:async sanitizer:persistent:racecheck:grid:mma:async sanitizer:persistent:memcheck:cluster:mma:async:dsmem sanitizer:persistent:racecheck:cluster:mma:async:dsmem sweep bench tests:general sanitizer:general:memcheck}; do
+  IFS=: read -r kind a b c d e f <<< "$step"
   case $kind in
     tests) run_tests "$a" ;;
-    sanitizer) run_sanitizer "$a" "$b" "$c" "$d" "$e" ;;
+    sanitizer) run_sanitizer "$a" "$b" "$c" "$d" "$e" "$f" ;;
     sweep) run_sweep ;;
     debug) run_debug ;;
     bench) run_bench ;;

@@ -1,6 +1,7 @@
 """Tuning sweep of the persistent CUDA kernels (issue 7): variants of the per-step barrier
 (FUSED_RNN_PERSISTENT_BARRIER=grid|counter|cluster; cluster: independent 8-block thread-block
-clusters, each with a share of the batch rows), of the hidden units per block
+clusters, each with a share of the batch rows, exchanging h / d_gates through L2 or distributed
+shared memory: FUSED_RNN_PERSISTENT_EXCHANGE=l2|dsmem), of the hidden units per block
 (FUSED_RNN_PERSISTENT_UNITS; fewer, busier blocks), of the products (FUSED_RNN_PERSISTENT_PRODUCT=
 fma|mma: CUDA cores or tensor cores) and of the staging of h / d_gates rows
 (FUSED_RNN_PERSISTENT_STAGING=loads|async) timed in ONE interleaved run with nn.* on cuDNN
@@ -30,22 +31,26 @@ POINTS = [("GRU", 1, 256, "float32"), ("GRU", 32, 256, "float32"), ("GRU", 64, 2
           ("LSTM", 32, 256, "float32"), ("LSTM", 32, 1024, "float32")]
 # more units per block than the kernel's own choice (ceil(H / #SMs)), per H
 UNITS = {256: [4, 8], 512: [8], 1024: [12]}
-# (barrier, units, product, staging); units None: the kernel's own choice
-DEFAULT = ("grid", None, "fma", "loads")
-VARIANTS = [DEFAULT, ("counter", None, "fma", "loads"), ("grid", None, "fma", "async"),
-            ("grid", None, "mma", "loads"), ("grid", None, "mma", "async"),
-            ("cluster", None, "fma", "loads"), ("cluster", None, "mma", "async")]
-# (barrier, product, staging) of the phase clocks
-PROFILED = [("grid", "fma", "loads"), ("grid", "fma", "async"), ("grid", "mma", "loads"),
-            ("grid", "mma", "async"), ("cluster", "fma", "loads"), ("cluster", "mma", "async")]
+# (barrier, units, product, staging, exchange); units None: the kernel's own choice
+DEFAULT = ("grid", None, "fma", "loads", "l2")
+VARIANTS = [DEFAULT, ("counter", None, "fma", "loads", "l2"), ("grid", None, "fma", "async", "l2"),
+            ("grid", None, "mma", "loads", "l2"), ("grid", None, "mma", "async", "l2"),
+            ("cluster", None, "fma", "loads", "l2"), ("cluster", None, "fma", "loads", "dsmem"),
+            ("cluster", None, "mma", "async", "l2"), ("cluster", None, "mma", "async", "dsmem")]
+# (barrier, product, staging, exchange) of the phase clocks
+PROFILED = [("grid", "fma", "loads", "l2"), ("grid", "fma", "async", "l2"),
+            ("grid", "mma", "loads", "l2"), ("grid", "mma", "async", "l2"),
+            ("cluster", "fma", "loads", "l2"), ("cluster", "fma", "loads", "dsmem"),
+            ("cluster", "mma", "async", "dsmem")]
 ENV = ["FUSED_RNN_PERSISTENT_BARRIER", "FUSED_RNN_PERSISTENT_UNITS",
-       "FUSED_RNN_PERSISTENT_PRODUCT", "FUSED_RNN_PERSISTENT_STAGING"]
+       "FUSED_RNN_PERSISTENT_PRODUCT", "FUSED_RNN_PERSISTENT_STAGING",
+       "FUSED_RNN_PERSISTENT_EXCHANGE"]
 
 
-def set_tuning(barrier, units, product, staging):
+def set_tuning(barrier, units, product, staging, exchange):
     """The persistent kernels' settings (read at every launch); float32 runs as tf32 on the tensor
     cores only while torch allows TF32 in float32 matrix products."""
-    for name, value in zip(ENV, (barrier, units, product, staging)):
+    for name, value in zip(ENV, (barrier, units, product, staging, exchange)):
         if value is None:
             os.environ.pop(name, None)
         else:
@@ -69,12 +74,28 @@ def with_tuning(fn, variant):
 PHASES = ["staging", "product", "pointwise", "step barrier"]
 
 
-def phase_profile(cell, B, H, dtype, T, barrier, product, staging):
+def profile_row(p, cell, B, H, dtype, T, backward):
+    """One launch's record (fused_rnn._C._persistent_profile, see csrc/cuda/cuda_kernels.h) as a
+    row: µs per step of each phase, and what ran (products, staging, clusters, exchange)."""
+    cyc = p[:5]  # 4 phases, then the whole loop
+    ns_per_cycle = p[5] / cyc[4]
+    steps = p[6]
+    return dict(cell=cell, B=B, H=H, dtype=str(dtype).replace("torch.", ""), T=T,
+                kernel="backward" if backward else "forward",
+                products_on="mma" if p[13] else "fma",  # ("product", "staging": phases)
+                staged_by="async" if p[14] else "loads", cluster=p[15], group_rows=p[16],
+                exchange="dsmem" if p[17] else "l2", blocks=p[9], units=p[10],
+                staged_rows=p[11], clock_ghz=1 / ns_per_cycle,
+                **{ph: c * ns_per_cycle / 1e3 / steps for ph, c in zip(PHASES, cyc)},
+                total_us_per_step=p[5] / 1e3 / steps)
+
+
+def phase_profile(cell, B, H, dtype, T, barrier, product, staging, exchange):
     """µs per step of each phase of the forward and the backward kernel (block 0's clock)."""
     torch.manual_seed(0)
     m = getattr(fused_rnn, cell)(H, H, device="cuda", dtype=dtype)
     x = torch.randn(T, B, H, device="cuda", dtype=dtype, requires_grad=True)
-    set_tuning(barrier, None, product, staging)
+    set_tuning(barrier, None, product, staging, exchange)
     out = []
     for _ in range(2):  # the first run warms up
         os.environ["FUSED_RNN_PERSISTENT_PROFILE"] = "1"
@@ -86,19 +107,49 @@ def phase_profile(cell, B, H, dtype, T, barrier, product, staging):
             os.environ.pop("FUSED_RNN_PERSISTENT_PROFILE", None)
     for backward in (False, True):
         p = fused_rnn._C._persistent_profile(backward)
-        if not p:
-            continue
-        cyc = p[:5]  # 4 phases, then the whole loop
-        ns_per_cycle = p[5] / cyc[4]
-        steps = p[6]
-        out.append(dict(cell=cell, B=B, H=H, dtype=str(dtype).replace("torch.", ""), T=T,
-                        kernel="backward" if backward else "forward",
-                        product="mma" if p[13] else "fma", staging="async" if p[14] else "loads",
-                        cluster=p[15], group_rows=p[16],
-                        blocks=p[9], units=p[10], staged_rows=p[11], clock_ghz=1 / ns_per_cycle,
-                        **{ph: c * ns_per_cycle / 1e3 / steps for ph, c in zip(PHASES, cyc)},
-                        total_us_per_step=p[5] / 1e3 / steps))
+        if p:
+            out.append(profile_row(p, cell, B, H, dtype, T, backward))
     return out
+
+
+def report(info, T, rows, profiles):
+    """The sweep's markdown: the timings (rows of main), then the phase clocks (profile_row)."""
+    lines = [f"# Persistent-kernel tuning sweep ({info['gpu']}, torch {info['torch']}, "
+             f"{info['date']})", "",
+             f"T={T}, input size = hidden size, 1 layer, medians of interleaved "
+             f"torch.utils.benchmark runs. nn.* on cuDNN: cudnn.allow_tf32="
+             f"{info['cudnn_allow_tf32']}. units: hidden units per block ('auto': "
+             f"ceil(H / #SMs)). product: fma (CUDA cores) or mma (tensor cores; float32 as tf32, "
+             f"matmul.allow_tf32 on while it runs); staging: loads or async (cp.async). The "
+             f"profile table says which product and barrier ran (mma falls back to CUDA cores "
+             f"where its layout does not fit, cluster mode to the grid barrier where no cluster "
+             f"holds W_hh; clusters: blocks per cluster x batch rows per cluster, - for one "
+             f"grid).", "",
+             "| cell | mode | B | H | dtype | barrier | units | product | staging | exchange "
+             "| nn.* ms | fused ms | µs/step | speed-up |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['cell']} | {r['mode']} | {r['B']} | {r['H']} | {r['dtype']} | "
+                     f"{r['barrier']} | {r['units']} | {r['product']} | {r['staging']} | "
+                     f"{r['exchange']} | "
+                     f"{r['nn_ms']:.2f} | {r['fused_ms']:.2f} | "
+                     f"{r['us_per_step']:.2f} | {r['speedup']:.2f}x |")
+    lines += ["", "Phase clock (FUSED_RNN_PERSISTENT_PROFILE=1): thread 0 of block 0 sums "
+              "clock64() per phase over all steps; µs per step at the clock measured over the loop "
+              "(%globaltimer). The pointwise phase ends with an extra block barrier while "
+              "profiling; the step barrier includes waiting for the slowest block.", "",
+              "| cell | kernel | B | H | dtype | products | staged by | clusters | blocks x units "
+              "| staged rows | " + " | ".join(PHASES) + " | total µs/step | clock GHz |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in profiles:
+        clusters = (f"{r['cluster']} x {r['group_rows']} {r['exchange']}" if r["cluster"]
+                    else "-")
+        lines.append(f"| {r['cell']} | {r['kernel']} | {r['B']} | {r['H']} | {r['dtype']} | "
+                     f"{r['products_on']} | {r['staged_by']} | {clusters} | "
+                     f"{r['blocks']} x {r['units']} | {r['staged_rows']} | "
+                     + " | ".join(f"{r[ph]:.2f}" for ph in PHASES)
+                     + f" | {r['total_us_per_step']:.2f} | {r['clock_ghz']:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
@@ -127,7 +178,7 @@ def main(argv=None):
             training = mode == "training"
             variants = list(VARIANTS)
             if not args.auto_units_only:
-                variants += [("grid", u, "fma", "loads") for u in UNITS.get(H, [])]
+                variants += [("grid", u, "fma", "loads", "l2") for u in UNITS.get(H, [])]
             fused_fn = make_fn(fused, x, training)
             # nn.* at PyTorch's defaults (no FUSED_RNN_PERSISTENT_*, matmul.allow_tf32 off)
             fns = [with_tuning(make_fn(ref, x, training), DEFAULT)]
@@ -139,57 +190,26 @@ def main(argv=None):
                 continue
             finally:
                 clear_tuning()
-            for (barrier, units, product, staging), t in zip(variants, times[1:]):
+            for (barrier, units, product, staging, exchange), t in zip(variants, times[1:]):
                 rows.append(dict(cell=cell, B=B, H=H, T=args.T, dtype=dtype_name, mode=mode,
                                  barrier=barrier, units=units or "auto", product=product,
-                                 staging=staging, nn_ms=times[0] * 1e3,
+                                 staging=staging, exchange=exchange, nn_ms=times[0] * 1e3,
                                  fused_ms=t * 1e3, us_per_step=t * 1e6 / args.T,
                                  speedup=times[0] / t))
                 r = rows[-1]
                 print(f"{cell} {mode} B={B} H={H} {dtype_name} barrier={barrier} "
-                      f"units={r['units']} {product} {staging}: {r['us_per_step']:.2f} us/step, "
+                      f"units={r['units']} {product} {staging} {exchange}: "
+                      f"{r['us_per_step']:.2f} us/step, "
                       f"{r['speedup']:.2f}x nn.*", flush=True)
     profiles = []
     for cell, B, H, dtype_name in POINTS:
-        for barrier, product, staging in PROFILED:
+        for barrier, product, staging, exchange in PROFILED:
             try:
                 profiles += phase_profile(cell, B, H, getattr(torch, dtype_name), args.T,
-                                          barrier, product, staging)
+                                          barrier, product, staging, exchange)
             finally:
                 clear_tuning()
-    lines = [f"# Persistent-kernel tuning sweep ({info['gpu']}, torch {info['torch']}, "
-             f"{info['date']})", "",
-             f"T={args.T}, input size = hidden size, 1 layer, medians of interleaved "
-             f"torch.utils.benchmark runs. nn.* on cuDNN: cudnn.allow_tf32="
-             f"{info['cudnn_allow_tf32']}. units: hidden units per block ('auto': "
-             f"ceil(H / #SMs)). product: fma (CUDA cores) or mma (tensor cores; float32 as tf32, "
-             f"matmul.allow_tf32 on while it runs); staging: loads or async (cp.async). The "
-             f"profile table says which product and barrier ran (mma falls back to CUDA cores "
-             f"where its layout does not fit, cluster mode to the grid barrier where no cluster "
-             f"holds W_hh; clusters: blocks per cluster x batch rows per cluster, - for one "
-             f"grid).", "",
-             "| cell | mode | B | H | dtype | barrier | units | product | staging | nn.* ms "
-             "| fused ms | µs/step | speed-up |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['cell']} | {r['mode']} | {r['B']} | {r['H']} | {r['dtype']} | "
-                     f"{r['barrier']} | {r['units']} | {r['product']} | {r['staging']} | "
-                     f"{r['nn_ms']:.2f} | {r['fused_ms']:.2f} | "
-                     f"{r['us_per_step']:.2f} | {r['speedup']:.2f}x |")
-    lines += ["", "Phase clock (FUSED_RNN_PERSISTENT_PROFILE=1): thread 0 of block 0 sums "
-              "clock64() per phase over all steps; µs per step at the clock measured over the loop "
-              "(%globaltimer). The pointwise phase ends with an extra block barrier while "
-              "profiling; the step barrier includes waiting for the slowest block.", "",
-              "| cell | kernel | B | H | dtype | product | staging | clusters | blocks x units "
-              "| staged rows | " + " | ".join(PHASES) + " | total µs/step | clock GHz |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in profiles:
-        clusters = f"{r['cluster']} x {r['group_rows']}" if r["cluster"] else "-"
-        lines.append(f"| {r['cell']} | {r['kernel']} | {r['B']} | {r['H']} | {r['dtype']} | "
-                     f"{r['product']} | {r['staging']} | {clusters} | "
-                     f"{r['blocks']} x {r['units']} | {r['staged_rows']} | "
-                     + " | ".join(f"{r[ph]:.2f}" for ph in PHASES)
-                     + f" | {r['total_us_per_step']:.2f} | {r['clock_ghz']:.2f} |")
-    text = "\n".join(lines) + "\n"
+    text = report(info, args.T, rows, profiles)
     print(text)
     write_results(args.md, text, args.json, dict(machine=info, rows=rows, profiles=profiles))
 

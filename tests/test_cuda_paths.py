@@ -252,6 +252,7 @@ def test_persistent_tuning_variants_match_nn(monkeypatch, barrier, units, T, B, 
     ("FUSED_RNN_PERSISTENT_UNITS", "0", r"integer in \[1, 4096\], got '0'"),
     ("FUSED_RNN_PERSISTENT_UNITS", "4x", r"integer in \[1, 4096\], got '4x'"),
     ("FUSED_RNN_PERSISTENT_CLUSTER", "17", r"integer in \[1, 16\], got '17'"),
+    ("FUSED_RNN_PERSISTENT_EXCHANGE", "nvlink", "must be 'l2' or 'dsmem', got 'nvlink'"),
 ])
 def test_persistent_tuning_rejects_bad_values(monkeypatch, name, value, message):
     monkeypatch.setenv(name, value)

@@ -1,10 +1,13 @@
 """Cluster mode of the persistent CUDA kernels (FUSED_RNN_PERSISTENT_BARRIER=cluster, sm_90+):
 independent thread-block clusters, each holding the whole W_hh over its blocks and taking a share
-of the batch rows, one cluster barrier per step and no grid-wide barrier. Forced with each cluster
-size and compared with nn.* on copied weights (outputs, final states, all gradients; packed
-sequences), with a float64 oracle together with the tensor-core products and cp.async staging,
-run twice for bitwise determinism; the launch's record (profile) says the mode that ran, and
-shapes whose weights no cluster holds fall back to the grid barrier. Need a GPU."""
+of the batch rows, one cluster barrier per step and no grid-wide barrier; the rows of h / d_gates
+exchanged through global memory (L2) or distributed shared memory
+(FUSED_RNN_PERSISTENT_EXCHANGE=dsmem). Forced with each cluster size and exchange and compared
+with nn.* on copied weights (outputs, final states, all gradients; packed sequences), the two
+exchanges with each other bit for bit, with a float64 oracle together with the tensor-core
+products and cp.async staging, run twice for bitwise determinism; the launch's record (profile)
+says the mode that ran, and shapes whose weights no cluster holds fall back to the grid barrier.
+Need a GPU."""
 import pytest
 import torch
 from torch import nn
@@ -32,11 +35,17 @@ def launch_record(backward):
     return p[15], p[16]
 
 
+def exchanged_in_shared_memory(backward):
+    return fused_rnn._C._persistent_profile(backward)[17] == 1
+
+
 @needs_sm90
+@pytest.mark.parametrize("exchange", ["l2", "dsmem"])
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("cluster,T,B,I,H", CASES)
-def test_cluster_mode_matches_nn(monkeypatch, cluster, cell, T, B, I, H):
+def test_cluster_mode_matches_nn(monkeypatch, exchange, cluster, cell, T, B, I, H):
     monkeypatch.setenv("FUSED_RNN_PERSISTENT_BARRIER", "cluster")
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_EXCHANGE", exchange)
     monkeypatch.setenv("FUSED_RNN_PERSISTENT_PROFILE", "1")
     if cluster is not None:
         monkeypatch.setenv("FUSED_RNN_PERSISTENT_CLUSTER", cluster)
@@ -55,6 +64,7 @@ def test_cluster_mode_matches_nn(monkeypatch, cluster, cell, T, B, I, H):
             blocks, rows = launch_record(backward)
             assert blocks == (size if H >= size else 0), (backward, blocks)
             assert blocks == 0 or 1 <= rows <= B
+            assert exchanged_in_shared_memory(backward) == (blocks > 0 and exchange == "dsmem")
         lengths = torch.randint(1, T + 1, (B,))
         lengths[0] = T
         packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
@@ -62,11 +72,34 @@ def test_cluster_mode_matches_nn(monkeypatch, cluster, cell, T, B, I, H):
 
 
 @needs_sm90
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("product", ["fma", "mma"])
+def test_shared_memory_exchange_gives_the_same_bits_as_l2(monkeypatch, product, dtype, cell):
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_BARRIER", "cluster")
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_PRODUCT", product)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", product == "mma")
+    torch.manual_seed(12)
+    _, fused = nn_and_fused(cell, 8, 96, dtype, "cuda", num_layers=2, bidirectional=True)
+    x = torch.randn(7, 21, 8, device="cuda", dtype=dtype, requires_grad=True)
+    runs = []
+    with cuda_path("persistent"):
+        for exchange in ("l2", "dsmem"):
+            monkeypatch.setenv("FUSED_RNN_PERSISTENT_EXCHANGE", exchange)
+            out = flat(*fused(x))
+            g = grads(out, [x, *fused.parameters()], [torch.ones_like(o) for o in out])
+            runs.append([o.detach() for o in out] + g)
+    for a, b in zip(*runs):  # the same products of the same values in the same order
+        assert torch.equal(a, b)
+
+
+@needs_sm90
+@pytest.mark.parametrize("exchange", ["l2", "dsmem"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("cell", CELLS)
-def test_cluster_mode_with_tensor_cores_and_async_staging(monkeypatch, dtype, cell):
+def test_cluster_mode_with_tensor_cores_and_async_staging(monkeypatch, exchange, dtype, cell):
     for name, value in (("BARRIER", "cluster"), ("PRODUCT", "mma"), ("STAGING", "async"),
-                        ("PROFILE", "1")):
+                        ("EXCHANGE", exchange), ("PROFILE", "1")):
         monkeypatch.setenv(f"FUSED_RNN_PERSISTENT_{name}", value)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
     torch.manual_seed(9)
@@ -89,6 +122,7 @@ def test_cluster_mode_with_tensor_cores_and_async_staging(monkeypatch, dtype, ce
             for backward in (False, True):
                 assert launch_record(backward)[0] == 8
                 assert fused_rnn._C._persistent_profile(backward)[13] == 1  # tensor cores
+                assert exchanged_in_shared_memory(backward) == (exchange == "dsmem")
     for g, w, n in zip(runs[0], want, ["output", "h_n", "c_n"]):
         torch.testing.assert_close(g.double(), w, **tol, msg=lambda m: f"{n}: {m}")
     for g, w in zip(runs[0][len(want):], want_g):

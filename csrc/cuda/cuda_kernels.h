@@ -29,7 +29,7 @@ bool recurrence_backward(const RecurrenceBackward<scalar_t>& p);
 // barrier, the whole loop; the loop in ns; then T, B, H, blocks, units per block, staged rows,
 // the SM clock rate in kHz, products on tensor cores (1) or CUDA cores (0), staging by cp.async
 // (1) or loads (0), blocks per cluster (0: one grid, grid or counter barrier), batch rows per
-// cluster.
+// cluster, rows exchanged through distributed shared memory (1) or global memory (0).
 std::vector<int64_t> persistent_profile(bool backward);
 
 }  // namespace fused_rnn::cuda

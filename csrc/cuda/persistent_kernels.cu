@@ -181,6 +181,8 @@ __device__ __forceinline__ acc_t<S> from_raw(typename RawOf<S>::type v) {
 // Bits of a launch's `flags` argument.
 constexpr int kAsyncStaging = 1;   // stage rows by cp.async where possible (stage_rows_async)
 constexpr int kClusterBarrier = 2;  // thread-block clusters, each with its own batch rows
+constexpr int kDsmemExchange = 4;   // cluster mode: h / d_gates rows through distributed
+                                    // shared memory (store_to_cluster), not global memory
 
 // The hidden units and batch rows of one block. Grid modes: unit slice blockIdx.x of all B rows.
 // Cluster mode (FUSED_RNN_PERSISTENT_BARRIER=cluster, sm_90+): the launch is independent
@@ -206,6 +208,29 @@ __device__ __forceinline__ BlockShare block_share(int flags, int B, int group_ro
   return {static_cast<int>(blockIdx.x), 0, B};
 }
 
+// The cluster's barrier (sm_90+; the host picks cluster mode there only).
+__device__ __forceinline__ void cluster_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cg::this_cluster().sync();
+#else
+  __trap();
+#endif
+}
+
+// Exchange through distributed shared memory: v into the same element (local address `at` in
+// this block's shared memory) of every block of the cluster, this one included. Visible to them
+// after the next cluster barrier.
+template <typename E>
+__device__ __forceinline__ void store_to_cluster(E* at, E v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cg::cluster_group cluster = cg::this_cluster();
+  const unsigned n = cluster.num_blocks();
+  for (unsigned r = 0; r < n; ++r) *cluster.map_shared_rank(at, r) = v;
+#else
+  __trap();
+#endif
+}
+
 // The barrier that ends every step. Cluster mode: the cluster's barrier (release / acquire at
 // cluster scope: the rows one block wrote are visible to the others of its cluster).
 // counter == nullptr: cooperative groups' grid.sync(). Otherwise counter points at a zeroed
@@ -214,11 +239,7 @@ __device__ __forceinline__ BlockShare block_share(int flags, int B, int group_ro
 // blocks have added (target = steps done * blocks).
 __device__ __forceinline__ void step_barrier(int flags, unsigned* counter, unsigned target) {
   if (flags & kClusterBarrier) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    cg::this_cluster().sync();
-#else
-    __trap();
-#endif
+    cluster_sync();
     return;
   }
   if (counter == nullptr) {
@@ -342,8 +363,10 @@ __device__ __forceinline__ void zero_columns(E* M, int rows, int K, int ld) {
 // A block's rows: Bq = its batch rows (BlockShare: all B, or its cluster's), local row b is
 // batch row b_lo + b. Shared memory: xs (slots of x_t W_ih^T, this step's and the next's:
 // slot_bytes<S>(Bq*G, U)), then in operand_t<S, kMma> (ld = row_stride(H), Rw =
-// padded_rows(G*U)): W [Rw, ld], X [Bc, ld]; then in elements of acc_t<S>: gh [Bq, G*U],
-// P [kWarps * scratch_per_warp], bias_x [G*U], bias_h [G*U], cs [Bq, U].
+// padded_rows(G*U)): W [Rw, ld], X [nX, Bc, ld] (nX = 2 buffers with kDsmemExchange, where
+// step s reads buffer s % 2 and the cluster writes step s + 1's rows into the other, else 1);
+// then in elements of acc_t<S>: gh [Bq, G*U], P [kWarps * scratch_per_warp], bias_x [G*U],
+// bias_h [G*U], cs [Bq, U].
 template <Cell kCell, int kBW, typename S, bool kMma>
 __global__ void __launch_bounds__(kThreads, 1)
     recurrence_forward_kernel(RecurrenceForward<S> p, int U, int Bc, int flags, int group_rows,
@@ -360,8 +383,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   unsigned* xs = reinterpret_cast<unsigned*>(smem_raw);  // xs: [2][Bq*G][wps] words
   // W: [Rw, ld], row g*U + u = W_hh[g*H + j0 + u, :]
   E* W = reinterpret_cast<E*>(smem_raw + slot_bytes<S>(Bq * G, U));
-  E* X = W + Rw * ld;                     // X: [Bc, ld]  rows of h_prev
-  A* gh = reinterpret_cast<A*>(X + Bc * ld);  // gh: [Bq, R]  h_prev W_hh^T, this block's rows
+  const bool dsmem = (flags & kDsmemExchange) != 0;
+  E* X = W + Rw * ld;                     // X: [nX, Bc, ld]  rows of h_prev
+  // gh: [Bq, R]  h_prev W_hh^T, this block's rows
+  A* gh = reinterpret_cast<A*>(X + (dsmem ? 2 : 1) * Bc * ld);
   A* P = gh + Bq * R;                     // P: [kWarps * scratch_per_warp]
   A* bias_x = P + kWarps * scratch_per_warp(kMma);  // bias_x: [R]  added to x_t W_ih^T (GRU: b_ih;
                                           //   LSTM / RNN: b_ih + b_hh)
@@ -375,7 +400,8 @@ __global__ void __launch_bounds__(kThreads, 1)
                     : A(0);
     W[idx] = to_operand<E, kMma>(w);
   }
-  if constexpr (kMma) zero_columns(X, Bc, H, ld);
+  if constexpr (kMma) zero_columns(X, (dsmem ? 2 : 1) * Bc, H, ld);
+  auto x_buf = [&](int64_t s) { return dsmem ? X + (s & 1) * Bc * ld : X; };  // step s's h_prev
   for (int r = threadIdx.x; r < R; r += kThreads) {
     const int g = r / U, u = r - g * U;
     const int64_t i = static_cast<int64_t>(g) * H + j0 + u;
@@ -405,9 +431,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   };
   fetch_inputs(0);
+  if (dsmem) cluster_sync();  // every block of the cluster runs before any writes into another
   PhaseClock clock(phases);
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = step_time(s, T, p.reverse);
+    E* const Xs = x_buf(s);  // this step's h_prev rows
     const S* h_prev = s == 0 ? p.h0 : p.out + step_time(s - 1, T, p.reverse) * p.out_step;
     const int64_t h_prev_row = s == 0 ? H : p.out_row;
     S* x_t = p.x + t * p.x_step;        // x_t: [B, G*H]
@@ -416,17 +444,19 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int b0 = 0; b0 < Bq; b0 += Bc) {
       const int nb = min(Bc, Bq - b0);
       __syncthreads();  // X is free
-      if (!((flags & kAsyncStaging) &&
-            stage_rows_async(X, ld, h_prev, h_prev_row, b_lo + b0, nb, H))) {
-        stage_rows(X, ld, h_prev, h_prev_row, b_lo + b0, nb, H);
+      // with the exchange through shared memory the cluster wrote h_prev into Xs (s > 0)
+      if ((!dsmem || s == 0) &&
+          !((flags & kAsyncStaging) &&
+            stage_rows_async(Xs, ld, h_prev, h_prev_row, b_lo + b0, nb, H))) {
+        stage_rows(Xs, ld, h_prev, h_prev_row, b_lo + b0, nb, H);
       }
       if (b0 == 0) cp_async_wait_all();  // this step's slots (issued a step ago) have landed
       __syncthreads();
       clock.lap(0, false);
       if constexpr (kMma) {
-        block_mma(W, R, X, nb, H, ld, gh, R, b0, P);
+        block_mma(W, R, Xs, nb, H, ld, gh, R, b0, P);
       } else {
-        block_matvec_any<kBW>(W, R, X, nb, H, gh, R, b0, P);
+        block_matvec_any<kBW>(W, R, Xs, nb, H, gh, R, b0, P);
       }
       clock.lap(1, false);  // block_matvec ends with a block barrier
     }
@@ -434,8 +464,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     auto element = [&](int b, int u, const A(&xin)[G]) {
       const int64_t j = j0 + u, bg = b_lo + b;  // bg: the batch row
       const A* g_b = gh + b * R;  // [G*U]
-      const A hp = h_staged ? static_cast<A>(X[b * ld + j])
+      const A hp = h_staged ? static_cast<A>(Xs[b * ld + j])
                             : L2Load::ld(h_prev + bg * h_prev_row + j);
+      // the new state as stored, for the exchange through shared memory (always asked for: a
+      // pointer that is sometimes null would put h_new in local memory)
+      A h_new(0);
+      A* const h_out = &h_new;
       if constexpr (kCell == Cell::kGru) {
         A gi[3], ghv[3];
 #pragma unroll
@@ -449,7 +483,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                                   h_prev_row, out_t, p.out_row,
                                   p.saved ? p.saved + t * B * 4 * H : nullptr, 4 * H, t,
                                   p.lengths};
-        gru_forward_values(q, bg, j, gi[0], gi[1], gi[2], ghv[0], ghv[1], ghv[2], hp);
+        gru_forward_values(q, bg, j, gi[0], gi[1], gi[2], ghv[0], ghv[1], ghv[2], hp, h_out);
       } else if constexpr (kCell == Cell::kLstm) {
         auto cell_at = [&](int64_t step) {
           return p.cells + (p.cells_per_step ? step_time(step, T, p.reverse) : step % 2) * B * H;
@@ -465,14 +499,15 @@ __global__ void __launch_bounds__(kThreads, 1)
                                    p.out_row, t, p.lengths};
         A& c = cs[b * U + u];  // kept as stored (rounded to S), as the general path reads it
         c = static_cast<A>(static_cast<S>(lstm_forward_values(q, bg, j, a[0], a[1], a[2], a[3],
-                                                              c, hp)));
+                                                              c, hp, h_out)));
       } else {
         A x = xin[0] + g_b[u];
         if (p.b_ih) x += bias_x[u];
         const RnnForwardStep<S> q{B, H, x_t, p.x_row, p.b_ih, h_prev, h_prev_row, out_t,
                                   p.out_row, kCell == Cell::kRnnRelu, t, p.lengths};
-        rnn_forward_values<kCell == Cell::kRnnRelu>(q, bg, j, x, hp);
+        rnn_forward_values<kCell == Cell::kRnnRelu>(q, bg, j, x, hp, h_out);
       }
+      if (dsmem && s + 1 < T) store_to_cluster(x_buf(s + 1) + b * ld + j, static_cast<E>(h_new));
     };
     for (int e = threadIdx.x; e < n_el; e += kThreads) {
       const int b = e / units, u = e - b * units;
@@ -495,9 +530,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 // A block's rows as in the forward kernel (Bq rows from b_lo). Shared memory: xs (slots of the
 // forward's values an element reads, this step's and the next's: slot_bytes<S>(Bq*kIn, U)), then
-// in operand_t<S, kMma> (ld = row_stride(G*H), Uw = padded_rows(U)): Wt [Uw, ld], X [Bc, ld];
-// then in elements of acc_t<S>: mv [Bq, U], dh [Bq, U], dc [Bq, U], P [kWarps *
-// scratch_per_warp].
+// in operand_t<S, kMma> (ld = row_stride(G*H), Uw = padded_rows(U)): Wt [Uw, ld], X [nX, Bc, ld]
+// (nX = 2 with kDsmemExchange: step s's d_gates rows in buffer s % 2, written there by the
+// cluster's pointwise phase; else 1); then in elements of acc_t<S>: mv [Bq, U], dh [Bq, U],
+// dc [Bq, U], P [kWarps * scratch_per_warp].
 template <Cell kCell, int kBW, typename S, bool kMma>
 __global__ void __launch_bounds__(kThreads, 1)
     recurrence_backward_kernel(RecurrenceBackward<S> p, int U, int Bc, int flags, int group_rows,
@@ -514,8 +550,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   unsigned* xs = reinterpret_cast<unsigned*>(smem_raw);  // xs: [2][Bq*kIn][slot_words] words
   // Wt: [Uw, ld], row u = W_hh[:, j0 + u]
   E* Wt = reinterpret_cast<E*>(smem_raw + slot_bytes<S>(Bq * kIn, U));
-  E* X = Wt + Uw * ld;                     // X: [Bc, ld]  rows of this step's d_gates
-  A* mv = reinterpret_cast<A*>(X + Bc * ld);  // mv: [Bq, U]  d_gates W_hh for this block's units
+  const bool dsmem = (flags & kDsmemExchange) != 0;
+  E* X = Wt + Uw * ld;                     // X: [nX, Bc, ld]  rows of this step's d_gates
+  // mv: [Bq, U]  d_gates W_hh for this block's units
+  A* mv = reinterpret_cast<A*>(X + (dsmem ? 2 : 1) * Bc * ld);
   A* dh = mv + Bq * U;                     // dh: [Bq, U]  running dL/dh
   A* dc = dh + Bq * U;                     // dc: [Bq, U]  running dL/dc (LSTM)
   A* P = dc + Bq * U;                      // P: [kWarps * scratch_per_warp]
@@ -527,8 +565,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   if constexpr (kMma) {
     zero_columns(Wt, Uw, K, ld);
-    zero_columns(X, Bc, K, ld);
+    zero_columns(X, (dsmem ? 2 : 1) * Bc, K, ld);
   }
+  auto x_buf = [&](int64_t s) { return dsmem ? X + (s & 1) * Bc * ld : X; };  // step s's d_gates
   for (int e = threadIdx.x; e < Bq * U; e += kThreads) {
     const int b = e / U, u = e - b * U;
     const int64_t i = static_cast<int64_t>(b_lo + b) * H + j0 + u;
@@ -570,12 +609,16 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int64_t t = step_time(s, T, p.reverse);
     const int64_t j = j0 + u, bg = b_lo + b;  // bg: the batch row
     A* dh_e = dh + b * U + u;
+    // the gate gradients multiplied by W_hh, as stored, for the exchange through shared memory
+    // (always asked for: a pointer that is sometimes null would put dg in local memory)
+    A dg[G];
+    A* const dg_out = dg;
     if constexpr (kCell == Cell::kGru) {
       const GruBackwardStep<S> q{B, H, p.grad_out + t * p.go_step, p.go_row, nullptr,
                                  p.h_prev + t * p.hp_step, p.hp_row, p.saved + t * B * 4 * H,
                                  4 * H, p.d_x + t * p.dx_step, p.dx_row,
                                  p.d_h + t * p.dh_step, p.dh_row, t, p.lengths};
-      gru_backward_values(q, bg, j, v[0], v[1], v[2], v[3], v[4], v[5], dh_e);
+      gru_backward_values(q, bg, j, v[0], v[1], v[2], v[3], v[4], v[5], dh_e, dg_out);
     } else if constexpr (kCell == Cell::kLstm) {
       const S* c_prev =
           s == 0 ? p.c0 : p.cells + step_time(s - 1, T, p.reverse) * B * H;  // [B, H]
@@ -584,14 +627,20 @@ __global__ void __launch_bounds__(kThreads, 1)
                                   p.cells + t * B * H, H, p.d_x + t * p.dx_step, p.dx_row,
                                   t, p.lengths};
       lstm_backward_values(q, bg, j, v[0], v[1], v[2], v[3], v[4], v[5], v[6], dh_e,
-                           dc + b * U + u);
+                           dc + b * U + u, dg_out);
     } else {
       const RnnBackwardStep<S> q{B, H, p.grad_out + t * p.go_step, p.go_row, nullptr,
                                  p.out + t * p.out_step, p.out_row, p.d_x + t * p.dx_step,
                                  p.dx_row, kCell == Cell::kRnnRelu, t, p.lengths};
-      rnn_backward_values<kCell == Cell::kRnnRelu>(q, bg, j, v[0], v[1], dh_e);
+      rnn_backward_values<kCell == Cell::kRnnRelu>(q, bg, j, v[0], v[1], dh_e, dg_out);
+    }
+    if (dsmem) {
+      E* row = x_buf(s) + b * ld + j;
+#pragma unroll
+      for (int g = 0; g < G; ++g) store_to_cluster(row + g * H, static_cast<E>(dg[g]));
     }
   };
+  if (dsmem) cluster_sync();  // every block of the cluster runs before any writes into another
   PhaseClock clock(phases);
   fetch_inputs(T - 1);
   for (int64_t s = T - 1; s >= 0; --s) {
@@ -615,19 +664,21 @@ __global__ void __launch_bounds__(kThreads, 1)
     // the next step's values travel during this step's staging and product (other buffer)
     if (s > 0) fetch_inputs(s - 1);
     const S* d_h_t = p.d_h + t * p.dh_step;  // [B, K]
+    E* const Xs = x_buf(s);  // this step's d_gates rows
     for (int b0 = 0; b0 < Bq; b0 += Bc) {
       const int nb = min(Bc, Bq - b0);
       __syncthreads();  // X is free
-      if (!((flags & kAsyncStaging) &&
-            stage_rows_async(X, ld, d_h_t, p.dh_row, b_lo + b0, nb, K))) {
-        stage_rows(X, ld, d_h_t, p.dh_row, b_lo + b0, nb, K);
+      // with the exchange through shared memory the cluster wrote the rows into Xs already
+      if (!dsmem && !((flags & kAsyncStaging) &&
+                      stage_rows_async(Xs, ld, d_h_t, p.dh_row, b_lo + b0, nb, K))) {
+        stage_rows(Xs, ld, d_h_t, p.dh_row, b_lo + b0, nb, K);
       }
       __syncthreads();
       clock.lap(0, false);
       if constexpr (kMma) {
-        block_mma(Wt, U, X, nb, K, ld, mv, U, b0, P);
+        block_mma(Wt, U, Xs, nb, K, ld, mv, U, b0, P);
       } else {
-        block_matvec_any<kBW>(Wt, U, X, nb, K, mv, U, b0, P);
+        block_matvec_any<kBW>(Wt, U, Xs, nb, K, mv, U, b0, P);
       }
       clock.lap(1, false);  // block_matvec ends with a block barrier
     }
@@ -652,6 +703,7 @@ struct Plan {
   bool mma = false;    // products on tensor cores
   int cluster = 0;     // blocks per cluster (cluster mode), 0: one grid with a grid barrier
   int group_rows = 0;  // cluster mode: batch rows per cluster
+  bool dsmem = false;  // cluster mode: rows exchanged through distributed shared memory
   size_t smem = 0;
 };
 
@@ -686,6 +738,11 @@ DeviceLimits device_limits() {
 //                                     cluster holds the weights, the grid barrier
 //   FUSED_RNN_PERSISTENT_CLUSTER=n    cluster mode: n blocks per cluster (1-16; default: 8, or
 //                                     16 where 8 cannot hold the weights)
+//   FUSED_RNN_PERSISTENT_EXCHANGE=l2|dsmem   cluster mode: the rows of h / d_gates travel
+//                                     through global memory (L2; every block stages them) or
+//                                     through distributed shared memory (each block writes its
+//                                     new values into every block of its cluster: no staging;
+//                                     needs two buffers of the cluster's rows)
 //   FUSED_RNN_PERSISTENT_PROFILE=1    keep the phase clock of each launch (PhaseClock; read
 //                                     with fused_rnn._C._persistent_profile); each launch then
 //                                     waits for the kernel to finish
@@ -705,6 +762,7 @@ struct Tuning {
   int64_t min_units = 1;
   Barrier barrier = Barrier::kGrid;
   int cluster_size = 0;  // 0: the plan chooses
+  bool dsmem = false;
   bool profile = false;
   bool mma = false;
   bool async_staging = false;
@@ -744,6 +802,7 @@ Tuning tuning() {
   t.barrier = static_cast<Barrier>(
       env_choice("FUSED_RNN_PERSISTENT_BARRIER", {"grid", "counter", "cluster"}, 0));
   t.cluster_size = static_cast<int>(env_int("FUSED_RNN_PERSISTENT_CLUSTER", 1, 16, 0));
+  t.dsmem = env_choice("FUSED_RNN_PERSISTENT_EXCHANGE", {"l2", "dsmem"}, 0) == 1;
   t.mma = env_choice("FUSED_RNN_PERSISTENT_PRODUCT", {"fma", "mma"}, 0) == 1;
   t.async_staging = env_choice("FUSED_RNN_PERSISTENT_STAGING", {"loads", "async"}, 0) == 1;
   if (const char* env = std::getenv("FUSED_RNN_PERSISTENT_PROFILE"); env && *env) {
@@ -757,10 +816,10 @@ std::mutex profile_mutex;
 std::vector<int64_t> last_profile[2];
 
 // The plan for B rows, hidden size H, G gates, storage type S, products on tensor cores or not,
-// one grid (cluster == 0) or clusters of `cluster` blocks (shared memory as laid out in the
-// kernels); false: does not fit.
+// one grid (cluster == 0) or clusters of `cluster` blocks, exchanging rows through distributed
+// shared memory or not (shared memory as laid out in the kernels); false: does not fit.
 template <typename S>
-bool make_plan(int G, int64_t B, int64_t H, bool backward, bool mma, int cluster,
+bool make_plan(int G, int64_t B, int64_t H, bool backward, bool mma, int cluster, bool dsmem,
                const DeviceLimits& d, int64_t min_units, Plan& plan) {
   const int64_t asize = sizeof(acc_t<S>);             // bytes of an accumulator
   const int64_t esize = mma ? sizeof(S) : asize;      // bytes of an element of W and X
@@ -793,6 +852,12 @@ bool make_plan(int G, int64_t B, int64_t H, bool backward, bool mma, int cluster
   if (fixed + row_bytes > room) return false;  // not even 1 row
   int64_t rows = (room - fixed) / row_bytes;
   plan.bw = B >= 8 ? 8 : B >= 4 ? 4 : B >= 2 ? 2 : 1;
+  int64_t buffers = 1;
+  if (dsmem) {  // two buffers of all the block's rows
+    if (cluster == 0 || rows < 2 * B) return false;
+    rows = B;
+    buffers = 2;
+  }
   rows = std::min<int64_t>(rows, B);
   const int64_t whole = mma ? 8 : plan.bw;  // rows of a product tile: passes take whole tiles
   if (rows < B && rows > whole) rows -= rows % whole;
@@ -802,7 +867,8 @@ bool make_plan(int G, int64_t B, int64_t H, bool backward, bool mma, int cluster
   plan.mma = mma;
   plan.cluster = cluster;
   plan.group_rows = cluster > 0 ? static_cast<int>(Bq) : 0;
-  plan.smem = slots + static_cast<size_t>(fixed + rows * row_bytes);
+  plan.dsmem = dsmem;
+  plan.smem = slots + static_cast<size_t>(fixed + buffers * rows * row_bytes);
   return true;
 }
 
@@ -866,7 +932,8 @@ void launch_persistent(Kernel kernel, const Params& p, const Plan& plan, const D
   if (tune.profile) clock = at::cuda::getCUDADeviceAllocator()->allocate(kPhases * 8);
   Params params = p;
   int units = plan.units, rows = plan.staged_rows, group_rows = plan.group_rows;
-  int flags = (tune.async_staging ? kAsyncStaging : 0) | (plan.cluster > 0 ? kClusterBarrier : 0);
+  int flags = (tune.async_staging ? kAsyncStaging : 0) |
+              (plan.cluster > 0 ? kClusterBarrier : 0) | (plan.dsmem ? kDsmemExchange : 0);
   unsigned* barrier = static_cast<unsigned*>(counter.get());
   long long* phases = static_cast<long long*>(clock.get());
   if (plan.cluster > 0) {
@@ -913,7 +980,7 @@ void launch_persistent(Kernel kernel, const Params& p, const Plan& plan, const D
                               host[4],          host[5],         p.steps,  p.batch,
                               p.hidden,         plan.blocks,     plan.units, plan.staged_rows,
                               khz,              plan.mma,        tune.async_staging,
-                              plan.cluster,     plan.group_rows};
+                              plan.cluster,     plan.group_rows, plan.dsmem};
   }
 }
 
@@ -973,8 +1040,9 @@ bool run_recurrence(const Params& p, bool backward) {
           (sizeof(S) == 2 || at::globalContext().allowTF32CuBLAS());
   }
   // Plans tried in turn: cluster mode where asked for (sm_90+; the given cluster size, or 8
-  // blocks, then 16), then one grid; each with tensor cores where asked for, then CUDA cores
-  // (their layout needs less room in float32: no padding).
+  // blocks, then 16; with the exchange through distributed shared memory where asked for, then
+  // through L2), then one grid; each with tensor cores where asked for, then CUDA cores (their
+  // layout needs less room in float32: no padding).
   std::vector<int> clusters;
   if (tune.barrier == Barrier::kCluster && d.major >= 9) {
     clusters = tune.cluster_size > 0 ? std::vector<int>{tune.cluster_size} : std::vector<int>{8, 16};
@@ -983,10 +1051,12 @@ bool run_recurrence(const Params& p, bool backward) {
   Plan plan;
   bool fits = false;
   for (const int cluster : clusters) {
-    for (const bool tensor_cores : {true, false}) {
-      if (fits || (tensor_cores && !mma)) continue;
-      fits = make_plan<S>(G, p.batch, p.hidden, backward, tensor_cores, cluster, d,
-                          tune.min_units, plan);
+    for (const bool dsmem : {true, false}) {
+      for (const bool tensor_cores : {true, false}) {
+        if (fits || (tensor_cores && !mma) || (dsmem && (!tune.dsmem || cluster == 0))) continue;
+        fits = make_plan<S>(G, p.batch, p.hidden, backward, tensor_cores, cluster, dsmem, d,
+                            tune.min_units, plan);
+      }
     }
   }
   if (!want_persistent(G, p.batch, p.hidden, fits, backward, sizeof(S) == 2)) return false;

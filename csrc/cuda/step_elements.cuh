@@ -9,7 +9,9 @@
 // wrapper that reads them from the step struct first. The hidden projections come in as values
 // (`gh_*`, bias not added, in the wrappers), so each path keeps them where it likes (global or
 // shared memory); `dh` / `dc` point at this element's running state gradient (global or shared
-// memory).
+// memory). The optional `h_out` / `dg_out` of the `*_values` functions receive, as stored (rounded
+// to S), the new state (forward) or the gate gradients the recurrence multiplies by W_hh
+// (backward), for the persistent kernels' exchange through distributed shared memory.
 // ATen / c10 headers only (no torch/extension.h).
 #pragma once
 
@@ -56,11 +58,13 @@ template <typename S>
 __device__ __forceinline__ void gru_forward_values(const GruForwardStep<S>& p, int64_t b,
                                                    int64_t j, acc_t<S> gi_r, acc_t<S> gi_z,
                                                    acc_t<S> gi_n, acc_t<S> gh_r, acc_t<S> gh_z,
-                                                   acc_t<S> gh_n, acc_t<S> h_prev) {
+                                                   acc_t<S> gh_n, acc_t<S> h_prev,
+                                                   acc_t<S>* h_out = nullptr) {
   using A = acc_t<S>;
   const int64_t H = p.hidden;
   if (!active(p.lengths, p.t, b)) {  // carried state
     p.h[b * p.h_row + j] = static_cast<S>(h_prev);
+    if (h_out) *h_out = static_cast<A>(static_cast<S>(h_prev));
     if (p.saved) {
       for (int k = 0; k < 4; ++k) p.saved[b * p.saved_row + k * H + j] = S(0);
     }
@@ -69,6 +73,7 @@ __device__ __forceinline__ void gru_forward_values(const GruForwardStep<S>& p, i
   A r, z, n, h;
   gru_cell_forward<A>(gi_r, gi_z, gi_n, gh_r, gh_z, gh_n, h_prev, r, z, n, h);
   p.h[b * p.h_row + j] = static_cast<S>(h);
+  if (h_out) *h_out = static_cast<A>(static_cast<S>(h));
   if (p.saved) {
     S* saved = p.saved + b * p.saved_row;  // [4H]
     saved[j] = static_cast<S>(r);
@@ -108,13 +113,15 @@ template <typename S, typename D>
 __device__ __forceinline__ void gru_backward_values(const GruBackwardStep<S>& p, int64_t b,
                                                     int64_t j, acc_t<S> grad_h, acc_t<S> h_prev,
                                                     acc_t<S> r, acc_t<S> z, acc_t<S> n,
-                                                    acc_t<S> gh_n, D* dh) {
+                                                    acc_t<S> gh_n, D* dh,
+                                                    acc_t<S>* dg_out = nullptr) {  // [3]: d_gh
   using A = acc_t<S>;
   const int64_t H = p.hidden;
   S* d_gi = p.d_gi + b * p.d_gi_row;  // [3H]
   S* d_gh = p.d_gh + b * p.d_gh_row;  // [3H]
   if (!active(p.lengths, p.t, b)) {  // dh passes through
     for (int k = 0; k < 3; ++k) d_gi[k * H + j] = d_gh[k * H + j] = S(0);
+    if (dg_out) dg_out[0] = dg_out[1] = dg_out[2] = A(0);
     return;
   }
   A d_r, d_z, d_gi_n, d_gh_n, dh_direct;
@@ -125,6 +132,11 @@ __device__ __forceinline__ void gru_backward_values(const GruBackwardStep<S>& p,
   d_gi[2 * H + j] = static_cast<S>(d_gi_n);
   d_gh[2 * H + j] = static_cast<S>(d_gh_n);
   *dh = static_cast<D>(dh_direct);
+  if (dg_out) {
+    dg_out[0] = static_cast<A>(static_cast<S>(d_r));
+    dg_out[1] = static_cast<A>(static_cast<S>(d_z));
+    dg_out[2] = static_cast<A>(static_cast<S>(d_gh_n));
+  }
 }
 
 // GRU backward, reading its values from p.
@@ -146,14 +158,17 @@ template <typename S>
 __device__ __forceinline__ acc_t<S> lstm_forward_values(const LstmForwardStep<S>& p, int64_t b,
                                                         int64_t j, acc_t<S> a_i, acc_t<S> a_f,
                                                         acc_t<S> a_g, acc_t<S> a_o,
-                                                        acc_t<S> c_prev, acc_t<S> h_prev) {
+                                                        acc_t<S> c_prev, acc_t<S> h_prev,
+                                                        acc_t<S>* h_out = nullptr) {
   using A = acc_t<S>;
   const int64_t H = p.hidden;
   S* gates = p.gates + b * p.gates_row;  // [4H]
   if (!active(p.lengths, p.t, b)) {  // carried state
     for (int k = 0; k < 4; ++k) gates[k * H + j] = S(0);
     p.c[b * p.c_row + j] = static_cast<S>(c_prev);
-    p.h[b * p.h_row + j] = p.h_prev ? static_cast<S>(h_prev) : S(0);
+    const S h_kept = p.h_prev ? static_cast<S>(h_prev) : S(0);
+    p.h[b * p.h_row + j] = h_kept;
+    if (h_out) *h_out = static_cast<A>(h_kept);
     return c_prev;
   }
   A c, h;
@@ -164,6 +179,7 @@ __device__ __forceinline__ acc_t<S> lstm_forward_values(const LstmForwardStep<S>
   gates[3 * H + j] = static_cast<S>(a_o);
   p.c[b * p.c_row + j] = static_cast<S>(c);
   p.h[b * p.h_row + j] = static_cast<S>(h);
+  if (h_out) *h_out = static_cast<A>(static_cast<S>(h));
   return c;
 }
 
@@ -195,12 +211,14 @@ template <typename S, typename D>
 __device__ __forceinline__ void lstm_backward_values(const LstmBackwardStep<S>& p, int64_t b,
                                                      int64_t j, acc_t<S> grad_h, acc_t<S> i,
                                                      acc_t<S> f, acc_t<S> g, acc_t<S> o,
-                                                     acc_t<S> c_prev, acc_t<S> c, D* dh, D* dc) {
+                                                     acc_t<S> c_prev, acc_t<S> c, D* dh, D* dc,
+                                                     acc_t<S>* dg_out = nullptr) {  // [4]
   using A = acc_t<S>;
   const int64_t H = p.hidden;
   S* d_gates = p.d_gates + b * p.d_gates_row;  // [4H]
   if (!active(p.lengths, p.t, b)) {  // dh and dc pass through
     for (int k = 0; k < 4; ++k) d_gates[k * H + j] = S(0);
+    if (dg_out) dg_out[0] = dg_out[1] = dg_out[2] = dg_out[3] = A(0);
     return;
   }
   A dc_v = static_cast<A>(*dc);
@@ -213,6 +231,12 @@ __device__ __forceinline__ void lstm_backward_values(const LstmBackwardStep<S>& 
   d_gates[3 * H + j] = static_cast<S>(d_o);
   *dc = static_cast<D>(dc_v);
   *dh = D(0);
+  if (dg_out) {
+    dg_out[0] = static_cast<A>(static_cast<S>(d_i));
+    dg_out[1] = static_cast<A>(static_cast<S>(d_f));
+    dg_out[2] = static_cast<A>(static_cast<S>(d_g));
+    dg_out[3] = static_cast<A>(static_cast<S>(d_o));
+  }
 }
 
 // LSTM backward, reading its values from p.
@@ -231,9 +255,12 @@ __device__ __forceinline__ void lstm_backward_element(const LstmBackwardStep<S>&
 // previous state (carried by an inactive row).
 template <bool kRelu, typename S>
 __device__ __forceinline__ void rnn_forward_values(const RnnForwardStep<S>& p, int64_t b,
-                                                   int64_t j, acc_t<S> pre, acc_t<S> h_prev) {
-  p.h[b * p.h_row + j] = static_cast<S>(
+                                                   int64_t j, acc_t<S> pre, acc_t<S> h_prev,
+                                                   acc_t<S>* h_out = nullptr) {
+  const S h = static_cast<S>(
       active(p.lengths, p.t, b) ? rnn_cell_forward<kRelu, acc_t<S>>(pre) : h_prev);
+  p.h[b * p.h_row + j] = h;
+  if (h_out) *h_out = static_cast<acc_t<S>>(h);
 }
 
 // Elman RNN. gh: h_prev W_hh^T not yet in p.pre (zero for the general path).
@@ -251,15 +278,18 @@ __device__ __forceinline__ void rnn_forward_element(const RnnForwardStep<S>& p, 
 template <bool kRelu, typename S, typename D>
 __device__ __forceinline__ void rnn_backward_values(const RnnBackwardStep<S>& p, int64_t b,
                                                     int64_t j, acc_t<S> grad_h, acc_t<S> h,
-                                                    D* dh) {
+                                                    D* dh, acc_t<S>* dg_out = nullptr) {  // [1]
   using A = acc_t<S>;
   S* d_pre = p.d_pre + b * p.d_pre_row + j;
   if (!active(p.lengths, p.t, b)) {  // dh passes through
     *d_pre = S(0);
+    if (dg_out) *dg_out = A(0);
     return;
   }
-  *d_pre = static_cast<S>(rnn_cell_backward<kRelu, A>(static_cast<A>(*dh) + grad_h, h));
+  const S d = static_cast<S>(rnn_cell_backward<kRelu, A>(static_cast<A>(*dh) + grad_h, h));
+  *d_pre = d;
   *dh = D(0);
+  if (dg_out) *dg_out = static_cast<A>(d);
 }
 
 // Elman RNN backward, reading its values from p.
