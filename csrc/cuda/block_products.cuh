@@ -1,4 +1,4 @@
-// The per-step products of the persistent kernels (persistent_kernels.cu): one block multiplies
+// The per-step products of the persistent kernels (persistent_kernels.cuh): one block multiplies
 // its resident weight slice W [R, K] with the staged rows X [nb, K] (h_prev in the forward,
 // d_gates in the backward), out[b, r] = sum_k W[r, k] X[b, k]. Two ways:
 //   block_matvec  CUDA cores, in the accumulation type (fp32 / fp64): the default.

@@ -17,8 +17,9 @@ namespace fused_rnn::cuda {
 template <typename scalar_t>
 const StepKernels<scalar_t>& step_kernels();
 
-// The persistent kernels (csrc/cuda/persistent_kernels.cu): the whole recurrence in one
-// cooperative launch. false: not run (general path chosen, or the shapes do not suit them).
+// The persistent kernels (csrc/cuda/persistent_kernels.cuh, one translation unit per storage
+// type: persistent_<type>.cu): the whole recurrence in one launch. false: not run (general path
+// chosen, or the shapes do not suit them).
 template <typename scalar_t>
 bool recurrence_forward(const RecurrenceForward<scalar_t>& p);
 template <typename scalar_t>

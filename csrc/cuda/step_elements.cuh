@@ -1,6 +1,6 @@
 // One element (batch row b, hidden unit j) of one time step of each fused cell, for the CUDA
 // kernels of both paths: the general path's per-step kernels (step_kernels.cu) and the
-// persistent kernels (persistent_kernels.cu). The gate formulas are gates.h's.
+// persistent kernels (persistent_kernels.cuh). The gate formulas are gates.h's.
 //
 // `L` says how to read global memory: PlainLoad (ordinary loads) for the per-step kernels,
 // L2Load (ld.global.cg, bypassing the multiprocessor's L1) for the persistent kernels, which read

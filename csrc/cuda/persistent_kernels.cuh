@@ -19,7 +19,12 @@
 // fixed order: results are deterministic.
 // The pointwise parts are step_elements.cuh's (gate formulas from gates.h), as on the general
 // path. Reads of what other blocks wrote in this launch go through L2 (ld.global.cg).
+// Compiled as four translation units, one per storage type (persistent_<type>.cu instantiate
+// recurrence_forward / recurrence_backward), so that nvcc builds them in parallel; the launch
+// records of FUSED_RNN_PERSISTENT_PROFILE live in persistent_profile.cpp.
 // ATen / c10 headers only (no torch/extension.h).
+#pragma once
+
 #include <ATen/Context.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
@@ -30,7 +35,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -41,6 +45,11 @@
 #include "step_elements.cuh"
 
 namespace fused_rnn::cuda {
+
+// Keeps the record of the last profiled launch of one direction (persistent_profile.cpp; read
+// by persistent_profile, cuda_kernels.h).
+void record_profile(bool backward, std::vector<int64_t> record);
+
 namespace {
 
 namespace cg = cooperative_groups;
@@ -811,10 +820,6 @@ Tuning tuning() {
   return t;
 }
 
-// The last profiled launch of each direction (forward 0, backward 1).
-std::mutex profile_mutex;
-std::vector<int64_t> last_profile[2];
-
 // The plan for B rows, hidden size H, G gates, storage type S, products on tensor cores or not,
 // one grid (cluster == 0) or clusters of `cluster` blocks, exchanging rows through distributed
 // shared memory or not (shared memory as laid out in the kernels); false: does not fit.
@@ -975,12 +980,11 @@ void launch_persistent(Kernel kernel, const Params& p, const Plan& plan, const D
     int dev = 0, khz = 0;
     C10_CUDA_CHECK(cudaGetDevice(&dev));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, dev));
-    const std::lock_guard<std::mutex> lock(profile_mutex);
-    last_profile[backward] = {host[0],          host[1],         host[2],  host[3],
+    record_profile(backward, {host[0],          host[1],         host[2],  host[3],
                               host[4],          host[5],         p.steps,  p.batch,
                               p.hidden,         plan.blocks,     plan.units, plan.staged_rows,
                               khz,              plan.mma,        tune.async_staging,
-                              plan.cluster,     plan.group_rows, plan.dsmem};
+                              plan.cluster,     plan.group_rows, plan.dsmem});
   }
 }
 
@@ -1066,11 +1070,7 @@ bool run_recurrence(const Params& p, bool backward) {
 
 }  // namespace
 
-std::vector<int64_t> persistent_profile(bool backward) {
-  const std::lock_guard<std::mutex> lock(profile_mutex);
-  return last_profile[backward];
-}
-
+// The entry points (cuda_kernels.h); persistent_<type>.cu instantiate them.
 template <typename S>
 bool recurrence_forward(const RecurrenceForward<S>& p) {
   return run_recurrence<S, RecurrenceForward<S>, ForwardKernel>(p, /*backward=*/false);
@@ -1080,14 +1080,5 @@ template <typename S>
 bool recurrence_backward(const RecurrenceBackward<S>& p) {
   return run_recurrence<S, RecurrenceBackward<S>, BackwardKernel>(p, /*backward=*/true);
 }
-
-#define FUSED_RNN_INSTANTIATE(S)                                          \
-  template bool recurrence_forward<S>(const RecurrenceForward<S>&); \
-  template bool recurrence_backward<S>(const RecurrenceBackward<S>&);
-FUSED_RNN_INSTANTIATE(float)
-FUSED_RNN_INSTANTIATE(double)
-FUSED_RNN_INSTANTIATE(c10::Half)
-FUSED_RNN_INSTANTIATE(c10::BFloat16)
-#undef FUSED_RNN_INSTANTIATE
 
 }  // namespace fused_rnn::cuda
