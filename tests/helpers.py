@@ -1,4 +1,6 @@
 """Shared test helpers: dtype-keyed tolerances and comparisons of outputs and gradients."""
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -113,3 +115,75 @@ def compare_packed_with_nn(ref, fused, x, packed, hx, dtype, grad_tol=None):
     assert_grads_close(grads(got, [x, *states, *fused.parameters()], seeds),
                        grads(want, [x, *states, *ref.parameters()], seeds), dtype, names,
                        tol=grad_tol)
+
+
+@contextlib.contextmanager
+def cuda_path(name):
+    """The CUDA path ('auto', 'persistent', 'general') set for the block, restored after."""
+    saved = fused_rnn.cuda_path()
+    fused_rnn.set_cuda_path(name)
+    try:
+        yield
+    finally:
+        fused_rnn.set_cuda_path(saved)
+
+
+def persistent_matches_nn(cell, T, B, I, H, check_launch=None):
+    """The persistent CUDA kernels (with whatever FUSED_RNN_PERSISTENT_* the caller set) against
+    nn.* on copied weights: a bidirectional float32 layer, dense input with initial states, then
+    variable lengths (inactive rows carry their state through the prefetched values); outputs,
+    final states and all gradients, the gradient tolerance scaled with H (sums of T*B*H
+    products). check_launch() runs after the dense comparison (e.g. reads the launch record)."""
+    torch.manual_seed(B + H)
+    ref, fused = nn_and_fused(cell, I, H, torch.float32, "cuda", bidirectional=True)
+    x = torch.randn(T, B, I, device="cuda", requires_grad=True)
+    h0 = torch.randn(2, B, H, device="cuda", requires_grad=True)
+    hx = (h0, torch.randn_like(h0, requires_grad=True)) if cell == "LSTM" else h0
+    scale = max(1.0, H / 64)
+    tol = dict(atol=GRAD_TOL[torch.float32]["atol"] * scale,
+               rtol=GRAD_TOL[torch.float32]["rtol"] * scale)
+    with cuda_path("persistent"):
+        compare_with_nn(ref, fused, x, hx, torch.float32, grad_tol=tol)
+        if check_launch is not None:
+            check_launch()
+        lengths = torch.randint(1, T + 1, (B,))
+        lengths[0] = T
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        compare_packed_with_nn(ref, fused, x, packed, hx, torch.float32, grad_tol=tol)
+
+
+# Tolerances against float64 of products on tensor cores (FUSED_RNN_PERSISTENT_PRODUCT=mma):
+# (outputs, gradients); float32 runs there as tf32, which keeps 10 mantissa bits as fp16 does.
+MMA_TOL = {torch.float16: (TOL[torch.float16], GRAD_TOL[torch.float16]),
+           torch.bfloat16: (TOL[torch.bfloat16], GRAD_TOL[torch.bfloat16]),
+           torch.float32: (TOL[torch.float16], GRAD_TOL[torch.float16])}
+
+
+def persistent_matches_float64_oracle(cell, T, B, I, H, dtype, check_launch):
+    """The persistent CUDA kernels in dtype (with the caller's FUSED_RNN_PERSISTENT_* settings and
+    tensor cores: MMA_TOL) against the same layer in float64: outputs, final states and all
+    parameter gradients (tolerance scaled with H), run twice with the same bits both times (fixed
+    summation order). check_launch() runs after each run (e.g. reads the launch record)."""
+    torch.manual_seed(T + B + H)
+    oracle, fused = nn_and_fused(cell, I, H, torch.float64, "cuda")
+    fused = fused.to(dtype)
+    x64 = torch.randn(T, B, I, device="cuda", dtype=torch.float64)
+    want = flat(*oracle(x64))
+    seeds = [torch.randn_like(w) for w in want]
+    want_g = grads(want, [*oracle.parameters()], seeds)
+    tol, grad_tol = MMA_TOL[dtype]
+    scale = max(1.0, H / 64)  # sums of H (T*B*H for weights) rounded products
+    grad_tol = {k: v * scale for k, v in grad_tol.items()}
+    runs = []
+    with cuda_path("persistent"):
+        for _ in range(2):
+            got = flat(*fused(x64.to(dtype)))
+            got_g = grads(got, [*fused.parameters()], [s.to(dtype) for s in seeds])
+            runs.append([g.detach() for g in got] + got_g)
+            check_launch()
+    for g, w, n in zip(runs[0], want, ["output", "h_n", "c_n"]):
+        torch.testing.assert_close(g.double(), w, **tol, msg=lambda m: f"{n}: {m}")
+    for g, w in zip(runs[0][len(want):], want_g):
+        torch.testing.assert_close(g.double(), w, **grad_tol)
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)

@@ -3,29 +3,17 @@ launch for all steps, recurrent weights in shared memory) and the general path (
 GEMM and a pointwise kernel). Each is forced in turn and compared with nn.* on copied weights
 (outputs, final states, all gradients), with the other path, with a float64 oracle for the half
 types, and by gradcheck in float64. The path setting itself is tested on every machine."""
-import contextlib
-
 import pytest
 import torch
 from torch import nn
 
 import fused_rnn
-from helpers import (GRAD_TOL, TOL, assert_close, compare_packed_with_nn,
-                     compare_with_nn, flat, grads, nn_and_fused)
+from helpers import (GRAD_TOL, TOL, assert_close, compare_packed_with_nn, compare_with_nn,
+                     cuda_path, flat, grads, nn_and_fused, persistent_matches_nn)
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 PATHS = ["persistent", "general"]
 CELLS = ["GRU", "LSTM", "RNN", "RNN_RELU"]
-
-
-@contextlib.contextmanager
-def cuda_path(name):
-    saved = fused_rnn.cuda_path()
-    fused_rnn.set_cuda_path(name)
-    try:
-        yield
-    finally:
-        fused_rnn.set_cuda_path(saved)
 
 
 def test_path_setting_round_trips_and_rejects_unknown_names():
@@ -228,21 +216,7 @@ def test_persistent_tuning_variants_match_nn(monkeypatch, barrier, units, T, B, 
     monkeypatch.setenv("FUSED_RNN_PERSISTENT_BARRIER", barrier)
     if units is not None:
         monkeypatch.setenv("FUSED_RNN_PERSISTENT_UNITS", units)
-    torch.manual_seed(B + H)
-    ref, fused = nn_and_fused(cell, I, H, torch.float32, "cuda", bidirectional=True)
-    x = torch.randn(T, B, I, device="cuda", requires_grad=True)
-    h0 = torch.randn(2, B, H, device="cuda", requires_grad=True)
-    hx = (h0, torch.randn_like(h0, requires_grad=True)) if cell == "LSTM" else h0
-    scale = max(1.0, H / 64)
-    tol = dict(atol=GRAD_TOL[torch.float32]["atol"] * scale,
-               rtol=GRAD_TOL[torch.float32]["rtol"] * scale)
-    with cuda_path("persistent"):
-        compare_with_nn(ref, fused, x, hx, torch.float32, grad_tol=tol)
-        # variable lengths: inactive rows carry their state through the prefetched values
-        lengths = torch.randint(1, T + 1, (B,))
-        lengths[0] = T
-        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
-        compare_packed_with_nn(ref, fused, x, packed, hx, torch.float32, grad_tol=tol)
+    persistent_matches_nn(cell, T, B, I, H)
 
 
 @needs_cuda

@@ -10,12 +10,10 @@ says the mode that ran, and shapes whose weights no cluster holds fall back to t
 Need a GPU."""
 import pytest
 import torch
-from torch import nn
 
 import fused_rnn
-from helpers import (GRAD_TOL, TOL, compare_packed_with_nn, compare_with_nn, flat, grads,
-                     nn_and_fused)
-from test_cuda_paths import cuda_path
+from helpers import (compare_with_nn, cuda_path, flat, grads, nn_and_fused,
+                     persistent_matches_float64_oracle, persistent_matches_nn)
 
 needs_sm90 = pytest.mark.skipif(
     not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
@@ -49,26 +47,16 @@ def test_cluster_mode_matches_nn(monkeypatch, exchange, cluster, cell, T, B, I, 
     monkeypatch.setenv("FUSED_RNN_PERSISTENT_PROFILE", "1")
     if cluster is not None:
         monkeypatch.setenv("FUSED_RNN_PERSISTENT_CLUSTER", cluster)
-    torch.manual_seed(B + H)
-    ref, fused = nn_and_fused(cell, I, H, torch.float32, "cuda", bidirectional=True)
-    x = torch.randn(T, B, I, device="cuda", requires_grad=True)
-    h0 = torch.randn(2, B, H, device="cuda", requires_grad=True)
-    hx = (h0, torch.randn_like(h0, requires_grad=True)) if cell == "LSTM" else h0
-    scale = max(1.0, H / 64)
-    tol = dict(atol=GRAD_TOL[torch.float32]["atol"] * scale,
-               rtol=GRAD_TOL[torch.float32]["rtol"] * scale)
-    with cuda_path("persistent"):
-        compare_with_nn(ref, fused, x, hx, torch.float32, grad_tol=tol)
+
+    def check_launch():
         size = int(cluster or 8)
         for backward in (False, True):
             blocks, rows = launch_record(backward)
             assert blocks == (size if H >= size else 0), (backward, blocks)
             assert blocks == 0 or 1 <= rows <= B
             assert exchanged_in_shared_memory(backward) == (blocks > 0 and exchange == "dsmem")
-        lengths = torch.randint(1, T + 1, (B,))
-        lengths[0] = T
-        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
-        compare_packed_with_nn(ref, fused, x, packed, hx, torch.float32, grad_tol=tol)
+
+    persistent_matches_nn(cell, T, B, I, H, check_launch)
 
 
 @needs_sm90
@@ -102,33 +90,14 @@ def test_cluster_mode_with_tensor_cores_and_async_staging(monkeypatch, exchange,
                         ("EXCHANGE", exchange), ("PROFILE", "1")):
         monkeypatch.setenv(f"FUSED_RNN_PERSISTENT_{name}", value)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    torch.manual_seed(9)
-    T, B, I, H = 6, 19, 8, 256
-    oracle, fused = nn_and_fused(cell, I, H, torch.float64, "cuda")
-    fused = fused.to(dtype)
-    x64 = torch.randn(T, B, I, device="cuda", dtype=torch.float64)
-    want = flat(*oracle(x64))
-    seeds = [torch.randn_like(w) for w in want]
-    want_g = grads(want, [*oracle.parameters()], seeds)
-    tol = TOL[torch.float16] if dtype == torch.float32 else TOL[dtype]  # tf32: 10 bits as fp16
-    grad_tol = {k: v * H / 64 for k, v in
-                (GRAD_TOL[torch.float16] if dtype == torch.float32 else GRAD_TOL[dtype]).items()}
-    runs = []
-    with cuda_path("persistent"):
-        for _ in range(2):
-            got = flat(*fused(x64.to(dtype)))
-            got_g = grads(got, [*fused.parameters()], [s.to(dtype) for s in seeds])
-            runs.append([g.detach() for g in got] + got_g)
-            for backward in (False, True):
-                assert launch_record(backward)[0] == 8
-                assert fused_rnn._C._persistent_profile(backward)[13] == 1  # tensor cores
-                assert exchanged_in_shared_memory(backward) == (exchange == "dsmem")
-    for g, w, n in zip(runs[0], want, ["output", "h_n", "c_n"]):
-        torch.testing.assert_close(g.double(), w, **tol, msg=lambda m: f"{n}: {m}")
-    for g, w in zip(runs[0][len(want):], want_g):
-        torch.testing.assert_close(g.double(), w, **grad_tol)
-    for a, b in zip(*runs):
-        assert torch.equal(a, b)
+
+    def check_launch():
+        for backward in (False, True):
+            assert launch_record(backward)[0] == 8
+            assert fused_rnn._C._persistent_profile(backward)[13] == 1  # tensor cores
+            assert exchanged_in_shared_memory(backward) == (exchange == "dsmem")
+
+    persistent_matches_float64_oracle(cell, 6, 19, 8, 256, dtype, check_launch)
 
 
 @needs_sm90

@@ -7,12 +7,9 @@ launch's own record (the profile) says which product ran. The host-side check of
 tiles is test_block_mma_emulation.py; these need a GPU."""
 import pytest
 import torch
-from torch import nn
 
 import fused_rnn
-from helpers import (GRAD_TOL, TOL, compare_packed_with_nn, compare_with_nn, flat, grads,
-                     nn_and_fused)
-from test_cuda_paths import cuda_path
+from helpers import cuda_path, persistent_matches_float64_oracle, persistent_matches_nn
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 CELLS = ["GRU", "LSTM", "RNN", "RNN_RELU"]
@@ -20,12 +17,6 @@ CELLS = ["GRU", "LSTM", "RNN", "RNN_RELU"]
 # block, 5 tiles of 8 rows); B=64 H=1024 (staged rows fewer than the batch: several passes per
 # step); H=37 (rows of 37 elements: not 16-byte aligned, cp.async falls back to loads).
 SIZES = [(6, 9, 8, 40), (3, 37, 9, 300), (2, 64, 8, 1024), (4, 5, 6, 37)]
-MMA_TOL = {torch.float16: (TOL[torch.float16], GRAD_TOL[torch.float16]),
-           torch.bfloat16: (TOL[torch.bfloat16], GRAD_TOL[torch.bfloat16]),
-           # tf32 keeps 10 mantissa bits, as fp16 does
-           torch.float32: (TOL[torch.float16], GRAD_TOL[torch.float16])}
-
-
 def products_used(backward):
     """1: the last profiled launch ran its products on tensor cores, 0: on CUDA cores."""
     return fused_rnn._C._persistent_profile(backward)[13]
@@ -36,20 +27,7 @@ def products_used(backward):
 @pytest.mark.parametrize("T,B,I,H", SIZES)
 def test_async_staging_matches_nn(monkeypatch, cell, T, B, I, H):
     monkeypatch.setenv("FUSED_RNN_PERSISTENT_STAGING", "async")
-    torch.manual_seed(B + H)
-    ref, fused = nn_and_fused(cell, I, H, torch.float32, "cuda", bidirectional=True)
-    x = torch.randn(T, B, I, device="cuda", requires_grad=True)
-    h0 = torch.randn(2, B, H, device="cuda", requires_grad=True)
-    hx = (h0, torch.randn_like(h0, requires_grad=True)) if cell == "LSTM" else h0
-    scale = max(1.0, H / 64)
-    tol = dict(atol=GRAD_TOL[torch.float32]["atol"] * scale,
-               rtol=GRAD_TOL[torch.float32]["rtol"] * scale)
-    with cuda_path("persistent"):
-        compare_with_nn(ref, fused, x, hx, torch.float32, grad_tol=tol)
-        lengths = torch.randint(1, T + 1, (B,))
-        lengths[0] = T
-        packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
-        compare_packed_with_nn(ref, fused, x, packed, hx, torch.float32, grad_tol=tol)
+    persistent_matches_nn(cell, T, B, I, H)
 
 
 @needs_cuda
@@ -62,29 +40,11 @@ def test_tensor_core_products_match_float64_oracle(monkeypatch, staging, dtype, 
     monkeypatch.setenv("FUSED_RNN_PERSISTENT_STAGING", staging)
     monkeypatch.setenv("FUSED_RNN_PERSISTENT_PROFILE", "1")
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    torch.manual_seed(T + B + H)
-    oracle, fused = nn_and_fused(cell, I, H, torch.float64, "cuda")
-    fused = fused.to(dtype)
-    x64 = torch.randn(T, B, I, device="cuda", dtype=torch.float64)
-    want = flat(*oracle(x64))
-    seeds = [torch.randn_like(w) for w in want]
-    want_g = grads(want, [*oracle.parameters()], seeds)
-    tol, grad_tol = MMA_TOL[dtype]
-    scale = max(1.0, H / 64)  # sums of H (T*B*H for weights) rounded products
-    grad_tol = {k: v * scale for k, v in grad_tol.items()}
-    runs = []
-    with cuda_path("persistent"):
-        for _ in range(2):
-            got = flat(*fused(x64.to(dtype)))
-            got_g = grads(got, [*fused.parameters()], [s.to(dtype) for s in seeds])
-            runs.append([g.detach() for g in got] + got_g)
-            assert products_used(False) == 1 and products_used(True) == 1
-    for g, w, n in zip(runs[0], want, ["output", "h_n", "c_n"]):
-        torch.testing.assert_close(g.double(), w, **tol, msg=lambda m: f"{n}: {m}")
-    for g, w in zip(runs[0][len(want):], want_g):
-        torch.testing.assert_close(g.double(), w, **grad_tol)
-    for a, b in zip(*runs):  # fixed summation order: the same bits every run
-        assert torch.equal(a, b)
+
+    def check_launch():
+        assert products_used(False) == 1 and products_used(True) == 1
+
+    persistent_matches_float64_oracle(cell, T, B, I, H, dtype, check_launch)
 
 
 @needs_cuda
