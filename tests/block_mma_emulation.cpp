@@ -1,181 +1,21 @@
 // Host emulation of the persistent kernels' tensor-core product, block_mma
 // (csrc/cuda/block_products.cuh), so that its tiling, the split of the k steps over warps, the
-// fixed-order sums of the parts and the output indexing are checked on a machine without a GPU.
-// The block's 256 threads run as coroutines on one OS thread (ucontext): __syncthreads() is a
+// fixed-order sums of the parts and the output indexing are checked on a machine without a GPU,
+// one product at a time against float64 (the whole kernels: test_persistent_emulation.py).
+// The block's 256 threads run as coroutines (tests/cuda_host_emulation.h: __syncthreads() is a
 // block barrier; each mma.sync gathers the 32 lanes' fragment registers and multiplies the
 // 16 x k and k x 8 tiles they hold, with the register layouts of the PTX ISA ("Matrix Fragments
-// for mma.m16n8k16 / mma.m16n8k8") written out here once more, independently of the header's
-// load_a / load_b. What it cannot check: the hardware itself (the GPU tests do that).
+// for mma.m16n8k16 / mma.m16n8k8") written out there once more, independently of the header's
+// load_a / load_b). What it cannot check: the hardware itself (the GPU tests do that).
 // Built (with AddressSanitizer where the compiler has it: reads outside W and X are errors) and
 // run by tests/test_block_mma_emulation.py; prints one line per case, exit code 0 when all pass.
-#include <ucontext.h>
-
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
-#include <cstdio>
-#include <cstring>
 #include <random>
 #include <vector>
 
-using std::max;
-using std::min;
-
-#define __host__
-#define __device__
-#define __forceinline__ inline
-#define FUSED_RNN_WARP_EMULATION 1
-
-struct Dim3 {
-  int x = 0;
-};
-Dim3 threadIdx;  // the running coroutine's
-
-inline unsigned __float_as_uint(float f) {
-  unsigned u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-inline float __uint_as_float(unsigned u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-void __syncthreads();
-unsigned emulated_tf32(float x);
-template <typename E>
-void emulated_mma(float (&c)[4], const unsigned (&a)[4], const unsigned (&b)[2]);
-
+#include "cuda_host_emulation.h"  // threads as coroutines, __syncthreads, mma.sync from PTX tables
 #include "../csrc/cuda/block_products.cuh"
 
-using fused_rnn::cuda::kThreads;
 using fused_rnn::cuda::kWarps;
-
-// ---- coroutines: the block's threads, run in turn until each waits or ends ----------------------
-namespace {
-ucontext_t scheduler;
-ucontext_t threads[kThreads];
-bool finished[kThreads];
-std::vector<std::vector<char>> stacks(kThreads, std::vector<char>(1 << 16));
-
-void yield_thread() { swapcontext(&threads[threadIdx.x], &scheduler); }
-
-struct Barrier {
-  int count, arrived = 0;
-  long generation = 0;
-  explicit Barrier(int n) : count(n) {}
-  void wait() {
-    const long g = generation;
-    if (++arrived == count) {
-      arrived = 0;
-      ++generation;
-      return;
-    }
-    while (generation == g) yield_thread();
-  }
-};
-
-Barrier block_barrier(kThreads);
-
-// One warp's mma.sync: every lane leaves its registers here, lane 0 multiplies, all take theirs.
-struct WarpExchange {
-  unsigned a[32][4], b[32][2];
-  float c[32][4];
-  Barrier barrier{32};
-};
-WarpExchange warps[kWarps];
-
-void (*thread_body)();
-void thread_entry() {
-  thread_body();
-  finished[threadIdx.x] = true;
-}
-
-// Runs body() on kThreads coroutines until all of them return.
-void run_block(void (*body)()) {
-  thread_body = body;
-  for (int i = 0; i < kThreads; ++i) {
-    finished[i] = false;
-    getcontext(&threads[i]);
-    threads[i].uc_stack.ss_sp = stacks[i].data();
-    threads[i].uc_stack.ss_size = stacks[i].size();
-    threads[i].uc_link = &scheduler;
-    makecontext(&threads[i], thread_entry, 0);
-  }
-  for (bool any = true; any;) {
-    any = false;
-    for (int i = 0; i < kThreads; ++i) {
-      if (finished[i]) continue;
-      any = true;
-      threadIdx.x = i;
-      swapcontext(&scheduler, &threads[i]);
-    }
-  }
-}
-}  // namespace
-
-void __syncthreads() { block_barrier.wait(); }
-
-// cvt.rna.tf32.f32: 10 mantissa bits, round to nearest, ties away from zero.
-unsigned emulated_tf32(float x) {
-  unsigned u = __float_as_uint(x);
-  if ((u & 0x7f800000u) != 0x7f800000u) u += 0x1000u;  // finite: half of the dropped 13 bits
-  return u & ~0x1fffu;
-}
-
-template <typename E>
-float element(unsigned reg, int half) {  // a 16-bit element of a packed pair (low first)
-  const auto bits = static_cast<uint16_t>(half ? reg >> 16 : reg & 0xffffu);
-  return static_cast<float>(E(bits, E::from_bits()));
-}
-
-template <typename E>
-void emulated_mma(float (&c)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
-  const int lane = threadIdx.x & 31;
-  WarpExchange& w = warps[threadIdx.x >> 5];
-  std::memcpy(w.a[lane], a, sizeof(a));
-  std::memcpy(w.b[lane], b, sizeof(b));
-  std::memcpy(w.c[lane], c, sizeof(c));
-  w.barrier.wait();
-  if (lane == 0) {
-    constexpr int kK = sizeof(E) == 2 ? 16 : 8;
-    double A[16][16] = {}, B[16][8] = {};
-    for (int L = 0; L < 32; ++L) {
-      const int g = L >> 2, t = L & 3;
-      if constexpr (sizeof(E) == 2) {
-        for (int i = 0; i < 8; ++i) {  // a_i in register i / 2
-          const int row = (i < 2 || (i >= 4 && i < 6)) ? g : g + 8;
-          const int col = t * 2 + (i & 1) + (i >= 4 ? 8 : 0);
-          A[row][col] = element<E>(w.a[L][i / 2], i % 2);
-        }
-        for (int i = 0; i < 4; ++i) {  // b_i in register i / 2
-          const int row = t * 2 + (i & 1) + (i >= 2 ? 8 : 0);
-          B[row][g] = element<E>(w.b[L][i / 2], i % 2);
-        }
-      } else {
-        for (int i = 0; i < 4; ++i) {
-          const int row = (i == 0 || i == 2) ? g : g + 8;
-          const int col = (i < 2) ? t : t + 4;
-          A[row][col] = __uint_as_float(w.a[L][i]);
-        }
-        B[t][g] = __uint_as_float(w.b[L][0]);
-        B[t + 4][g] = __uint_as_float(w.b[L][1]);
-      }
-    }
-    for (int L = 0; L < 32; ++L) {
-      const int g = L >> 2, t = L & 3;
-      for (int i = 0; i < 4; ++i) {
-        const int row = i < 2 ? g : g + 8, col = t * 2 + (i & 1);
-        double d = w.c[L][i];
-        for (int k = 0; k < kK; ++k) d += A[row][k] * B[k][col];
-        w.c[L][i] = static_cast<float>(d);
-      }
-    }
-  }
-  w.barrier.wait();
-  std::memcpy(c, w.c[lane], sizeof(c));
-  w.barrier.wait();  // all lanes have theirs before the next mma.sync overwrites them
-}
 
 // ---- one case: out[(b_base + n) * out_row + r] = sum_k W[r, k] X[n, k] ---------------------------
 namespace {
@@ -228,7 +68,7 @@ bool run_case(const char* type, int R, int nb, int K, unsigned seed) {
   std::vector<float> out(static_cast<size_t>(b_base + nb) * out_row, kPoison);
   std::vector<float> P(kWarps * fused_rnn::cuda::scratch_per_warp(true));
   current_case = {W.data(), X.data(), R, nb, K, ld, out_row, b_base, out.data(), P.data()};
-  run_block(case_body<E>);
+  emu::run(1, 1, 0, case_body<E>);
   int bad = 0, unwritten = 0, stray = 0;
   double worst = 0;
   for (int n = -b_base; n < nb; ++n) {

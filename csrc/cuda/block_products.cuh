@@ -165,7 +165,7 @@ __device__ __forceinline__ unsigned to_tf32(float x) {
   unsigned r = 0;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
-#elif defined(FUSED_RNN_WARP_EMULATION)  // tests/block_mma_emulation.cpp (host)
+#elif defined(FUSED_RNN_WARP_EMULATION)  // tests/cuda_host_emulation.h (host)
   r = emulated_tf32(x);
 #else
   __trap();
@@ -226,7 +226,7 @@ __device__ __forceinline__ void mma_16x8(float (&c)[4], const unsigned (&a)[4],
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
   }
-#elif defined(FUSED_RNN_WARP_EMULATION)  // tests/block_mma_emulation.cpp (host)
+#elif defined(FUSED_RNN_WARP_EMULATION)  // tests/cuda_host_emulation.h (host)
   emulated_mma<E>(c, a, b);
 #else
   __trap();  // the host never picks tensor cores below sm_80

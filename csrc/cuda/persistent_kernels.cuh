@@ -25,11 +25,16 @@
 // ATen / c10 headers only (no torch/extension.h).
 #pragma once
 
+// FUSED_RNN_WARP_EMULATION: compiled as host C++ by tests/persistent_emulation.cpp, which runs
+// the kernels' threads as coroutines (tests/cuda_host_emulation.h); the device-only pieces below
+// (inline PTX, the CUDA runtime calls of the launch) have host stand-ins or are left out there.
+#if !defined(FUSED_RNN_WARP_EMULATION)
 #include <ATen/Context.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
-#include <c10/util/Exception.h>
 #include <cooperative_groups.h>
+#endif
+#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -43,6 +48,11 @@
 #include "block_products.cuh"
 #include "cuda_kernels.h"
 #include "step_elements.cuh"
+
+// The block's dynamic shared memory (host emulation: the emulated block's buffer).
+#if !defined(FUSED_RNN_DYNAMIC_SHARED)
+#define FUSED_RNN_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
 
 namespace fused_rnn::cuda {
 
@@ -119,18 +129,29 @@ __device__ __forceinline__ void stage_rows(E* X, int ld, const S* src, int64_t r
 // cp.async: global -> shared memory copies that a block barrier does not wait for (only
 // cp.async.wait_all does). 4 bytes through L1 (inputs written before the launch), 16 bytes through
 // L2 only (rows other blocks wrote in this launch).
+// (Host emulation: copied at once.)
 __device__ __forceinline__ void cp_async4(void* smem_dst, const void* src) {
+#if defined(FUSED_RNN_WARP_EMULATION)
+  memcpy(smem_dst, src, 4);
+#else
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(src) : "memory");
+#endif
 }
 
 __device__ __forceinline__ void cp_async16_l2(void* smem_dst, const void* src) {
+#if defined(FUSED_RNN_WARP_EMULATION)
+  memcpy(smem_dst, src, 16);
+#else
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+#endif
 }
 
 __device__ __forceinline__ void cp_async_wait_all() {
+#if !defined(FUSED_RNN_WARP_EMULATION)
   asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
 }
 
 // stage_rows by cp.async (FUSED_RNN_PERSISTENT_STAGING=async): 16-byte copies through L2 (.cg:
@@ -206,7 +227,7 @@ struct BlockShare {
 
 __device__ __forceinline__ BlockShare block_share(int flags, int B, int group_rows) {
   if (flags & kClusterBarrier) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900) || defined(FUSED_RNN_WARP_EMULATION)
     const cg::cluster_group cluster = cg::this_cluster();
     const int b_lo = static_cast<int>(blockIdx.x / cluster.num_blocks()) * group_rows;
     return {static_cast<int>(cluster.block_rank()), b_lo, min(group_rows, B - b_lo)};
@@ -219,7 +240,7 @@ __device__ __forceinline__ BlockShare block_share(int flags, int B, int group_ro
 
 // The cluster's barrier (sm_90+; the host picks cluster mode there only).
 __device__ __forceinline__ void cluster_sync() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900) || defined(FUSED_RNN_WARP_EMULATION)
   cg::this_cluster().sync();
 #else
   __trap();
@@ -231,7 +252,7 @@ __device__ __forceinline__ void cluster_sync() {
 // after the next cluster barrier.
 template <typename E>
 __device__ __forceinline__ void store_to_cluster(E* at, E v) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900) || defined(FUSED_RNN_WARP_EMULATION)
   cg::cluster_group cluster = cg::this_cluster();
   const unsigned n = cluster.num_blocks();
   for (unsigned r = 0; r < n; ++r) *cluster.map_shared_rank(at, r) = v;
@@ -251,10 +272,14 @@ __device__ __forceinline__ void step_barrier(int flags, unsigned* counter, unsig
     cluster_sync();
     return;
   }
+#if defined(FUSED_RNN_WARP_EMULATION)
+  counter = nullptr;  // the host emulation has no memory model to check it against: grid.sync()
+#endif
   if (counter == nullptr) {
     cg::this_grid().sync();
     return;
   }
+#if !defined(FUSED_RNN_WARP_EMULATION)
   __syncthreads();
   if (threadIdx.x == 0) {
     asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
@@ -264,6 +289,16 @@ __device__ __forceinline__ void step_barrier(int flags, unsigned* counter, unsig
     } while (static_cast<int>(seen - target) < 0);
   }
   __syncthreads();
+#endif
+}
+
+// The global nanosecond timer (%globaltimer; host emulation: 0).
+__device__ __forceinline__ long long globaltimer_ns() {
+  long long ns = 0;
+#if !defined(FUSED_RNN_WARP_EMULATION)
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
+#endif
+  return ns;
 }
 
 // Phase clock (FUSED_RNN_PERSISTENT_PROFILE=1), kept by thread 0 of block 0: SM clock cycles
@@ -282,7 +317,7 @@ struct PhaseClock {
       : phases(out), on(out != nullptr && blockIdx.x == 0 && threadIdx.x == 0) {
     if (on) {
       begin = mark = clock64();
-      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(begin_ns));
+      begin_ns = globaltimer_ns();
     }
   }
   // Ends phase i. The block barrier (while profiling: `phases` is the same for every thread)
@@ -297,8 +332,7 @@ struct PhaseClock {
   }
   __device__ void finish() {
     if (!on) return;
-    long long end_ns;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(end_ns));
+    const long long end_ns = globaltimer_ns();
     for (int i = 0; i < 4; ++i) phases[i] = sum[i];
     phases[4] = clock64() - begin;
     phases[5] = end_ns - begin_ns;
@@ -383,7 +417,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   using A = acc_t<S>;
   using E = operand_t<S, kMma>;
   constexpr int G = gates_of(kCell);
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  FUSED_RNN_DYNAMIC_SHARED(smem_raw);
   const int H = static_cast<int>(p.hidden), B = static_cast<int>(p.batch), R = G * U;
   const BlockShare share = block_share(flags, B, group_rows);
   const int Bq = share.rows, b_lo = share.b_lo;
@@ -550,7 +584,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   using A = acc_t<S>;
   using E = operand_t<S, kMma>;
   constexpr int G = gates_of(kCell);
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  FUSED_RNN_DYNAMIC_SHARED(smem_raw);
   const int H = static_cast<int>(p.hidden), B = static_cast<int>(p.batch), K = G * H;
   const BlockShare share = block_share(flags, B, group_rows);
   const int Bq = share.rows, b_lo = share.b_lo;
@@ -723,6 +757,7 @@ struct DeviceLimits {
   int major = 0;  // compute capability
 };
 
+#if !defined(FUSED_RNN_WARP_EMULATION)
 DeviceLimits device_limits() {
   int dev = 0, sms = 0, smem = 0, coop = 0, major = 0;
   C10_CUDA_CHECK(cudaGetDevice(&dev));
@@ -732,6 +767,7 @@ DeviceLimits device_limits() {
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
   return {sms, static_cast<size_t>(smem), coop != 0, major};
 }
+#endif
 
 // Tuning settings of the persistent kernels, for measuring variants on a GPU (benchmarks/
 // persistent_sweep.py); the defaults are what the measurements chose. Read from the environment
@@ -891,6 +927,7 @@ constexpr int64_t kAutoMaxMacsForward = int64_t{1} << 27;
 constexpr int64_t kAutoMaxMacsForwardHalf = int64_t{1} << 25;  // fp16 / bf16
 constexpr int64_t kAutoMaxMacsBackward = int64_t{1} << 25;
 
+#if !defined(FUSED_RNN_WARP_EMULATION)
 bool want_persistent(int G, int64_t B, int64_t H, bool fits, bool backward, bool half) {
   switch (cuda_path()) {
     case CudaPath::kGeneral: return false;
@@ -908,6 +945,7 @@ bool want_persistent(int G, int64_t B, int64_t H, bool fits, bool backward, bool
     }
   }
 }
+#endif
 
 // One launch of the plan: grid modes as one cooperative launch (every block co-resident, the
 // grid barrier needs it); cluster mode as clusters of plan.cluster blocks (cudaLaunchKernelEx;
@@ -915,6 +953,14 @@ bool want_persistent(int G, int64_t B, int64_t H, bool fits, bool backward, bool
 template <typename Kernel, typename Params>
 void launch_persistent(Kernel kernel, const Params& p, const Plan& plan, const DeviceLimits& d,
                        const Tuning& tune, bool backward) {
+#if defined(FUSED_RNN_WARP_EMULATION)  // the threads run as coroutines on the host
+  (void)d;
+  (void)backward;
+  const int flags = (tune.async_staging ? kAsyncStaging : 0) |
+                    (plan.cluster > 0 ? kClusterBarrier : 0) | (plan.dsmem ? kDsmemExchange : 0);
+  emulated_launch(kernel, plan.blocks, plan.cluster, plan.smem, p, plan.units, plan.staged_rows,
+                  flags, plan.group_rows);
+#else
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(plan.smem)));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -986,6 +1032,7 @@ void launch_persistent(Kernel kernel, const Params& p, const Plan& plan, const D
                               khz,              plan.mma,        tune.async_staging,
                               plan.cluster,     plan.group_rows, plan.dsmem});
   }
+#endif
 }
 
 // The kernel for the plan: tensor cores (one instantiation: the batch tile is theirs), or CUDA
@@ -1031,17 +1078,14 @@ void launch_for_cell(Cell cell, const Params& p, const Plan& plan, const DeviceL
 
 // The whole recurrence on the persistent kernel when the path setting and the shapes allow it;
 // false: the caller runs the general path.
-template <typename S, typename Params, template <Cell, int, typename, bool> class Pick>
-bool run_recurrence(const Params& p, bool backward) {
-  if (cuda_path() == CudaPath::kGeneral || p.steps == 0 || p.batch == 0) return false;
-  const DeviceLimits d = device_limits();
-  const Tuning tune = tuning();
-  const int G = gates_of(p.cell);
+// The plan of one call: false where none fits. tf32: torch allows TF32 in float32 products.
+template <typename S>
+bool choose_plan(int G, int64_t B, int64_t H, bool backward, const DeviceLimits& d,
+                 const Tuning& tune, bool tf32, Plan& plan) {
   // tensor cores where asked for and the type allows (see Tuning: FUSED_RNN_PERSISTENT_PRODUCT)
   bool mma = false;
   if constexpr (!std::is_same_v<S, double>) {
-    mma = tune.mma && d.major >= 8 &&
-          (sizeof(S) == 2 || at::globalContext().allowTF32CuBLAS());
+    mma = tune.mma && d.major >= 8 && (sizeof(S) == 2 || tf32);
   }
   // Plans tried in turn: cluster mode where asked for (sm_90+; the given cluster size, or 8
   // blocks, then 16; with the exchange through distributed shared memory where asked for, then
@@ -1052,24 +1096,38 @@ bool run_recurrence(const Params& p, bool backward) {
     clusters = tune.cluster_size > 0 ? std::vector<int>{tune.cluster_size} : std::vector<int>{8, 16};
   }
   clusters.push_back(0);
-  Plan plan;
   bool fits = false;
   for (const int cluster : clusters) {
     for (const bool dsmem : {true, false}) {
       for (const bool tensor_cores : {true, false}) {
         if (fits || (tensor_cores && !mma) || (dsmem && (!tune.dsmem || cluster == 0))) continue;
-        fits = make_plan<S>(G, p.batch, p.hidden, backward, tensor_cores, cluster, dsmem, d,
-                            tune.min_units, plan);
+        fits = make_plan<S>(G, B, H, backward, tensor_cores, cluster, dsmem, d, tune.min_units,
+                            plan);
       }
     }
   }
+  return fits;
+}
+
+#if !defined(FUSED_RNN_WARP_EMULATION)
+template <typename S, typename Params, template <Cell, int, typename, bool> class Pick>
+bool run_recurrence(const Params& p, bool backward) {
+  if (cuda_path() == CudaPath::kGeneral || p.steps == 0 || p.batch == 0) return false;
+  const DeviceLimits d = device_limits();
+  const Tuning tune = tuning();
+  const int G = gates_of(p.cell);
+  Plan plan;
+  const bool fits = choose_plan<S>(G, p.batch, p.hidden, backward, d, tune,
+                                   at::globalContext().allowTF32CuBLAS(), plan);
   if (!want_persistent(G, p.batch, p.hidden, fits, backward, sizeof(S) == 2)) return false;
   launch_for_cell<S, Params, Pick>(p.cell, p, plan, d, tune, backward);
   return true;
 }
+#endif
 
 }  // namespace
 
+#if !defined(FUSED_RNN_WARP_EMULATION)
 // The entry points (cuda_kernels.h); persistent_<type>.cu instantiate them.
 template <typename S>
 bool recurrence_forward(const RecurrenceForward<S>& p) {
@@ -1080,5 +1138,6 @@ template <typename S>
 bool recurrence_backward(const RecurrenceBackward<S>& p) {
   return run_recurrence<S, RecurrenceBackward<S>, BackwardKernel>(p, /*backward=*/true);
 }
+#endif
 
 }  // namespace fused_rnn::cuda

@@ -1,0 +1,289 @@
+// Host emulation of the CUDA execution model, enough to run the persistent kernels
+// (csrc/cuda/persistent_kernels.cuh, block_products.cuh) on a machine without a GPU:
+// every thread of a launch is a coroutine (ucontext) on one OS thread, run in turn until it waits;
+// __syncthreads, the grid barrier and the cluster barrier wait for their threads; warp
+// shuffles and mma.sync exchange the 32 lanes' registers (mma from the PTX ISA's fragment
+// tables, written out here apart from the kernels' loads); shared memory is one buffer per block,
+// distributed shared memory maps an address to the same offset in another block of the cluster;
+// cp.async copies at once. What it checks: indexing, tiling, the order of phases and barriers,
+// which rows go where. What it cannot: the memory model, timing, the hardware's own rounding
+// (the mma sums in double). Include before the kernels, with FUSED_RNN_WARP_EMULATION defined
+// by this header. Used by tests/block_mma_emulation.cpp and tests/persistent_emulation.cpp.
+#pragma once
+
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <vector>
+
+// everything the kernels include that must not see the keyword macros below
+#include <ATen/OpMathType.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
+
+using std::max;
+using std::min;
+
+#define FUSED_RNN_WARP_EMULATION 1
+#define __host__
+#define __device__
+#define __global__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+
+struct uint4 {
+  unsigned x, y, z, w;
+};
+struct Dim3 {
+  unsigned x = 0, y = 0, z = 0;
+};
+inline Dim3 threadIdx, blockIdx, gridDim;  // the running coroutine's
+
+namespace emu {
+
+constexpr int kBlockThreads = 256;  // the kernels' kThreads
+constexpr size_t kStack = 48 << 10;
+
+void yield();
+
+// Waits until `count` threads have arrived, then lets them all go on.
+struct Barrier {
+  int count = 0, arrived = 0;
+  long generation = 0;
+  void wait() {
+    const long g = generation;
+    if (++arrived == count) {
+      arrived = 0;
+      ++generation;
+      return;
+    }
+    while (generation == g) yield();
+  }
+};
+
+// One warp's exchange of registers (shuffles, mma.sync).
+struct Warp {
+  double value[32];
+  unsigned a[32][4], b[32][2];
+  float c[32][4];
+  Barrier barrier{32};
+};
+
+struct Block {
+  std::vector<unsigned char> smem;  // dynamic shared memory (malloc'd: 16-byte aligned)
+  Barrier barrier{kBlockThreads};
+  Warp warps[kBlockThreads / 32];
+};
+
+// The running launch: its blocks, the grid barrier, one barrier per cluster.
+struct Launch {
+  int blocks = 0, cluster = 1;
+  std::vector<std::unique_ptr<Block>> block;
+  Barrier grid;
+  std::vector<std::unique_ptr<Barrier>> clusters;
+  std::vector<ucontext_t> context;
+  std::vector<std::vector<char>> stacks;
+  std::vector<char> finished;
+  ucontext_t scheduler;
+  std::function<void()> body;
+  int current = 0;
+};
+inline Launch* launch = nullptr;
+
+inline Block& this_block() { return *launch->block[blockIdx.x]; }
+
+inline void yield() { swapcontext(&launch->context[launch->current], &launch->scheduler); }
+
+inline void thread_entry() {
+  launch->body();
+  launch->finished[launch->current] = 1;
+}
+
+// Runs body() on every thread of `blocks` blocks (clusters of `cluster` blocks, `smem` bytes of
+// dynamic shared memory each) until all return.
+inline void run(int blocks, int cluster, size_t smem, std::function<void()> body) {
+  Launch l;
+  l.blocks = blocks;
+  l.cluster = cluster;
+  l.grid.count = blocks * kBlockThreads;
+  for (int b = 0; b < blocks; ++b) {
+    l.block.push_back(std::make_unique<Block>());
+    l.block.back()->smem.assign(smem, 0xA5);  // not zero: the kernels must write what they read
+  }
+  for (int c = 0; c < blocks / cluster; ++c) {
+    l.clusters.push_back(std::make_unique<Barrier>());
+    l.clusters.back()->count = cluster * kBlockThreads;
+  }
+  const int n = blocks * kBlockThreads;
+  l.context.resize(n);
+  l.stacks.assign(n, std::vector<char>(kStack));
+  l.finished.assign(n, 0);
+  l.body = std::move(body);
+  Launch* outer = launch;
+  launch = &l;
+  for (int i = 0; i < n; ++i) {
+    getcontext(&l.context[i]);
+    l.context[i].uc_stack.ss_sp = l.stacks[i].data();
+    l.context[i].uc_stack.ss_size = kStack;
+    l.context[i].uc_link = &l.scheduler;
+    makecontext(&l.context[i], thread_entry, 0);
+  }
+  gridDim.x = blocks;
+  for (bool any = true; any;) {
+    any = false;
+    for (int i = 0; i < n; ++i) {
+      if (l.finished[i]) continue;
+      any = true;
+      l.current = i;
+      blockIdx.x = i / kBlockThreads;
+      threadIdx.x = i % kBlockThreads;
+      swapcontext(&l.scheduler, &l.context[i]);
+    }
+  }
+  launch = outer;
+}
+
+inline Warp& this_warp() { return this_block().warps[threadIdx.x / 32]; }
+
+}  // namespace emu
+
+inline void __syncthreads() { emu::this_block().barrier.wait(); }
+[[noreturn]] inline void __trap() {
+  std::fprintf(stderr, "__trap() in the host emulation\n");
+  std::abort();
+}
+inline long long clock64() { return 0; }
+
+inline unsigned __float_as_uint(float f) {
+  unsigned u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+inline float __uint_as_float(unsigned u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+inline float __ldcg(const float* p) { return *p; }
+inline double __ldcg(const double* p) { return *p; }
+inline unsigned short __ldcg(const unsigned short* p) { return *p; }
+inline uint4 __ldcg(const uint4* p) { return *p; }
+
+// __shfl_xor_sync for the kernels' float / double values (all 32 lanes take part).
+template <typename T>
+T __shfl_xor_sync(unsigned, T v, int lane_mask) {
+  emu::Warp& w = emu::this_warp();
+  const int lane = threadIdx.x & 31;
+  w.value[lane] = static_cast<double>(v);
+  w.barrier.wait();
+  const T got = static_cast<T>(w.value[lane ^ lane_mask]);
+  w.barrier.wait();
+  return got;
+}
+
+// cvt.rna.tf32.f32: 10 mantissa bits, round to nearest, ties away from zero.
+inline unsigned emulated_tf32(float x) {
+  unsigned u = __float_as_uint(x);
+  if ((u & 0x7f800000u) != 0x7f800000u) u += 0x1000u;  // finite: half of the dropped 13 bits
+  return u & ~0x1fffu;
+}
+
+template <typename E>
+float emulated_element(unsigned reg, int half) {  // a 16-bit element of a packed pair, low first
+  const auto bits = static_cast<uint16_t>(half ? reg >> 16 : reg & 0xffffu);
+  return static_cast<float>(E(bits, E::from_bits()));
+}
+
+// mma.sync m16n8k16 (fp16 / bf16) or m16n8k8 (tf32), fp32 accumulators: every lane leaves its
+// registers, lane 0 multiplies the tiles they hold (PTX ISA fragment tables), all take theirs.
+template <typename E>
+void emulated_mma(float (&c)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+  const int lane = threadIdx.x & 31;
+  emu::Warp& w = emu::this_warp();
+  std::memcpy(w.a[lane], a, sizeof(a));
+  std::memcpy(w.b[lane], b, sizeof(b));
+  std::memcpy(w.c[lane], c, sizeof(c));
+  w.barrier.wait();
+  if (lane == 0) {
+    constexpr int kK = sizeof(E) == 2 ? 16 : 8;
+    double A[16][16] = {}, B[16][8] = {};
+    for (int L = 0; L < 32; ++L) {
+      const int g = L >> 2, t = L & 3;
+      if constexpr (sizeof(E) == 2) {
+        for (int i = 0; i < 8; ++i) {  // a_i in register i / 2
+          const int row = (i < 2 || (i >= 4 && i < 6)) ? g : g + 8;
+          const int col = t * 2 + (i & 1) + (i >= 4 ? 8 : 0);
+          A[row][col] = emulated_element<E>(w.a[L][i / 2], i % 2);
+        }
+        for (int i = 0; i < 4; ++i) {  // b_i in register i / 2
+          const int row = t * 2 + (i & 1) + (i >= 2 ? 8 : 0);
+          B[row][g] = emulated_element<E>(w.b[L][i / 2], i % 2);
+        }
+      } else {
+        for (int i = 0; i < 4; ++i) {
+          const int row = (i == 0 || i == 2) ? g : g + 8;
+          const int col = (i < 2) ? t : t + 4;
+          A[row][col] = __uint_as_float(w.a[L][i]);
+        }
+        B[t][g] = __uint_as_float(w.b[L][0]);
+        B[t + 4][g] = __uint_as_float(w.b[L][1]);
+      }
+    }
+    for (int L = 0; L < 32; ++L) {
+      const int g = L >> 2, t = L & 3;
+      for (int i = 0; i < 4; ++i) {
+        const int row = i < 2 ? g : g + 8, col = t * 2 + (i & 1);
+        double d = w.c[L][i];
+        for (int k = 0; k < kK; ++k) d += A[row][k] * B[k][col];
+        w.c[L][i] = static_cast<float>(d);
+      }
+    }
+  }
+  w.barrier.wait();
+  std::memcpy(c, w.c[lane], sizeof(c));
+  w.barrier.wait();  // all lanes have theirs before the next mma.sync overwrites them
+}
+
+// Cooperative groups: the grid and the thread-block cluster of the running thread.
+namespace cooperative_groups {
+struct grid_group {
+  void sync() const { emu::launch->grid.wait(); }
+};
+inline grid_group this_grid() { return {}; }
+
+struct cluster_group {
+  unsigned block_rank() const { return blockIdx.x % emu::launch->cluster; }
+  unsigned num_blocks() const { return static_cast<unsigned>(emu::launch->cluster); }
+  void sync() const { emu::launch->clusters[blockIdx.x / emu::launch->cluster]->wait(); }
+  // The same offset in the shared memory of block `rank` of this cluster.
+  template <typename T>
+  T* map_shared_rank(T* addr, unsigned rank) const {
+    const ptrdiff_t offset =
+        reinterpret_cast<unsigned char*>(addr) - emu::this_block().smem.data();
+    const int first = blockIdx.x / emu::launch->cluster * emu::launch->cluster;
+    return reinterpret_cast<T*>(emu::launch->block[first + rank]->smem.data() + offset);
+  }
+};
+inline cluster_group this_cluster() { return {}; }
+}  // namespace cooperative_groups
+
+#define FUSED_RNN_DYNAMIC_SHARED(name) unsigned char* name = emu::this_block().smem.data()
+
+// The persistent kernels' launch (launch_persistent in persistent_kernels.cuh): every block's
+// threads run kernel(p, U, Bc, flags, group_rows, no counter, no phase clock).
+template <typename Kernel, typename Params>
+void emulated_launch(Kernel kernel, int blocks, int cluster, size_t smem, const Params& p, int U,
+                     int Bc, int flags, int group_rows) {
+  emu::run(blocks, cluster > 0 ? cluster : 1, smem,
+           [&] { kernel(p, U, Bc, flags, group_rows, nullptr, nullptr); });
+}

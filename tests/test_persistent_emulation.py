@@ -1,0 +1,139 @@
+"""The persistent CUDA kernels run on the CPU: tests/persistent_emulation.cpp compiles
+csrc/cuda/persistent_kernels.cuh as host C++ under tests/cuda_host_emulation.h (every thread a
+coroutine; barriers, warp shuffles, mma.sync, distributed shared memory and cp.async emulated) and
+runs the same plan and kernels as a GPU would, for each variant of FUSED_RNN_PERSISTENT_*: grid,
+counter and cluster barriers, more units per block, cp.async staging, tensor-core products (tf32),
+the exchange through distributed shared memory. Forward and backward of GRU, LSTM and both Elman
+RNNs, with and without per-sequence lengths, in both directions, are compared with a float64
+recurrence written here from the same projections (autograd for the gradients). It checks the
+kernels' indexing, tiling and the order of their phases without a GPU; not the memory model or
+speed (the GPU tests and benchmarks/gpu_check.sh do that). Builds a small extension (~1 minute)."""
+import os
+
+import pytest
+import torch
+from torch.utils.cpp_extension import load
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GATES = {0: 3, 1: 4, 2: 1, 3: 1}  # GRU, LSTM, RNN tanh, RNN relu
+SMS = 8  # multiprocessors of the emulated device: U = ceil(H / 8) units per block
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory):
+    build = tmp_path_factory.mktemp("persistent_emulation")
+    return load(name="persistent_emulation", sources=[os.path.join(HERE, "persistent_emulation.cpp")],
+                extra_cflags=["-O1"], build_directory=str(build), verbose=False)
+
+
+def reference(cell, xp, h0, c0, w_hh, b_ih, b_hh, lengths, reverse):
+    """float64 recurrence from the projections xp [T, B, G*H] (PyTorch's gate formulas): outputs
+    (inactive rows carry their state), final h and c, the cell state after each step."""
+    T, B, _ = xp.shape
+    H = h0.shape[1]
+    h, c, outs, cs = h0, c0, [None] * T, [None] * T
+    for t in (reversed(range(T)) if reverse else range(T)):
+        active = (torch.full((B, 1), True) if lengths is None
+                  else (t < lengths).unsqueeze(1))
+        gh = h @ w_hh.T
+        if cell == 0:
+            gi, ghb = xp[t] + b_ih, gh + b_hh
+            r = torch.sigmoid(gi[:, :H] + ghb[:, :H])
+            z = torch.sigmoid(gi[:, H:2 * H] + ghb[:, H:2 * H])
+            n = torch.tanh(gi[:, 2 * H:] + r * ghb[:, 2 * H:])
+            h_new, c_new = (1 - z) * n + z * h, c
+        elif cell == 1:
+            a = xp[t] + gh + b_ih
+            i, f = torch.sigmoid(a[:, :H]), torch.sigmoid(a[:, H:2 * H])
+            g, o = torch.tanh(a[:, 2 * H:3 * H]), torch.sigmoid(a[:, 3 * H:])
+            c_new = f * c + i * g
+            h_new = o * torch.tanh(c_new)
+        else:
+            pre = xp[t] + gh + b_ih
+            h_new, c_new = (torch.tanh(pre) if cell == 2 else torch.relu(pre)), c
+        h = torch.where(active, h_new, h)
+        c = torch.where(active, c_new, c)
+        outs[t], cs[t] = h, c
+    return torch.stack(outs), h, c, torch.stack(cs)
+
+
+# (FUSED_RNN_PERSISTENT_* settings, TF32 allowed, expected (blocks per cluster, tensor cores,
+# shared-memory exchange))
+VARIANTS = [
+    ({}, False, (0, 0, 0)),
+    ({"UNITS": "5"}, False, (0, 0, 0)),
+    ({"BARRIER": "counter"}, False, (0, 0, 0)),
+    ({"STAGING": "async"}, False, (0, 0, 0)),
+    ({"PRODUCT": "mma", "STAGING": "async"}, True, (0, 1, 0)),
+    ({"PRODUCT": "mma"}, False, (0, 0, 0)),  # float32 without TF32: CUDA cores
+    ({"BARRIER": "cluster", "CLUSTER": "2"}, False, (2, 0, 0)),
+    ({"BARRIER": "cluster", "CLUSTER": "4", "EXCHANGE": "dsmem"}, False, (4, 0, 1)),
+    ({"BARRIER": "cluster", "CLUSTER": "2", "EXCHANGE": "dsmem", "PRODUCT": "mma",
+      "STAGING": "async"}, True, (2, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("settings,tf32,expected", VARIANTS,
+                         ids=["+".join(f"{k}={v}" for k, v in s.items()) or "default"
+                              for s, _, _ in VARIANTS])
+@pytest.mark.parametrize("cell", [0, 1, 2, 3], ids=["GRU", "LSTM", "RNN_TANH", "RNN_RELU"])
+@pytest.mark.parametrize("reverse,with_lengths", [(False, False), (True, True)])
+def test_emulated_persistent_kernels_match_the_recurrence(emu, monkeypatch, settings, tf32,
+                                                          expected, cell, reverse, with_lengths):
+    for name, value in settings.items():
+        monkeypatch.setenv(f"FUSED_RNN_PERSISTENT_{name}", value)
+    torch.manual_seed(cell * 10 + reverse)
+    T, B, H = 3, 5, 12
+    G = GATES[cell]
+    f32 = dict(dtype=torch.float32)
+    xp = torch.randn(T, B, G * H, **f32)
+    h0, c0 = torch.randn(B, H, **f32), torch.randn(B, H, **f32)
+    w_hh = torch.randn(G * H, H, **f32) / H ** 0.5
+    b_ih, b_hh = torch.randn(G * H, **f32), torch.randn(G * H, **f32)
+    lengths = torch.tensor([3, 1, 2, 3, 2]) if with_lengths else None
+    lstm, gru = cell == 1, cell == 0
+    # forward
+    x = xp.clone()  # LSTM: replaced by the gate activations
+    out = torch.full((T, B, H), float("nan"))
+    saved = torch.full((T, B, 4 * H), float("nan")) if gru else torch.empty(0)
+    cells = torch.full((T, B, H), float("nan")) if lstm else torch.empty(0)
+    empty = torch.empty(0)
+    ran = emu.forward(cell, x, h0, c0 if lstm else empty, w_hh, b_ih, b_hh if gru else empty,
+                      out, saved, cells, lengths if with_lengths else torch.empty(0, dtype=torch.int64),
+                      reverse, SMS, tf32)
+    assert tuple(ran[:3]) == expected
+    tol = dict(atol=5e-3, rtol=5e-3) if expected[1] else dict(atol=2e-5, rtol=1e-4)
+    leaves = [t.double().requires_grad_() for t in (xp, h0, c0)]
+    want_out, want_h, want_c, want_cells = reference(cell, *leaves, w_hh.double(),
+                                                     b_ih.double(), b_hh.double(), lengths,
+                                                     reverse)
+    torch.testing.assert_close(out.double(), want_out, **tol)
+    if lstm:  # cells[t]: the cell state after step t
+        torch.testing.assert_close(cells.double(), want_cells.detach(), **tol)
+    # backward: the forward's values as the driver hands them over
+    grad_out, dhT, dcT = torch.randn(T, B, H), torch.randn(B, H), torch.randn(B, H)
+    h_prev = torch.empty(T, B, H)
+    for t in range(T):
+        nxt = t + 1 if reverse else t - 1
+        h_prev[t] = h0 if nxt < 0 or nxt >= T else out[nxt]
+    dh, dc = dhT.clone(), dcT.clone()
+    d_x = torch.full((T, B, G * H), float("nan"))
+    d_h = torch.full((T, B, 3 * H), float("nan")) if gru else d_x
+    ran = emu.backward(cell, w_hh, grad_out, dh, dc if lstm else empty, d_x, d_h, h_prev, saved,
+                       x if lstm else empty, cells, c0 if lstm else empty, out,
+                       lengths if with_lengths else torch.empty(0, dtype=torch.int64), reverse,
+                       SMS, tf32)
+    assert tuple(ran[:3]) == expected
+    # the layer's outputs at inactive rows are zero (the driver zeroes them after the kernel,
+    # which leaves the carried state there): no gradient flows back from them
+    live = (torch.ones(T, B, 1) if lengths is None
+            else (torch.arange(T).view(T, 1) < lengths.view(1, B)).unsqueeze(2)).double()
+    loss = (want_out * live * grad_out.double()).sum() + (want_h * dhT.double()).sum()
+    if lstm:
+        loss = loss + (want_c * dcT.double()).sum()
+    g_xp, g_h0, g_c0 = torch.autograd.grad(loss, leaves, allow_unused=True)
+    grad_tol = dict(atol=5e-2, rtol=5e-2) if expected[1] else dict(atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(d_x.double(), g_xp, **grad_tol)
+    torch.testing.assert_close(dh.double(), g_h0, **grad_tol)
+    if lstm:
+        torch.testing.assert_close(dc.double(), g_c0, **grad_tol)
