@@ -2,8 +2,8 @@
 csrc/cuda/persistent_kernels.cuh as host C++ under tests/cuda_host_emulation.h (every thread a
 coroutine; barriers, warp shuffles, mma.sync, distributed shared memory and cp.async emulated) and
 runs the same plan and kernels as a GPU would, for each variant of FUSED_RNN_PERSISTENT_*: grid,
-counter and cluster barriers, more units per block, cp.async staging, tensor-core products (tf32),
-the exchange through distributed shared memory. Forward and backward of GRU, LSTM and both Elman
+counter and cluster barriers, more units per block, cp.async staging, tensor-core products (tf32,
+bf16), the exchange through distributed shared memory; float32 and bfloat16. Forward and backward of GRU, LSTM and both Elman
 RNNs, with and without per-sequence lengths, in both directions, are compared with a float64
 recurrence written here from the same projections (autograd for the gradients). It checks the
 kernels' indexing, tiling and the order of their phases without a GPU; not the memory model or
@@ -57,52 +57,62 @@ def reference(cell, xp, h0, c0, w_hh, b_ih, b_hh, lengths, reverse):
     return torch.stack(outs), h, c, torch.stack(cs)
 
 
-# (FUSED_RNN_PERSISTENT_* settings, TF32 allowed, expected (blocks per cluster, tensor cores,
-# shared-memory exchange))
+# (FUSED_RNN_PERSISTENT_* settings, TF32 allowed, expected (blocks per cluster, shared-memory
+# exchange)); tensor cores are expected where asked for, for bfloat16 always, float32 with TF32
 VARIANTS = [
-    ({}, False, (0, 0, 0)),
-    ({"UNITS": "5"}, False, (0, 0, 0)),
-    ({"BARRIER": "counter"}, False, (0, 0, 0)),
-    ({"STAGING": "async"}, False, (0, 0, 0)),
-    ({"PRODUCT": "mma", "STAGING": "async"}, True, (0, 1, 0)),
-    ({"PRODUCT": "mma"}, False, (0, 0, 0)),  # float32 without TF32: CUDA cores
-    ({"BARRIER": "cluster", "CLUSTER": "2"}, False, (2, 0, 0)),
-    ({"BARRIER": "cluster", "CLUSTER": "4", "EXCHANGE": "dsmem"}, False, (4, 0, 1)),
+    ({}, False, (0, 0)),
+    ({"UNITS": "5"}, False, (0, 0)),
+    ({"BARRIER": "counter"}, False, (0, 0)),
+    ({"STAGING": "async"}, False, (0, 0)),
+    ({"PRODUCT": "mma", "STAGING": "async"}, True, (0, 0)),
+    ({"PRODUCT": "mma"}, False, (0, 0)),  # float32 without TF32: CUDA cores
+    ({"BARRIER": "cluster", "CLUSTER": "2"}, False, (2, 0)),
+    ({"BARRIER": "cluster", "CLUSTER": "4", "EXCHANGE": "dsmem"}, False, (4, 1)),
     ({"BARRIER": "cluster", "CLUSTER": "2", "EXCHANGE": "dsmem", "PRODUCT": "mma",
-      "STAGING": "async"}, True, (2, 1, 1)),
+      "STAGING": "async"}, True, (2, 1)),
 ]
+# bfloat16 (operands kept as stored on the tensor cores, converted on CUDA cores): three of them
+CASES = ([pytest.param(torch.float32, *v, id="float32-" + ("+".join(
+    f"{k}={x}" for k, x in v[0].items()) or "default")) for v in VARIANTS]
+    + [pytest.param(torch.bfloat16, *VARIANTS[i], id="bfloat16-" + ("+".join(
+        f"{k}={x}" for k, x in VARIANTS[i][0].items()) or "default")) for i in (0, 5, 8)])
+# (outputs, gradients) against float64 from the same (rounded) inputs
+TOLERANCES = {(torch.float32, False): (dict(atol=2e-5, rtol=1e-4), dict(atol=1e-4, rtol=1e-4)),
+              (torch.float32, True): (dict(atol=5e-3, rtol=5e-3), dict(atol=5e-2, rtol=5e-2)),
+              (torch.bfloat16, False): (dict(atol=4e-2, rtol=4e-2), dict(atol=1.5e-1, rtol=1e-1)),
+              (torch.bfloat16, True): (dict(atol=4e-2, rtol=4e-2), dict(atol=1.5e-1, rtol=1e-1))}
 
 
-@pytest.mark.parametrize("settings,tf32,expected", VARIANTS,
-                         ids=["+".join(f"{k}={v}" for k, v in s.items()) or "default"
-                              for s, _, _ in VARIANTS])
+@pytest.mark.parametrize("dtype,settings,tf32,expected", CASES)
 @pytest.mark.parametrize("cell", [0, 1, 2, 3], ids=["GRU", "LSTM", "RNN_TANH", "RNN_RELU"])
 @pytest.mark.parametrize("reverse,with_lengths", [(False, False), (True, True)])
-def test_emulated_persistent_kernels_match_the_recurrence(emu, monkeypatch, settings, tf32,
+def test_emulated_persistent_kernels_match_the_recurrence(emu, monkeypatch, dtype, settings, tf32,
                                                           expected, cell, reverse, with_lengths):
     for name, value in settings.items():
         monkeypatch.setenv(f"FUSED_RNN_PERSISTENT_{name}", value)
+    mma = settings.get("PRODUCT") == "mma" and (dtype != torch.float32 or tf32)
+    expected = (expected[0], int(mma), expected[1])
     torch.manual_seed(cell * 10 + reverse)
     T, B, H = 3, 5, 12
     G = GATES[cell]
-    f32 = dict(dtype=torch.float32)
-    xp = torch.randn(T, B, G * H, **f32)
-    h0, c0 = torch.randn(B, H, **f32), torch.randn(B, H, **f32)
-    w_hh = torch.randn(G * H, H, **f32) / H ** 0.5
-    b_ih, b_hh = torch.randn(G * H, **f32), torch.randn(G * H, **f32)
+    like = dict(dtype=dtype)
+    xp = torch.randn(T, B, G * H).to(dtype)
+    h0, c0 = torch.randn(B, H).to(dtype), torch.randn(B, H).to(dtype)
+    w_hh = (torch.randn(G * H, H) / H ** 0.5).to(dtype)
+    b_ih, b_hh = torch.randn(G * H).to(dtype), torch.randn(G * H).to(dtype)
     lengths = torch.tensor([3, 1, 2, 3, 2]) if with_lengths else None
     lstm, gru = cell == 1, cell == 0
     # forward
     x = xp.clone()  # LSTM: replaced by the gate activations
-    out = torch.full((T, B, H), float("nan"))
-    saved = torch.full((T, B, 4 * H), float("nan")) if gru else torch.empty(0)
-    cells = torch.full((T, B, H), float("nan")) if lstm else torch.empty(0)
-    empty = torch.empty(0)
+    out = torch.full((T, B, H), float("nan"), **like)
+    saved = torch.full((T, B, 4 * H), float("nan"), **like) if gru else torch.empty(0, **like)
+    cells = torch.full((T, B, H), float("nan"), **like) if lstm else torch.empty(0, **like)
+    empty = torch.empty(0, **like)
     ran = emu.forward(cell, x, h0, c0 if lstm else empty, w_hh, b_ih, b_hh if gru else empty,
                       out, saved, cells, lengths if with_lengths else torch.empty(0, dtype=torch.int64),
                       reverse, SMS, tf32)
     assert tuple(ran[:3]) == expected
-    tol = dict(atol=5e-3, rtol=5e-3) if expected[1] else dict(atol=2e-5, rtol=1e-4)
+    tol, grad_tol = TOLERANCES[dtype, bool(mma)]
     leaves = [t.double().requires_grad_() for t in (xp, h0, c0)]
     want_out, want_h, want_c, want_cells = reference(cell, *leaves, w_hh.double(),
                                                      b_ih.double(), b_hh.double(), lengths,
@@ -111,14 +121,15 @@ def test_emulated_persistent_kernels_match_the_recurrence(emu, monkeypatch, sett
     if lstm:  # cells[t]: the cell state after step t
         torch.testing.assert_close(cells.double(), want_cells.detach(), **tol)
     # backward: the forward's values as the driver hands them over
-    grad_out, dhT, dcT = torch.randn(T, B, H), torch.randn(B, H), torch.randn(B, H)
-    h_prev = torch.empty(T, B, H)
+    grad_out, dhT, dcT = (torch.randn(T, B, H).to(dtype), torch.randn(B, H).to(dtype),
+                          torch.randn(B, H).to(dtype))
+    h_prev = torch.empty(T, B, H, **like)
     for t in range(T):
         nxt = t + 1 if reverse else t - 1
         h_prev[t] = h0 if nxt < 0 or nxt >= T else out[nxt]
     dh, dc = dhT.clone(), dcT.clone()
-    d_x = torch.full((T, B, G * H), float("nan"))
-    d_h = torch.full((T, B, 3 * H), float("nan")) if gru else d_x
+    d_x = torch.full((T, B, G * H), float("nan"), **like)
+    d_h = torch.full((T, B, 3 * H), float("nan"), **like) if gru else d_x
     ran = emu.backward(cell, w_hh, grad_out, dh, dc if lstm else empty, d_x, d_h, h_prev, saved,
                        x if lstm else empty, cells, c0 if lstm else empty, out,
                        lengths if with_lengths else torch.empty(0, dtype=torch.int64), reverse,
@@ -132,7 +143,6 @@ def test_emulated_persistent_kernels_match_the_recurrence(emu, monkeypatch, sett
     if lstm:
         loss = loss + (want_c * dcT.double()).sum()
     g_xp, g_h0, g_c0 = torch.autograd.grad(loss, leaves, allow_unused=True)
-    grad_tol = dict(atol=5e-2, rtol=5e-2) if expected[1] else dict(atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(d_x.double(), g_xp, **grad_tol)
     torch.testing.assert_close(dh.double(), g_h0, **grad_tol)
     if lstm:
