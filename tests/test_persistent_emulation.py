@@ -83,15 +83,10 @@ TOLERANCES = {(torch.float32, False): (dict(atol=2e-5, rtol=1e-4), dict(atol=1e-
               (torch.bfloat16, True): (dict(atol=4e-2, rtol=4e-2), dict(atol=1.5e-1, rtol=1e-1))}
 
 
-@pytest.mark.parametrize("dtype,settings,tf32,expected", CASES)
-@pytest.mark.parametrize("cell", [0, 1, 2, 3], ids=["GRU", "LSTM", "RNN_TANH", "RNN_RELU"])
-@pytest.mark.parametrize("reverse,with_lengths", [(False, False), (True, True)])
-def test_emulated_persistent_kernels_match_the_recurrence(emu, monkeypatch, dtype, settings, tf32,
-                                                          expected, cell, reverse, with_lengths):
-    for name, value in settings.items():
-        monkeypatch.setenv(f"FUSED_RNN_PERSISTENT_{name}", value)
-    mma = settings.get("PRODUCT") == "mma" and (dtype != torch.float32 or tf32)
-    expected = (expected[0], int(mma), expected[1])
+def run_layer(emu, cell, dtype, tf32, reverse, with_lengths):
+    """Random inputs (seeded by cell and direction), the emulated forward, then the emulated
+    backward on the forward's values as the driver hands them over. Returns the inputs, the
+    results and what each launch reported running."""
     torch.manual_seed(cell * 10 + reverse)
     T, B, H = 3, 5, 12
     G = GATES[cell]
@@ -101,49 +96,82 @@ def test_emulated_persistent_kernels_match_the_recurrence(emu, monkeypatch, dtyp
     w_hh = (torch.randn(G * H, H) / H ** 0.5).to(dtype)
     b_ih, b_hh = torch.randn(G * H).to(dtype), torch.randn(G * H).to(dtype)
     lengths = torch.tensor([3, 1, 2, 3, 2]) if with_lengths else None
+    no_lengths = torch.empty(0, dtype=torch.int64)
     lstm, gru = cell == 1, cell == 0
-    # forward
+    empty = torch.empty(0, **like)
     x = xp.clone()  # LSTM: replaced by the gate activations
     out = torch.full((T, B, H), float("nan"), **like)
-    saved = torch.full((T, B, 4 * H), float("nan"), **like) if gru else torch.empty(0, **like)
-    cells = torch.full((T, B, H), float("nan"), **like) if lstm else torch.empty(0, **like)
-    empty = torch.empty(0, **like)
-    ran = emu.forward(cell, x, h0, c0 if lstm else empty, w_hh, b_ih, b_hh if gru else empty,
-                      out, saved, cells, lengths if with_lengths else torch.empty(0, dtype=torch.int64),
-                      reverse, SMS, tf32)
-    assert tuple(ran[:3]) == expected
-    tol, grad_tol = TOLERANCES[dtype, bool(mma)]
-    leaves = [t.double().requires_grad_() for t in (xp, h0, c0)]
-    want_out, want_h, want_c, want_cells = reference(cell, *leaves, w_hh.double(),
-                                                     b_ih.double(), b_hh.double(), lengths,
-                                                     reverse)
-    torch.testing.assert_close(out.double(), want_out, **tol)
-    if lstm:  # cells[t]: the cell state after step t
-        torch.testing.assert_close(cells.double(), want_cells.detach(), **tol)
-    # backward: the forward's values as the driver hands them over
+    saved = torch.full((T, B, 4 * H), float("nan"), **like) if gru else empty
+    cells = torch.full((T, B, H), float("nan"), **like) if lstm else empty
+    ran_forward = emu.forward(cell, x, h0, c0 if lstm else empty, w_hh, b_ih,
+                              b_hh if gru else empty, out, saved, cells,
+                              lengths if with_lengths else no_lengths, reverse, SMS, tf32)
     grad_out, dhT, dcT = (torch.randn(T, B, H).to(dtype), torch.randn(B, H).to(dtype),
                           torch.randn(B, H).to(dtype))
-    h_prev = torch.empty(T, B, H, **like)
+    h_prev = torch.empty(T, B, H, **like)  # GRU: the state each step starts from
     for t in range(T):
-        nxt = t + 1 if reverse else t - 1
-        h_prev[t] = h0 if nxt < 0 or nxt >= T else out[nxt]
-    dh, dc = dhT.clone(), dcT.clone()
+        before = t + 1 if reverse else t - 1
+        h_prev[t] = h0 if before < 0 or before >= T else out[before]
+    dh, dc = dhT.clone(), dcT.clone()  # in: dL/dh_T, dL/dc_T; out: dL/dh0, dL/dc0
     d_x = torch.full((T, B, G * H), float("nan"), **like)
     d_h = torch.full((T, B, 3 * H), float("nan"), **like) if gru else d_x
-    ran = emu.backward(cell, w_hh, grad_out, dh, dc if lstm else empty, d_x, d_h, h_prev, saved,
-                       x if lstm else empty, cells, c0 if lstm else empty, out,
-                       lengths if with_lengths else torch.empty(0, dtype=torch.int64), reverse,
-                       SMS, tf32)
-    assert tuple(ran[:3]) == expected
+    ran_backward = emu.backward(cell, w_hh, grad_out, dh, dc if lstm else empty, d_x, d_h,
+                                h_prev, saved, x if lstm else empty, cells,
+                                c0 if lstm else empty, out,
+                                lengths if with_lengths else no_lengths, reverse, SMS, tf32)
+    return dict(xp=xp, h0=h0, c0=c0, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, lengths=lengths,
+                grad_out=grad_out, dhT=dhT, dcT=dcT, out=out, cells=cells, d_x=d_x, dh=dh, dc=dc,
+                ran=(tuple(ran_forward[:3]), tuple(ran_backward[:3])))
+
+
+@pytest.mark.parametrize("dtype,settings,tf32,expected", CASES)
+@pytest.mark.parametrize("cell", [0, 1, 2, 3], ids=["GRU", "LSTM", "RNN_TANH", "RNN_RELU"])
+@pytest.mark.parametrize("reverse,with_lengths", [(False, False), (True, True)])
+def test_emulated_persistent_kernels_match_the_recurrence(emu, monkeypatch, dtype, settings, tf32,
+                                                          expected, cell, reverse, with_lengths):
+    for name, value in settings.items():
+        monkeypatch.setenv(f"FUSED_RNN_PERSISTENT_{name}", value)
+    mma = settings.get("PRODUCT") == "mma" and (dtype != torch.float32 or tf32)
+    expected = (expected[0], int(mma), expected[1])
+    r = run_layer(emu, cell, dtype, tf32, reverse, with_lengths)
+    assert r["ran"] == (expected, expected)
+    tol, grad_tol = TOLERANCES[dtype, bool(mma)]
+    leaves = [r[k].double().requires_grad_() for k in ("xp", "h0", "c0")]
+    lengths = r["lengths"]
+    want_out, want_h, want_c, want_cells = reference(cell, *leaves, r["w_hh"].double(),
+                                                     r["b_ih"].double(), r["b_hh"].double(),
+                                                     lengths, reverse)
+    torch.testing.assert_close(r["out"].double(), want_out, **tol)
+    if cell == 1:  # cells[t]: the cell state after step t
+        torch.testing.assert_close(r["cells"].double(), want_cells.detach(), **tol)
     # the layer's outputs at inactive rows are zero (the driver zeroes them after the kernel,
     # which leaves the carried state there): no gradient flows back from them
+    T, B, _ = want_out.shape
     live = (torch.ones(T, B, 1) if lengths is None
             else (torch.arange(T).view(T, 1) < lengths.view(1, B)).unsqueeze(2)).double()
-    loss = (want_out * live * grad_out.double()).sum() + (want_h * dhT.double()).sum()
-    if lstm:
-        loss = loss + (want_c * dcT.double()).sum()
+    loss = ((want_out * live * r["grad_out"].double()).sum()
+            + (want_h * r["dhT"].double()).sum())
+    if cell == 1:
+        loss = loss + (want_c * r["dcT"].double()).sum()
     g_xp, g_h0, g_c0 = torch.autograd.grad(loss, leaves, allow_unused=True)
-    torch.testing.assert_close(d_x.double(), g_xp, **grad_tol)
-    torch.testing.assert_close(dh.double(), g_h0, **grad_tol)
-    if lstm:
-        torch.testing.assert_close(dc.double(), g_c0, **grad_tol)
+    torch.testing.assert_close(r["d_x"].double(), g_xp, **grad_tol)
+    torch.testing.assert_close(r["dh"].double(), g_h0, **grad_tol)
+    if cell == 1:
+        torch.testing.assert_close(r["dc"].double(), g_c0, **grad_tol)
+
+
+@pytest.mark.parametrize("product", ["fma", "mma"])
+@pytest.mark.parametrize("cell", [0, 1, 2], ids=["GRU", "LSTM", "RNN_TANH"])
+def test_emulated_shared_memory_exchange_gives_the_same_bits_as_l2(emu, monkeypatch, product,
+                                                                   cell):
+    """The rows the exchange writes are the values the staging would read: same bits."""
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_BARRIER", "cluster")
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_CLUSTER", "4")
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_PRODUCT", product)
+    runs = []
+    for exchange in ("l2", "dsmem"):
+        monkeypatch.setenv("FUSED_RNN_PERSISTENT_EXCHANGE", exchange)
+        runs.append(run_layer(emu, cell, torch.float32, True, True, True))
+    assert [r["ran"][0][2] for r in runs] == [0, 1]
+    for key in ("out", "cells", "d_x", "dh", "dc"):
+        assert torch.equal(runs[0][key], runs[1][key]), key
