@@ -185,6 +185,21 @@ __device__ __forceinline__ bool stage_rows_async(E* X, int ld, const S* src, int
   }
 }
 
+// Bits of a launch's `flags` argument.
+constexpr int kAsyncStaging = 1;   // stage rows by cp.async where possible (stage_rows_async)
+constexpr int kClusterBarrier = 2;  // thread-block clusters, each with its own batch rows
+constexpr int kDsmemExchange = 4;   // cluster mode: h / d_gates rows through distributed
+                                    // shared memory (store_to_cluster), not global memory
+
+// Rows into X: by cp.async where the launch asks for it and the rows allow it, else by loads.
+template <typename S, typename E>
+__device__ __forceinline__ void stage(E* X, int ld, const S* src, int64_t row, int b0, int nb,
+                                      int K, int flags) {
+  if (!((flags & kAsyncStaging) && stage_rows_async(X, ld, src, row, b0, nb, K))) {
+    stage_rows(X, ld, src, row, b0, nb, K);
+  }
+}
+
 // The raw bits of one S value, as the async copies leave them in shared memory.
 template <typename S>
 struct RawOf {
@@ -207,12 +222,6 @@ __device__ __forceinline__ acc_t<S> from_raw(typename RawOf<S>::type v) {
     return v;
   }
 }
-
-// Bits of a launch's `flags` argument.
-constexpr int kAsyncStaging = 1;   // stage rows by cp.async where possible (stage_rows_async)
-constexpr int kClusterBarrier = 2;  // thread-block clusters, each with its own batch rows
-constexpr int kDsmemExchange = 4;   // cluster mode: h / d_gates rows through distributed
-                                    // shared memory (store_to_cluster), not global memory
 
 // The hidden units and batch rows of one block. Grid modes: unit slice blockIdx.x of all B rows.
 // Cluster mode (FUSED_RNN_PERSISTENT_BARRIER=cluster, sm_90+): the launch is independent
@@ -488,11 +497,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int nb = min(Bc, Bq - b0);
       __syncthreads();  // X is free
       // with the exchange through shared memory the cluster wrote h_prev into Xs (s > 0)
-      if ((!dsmem || s == 0) &&
-          !((flags & kAsyncStaging) &&
-            stage_rows_async(Xs, ld, h_prev, h_prev_row, b_lo + b0, nb, H))) {
-        stage_rows(Xs, ld, h_prev, h_prev_row, b_lo + b0, nb, H);
-      }
+      if (!dsmem || s == 0) stage(Xs, ld, h_prev, h_prev_row, b_lo + b0, nb, H, flags);
       if (b0 == 0) cp_async_wait_all();  // this step's slots (issued a step ago) have landed
       __syncthreads();
       clock.lap(0, false);
@@ -712,10 +717,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int nb = min(Bc, Bq - b0);
       __syncthreads();  // X is free
       // with the exchange through shared memory the cluster wrote the rows into Xs already
-      if (!dsmem && !((flags & kAsyncStaging) &&
-                      stage_rows_async(Xs, ld, d_h_t, p.dh_row, b_lo + b0, nb, K))) {
-        stage_rows(Xs, ld, d_h_t, p.dh_row, b_lo + b0, nb, K);
-      }
+      if (!dsmem) stage(Xs, ld, d_h_t, p.dh_row, b_lo + b0, nb, K, flags);
       __syncthreads();
       clock.lap(0, false);
       if constexpr (kMma) {
