@@ -1,8 +1,11 @@
 // Persistent CUDA kernels: the whole recurrence of one layer and direction (GRU, LSTM, Elman RNN)
 // in ONE cooperative launch, with the recurrent weights resident in shared memory for all T
-// steps and one grid-wide barrier per step.
+// steps and one grid-wide barrier per step (or, in cluster mode, independent thread-block
+// clusters that each hold the weights and a share of the batch rows, with one cluster barrier
+// per step: BlockShare).
 //
-// Work split: block k owns the hidden units j in [k*U, k*U + U) (U = ceil(H / #SMs)).
+// Work split: block k owns the hidden units j in [k*U, k*U + U) (U = ceil(H / #SMs); cluster
+// mode: U = ceil(H / blocks per cluster), k = the block's rank in its cluster).
 //   forward, per step:  gh[b, g, u] = sum_k W_hh[g*H + j, k] h_prev[b, k] for its units, all
 //                       gates g, all rows b (the block keeps W_hh[g*H + j, :] on chip), then the
 //                       cell's pointwise update of its units; barrier; the next step reads the
