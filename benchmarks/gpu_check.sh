@@ -17,8 +17,10 @@
 #   QUICK=1 bash benchmarks/gpu_check.sh   # small benchmark grid
 #   BENCH_ARGS="--full --cells GRU --T 512 --B 16 64" bash benchmarks/gpu_check.sh
 # Every step has a time limit (TEST_TIMEOUT, SANITIZER_TIMEOUT, BENCH_TIMEOUT seconds), so the
-# whole check fits one call of the device tool (about 9 minutes; STEPS to shorten it). STEPS chooses and orders the
-# steps after the build (default: tests:auto sanitizer:persistent:memcheck
+# check can be cut to fit one call of the device tool (600 s). Every step: about 11 minutes on
+# the H200 (estimated from run 6 plus the version-4 steps), more than one call allows; the
+# report keeps what a cut-off call finished. STEPS chooses and orders the steps after the build
+# (default: tests:auto sanitizer:persistent:memcheck
 # sanitizer:persistent:racecheck sanitizer:persistent:memcheck:counter
 # sanitizer:persistent:memcheck:grid:mma:async sanitizer:persistent:racecheck:grid:mma:async
 # sanitizer:persistent:memcheck:cluster:mma:async:dsmem
