@@ -52,6 +52,12 @@
 #include "cuda_kernels.h"
 #include "step_elements.cuh"
 
+// Thread-block clusters: compiled for sm_90+ (and in the host emulation); elsewhere their device
+// functions trap (the host picks cluster mode on sm_90+ only).
+#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900) || defined(FUSED_RNN_WARP_EMULATION)
+#define FUSED_RNN_CLUSTERS 1
+#endif
+
 // The block's dynamic shared memory (host emulation: the emulated block's buffer).
 #if !defined(FUSED_RNN_DYNAMIC_SHARED)
 #define FUSED_RNN_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
@@ -239,20 +245,20 @@ struct BlockShare {
 
 __device__ __forceinline__ BlockShare block_share(int flags, int B, int group_rows) {
   if (flags & kClusterBarrier) {
-#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900) || defined(FUSED_RNN_WARP_EMULATION)
+#if defined(FUSED_RNN_CLUSTERS)
     const cg::cluster_group cluster = cg::this_cluster();
     const int b_lo = static_cast<int>(blockIdx.x / cluster.num_blocks()) * group_rows;
     return {static_cast<int>(cluster.block_rank()), b_lo, min(group_rows, B - b_lo)};
 #else
-    __trap();  // the host picks cluster mode on sm_90+ only
+    __trap();
 #endif
   }
   return {static_cast<int>(blockIdx.x), 0, B};
 }
 
-// The cluster's barrier (sm_90+; the host picks cluster mode there only).
+// The cluster's barrier.
 __device__ __forceinline__ void cluster_sync() {
-#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900) || defined(FUSED_RNN_WARP_EMULATION)
+#if defined(FUSED_RNN_CLUSTERS)
   cg::this_cluster().sync();
 #else
   __trap();
@@ -264,7 +270,7 @@ __device__ __forceinline__ void cluster_sync() {
 // after the next cluster barrier.
 template <typename E>
 __device__ __forceinline__ void store_to_cluster(E* at, E v) {
-#if (defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900) || defined(FUSED_RNN_WARP_EMULATION)
+#if defined(FUSED_RNN_CLUSTERS)
   cg::cluster_group cluster = cg::this_cluster();
   const unsigned n = cluster.num_blocks();
   for (unsigned r = 0; r < n; ++r) *cluster.map_shared_rank(at, r) = v;
@@ -405,7 +411,8 @@ __device__ __forceinline__ E to_operand(A w) {
   }
 }
 
-// X's columns [K, ld) are zero for the tensor cores' k loop (staging writes columns < K only).
+// Columns [K, ld) of M (W or X) are zero for the tensor cores' k loop (staging and the weight
+// loads write columns < K only).
 template <typename E>
 __device__ __forceinline__ void zero_columns(E* M, int rows, int K, int ld) {
   const int pad = ld - K;
@@ -414,6 +421,19 @@ __device__ __forceinline__ void zero_columns(E* M, int rows, int K, int ld) {
     M[r * ld + K + idx - r * pad] = E(0);
   }
 }
+
+// X, the staged rows of h_prev (forward) or d_gates (backward) in shared memory: [nX, Bc, ld],
+// one buffer, or two with kDsmemExchange, where step s reads buffer s % 2 while the cluster
+// writes step s + 1's rows (forward) / step s - 1's (backward) into the other.
+template <typename E>
+struct StagedRows {
+  E* base;
+  int Bc, ld;
+  bool two;
+  __device__ int rows() const { return (two ? 2 : 1) * Bc; }  // of all buffers
+  __device__ E* step(int64_t s) const { return two ? base + (s & 1) * Bc * ld : base; }
+  __device__ E* end() const { return base + rows() * ld; }
+};
 
 // A block's rows: Bq = its batch rows (BlockShare: all B, or its cluster's), local row b is
 // batch row b_lo + b. Shared memory: xs (slots of x_t W_ih^T, this step's and the next's:
@@ -439,9 +459,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   // W: [Rw, ld], row g*U + u = W_hh[g*H + j0 + u, :]
   E* W = reinterpret_cast<E*>(smem_raw + slot_bytes<S>(Bq * G, U));
   const bool dsmem = (flags & kDsmemExchange) != 0;
-  E* X = W + Rw * ld;                     // X: [nX, Bc, ld]  rows of h_prev
-  // gh: [Bq, R]  h_prev W_hh^T, this block's rows
-  A* gh = reinterpret_cast<A*>(X + (dsmem ? 2 : 1) * Bc * ld);
+  const StagedRows<E> X{W + Rw * ld, Bc, ld, dsmem};  // X: [nX, Bc, ld]  rows of h_prev
+  A* gh = reinterpret_cast<A*>(X.end());  // gh: [Bq, R]  h_prev W_hh^T, this block's rows
   A* P = gh + Bq * R;                     // P: [kWarps * scratch_per_warp]
   A* bias_x = P + kWarps * scratch_per_warp(kMma);  // bias_x: [R]  added to x_t W_ih^T (GRU: b_ih;
                                           //   LSTM / RNN: b_ih + b_hh)
@@ -455,8 +474,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                     : A(0);
     W[idx] = to_operand<E, kMma>(w);
   }
-  if constexpr (kMma) zero_columns(X, (dsmem ? 2 : 1) * Bc, H, ld);
-  auto x_buf = [&](int64_t s) { return dsmem ? X + (s & 1) * Bc * ld : X; };  // step s's h_prev
+  if constexpr (kMma) zero_columns(X.base, X.rows(), H, ld);
   for (int r = threadIdx.x; r < R; r += kThreads) {
     const int g = r / U, u = r - g * U;
     const int64_t i = static_cast<int64_t>(g) * H + j0 + u;
@@ -490,7 +508,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   PhaseClock clock(phases);
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = step_time(s, T, p.reverse);
-    E* const Xs = x_buf(s);  // this step's h_prev rows
+    E* const Xs = X.step(s);  // this step's h_prev rows
     const S* h_prev = s == 0 ? p.h0 : p.out + step_time(s - 1, T, p.reverse) * p.out_step;
     const int64_t h_prev_row = s == 0 ? H : p.out_row;
     S* x_t = p.x + t * p.x_step;        // x_t: [B, G*H]
@@ -520,7 +538,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       // the new state as stored, for the exchange through shared memory (always asked for: a
       // pointer that is sometimes null would put h_new in local memory)
       A h_new(0);
-      A* const h_out = &h_new;
       if constexpr (kCell == Cell::kGru) {
         A gi[3], ghv[3];
 #pragma unroll
@@ -534,7 +551,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                                   h_prev_row, out_t, p.out_row,
                                   p.saved ? p.saved + t * B * 4 * H : nullptr, 4 * H, t,
                                   p.lengths};
-        gru_forward_values(q, bg, j, gi[0], gi[1], gi[2], ghv[0], ghv[1], ghv[2], hp, h_out);
+        gru_forward_values(q, bg, j, gi[0], gi[1], gi[2], ghv[0], ghv[1], ghv[2], hp, &h_new);
       } else if constexpr (kCell == Cell::kLstm) {
         auto cell_at = [&](int64_t step) {
           return p.cells + (p.cells_per_step ? step_time(step, T, p.reverse) : step % 2) * B * H;
@@ -550,15 +567,15 @@ __global__ void __launch_bounds__(kThreads, 1)
                                    p.out_row, t, p.lengths};
         A& c = cs[b * U + u];  // kept as stored (rounded to S), as the general path reads it
         c = static_cast<A>(static_cast<S>(lstm_forward_values(q, bg, j, a[0], a[1], a[2], a[3],
-                                                              c, hp, h_out)));
+                                                              c, hp, &h_new)));
       } else {
         A x = xin[0] + g_b[u];
         if (p.b_ih) x += bias_x[u];
         const RnnForwardStep<S> q{B, H, x_t, p.x_row, p.b_ih, h_prev, h_prev_row, out_t,
                                   p.out_row, kCell == Cell::kRnnRelu, t, p.lengths};
-        rnn_forward_values<kCell == Cell::kRnnRelu>(q, bg, j, x, hp, h_out);
+        rnn_forward_values<kCell == Cell::kRnnRelu>(q, bg, j, x, hp, &h_new);
       }
-      if (dsmem && s + 1 < T) store_to_cluster(x_buf(s + 1) + b * ld + j, static_cast<E>(h_new));
+      if (dsmem && s + 1 < T) store_to_cluster(X.step(s + 1) + b * ld + j, static_cast<E>(h_new));
     };
     for (int e = threadIdx.x; e < n_el; e += kThreads) {
       const int b = e / units, u = e - b * units;
@@ -602,9 +619,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   // Wt: [Uw, ld], row u = W_hh[:, j0 + u]
   E* Wt = reinterpret_cast<E*>(smem_raw + slot_bytes<S>(Bq * kIn, U));
   const bool dsmem = (flags & kDsmemExchange) != 0;
-  E* X = Wt + Uw * ld;                     // X: [nX, Bc, ld]  rows of this step's d_gates
-  // mv: [Bq, U]  d_gates W_hh for this block's units
-  A* mv = reinterpret_cast<A*>(X + (dsmem ? 2 : 1) * Bc * ld);
+  const StagedRows<E> X{Wt + Uw * ld, Bc, ld, dsmem};  // X: [nX, Bc, ld]  rows of d_gates
+  A* mv = reinterpret_cast<A*>(X.end());  // mv: [Bq, U]  d_gates W_hh for this block's units
   A* dh = mv + Bq * U;                     // dh: [Bq, U]  running dL/dh
   A* dc = dh + Bq * U;                     // dc: [Bq, U]  running dL/dc (LSTM)
   A* P = dc + Bq * U;                      // P: [kWarps * scratch_per_warp]
@@ -616,9 +632,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   if constexpr (kMma) {
     zero_columns(Wt, Uw, K, ld);
-    zero_columns(X, (dsmem ? 2 : 1) * Bc, K, ld);
+    zero_columns(X.base, X.rows(), K, ld);
   }
-  auto x_buf = [&](int64_t s) { return dsmem ? X + (s & 1) * Bc * ld : X; };  // step s's d_gates
   for (int e = threadIdx.x; e < Bq * U; e += kThreads) {
     const int b = e / U, u = e - b * U;
     const int64_t i = static_cast<int64_t>(b_lo + b) * H + j0 + u;
@@ -663,13 +678,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     // the gate gradients multiplied by W_hh, as stored, for the exchange through shared memory
     // (always asked for: a pointer that is sometimes null would put dg in local memory)
     A dg[G];
-    A* const dg_out = dg;
     if constexpr (kCell == Cell::kGru) {
       const GruBackwardStep<S> q{B, H, p.grad_out + t * p.go_step, p.go_row, nullptr,
                                  p.h_prev + t * p.hp_step, p.hp_row, p.saved + t * B * 4 * H,
                                  4 * H, p.d_x + t * p.dx_step, p.dx_row,
                                  p.d_h + t * p.dh_step, p.dh_row, t, p.lengths};
-      gru_backward_values(q, bg, j, v[0], v[1], v[2], v[3], v[4], v[5], dh_e, dg_out);
+      gru_backward_values(q, bg, j, v[0], v[1], v[2], v[3], v[4], v[5], dh_e, dg);
     } else if constexpr (kCell == Cell::kLstm) {
       const S* c_prev =
           s == 0 ? p.c0 : p.cells + step_time(s - 1, T, p.reverse) * B * H;  // [B, H]
@@ -678,15 +692,15 @@ __global__ void __launch_bounds__(kThreads, 1)
                                   p.cells + t * B * H, H, p.d_x + t * p.dx_step, p.dx_row,
                                   t, p.lengths};
       lstm_backward_values(q, bg, j, v[0], v[1], v[2], v[3], v[4], v[5], v[6], dh_e,
-                           dc + b * U + u, dg_out);
+                           dc + b * U + u, dg);
     } else {
       const RnnBackwardStep<S> q{B, H, p.grad_out + t * p.go_step, p.go_row, nullptr,
                                  p.out + t * p.out_step, p.out_row, p.d_x + t * p.dx_step,
                                  p.dx_row, kCell == Cell::kRnnRelu, t, p.lengths};
-      rnn_backward_values<kCell == Cell::kRnnRelu>(q, bg, j, v[0], v[1], dh_e, dg_out);
+      rnn_backward_values<kCell == Cell::kRnnRelu>(q, bg, j, v[0], v[1], dh_e, dg);
     }
     if (dsmem) {
-      E* row = x_buf(s) + b * ld + j;
+      E* row = X.step(s) + b * ld + j;
 #pragma unroll
       for (int g = 0; g < G; ++g) store_to_cluster(row + g * H, static_cast<E>(dg[g]));
     }
@@ -715,7 +729,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // the next step's values travel during this step's staging and product (other buffer)
     if (s > 0) fetch_inputs(s - 1);
     const S* d_h_t = p.d_h + t * p.dh_step;  // [B, K]
-    E* const Xs = x_buf(s);  // this step's d_gates rows
+    E* const Xs = X.step(s);  // this step's d_gates rows
     for (int b0 = 0; b0 < Bq; b0 += Bc) {
       const int nb = min(Bc, Bq - b0);
       __syncthreads();  // X is free
@@ -952,6 +966,12 @@ bool want_persistent(int G, int64_t B, int64_t H, bool fits, bool backward, bool
 }
 #endif
 
+// The kernels' `flags` argument for a plan.
+int launch_flags(const Plan& plan, const Tuning& tune) {
+  return (tune.async_staging ? kAsyncStaging : 0) | (plan.cluster > 0 ? kClusterBarrier : 0) |
+         (plan.dsmem ? kDsmemExchange : 0);
+}
+
 // One launch of the plan: grid modes as one cooperative launch (every block co-resident, the
 // grid barrier needs it); cluster mode as clusters of plan.cluster blocks (cudaLaunchKernelEx;
 // the clusters are independent, so they need not all be resident at once).
@@ -961,10 +981,8 @@ void launch_persistent(Kernel kernel, const Params& p, const Plan& plan, const D
 #if defined(FUSED_RNN_WARP_EMULATION)  // the threads run as coroutines on the host
   (void)d;
   (void)backward;
-  const int flags = (tune.async_staging ? kAsyncStaging : 0) |
-                    (plan.cluster > 0 ? kClusterBarrier : 0) | (plan.dsmem ? kDsmemExchange : 0);
   emulated_launch(kernel, plan.blocks, plan.cluster, plan.smem, p, plan.units, plan.staged_rows,
-                  flags, plan.group_rows);
+                  launch_flags(plan, tune), plan.group_rows);
 #else
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(plan.smem)));
@@ -988,8 +1006,7 @@ void launch_persistent(Kernel kernel, const Params& p, const Plan& plan, const D
   if (tune.profile) clock = at::cuda::getCUDADeviceAllocator()->allocate(kPhases * 8);
   Params params = p;
   int units = plan.units, rows = plan.staged_rows, group_rows = plan.group_rows;
-  int flags = (tune.async_staging ? kAsyncStaging : 0) |
-              (plan.cluster > 0 ? kClusterBarrier : 0) | (plan.dsmem ? kDsmemExchange : 0);
+  int flags = launch_flags(plan, tune);
   unsigned* barrier = static_cast<unsigned*>(counter.get());
   long long* phases = static_cast<long long*>(clock.get());
   if (plan.cluster > 0) {
