@@ -6,7 +6,8 @@
 // block barrier; each mma.sync gathers the 32 lanes' fragment registers and multiplies the
 // 16 x k and k x 8 tiles they hold, with the register layouts of the PTX ISA ("Matrix Fragments
 // for mma.m16n8k16 / mma.m16n8k8") written out there once more, independently of the header's
-// load_a / load_b). What it cannot check: the hardware itself (the GPU tests do that).
+// load_a / load_b); the threads run in a random order between barriers (a read of a value
+// before the barrier that orders its write shows). What it cannot check: the hardware itself (the GPU tests do that).
 // Built (with AddressSanitizer where the compiler has it: reads outside W and X are errors) and
 // run by tests/test_block_mma_emulation.py; prints one line per case, exit code 0 when all pass.
 #include <random>
@@ -68,6 +69,7 @@ bool run_case(const char* type, int R, int nb, int K, unsigned seed) {
   std::vector<float> out(static_cast<size_t>(b_base + nb) * out_row, kPoison);
   std::vector<float> P(kWarps * fused_rnn::cuda::scratch_per_warp(true));
   current_case = {W.data(), X.data(), R, nb, K, ld, out_row, b_base, out.data(), P.data()};
+  emu::set_schedule(seed);  // threads in a random order (seed != 0) between barriers
   emu::run(1, 1, 0, case_body<E>);
   int bad = 0, unwritten = 0, stray = 0;
   double worst = 0;

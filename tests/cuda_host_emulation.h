@@ -4,10 +4,15 @@
 // __syncthreads, the grid barrier and the cluster barrier wait for their threads; warp
 // shuffles and mma.sync exchange the 32 lanes' registers (mma from the PTX ISA's fragment
 // tables, written out here apart from the kernels' loads); shared memory is one buffer per block,
-// distributed shared memory maps an address to the same offset in another block of the cluster;
-// cp.async copies at once. What it checks: indexing, tiling, the order of phases and barriers,
-// which rows go where. What it cannot: the memory model, timing, the hardware's own rounding
-// (the mma sums in double). Include before the kernels, with FUSED_RNN_WARP_EMULATION defined
+// distributed shared memory maps an address to the same offset in another block of the cluster.
+// Adversarial where the hardware leaves things open (emu::set_schedule(seed), seed != 0): the
+// threads of a launch run in a new random order in every round between barriers, and each cp.async
+// reads its source and writes its destination either at once or at the issuing thread's
+// cp.async.wait_all (randomly), so a value read before the barrier or the wait that orders it
+// differs between schedules; shared memory starts as NaN bytes (0xFF), so reading what no
+// thread wrote shows. What it checks: indexing, tiling, the order of phases and barriers, which
+// rows go where, races between barriers. What it cannot: the memory model's fences and caches,
+// timing, the hardware's own rounding (the mma sums in double). Include before the kernels, with FUSED_RNN_WARP_EMULATION defined
 // by this header. Used by tests/block_mma_emulation.cpp and tests/persistent_emulation.cpp.
 #pragma once
 
@@ -21,6 +26,8 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 // everything the kernels include that must not see the keyword macros below
@@ -53,21 +60,38 @@ namespace emu {
 constexpr int kBlockThreads = 256;  // the kernels' kThreads
 constexpr size_t kStack = 48 << 10;
 
-void yield();
+// The schedule: 0 runs the threads in index order, round after round, and copies at once; any
+// other seed schedules at random (splitmix64 from the seed): each time a thread stops at a
+// barrier, the next to run is a random ready thread of a random block, the blocks weighted 1, 2,
+// 4 or 8 (drawn per launch) so that some run ahead of others up to the next barrier they share;
+// and each cp.async happens at a random time (see cp_async).
+inline uint64_t schedule_state = 0;
+inline void set_schedule(uint64_t seed) { schedule_state = seed; }
+inline uint64_t random_bits() {
+  uint64_t z = (schedule_state += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// A cp.async in flight: its source is read at issue (`read`) or at the wait, its destination
+// written at the wait.
+struct Copy {
+  void* dst;
+  const void* src;
+  int bytes;
+  bool read;  // source already read into data
+  unsigned char data[16];
+};
+
+void block_thread();          // the running thread waits until release_thread
+void release_thread(int id);  // thread id may run again
 
 // Waits until `count` threads have arrived, then lets them all go on.
 struct Barrier {
   int count = 0, arrived = 0;
-  long generation = 0;
-  void wait() {
-    const long g = generation;
-    if (++arrived == count) {
-      arrived = 0;
-      ++generation;
-      return;
-    }
-    while (generation == g) yield();
-  }
+  std::vector<int> waiting;
+  void wait();
 };
 
 // One warp's exchange of registers (shuffles, mma.sync).
@@ -84,7 +108,7 @@ struct Block {
   Warp warps[kBlockThreads / 32];
 };
 
-// The running launch: its blocks, the grid barrier, one barrier per cluster.
+// The running launch: its blocks, the grid barrier, one barrier per cluster, the threads.
 struct Launch {
   int blocks = 0, cluster = 1;
   std::vector<std::unique_ptr<Block>> block;
@@ -92,7 +116,11 @@ struct Launch {
   std::vector<std::unique_ptr<Barrier>> clusters;
   std::vector<ucontext_t> context;
   std::vector<std::vector<char>> stacks;
-  std::vector<char> finished;
+  std::vector<char> finished, blocked;
+  std::vector<std::vector<int>> ready;    // random schedules: each block's threads that can run
+  std::vector<int> weight;                // random schedules: each block's share of the picks
+  std::vector<std::vector<Copy>> copies;  // each thread's cp.async in flight
+  std::string error;                      // what went wrong (run() throws it at the end)
   ucontext_t scheduler;
   std::function<void()> body;
   int current = 0;
@@ -101,15 +129,84 @@ inline Launch* launch = nullptr;
 
 inline Block& this_block() { return *launch->block[blockIdx.x]; }
 
-inline void yield() { swapcontext(&launch->context[launch->current], &launch->scheduler); }
+inline void block_thread() {
+  launch->blocked[launch->current] = 1;
+  swapcontext(&launch->context[launch->current], &launch->scheduler);
+}
+
+inline void release_thread(int id) {
+  launch->blocked[id] = 0;
+  if (schedule_state) launch->ready[id / kBlockThreads].push_back(id);
+}
+
+inline void Barrier::wait() {
+  if (++arrived < count) {
+    waiting.push_back(launch->current);
+    block_thread();
+    return;
+  }
+  arrived = 0;
+  for (int id : waiting) release_thread(id);
+  waiting.clear();
+}
 
 inline void thread_entry() {
   launch->body();
+  if (!launch->copies[launch->current].empty() && launch->error.empty()) {
+    launch->error = "thread " + std::to_string(launch->current % kBlockThreads) + " of block " +
+                    std::to_string(launch->current / kBlockThreads) +
+                    " ended with cp.async in flight (no cp.async.wait_all after it)";
+  }
   launch->finished[launch->current] = 1;
 }
 
+// cp.async of `bytes` (4 or 16) bytes: at once, or (random schedules) queued until the thread's
+// cp_async_wait_all, with the source read now or then.
+inline void cp_async(void* dst, const void* src, int bytes) {
+  const uint64_t r = schedule_state ? random_bits() % 3 : 0;
+  if (r == 0) {
+    std::memcpy(dst, src, bytes);
+    return;
+  }
+  Copy c{dst, src, bytes, r == 1, {}};
+  if (c.read) std::memcpy(c.data, src, bytes);
+  launch->copies[launch->current].push_back(c);
+}
+
+inline void cp_async_wait_all() {
+  std::vector<Copy>& mine = launch->copies[launch->current];
+  for (const Copy& c : mine) std::memcpy(c.dst, c.read ? c.data : c.src, c.bytes);
+  mine.clear();
+}
+
+// Runs thread i until it waits at a barrier or returns.
+inline void resume(Launch& l, int i) {
+  l.current = i;
+  blockIdx.x = i / kBlockThreads;
+  threadIdx.x = i % kBlockThreads;
+  swapcontext(&l.scheduler, &l.context[i]);
+}
+
+// The next thread of a random schedule: a block drawn by weight among those with ready
+// threads, then one of its ready threads; -1 if none is ready.
+inline int pick_ready(Launch& l) {
+  int total = 0;
+  for (int b = 0; b < l.blocks; ++b) total += l.ready[b].empty() ? 0 : l.weight[b];
+  if (total == 0) return -1;
+  int r = static_cast<int>(random_bits() % total), b = 0;
+  for (; l.ready[b].empty() || r >= l.weight[b]; ++b) r -= l.ready[b].empty() ? 0 : l.weight[b];
+  std::vector<int>& q = l.ready[b];
+  const size_t k = random_bits() % q.size();
+  const int id = q[k];
+  q[k] = q.back();
+  q.pop_back();
+  return id;
+}
+
 // Runs body() on every thread of `blocks` blocks (clusters of `cluster` blocks, `smem` bytes of
-// dynamic shared memory each) until all return.
+// dynamic shared memory each) until all return; throws std::runtime_error if a thread broke a
+// rule the hardware would not report (cp.async never waited for) or the threads deadlock
+// (all that have not returned wait at barriers the others do not reach).
 inline void run(int blocks, int cluster, size_t smem, std::function<void()> body) {
   Launch l;
   l.blocks = blocks;
@@ -117,7 +214,7 @@ inline void run(int blocks, int cluster, size_t smem, std::function<void()> body
   l.grid.count = blocks * kBlockThreads;
   for (int b = 0; b < blocks; ++b) {
     l.block.push_back(std::make_unique<Block>());
-    l.block.back()->smem.assign(smem, 0xA5);  // not zero: the kernels must write what they read
+    l.block.back()->smem.assign(smem, 0xFF);  // NaN: the kernels must write what they read
   }
   for (int c = 0; c < blocks / cluster; ++c) {
     l.clusters.push_back(std::make_unique<Barrier>());
@@ -127,6 +224,13 @@ inline void run(int blocks, int cluster, size_t smem, std::function<void()> body
   l.context.resize(n);
   l.stacks.assign(n, std::vector<char>(kStack));
   l.finished.assign(n, 0);
+  l.blocked.assign(n, 0);
+  l.copies.assign(n, {});
+  l.ready.assign(blocks, {});
+  for (int b = 0; b < blocks; ++b) {
+    l.weight.push_back(schedule_state ? 1 << (random_bits() % 4) : 1);
+    for (int t = 0; t < kBlockThreads; ++t) l.ready[b].push_back(b * kBlockThreads + t);
+  }
   l.body = std::move(body);
   Launch* outer = launch;
   launch = &l;
@@ -138,18 +242,32 @@ inline void run(int blocks, int cluster, size_t smem, std::function<void()> body
     makecontext(&l.context[i], thread_entry, 0);
   }
   gridDim.x = blocks;
-  for (bool any = true; any;) {
-    any = false;
-    for (int i = 0; i < n; ++i) {
-      if (l.finished[i]) continue;
-      any = true;
-      l.current = i;
-      blockIdx.x = i / kBlockThreads;
-      threadIdx.x = i % kBlockThreads;
-      swapcontext(&l.scheduler, &l.context[i]);
+  int left = n;  // threads that have not returned
+  while (left > 0) {
+    bool ran = false;
+    if (schedule_state) {
+      const int i = pick_ready(l);
+      if (i >= 0) {
+        resume(l, i);
+        ran = true;
+        left -= l.finished[i];
+      }
+    } else {
+      for (int i = 0; i < n; ++i) {
+        if (l.finished[i] || l.blocked[i]) continue;
+        resume(l, i);
+        ran = true;
+        left -= l.finished[i];
+      }
+    }
+    if (!ran) {  // the waiting threads' stacks are dropped with l
+      launch = outer;
+      throw std::runtime_error("host emulation: deadlock, every unfinished thread waits at a "
+                               "barrier that the others do not reach");
     }
   }
   launch = outer;
+  if (!l.error.empty()) throw std::runtime_error("host emulation: " + l.error);
 }
 
 inline Warp& this_warp() { return this_block().warps[threadIdx.x / 32]; }

@@ -84,6 +84,8 @@ std::vector<int64_t> backward(int64_t cell, at::Tensor w_hh, at::Tensor grad_out
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("set_schedule", [](int64_t seed) { emu::set_schedule(static_cast<uint64_t>(seed)); },
+        "0: threads in index order, cp.async at once; else random orders and cp.async times");
   m.def("forward", &forward);
   m.def("backward", &backward);
 }

@@ -3,12 +3,18 @@ csrc/cuda/persistent_kernels.cuh as host C++ under tests/cuda_host_emulation.h (
 coroutine; barriers, warp shuffles, mma.sync, distributed shared memory and cp.async emulated) and
 runs the same plan and kernels as a GPU would, for each variant of FUSED_RNN_PERSISTENT_*: grid,
 counter and cluster barriers, more units per block, cp.async staging, tensor-core products (tf32,
-bf16), the exchange through distributed shared memory; float32 and bfloat16. Forward and backward of GRU, LSTM and both Elman
-RNNs, with and without per-sequence lengths, in both directions, are compared with a float64
-recurrence written here from the same projections (autograd for the gradients). It checks the
-kernels' indexing, tiling and the order of their phases without a GPU; not the memory model or
-speed (the GPU tests and benchmarks/gpu_check.sh do that). Builds a small extension (~1 minute)."""
+bf16), the exchange through distributed shared memory; float32 and bfloat16. Forward and
+backward of GRU, LSTM and both Elman RNNs, with and without per-sequence lengths, in both
+directions, are compared with a float64 recurrence written here from the same projections
+(autograd for the gradients), each case under a random schedule of its own (threads run in a
+random order with some blocks ahead of others, cp.async completes at a random time, shared
+memory starts as NaN): a value read before the barrier or wait that orders its write reads
+stale data or NaN. And random schedules give the bits of the threads run in order. It checks the
+kernels' indexing, tiling, the order of their phases and races between barriers without a GPU;
+not the memory model's fences and caches or speed (the GPU tests and benchmarks/gpu_check.sh do
+that). Builds a small extension (~1 minute)."""
 import os
+import zlib
 
 import pytest
 import torch
@@ -83,11 +89,13 @@ TOLERANCES = {(torch.float32, False): (dict(atol=2e-5, rtol=1e-4), dict(atol=1e-
               (torch.bfloat16, True): (dict(atol=4e-2, rtol=4e-2), dict(atol=1.5e-1, rtol=1e-1))}
 
 
-def run_layer(emu, cell, dtype, tf32, reverse, with_lengths):
+def run_layer(emu, cell, dtype, tf32, reverse, with_lengths, schedule=0):
     """Random inputs (seeded by cell and direction), the emulated forward, then the emulated
-    backward on the forward's values as the driver hands them over. Returns the inputs, the
-    results and what each launch reported running."""
+    backward on the forward's values as the driver hands them over, under the emulation's
+    schedule `schedule` (0: threads in index order; else random orders and cp.async times).
+    Returns the inputs, the results and what each launch reported running."""
     torch.manual_seed(cell * 10 + reverse)
+    emu.set_schedule(schedule)
     T, B, H = 3, 5, 12
     G = GATES[cell]
     like = dict(dtype=dtype)
@@ -133,7 +141,9 @@ def test_emulated_persistent_kernels_match_the_recurrence(emu, monkeypatch, dtyp
         monkeypatch.setenv(f"FUSED_RNN_PERSISTENT_{name}", value)
     mma = settings.get("PRODUCT") == "mma" and (dtype != torch.float32 or tf32)
     expected = (expected[0], int(mma), expected[1])
-    r = run_layer(emu, cell, dtype, tf32, reverse, with_lengths)
+    # a random schedule of its own for every case (a race between barriers reads stale values)
+    schedule = zlib.crc32(repr((dtype, settings, cell, reverse)).encode()) | 1
+    r = run_layer(emu, cell, dtype, tf32, reverse, with_lengths, schedule)
     assert r["ran"] == (expected, expected)
     tol, grad_tol = TOLERANCES[dtype, bool(mma)]
     leaves = [r[k].double().requires_grad_() for k in ("xp", "h0", "c0")]
@@ -175,3 +185,19 @@ def test_emulated_shared_memory_exchange_gives_the_same_bits_as_l2(emu, monkeypa
     assert [r["ran"][0][2] for r in runs] == [0, 1]
     for key in ("out", "cells", "d_x", "dh", "dc"):
         assert torch.equal(runs[0][key], runs[1][key]), key
+
+
+@pytest.mark.parametrize("variant", [7, 8], ids=["cluster4-dsmem", "cluster2-dsmem-mma-async"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("cell", [0, 1], ids=["GRU", "LSTM"])
+def test_emulated_random_schedules_give_the_bits_of_the_ordered_one(emu, monkeypatch, variant,
+                                                                    dtype, cell):
+    """Whatever order the threads run in and whenever cp.async lands, the same bits (races
+    that stay within the tolerances above show here)."""
+    settings, tf32, _ = VARIANTS[variant]
+    for name, value in settings.items():
+        monkeypatch.setenv(f"FUSED_RNN_PERSISTENT_{name}", value)
+    runs = [run_layer(emu, cell, dtype, tf32, True, True, schedule) for schedule in (0, 7, 1234)]
+    for r in runs[1:]:
+        for key in ("out", "cells", "d_x", "dh", "dc"):
+            assert torch.equal(runs[0][key], r[key]), key

@@ -138,10 +138,10 @@ __device__ __forceinline__ void stage_rows(E* X, int ld, const S* src, int64_t r
 // cp.async: global -> shared memory copies that a block barrier does not wait for (only
 // cp.async.wait_all does). 4 bytes through L1 (inputs written before the launch), 16 bytes through
 // L2 only (rows other blocks wrote in this launch).
-// (Host emulation: copied at once.)
+// (Host emulation: emu::cp_async, at once or at the wait.)
 __device__ __forceinline__ void cp_async4(void* smem_dst, const void* src) {
 #if defined(FUSED_RNN_WARP_EMULATION)
-  memcpy(smem_dst, src, 4);
+  emu::cp_async(smem_dst, src, 4);
 #else
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(src) : "memory");
@@ -150,7 +150,7 @@ __device__ __forceinline__ void cp_async4(void* smem_dst, const void* src) {
 
 __device__ __forceinline__ void cp_async16_l2(void* smem_dst, const void* src) {
 #if defined(FUSED_RNN_WARP_EMULATION)
-  memcpy(smem_dst, src, 16);
+  emu::cp_async(smem_dst, src, 16);
 #else
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
@@ -158,7 +158,9 @@ __device__ __forceinline__ void cp_async16_l2(void* smem_dst, const void* src) {
 }
 
 __device__ __forceinline__ void cp_async_wait_all() {
-#if !defined(FUSED_RNN_WARP_EMULATION)
+#if defined(FUSED_RNN_WARP_EMULATION)
+  emu::cp_async_wait_all();
+#else
   asm volatile("cp.async.wait_all;" ::: "memory");
 #endif
 }
