@@ -7,8 +7,9 @@
 #      shapes; tests/test_cuda_paths.py forces each path in turn) and FUSED_RNN_CUDA_PATH=general
 #   3. compute-sanitizer memcheck + racecheck on a small forward+backward of every kernel, with
 #      the persistent kernels forced, and memcheck on the general path
-#   4. the persistent kernels' tuning sweep (benchmarks/persistent_sweep.py: barrier and units
-#      per block variants against nn.* in one interleaved run)
+#   4. the persistent kernels' tuning sweep (benchmarks/persistent_sweep.py: the variants of
+#      barrier, product, staging and exchange against nn.* in one interleaved run, then their
+#      phase clocks, point by point, most telling point first, within SWEEP_TIMEOUT)
 #   5. the GPU benchmark (benchmarks/bench.py --device cuda, fp32 and bf16): nn.* on cuDNN
 #      against the fused layer on the persistent and on the general path, TF32 as PyTorch's
 #      defaults (stated in the report)
@@ -16,10 +17,11 @@
 # benchmarks/results/gpu_check_out): 8 files, the device tool's limit.
 #   QUICK=1 bash benchmarks/gpu_check.sh   # small benchmark grid
 #   BENCH_ARGS="--full --cells GRU --T 512 --B 16 64" bash benchmarks/gpu_check.sh
-# Every step has a time limit (TEST_TIMEOUT, SANITIZER_TIMEOUT, BENCH_TIMEOUT seconds), so the
+# Every step has a time limit (TEST_TIMEOUT, SANITIZER_TIMEOUT, SWEEP_TIMEOUT, BENCH_TIMEOUT seconds), so the
 # check can be cut to fit one call of the device tool (600 s). Every step: about 11 minutes on
 # the H200 (estimated from run 6 plus the version-4 steps), more than one call allows; the
-# report keeps what a cut-off call finished. STEPS chooses and orders the steps after the build
+# report keeps what a cut-off call finished (benchmarks/persistent_kernel_notes.md, "Next GPU
+# session", gives a first call that fits). STEPS chooses and orders the steps after the build
 # (default: tests:auto sanitizer:persistent:memcheck
 # sanitizer:persistent:racecheck sanitizer:persistent:memcheck:counter
 # sanitizer:persistent:memcheck:grid:mma:async sanitizer:persistent:racecheck:grid:mma:async
@@ -104,8 +106,9 @@ run_bench() {
 
 run_sweep() {
   local s=$(date +%s)
-  timeout "${SWEEP_TIMEOUT:-180}" "$py" benchmarks/persistent_sweep.py ${SWEEP_ARGS:-} \
-    --json "$OUT/sweep.json" --md "$OUT/sweep.md" >> "$OUT/benchmark.log" 2>&1
+  local limit="${SWEEP_TIMEOUT:-200}"  # the sweep starts no point that would end within 20 s of it
+  timeout "$limit" "$py" benchmarks/persistent_sweep.py --budget-s $(( limit - 20 )) \
+    ${SWEEP_ARGS:-} --json "$OUT/sweep.json" --md "$OUT/sweep.md" >> "$OUT/benchmark.log" 2>&1
   local rc=$?; status "persistent tuning sweep" "rc=$rc" $(( $(date +%s) - s ))
 }
 

@@ -1,21 +1,24 @@
 """Tuning sweep of the persistent CUDA kernels (issue 7): variants of the per-step barrier
-(FUSED_RNN_PERSISTENT_BARRIER=grid|counter|cluster; cluster: independent 8-block thread-block
+(FUSED_RNN_PERSISTENT_BARRIER=grid|cluster; cluster: independent 8-block thread-block
 clusters, each with a share of the batch rows, exchanging h / d_gates through L2 or distributed
-shared memory: FUSED_RNN_PERSISTENT_EXCHANGE=l2|dsmem), of the hidden units per block
-(FUSED_RNN_PERSISTENT_UNITS; fewer, busier blocks), of the products (FUSED_RNN_PERSISTENT_PRODUCT=
+shared memory: FUSED_RNN_PERSISTENT_EXCHANGE=l2|dsmem), of the products (FUSED_RNN_PERSISTENT_PRODUCT=
 fma|mma: CUDA cores or tensor cores) and of the staging of h / d_gates rows
 (FUSED_RNN_PERSISTENT_STAGING=loads|async) timed in ONE interleaved run with nn.* on cuDNN
 (PyTorch's TF32 defaults, stated; the tensor-core variants run float32 as tf32, with
 torch.backends.cuda.matmul.allow_tf32 on while they run), so the variants compare on the same
-card in the same minute. Then the phase clock of each point (FUSED_RNN_PERSISTENT_PROFILE=1: where
-a step's time goes, forward and backward kernels, per product and staging). Prints markdown
-tables (µs per step, speed-up vs nn.*; phases) and writes JSON.
+card in the same minute; --all-variants adds the counter barrier and more hidden units per block
+(FUSED_RNN_PERSISTENT_UNITS), measured in runs 4-6. Then the phase clock of the point
+(FUSED_RNN_PERSISTENT_PROFILE=1: where a step's time goes, forward and backward kernels, per
+variant). Point by point, most telling first; the markdown tables (µs per step, speed-up vs nn.*;
+phases) and the JSON are rewritten after every point, and --budget-s stops before a point that
+would not end in time, so a run cut short keeps what it measured.
 
-  python benchmarks/persistent_sweep.py --json sweep.json --md sweep.md
+  python benchmarks/persistent_sweep.py --budget-s 180 --json sweep.json --md sweep.md
 """
 import argparse
 import os
 import sys
+import time
 
 import torch
 
@@ -24,16 +27,19 @@ from bench import interleaved_medians, machine_info, make_fn, write_results  # n
 
 import fused_rnn  # noqa: E402
 
-# (cell, B, H, dtype)
-POINTS = [("GRU", 1, 256, "float32"), ("GRU", 32, 256, "float32"), ("GRU", 64, 256, "float32"),
-          ("GRU", 32, 256, "bfloat16"), ("GRU", 32, 512, "bfloat16"), ("GRU", 32, 1024, "float32"),
-          ("GRU", 64, 1024, "float32"), ("GRU", 64, 1024, "bfloat16"), ("LSTM", 1, 256, "float32"),
-          ("LSTM", 32, 256, "float32"), ("LSTM", 32, 1024, "float32")]
+# (cell, B, H, dtype), most telling first (a sweep cut short by --budget-s keeps the first):
+# issue 7's 2 µs/step point, the latency floor at B=1, the tensor-core shapes at H=1024, LSTM
+POINTS = [("GRU", 32, 256, "float32"), ("GRU", 1, 256, "float32"), ("GRU", 64, 1024, "float32"),
+          ("LSTM", 32, 1024, "float32"), ("GRU", 32, 512, "bfloat16"),
+          ("GRU", 32, 256, "bfloat16"), ("GRU", 64, 256, "float32"), ("LSTM", 1, 256, "float32"),
+          ("GRU", 32, 1024, "float32"), ("GRU", 64, 1024, "bfloat16"),
+          ("LSTM", 32, 256, "float32")]
 # more units per block than the kernel's own choice (ceil(H / #SMs)), per H
 UNITS = {256: [4, 8], 512: [8], 1024: [12]}
 # (barrier, units, product, staging, exchange); units None: the kernel's own choice
 DEFAULT = ("grid", None, "fma", "loads", "l2")
-VARIANTS = [DEFAULT, ("counter", None, "fma", "loads", "l2"), ("grid", None, "fma", "async", "l2"),
+# (the counter barrier and more units per block: measured in runs 4-6, no gain; --all-variants)
+VARIANTS = [DEFAULT, ("grid", None, "fma", "async", "l2"),
             ("grid", None, "mma", "loads", "l2"), ("grid", None, "mma", "async", "l2"),
             ("cluster", None, "fma", "loads", "l2"), ("cluster", None, "fma", "loads", "dsmem"),
             ("cluster", None, "mma", "async", "l2"), ("cluster", None, "mma", "async", "dsmem")]
@@ -42,6 +48,7 @@ PROFILED = [("grid", "fma", "loads", "l2"), ("grid", "fma", "async", "l2"),
             ("grid", "mma", "loads", "l2"), ("grid", "mma", "async", "l2"),
             ("cluster", "fma", "loads", "l2"), ("cluster", "fma", "loads", "dsmem"),
             ("cluster", "mma", "async", "dsmem")]
+MEASURED = [("counter", None, "fma", "loads", "l2")]
 ENV = ["FUSED_RNN_PERSISTENT_BARRIER", "FUSED_RNN_PERSISTENT_UNITS",
        "FUSED_RNN_PERSISTENT_PRODUCT", "FUSED_RNN_PERSISTENT_STAGING",
        "FUSED_RNN_PERSISTENT_EXCHANGE"]
@@ -152,13 +159,70 @@ def report(info, T, rows, profiles):
     return "\n".join(lines) + "\n"
 
 
+def sweep_points(points, measure, budget_s=None, clock=None, done=lambda: None):
+    """measure(point) for each point in order, done() after each; with a budget, no point is
+    started that would end past it (judged by the longest point so far). Returns the points
+    left out. clock: seconds (time.monotonic)."""
+    clock = clock or time.monotonic
+    start, longest = clock(), 0.0
+    for i, point in enumerate(points):
+        elapsed = clock() - start
+        if budget_s is not None and i > 0 and elapsed + longest > budget_s:
+            return points[i:]
+        measure(point)
+        done()
+        longest = max(longest, clock() - start - elapsed)
+    return []
+
+
+def time_point(point, args, rows):
+    """The variants of one point against nn.*, interleaved, inference and training: into rows."""
+    cell, B, H, dtype_name = point
+    dtype = getattr(torch, dtype_name)
+    for mode in args.modes:
+        torch.manual_seed(0)
+        ref = getattr(torch.nn, cell)(H, H, device="cuda", dtype=dtype)
+        fused = getattr(fused_rnn, cell)(H, H, device="cuda", dtype=dtype)
+        fused.load_state_dict(ref.state_dict())
+        x = torch.randn(args.T, B, H, device="cuda", dtype=dtype)
+        training = mode == "training"
+        variants = list(VARIANTS)
+        if args.all_variants:
+            variants += MEASURED + [("grid", u, "fma", "loads", "l2") for u in UNITS.get(H, [])]
+        fused_fn = make_fn(fused, x, training)
+        # nn.* at PyTorch's defaults (no FUSED_RNN_PERSISTENT_*, matmul.allow_tf32 off)
+        fns = [with_tuning(make_fn(ref, x, training), DEFAULT)]
+        fns += [with_tuning(fused_fn, v) for v in variants]
+        try:
+            times = interleaved_medians(fns, "cuda", args.min_run_time)
+        except RuntimeError as e:  # a variant that does not fit: say so, go on
+            print(f"{cell} B={B} H={H} {dtype_name} {mode}: {e}", flush=True)
+            continue
+        finally:
+            clear_tuning()
+        for (barrier, units, product, staging, exchange), t in zip(variants, times[1:]):
+            rows.append(dict(cell=cell, B=B, H=H, T=args.T, dtype=dtype_name, mode=mode,
+                             barrier=barrier, units=units or "auto", product=product,
+                             staging=staging, exchange=exchange, nn_ms=times[0] * 1e3,
+                             fused_ms=t * 1e3, us_per_step=t * 1e6 / args.T,
+                             speedup=times[0] / t))
+            r = rows[-1]
+            print(f"{cell} {mode} B={B} H={H} {dtype_name} barrier={barrier} "
+                  f"units={r['units']} {product} {staging} {exchange}: "
+                  f"{r['us_per_step']:.2f} us/step, "
+                  f"{r['speedup']:.2f}x nn.*", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--T", type=int, default=256)
     ap.add_argument("--min-run-time", type=float, default=0.1)
     ap.add_argument("--modes", nargs="+", default=["inference", "training"])
-    ap.add_argument("--auto-units-only", action="store_true",
-                    help="time the variants at the kernels' own units per block only")
+    ap.add_argument("--all-variants", action="store_true",
+                    help="also the counter barrier and more units per block (runs 4-6: no gain)")
+    ap.add_argument("--budget-s", type=float,
+                    help="start no point that would end after this many seconds (the results "
+                         "so far are written after every point)")
     ap.add_argument("--json")
     ap.add_argument("--md")
     args = ap.parse_args(argv)
@@ -166,52 +230,30 @@ def main(argv=None):
         sys.exit("persistent_sweep.py needs a CUDA device")
     fused_rnn.set_cuda_path("persistent")
     info = machine_info("cuda")
-    rows = []
-    for cell, B, H, dtype_name in POINTS:
-        dtype = getattr(torch, dtype_name)
-        for mode in args.modes:
-            torch.manual_seed(0)
-            ref = getattr(torch.nn, cell)(H, H, device="cuda", dtype=dtype)
-            fused = getattr(fused_rnn, cell)(H, H, device="cuda", dtype=dtype)
-            fused.load_state_dict(ref.state_dict())
-            x = torch.randn(args.T, B, H, device="cuda", dtype=dtype)
-            training = mode == "training"
-            variants = list(VARIANTS)
-            if not args.auto_units_only:
-                variants += [("grid", u, "fma", "loads", "l2") for u in UNITS.get(H, [])]
-            fused_fn = make_fn(fused, x, training)
-            # nn.* at PyTorch's defaults (no FUSED_RNN_PERSISTENT_*, matmul.allow_tf32 off)
-            fns = [with_tuning(make_fn(ref, x, training), DEFAULT)]
-            fns += [with_tuning(fused_fn, v) for v in variants]
-            try:
-                times = interleaved_medians(fns, "cuda", args.min_run_time)
-            except RuntimeError as e:  # a variant that does not fit: say so, go on
-                print(f"{cell} B={B} H={H} {dtype_name} {mode}: {e}", flush=True)
-                continue
-            finally:
-                clear_tuning()
-            for (barrier, units, product, staging, exchange), t in zip(variants, times[1:]):
-                rows.append(dict(cell=cell, B=B, H=H, T=args.T, dtype=dtype_name, mode=mode,
-                                 barrier=barrier, units=units or "auto", product=product,
-                                 staging=staging, exchange=exchange, nn_ms=times[0] * 1e3,
-                                 fused_ms=t * 1e3, us_per_step=t * 1e6 / args.T,
-                                 speedup=times[0] / t))
-                r = rows[-1]
-                print(f"{cell} {mode} B={B} H={H} {dtype_name} barrier={barrier} "
-                      f"units={r['units']} {product} {staging} {exchange}: "
-                      f"{r['us_per_step']:.2f} us/step, "
-                      f"{r['speedup']:.2f}x nn.*", flush=True)
-    profiles = []
-    for cell, B, H, dtype_name in POINTS:
+    rows, profiles = [], []
+
+    def measure(point):  # the timings, then the phase clocks of the point
+        time_point(point, args, rows)
+        cell, B, H, dtype_name = point
         for barrier, product, staging, exchange in PROFILED:
             try:
-                profiles += phase_profile(cell, B, H, getattr(torch, dtype_name), args.T,
-                                          barrier, product, staging, exchange)
+                profiles.extend(phase_profile(cell, B, H, getattr(torch, dtype_name), args.T,
+                                              barrier, product, staging, exchange))
             finally:
                 clear_tuning()
+
+    def write():
+        write_results(args.md, report(info, args.T, rows, profiles), args.json,
+                      dict(machine=info, rows=rows, profiles=profiles))
+
+    left = sweep_points(POINTS, measure, args.budget_s, done=write)
     text = report(info, args.T, rows, profiles)
+    if left:
+        text += ("\nStopped at the time budget (--budget-s " + f"{args.budget_s:g}" + "): not run: "
+                 + ", ".join(f"{c} B={b} H={h} {d}" for c, b, h, d in left) + ".\n")
     print(text)
-    write_results(args.md, text, args.json, dict(machine=info, rows=rows, profiles=profiles))
+    write_results(args.md, text, args.json,
+                  dict(machine=info, rows=rows, profiles=profiles, not_run=left))
 
 
 if __name__ == "__main__":

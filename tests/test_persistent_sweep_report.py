@@ -1,6 +1,8 @@
 """The persistent-kernel sweep's pieces that run without a GPU (benchmarks/persistent_sweep.py):
 a launch record (fused_rnn._C._persistent_profile, layout in csrc/cuda/cuda_kernels.h) read into
-a row, and the markdown report of timings and phase clocks. No timing is asserted."""
+a row, the markdown report of timings and phase clocks, the point-by-point loop with its time
+budget, and main() end to end with the GPU parts replaced. No timing is asserted."""
+import json
 import os
 import sys
 
@@ -47,3 +49,62 @@ def test_report_has_a_full_row_per_timing_and_per_profile():
     assert len(tables[1]) == 4
     assert "| mma | loads | 8 x 2 dsmem | 128 x 2 |" in tables[1][2]
     assert "| mma | loads | - | 128 x 2 |" in tables[1][3]  # one grid
+
+
+def test_sweep_points_writes_after_every_point_and_starts_none_past_the_budget():
+    now = [0.0]
+    cost = {"a": 10.0, "b": 30.0, "c": 10.0, "d": 10.0}  # seconds each point takes
+    measured, written = [], []
+
+    def measure(point):
+        measured.append(point)
+        now[0] += cost[point]
+
+    def done():
+        written.append(list(measured))
+
+    left = sweep.sweep_points(list("abcd"), measure, budget_s=75, clock=lambda: now[0],
+                              done=done)
+    # a (10 s), b (30 s: the longest so far), c ends at 50 s; d would start at 50 and might take
+    # 30 more: past 75, so it is left out
+    assert measured == list("abc") and left == ["d"]
+    assert written == [["a"], ["a", "b"], ["a", "b", "c"]]
+    measured.clear()
+    assert sweep.sweep_points(list("abcd"), measure, budget_s=None, clock=lambda: now[0]) == []
+    assert measured == list("abcd")
+    # the first point always runs, whatever the budget
+    measured.clear()
+    assert sweep.sweep_points(list("ab"), measure, budget_s=0, clock=lambda: now[0]) == ["b"]
+
+
+def test_main_without_a_gpu_writes_the_points_it_measured_and_names_the_rest(tmp_path,
+                                                                             monkeypatch):
+    """main() end to end with the GPU parts replaced: timings and records as a GPU gives them."""
+    info = dict(gpu="GPU", torch="2.x", date="today", cudnn_allow_tf32=True)
+    monkeypatch.setattr(sweep.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(sweep.fused_rnn, "set_cuda_path", lambda path: None)
+    monkeypatch.setattr(sweep, "machine_info", lambda device: info)
+    now = [0.0]
+    monkeypatch.setattr(sweep.time, "monotonic", lambda: now[0])
+
+    def time_point(point, args, rows):
+        now[0] += 40
+        cell, B, H, dtype = point
+        rows.append(dict(cell=cell, mode="inference", B=B, H=H, dtype=dtype, barrier="grid",
+                         units="auto", product="fma", staging="loads", exchange="l2",
+                         nn_ms=2.0, fused_ms=1.0, us_per_step=3.9, speedup=2.0))
+
+    def phase_profile(cell, B, H, dtype, T, barrier, product, staging, exchange):
+        return [sweep.profile_row(RECORD, cell, B, H, dtype, T, backward=False)]
+
+    monkeypatch.setattr(sweep, "time_point", time_point)
+    monkeypatch.setattr(sweep, "phase_profile", phase_profile)
+    md, js = tmp_path / "sweep.md", tmp_path / "sweep.json"
+    sweep.main(["--budget-s", "100", "--md", str(md), "--json", str(js)])
+    data = json.loads(js.read_text())
+    assert len(data["rows"]) == 2  # 40 s per point: a third would end at 120 s
+    assert len(data["profiles"]) == 2 * len(sweep.PROFILED)
+    assert [tuple(p) for p in data["not_run"]] == sweep.POINTS[2:]
+    text = md.read_text()
+    assert "Stopped at the time budget (--budget-s 100)" in text
+    assert "GRU B=64 H=1024 float32" in text  # the first point not run
