@@ -1,19 +1,23 @@
 // Host emulation of the CUDA execution model, enough to run the persistent kernels
-// (csrc/cuda/persistent_kernels.cuh, block_products.cuh) on a machine without a GPU:
-// every thread of a launch is a coroutine (ucontext) on one OS thread, run in turn until it waits;
-// __syncthreads, the grid barrier and the cluster barrier wait for their threads; warp
-// shuffles and mma.sync exchange the 32 lanes' registers (mma from the PTX ISA's fragment
-// tables, written out here apart from the kernels' loads); shared memory is one buffer per block,
-// distributed shared memory maps an address to the same offset in another block of the cluster.
-// Adversarial where the hardware leaves things open (emu::set_schedule(seed), seed != 0): the
-// threads of a launch run in a new random order in every round between barriers, and each cp.async
-// reads its source and writes its destination either at once or at the issuing thread's
-// cp.async.wait_all (randomly), so a value read before the barrier or the wait that orders it
-// differs between schedules; shared memory starts as NaN bytes (0xFF), so reading what no
-// thread wrote shows. What it checks: indexing, tiling, the order of phases and barriers, which
-// rows go where, races between barriers. What it cannot: the memory model's fences and caches,
-// timing, the hardware's own rounding (the mma sums in double). Include before the kernels, with FUSED_RNN_WARP_EMULATION defined
-// by this header. Used by tests/block_mma_emulation.cpp and tests/persistent_emulation.cpp.
+// (csrc/cuda/persistent_kernels.cuh, block_products.cuh) on a machine without a GPU: every
+// thread of a launch is a coroutine (ucontext) on one OS thread, run until it waits;
+// __syncthreads, the grid barrier and the cluster barrier wait for their threads (the counter
+// barrier's atomics are plain accesses, its poll lets the others run first); warp shuffles and
+// mma.sync exchange the 32 lanes' registers (mma from the PTX ISA's fragment tables, written out
+// here apart from the kernels' loads); shared memory is one buffer per block, distributed shared
+// memory maps an address to the same offset in another block of the cluster.
+// Adversarial where the hardware leaves things open (emu::set_schedule(seed), seed != 0): each
+// time a thread stops, a random ready thread of a random block runs next (some blocks run ahead
+// of others up to the next barrier they share), and each cp.async reads its source and writes
+// its destination at once or at the issuing thread's cp.async.wait_all (randomly), so a value
+// read before the barrier or the wait that orders its write differs between schedules. Shared
+// memory starts as NaN bytes (0xFF), so reading what no thread wrote shows; a deadlock (a
+// barrier some threads never reach, a poll whose value never comes) and a cp.async never waited
+// for are errors. What it checks: indexing, tiling, the order of phases and barriers, which rows
+// go where, races between barriers. What it cannot: the memory model's fences and caches,
+// timing, the hardware's own rounding (the mma sums in double). Include before the kernels, with
+// FUSED_RNN_WARP_EMULATION defined by this header. Used by tests/block_mma_emulation.cpp and
+// tests/persistent_emulation.cpp.
 #pragma once
 
 #include <ucontext.h>
@@ -87,6 +91,10 @@ struct Copy {
 void block_thread();          // the running thread waits until release_thread
 void release_thread(int id);  // thread id may run again
 
+// Barrier arrivals and threads finished: a thread that runs without adding to it only polled
+// (spin); many such runs in a row and nothing else is a deadlock.
+inline long progress = 0;
+
 // Waits until `count` threads have arrived, then lets them all go on.
 struct Barrier {
   int count = 0, arrived = 0;
@@ -134,12 +142,20 @@ inline void block_thread() {
   swapcontext(&launch->context[launch->current], &launch->scheduler);
 }
 
+// A thread polling memory another thread will change (the counter barrier): the others run
+// first, then it reads again.
+inline void spin() {
+  if (schedule_state) launch->ready[launch->current / kBlockThreads].push_back(launch->current);
+  swapcontext(&launch->context[launch->current], &launch->scheduler);
+}
+
 inline void release_thread(int id) {
   launch->blocked[id] = 0;
   if (schedule_state) launch->ready[id / kBlockThreads].push_back(id);
 }
 
 inline void Barrier::wait() {
+  ++progress;
   if (++arrived < count) {
     waiting.push_back(launch->current);
     block_thread();
@@ -158,6 +174,7 @@ inline void thread_entry() {
                     " ended with cp.async in flight (no cp.async.wait_all after it)";
   }
   launch->finished[launch->current] = 1;
+  ++progress;
 }
 
 // cp.async of `bytes` (4 or 16) bytes: at once, or (random schedules) queued until the thread's
@@ -206,7 +223,7 @@ inline int pick_ready(Launch& l) {
 // Runs body() on every thread of `blocks` blocks (clusters of `cluster` blocks, `smem` bytes of
 // dynamic shared memory each) until all return; throws std::runtime_error if a thread broke a
 // rule the hardware would not report (cp.async never waited for) or the threads deadlock
-// (all that have not returned wait at barriers the others do not reach).
+// (all that have not returned wait at barriers the others do not reach, or only poll).
 inline void run(int blocks, int cluster, size_t smem, std::function<void()> body) {
   Launch l;
   l.blocks = blocks;
@@ -242,9 +259,11 @@ inline void run(int blocks, int cluster, size_t smem, std::function<void()> body
     makecontext(&l.context[i], thread_entry, 0);
   }
   gridDim.x = blocks;
-  int left = n;  // threads that have not returned
+  int left = n;     // threads that have not returned
+  long idle = 0;    // runs in a row that only polled
   while (left > 0) {
     bool ran = false;
+    const long before = progress;
     if (schedule_state) {
       const int i = pick_ready(l);
       if (i >= 0) {
@@ -260,10 +279,12 @@ inline void run(int blocks, int cluster, size_t smem, std::function<void()> body
         left -= l.finished[i];
       }
     }
-    if (!ran) {  // the waiting threads' stacks are dropped with l
+    idle = progress == before ? idle + 1 : 0;
+    if (!ran || idle > 4L * n) {  // the waiting threads' stacks are dropped with l
       launch = outer;
       throw std::runtime_error("host emulation: deadlock, every unfinished thread waits at a "
-                               "barrier that the others do not reach");
+                               "barrier that the others do not reach, or polls memory that no "
+                               "running thread will change");
     }
   }
   launch = outer;
@@ -398,10 +419,13 @@ inline cluster_group this_cluster() { return {}; }
 #define FUSED_RNN_DYNAMIC_SHARED(name) unsigned char* name = emu::this_block().smem.data()
 
 // The persistent kernels' launch (launch_persistent in persistent_kernels.cuh): every block's
-// threads run kernel(p, U, Bc, flags, group_rows, no counter, no phase clock).
+// threads run kernel(p, U, Bc, flags, group_rows, counter, no phase clock), counter: a zeroed
+// word for the counter barrier, or none (grid.sync()).
 template <typename Kernel, typename Params>
 void emulated_launch(Kernel kernel, int blocks, int cluster, size_t smem, const Params& p, int U,
-                     int Bc, int flags, int group_rows) {
+                     int Bc, int flags, int group_rows, bool counter_barrier) {
+  unsigned word = 0;
+  unsigned* counter = counter_barrier ? &word : nullptr;
   emu::run(blocks, cluster > 0 ? cluster : 1, smem,
-           [&] { kernel(p, U, Bc, flags, group_rows, nullptr, nullptr); });
+           [&] { kernel(p, U, Bc, flags, group_rows, counter, nullptr); });
 }

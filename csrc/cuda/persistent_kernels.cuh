@@ -281,6 +281,27 @@ __device__ __forceinline__ void store_to_cluster(E* at, E v) {
 #endif
 }
 
+// The counter barrier's two accesses: add 1 with release semantics, read with acquire semantics
+// (host emulation: plain accesses, and a read first lets the other emulated threads run).
+__device__ __forceinline__ void add_release(unsigned* counter) {
+#if defined(FUSED_RNN_WARP_EMULATION)
+  ++*counter;
+#else
+  asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
+#endif
+}
+
+__device__ __forceinline__ unsigned load_acquire(const unsigned* counter) {
+  unsigned seen = 0;
+#if defined(FUSED_RNN_WARP_EMULATION)
+  emu::spin();
+  seen = *counter;
+#else
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
+#endif
+  return seen;
+}
+
 // The barrier that ends every step. Cluster mode: the cluster's barrier (release / acquire at
 // cluster scope: the rows one block wrote are visible to the others of its cluster).
 // counter == nullptr: cooperative groups' grid.sync(). Otherwise counter points at a zeroed
@@ -292,24 +313,17 @@ __device__ __forceinline__ void step_barrier(int flags, unsigned* counter, unsig
     cluster_sync();
     return;
   }
-#if defined(FUSED_RNN_WARP_EMULATION)
-  counter = nullptr;  // the host emulation has no memory model to check it against: grid.sync()
-#endif
   if (counter == nullptr) {
     cg::this_grid().sync();
     return;
   }
-#if !defined(FUSED_RNN_WARP_EMULATION)
   __syncthreads();
   if (threadIdx.x == 0) {
-    asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
-    unsigned seen = 0;
-    do {
-      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
-    } while (static_cast<int>(seen - target) < 0);
+    add_release(counter);
+    while (static_cast<int>(load_acquire(counter) - target) < 0) {
+    }
   }
   __syncthreads();
-#endif
 }
 
 // The global nanosecond timer (%globaltimer; host emulation: 0).
@@ -984,7 +998,8 @@ void launch_persistent(Kernel kernel, const Params& p, const Plan& plan, const D
   (void)d;
   (void)backward;
   emulated_launch(kernel, plan.blocks, plan.cluster, plan.smem, p, plan.units, plan.staged_rows,
-                  launch_flags(plan, tune), plan.group_rows);
+                  launch_flags(plan, tune), plan.group_rows,
+                  plan.cluster == 0 && tune.barrier == Barrier::kCounter);
 #else
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(plan.smem)));
