@@ -12,7 +12,8 @@
 #      phase clocks, point by point, most telling point first, within SWEEP_TIMEOUT)
 #   5. the GPU benchmark (benchmarks/bench.py --device cuda, fp32 and bf16): nn.* on cuDNN
 #      against the fused layer on the persistent and on the general path, TF32 as PyTorch's
-#      defaults (stated in the report)
+#      defaults (stated in the report), and issue 7's targets read off it
+#      (benchmarks/gpu_targets.py)
 # Writes report.md, the logs, gpu_benchmark.json and sweep.json into $OUT (default
 # benchmarks/results/gpu_check_out): 8 files, the device tool's limit.
 #   QUICK=1 bash benchmarks/gpu_check.sh   # small benchmark grid
@@ -102,6 +103,9 @@ run_bench() {
     --json "$OUT/gpu_benchmark.json" --md "$OUT/gpu_benchmark.md" > "$OUT/benchmark.log" 2>&1
   local rc=$?; status benchmark "rc=$rc" $(( $(date +%s) - s ))
   if [ $rc -ne 0 ]; then { echo; echo '```'; tail -20 "$OUT/benchmark.log"; echo '```'; } >> "$report"; fi
+  # issue 7's targets from the rows measured (appended to the report at the end)
+  [ -s "$OUT/gpu_benchmark.json" ] && "$py" benchmarks/gpu_targets.py "$OUT/gpu_benchmark.json" \
+    > "$OUT/gpu_targets.md" 2>> "$OUT/benchmark.log"
 }
 
 run_sweep() {
@@ -133,8 +137,9 @@ for step in ${STEPS:-tests:auto sanitizer:persistent:memcheck sanitizer:persiste
 done
 
 { echo; echo "Total $(( $(date +%s) - t0 )) s."; echo; tail -2 "$OUT/build.log"; echo
-  for f in sweep.md gpu_benchmark.md; do [ -f "$OUT/$f" ] && { cat "$OUT/$f"; echo; }; done
+  for f in sweep.md gpu_benchmark.md gpu_targets.md; do [ -f "$OUT/$f" ] && { cat "$OUT/$f"; echo; }; done
 } >> "$report"
-rm -f "$OUT/gpu_benchmark.md" "$OUT/sweep.md"  # in report.md; the device tool brings back 8 files at most
+# in report.md; the device tool brings back 8 files at most
+rm -f "$OUT/gpu_benchmark.md" "$OUT/sweep.md" "$OUT/gpu_targets.md"
 grep -E "^FAILED|^ERROR" "$OUT"/tests*.log | head -20
 head -16 "$report"
