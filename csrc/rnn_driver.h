@@ -64,6 +64,9 @@ namespace cpu {
 // Whether a float32 product of `rows` rows against a transposed weight runs as (W x^T)^T
 // (csrc/cpu/cpu_gemm.cpp, with the measurements).
 bool swapped_product(int64_t rows);
+// a: [M, K] times b: [K, N] -> [M, N] in fixed tiles, one single-threaded BLAS call each:
+// bit-identical whatever the thread count (csrc/cpu/cpu_gemm.cpp).
+Tensor mm(const Tensor& a, const Tensor& b);
 // dW: [G, K] = d_g2d^T rows on the CPU, bit-identical whatever the thread count
 // (csrc/cpu/cpu_gemm.cpp); add_weight_grad adds d_g2d^T rows into dw likewise.
 Tensor weight_grad(const Tensor& d_g2d, const Tensor& rows);
@@ -72,12 +75,14 @@ void add_weight_grad(Tensor& dw, const Tensor& d_g2d, const Tensor& rows);
 Tensor bias_grad(const Tensor& d_g2d);
 }  // namespace cpu
 
-// rows: [N, K], w: [G, K] -> rows W^T: [N, G] contiguous.
+// rows: [N, K], w: [G, K] -> rows W^T: [N, G] contiguous. CPU: in fixed tiles (cpu::mm), as
+// (W x^T)^T for the row counts of swapped_product.
 inline Tensor project_rows(const Tensor& rows, const Tensor& w) {
-  if (rows.is_cpu() && rows.scalar_type() == at::kFloat && cpu::swapped_product(rows.size(0))) {
-    return at::mm(w, rows.t()).t().contiguous();
+  if (!rows.is_cpu()) return at::mm(rows, w.t());
+  if (rows.scalar_type() == at::kFloat && cpu::swapped_product(rows.size(0))) {
+    return cpu::mm(w, rows.t()).t().contiguous();
   }
-  return at::mm(rows, w.t());
+  return cpu::mm(rows, w.t());
 }
 
 // gi: [T, B, G] = x W^T for all steps at once; x: [T, B, I] in `lay`, w: [G, I]. Biases are
@@ -131,7 +136,8 @@ inline Tensor input_grad(const SeqLayout& lay, const Tensor& x, const Tensor& d_
   TORCH_CHECK(!(compute && is_token_input(x)),
               "fused_rnn: token-id input has no gradient (compute_input_grad must be False)");
   if (!compute) return at::empty({0}, w_ih.options());
-  return lay.unrows(at::mm(d_g2d, w_ih), x.size(0), x.size(1));
+  return lay.unrows(d_g2d.is_cpu() ? cpu::mm(d_g2d, w_ih) : at::mm(d_g2d, w_ih), x.size(0),
+                    x.size(1));
 }
 
 // Tensor with unit stride in its last dimension (gradients may arrive expanded or strided).

@@ -12,12 +12,12 @@
 // its destination at once or at the issuing thread's cp.async.wait_all (randomly), so a value
 // read before the barrier or the wait that orders its write differs between schedules. Shared
 // memory starts as NaN bytes (0xFF), so reading what no thread wrote shows; a deadlock (a
-// barrier some threads never reach, a poll whose value never comes) and a cp.async never waited
-// for are errors. What it checks: indexing, tiling, the order of phases and barriers, which rows
-// go where, races between barriers. What it cannot: the memory model's fences and caches,
-// timing, the hardware's own rounding (the mma sums in double). Include before the kernels, with
-// FUSED_RNN_WARP_EMULATION defined by this header. Used by tests/block_mma_emulation.cpp and
-// tests/persistent_emulation.cpp.
+// barrier some threads never reach, a poll whose value never comes), a cp.async never waited
+// for and a misaligned cp.async are errors. What it checks: indexing, tiling, the order of
+// phases and barriers, which rows go where, races between barriers. What it cannot: the memory
+// model's fences and caches, timing, the hardware's own rounding (the mma sums in double).
+// Include before the kernels, with FUSED_RNN_WARP_EMULATION defined by this header. Used by
+// tests/block_mma_emulation.cpp and tests/persistent_emulation.cpp.
 #pragma once
 
 #include <ucontext.h>
@@ -180,6 +180,11 @@ inline void thread_entry() {
 // cp.async of `bytes` (4 or 16) bytes: at once, or (random schedules) queued until the thread's
 // cp_async_wait_all, with the source read now or then.
 inline void cp_async(void* dst, const void* src, int bytes) {
+  if ((reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src)) % bytes != 0 &&
+      launch->error.empty()) {  // the hardware faults (misaligned address)
+    launch->error = "cp.async of " + std::to_string(bytes) + " bytes from or to an address " +
+                    "not aligned to " + std::to_string(bytes);
+  }
   const uint64_t r = schedule_state ? random_bits() % 3 : 0;
   if (r == 0) {
     std::memcpy(dst, src, bytes);

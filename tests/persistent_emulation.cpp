@@ -81,11 +81,34 @@ std::vector<int64_t> backward(int64_t cell, at::Tensor w_hh, at::Tensor grad_out
     return run<S, RecurrenceBackward<S>, BackwardKernel>(p, true, sms, tf32);
   });
 }
+// The plan of one call (choose_plan under the FUSED_RNN_PERSISTENT_* settings of the
+// environment) on an sm_90 device of `sms` multiprocessors with `smem` bytes of shared memory per
+// block: [fits, units per block, staged rows per pass, blocks, tensor cores, blocks per cluster,
+// batch rows per cluster, exchange through distributed shared memory, shared memory bytes].
+std::vector<int64_t> plan(int64_t gates, int64_t B, int64_t H, bool backward, at::ScalarType type,
+                          int64_t sms, int64_t smem, bool tf32) {
+  const DeviceLimits d{static_cast<int>(sms), static_cast<size_t>(smem), true, 9};
+  const Tuning tune = tuning();
+  Plan pl;
+  bool fits = false;
+  switch (type) {
+    case at::kFloat: fits = choose_plan<float>(gates, B, H, backward, d, tune, tf32, pl); break;
+    case at::kBFloat16:
+      fits = choose_plan<c10::BFloat16>(gates, B, H, backward, d, tune, tf32, pl);
+      break;
+    case at::kHalf: fits = choose_plan<c10::Half>(gates, B, H, backward, d, tune, tf32, pl); break;
+    default: TORCH_CHECK(false, "float32, bfloat16 or float16 expected, got ", type);
+  }
+  return {fits,       pl.units,   pl.staged_rows, pl.blocks,
+          pl.mma,     pl.cluster, pl.group_rows,  pl.dsmem,
+          static_cast<int64_t>(pl.smem)};
+}
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_schedule", [](int64_t seed) { emu::set_schedule(static_cast<uint64_t>(seed)); },
         "0: threads in index order, cp.async at once; else random orders and cp.async times");
+  m.def("plan", &plan);
   m.def("forward", &forward);
   m.def("backward", &backward);
 }

@@ -132,14 +132,17 @@ def test_auto_picks_row_blocks_where_measured_faster(schedule_and_threads):
     assert row_blocks(64, 128, 1, True) == []
 
 
-def test_forced_row_blocks_have_at_least_two_rows(schedule_and_threads):
+def test_forced_row_blocks_are_whole_tiles_of_the_hidden_gemm(schedule_and_threads):
+    """Blocks start at multiples of the hidden GEMM's 8-row tiles (so that they run the tiles
+    of the per-step schedule), as evenly as whole tiles go, one per thread at most."""
     fused_rnn.set_cpu_schedule("row-blocks")
     torch.set_num_threads(4)
     row_blocks = fused_rnn._C._cpu_row_blocks
     assert row_blocks(1, 8, 3, False) == [0, 1]
-    assert row_blocks(3, 8, 3, False) == [0, 3]
-    assert row_blocks(5, 8, 3, False) == [0, 2, 5]
-    assert row_blocks(40, 8, 3, False) == [0, 10, 20, 30, 40]
+    assert row_blocks(5, 8, 3, False) == [0, 5]
+    assert row_blocks(17, 8, 3, False) == [0, 8, 16, 17]
+    assert row_blocks(40, 8, 3, False) == [0, 8, 16, 24, 40]
+    assert row_blocks(64, 8, 3, False) == [0, 16, 32, 48, 64]
     assert row_blocks(0, 8, 3, False) == []
 
 

@@ -1,8 +1,9 @@
 """CPU determinism: forward and backward give bit-identical outputs and gradients on repeated
 runs and whatever the number of threads (1, 2, 4), for every cell, both GEMM back ends,
 float32 / float64, batches of 40 and of 1, and the automatic CPU schedule (lanes at batch 1),
-row blocks forced (whose blocks change with the thread count: 40, 20 or 10 rows) and lanes
-forced (1, 2 or 3 lanes of the 48 hidden units). (CUDA: tests/test_cuda_paths.py, on a GPU.)"""
+row blocks forced (whose blocks change with the thread count: 40, 24 + 16 or 8 + 8 + 8 + 16
+rows) and lanes forced (1, 2 or 3 lanes of the 48 hidden units). (CUDA:
+tests/test_cuda_paths.py, on a GPU.)"""
 import pytest
 import torch
 

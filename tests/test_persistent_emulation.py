@@ -201,3 +201,48 @@ def test_emulated_random_schedules_give_the_bits_of_the_ordered_one(emu, monkeyp
     for r in runs[1:]:
         for key in ("out", "cells", "d_x", "dh", "dc"):
             assert torch.equal(runs[0][key], r[key]), key
+
+
+# The H200's limits (132 multiprocessors, 227 KB of shared memory per block) and issue 7's grid
+H200 = dict(sms=132, smem=232448)
+PLAN = ["fits", "units", "staged_rows", "blocks", "mma", "cluster", "group_rows", "dsmem", "smem"]
+GRID = [(G, B, H, dtype, backward) for G in (3, 4, 1) for B in (1, 32, 64)
+        for H in (256, 512, 1024) for dtype in (torch.float32, torch.bfloat16, torch.float16)
+        for backward in (False, True)]
+PLAN_VARIANTS = {"default": ({}, False),
+                 "mma-async": ({"PRODUCT": "mma", "STAGING": "async"}, True),
+                 "cluster": ({"BARRIER": "cluster"}, False),
+                 "cluster-dsmem-mma": ({"BARRIER": "cluster", "EXCHANGE": "dsmem",
+                                        "PRODUCT": "mma"}, True)}
+
+
+def h200_plan(emu, G, B, H, dtype, backward, tf32):
+    """choose_plan's plan for the H200 under the FUSED_RNN_PERSISTENT_* settings set now."""
+    return dict(zip(PLAN, emu.plan(G, B, H, backward, dtype, H200["sms"], H200["smem"], tf32)))
+
+
+@pytest.mark.parametrize("variant", list(PLAN_VARIANTS))
+def test_h200_plans_fit_the_device_on_issue_7s_grid(emu, monkeypatch, variant):
+    """Every point of issue 7's grid (B <= 64, H up to 1024, GRU / LSTM / RNN, float32 / bf16 /
+    fp16, forward and backward) has a plan in every variant (falling back where the variant's
+    layout does not fit), and every plan fits the H200: shared memory, one block per
+    multiprocessor for the grid barrier, every hidden unit and batch row owned by a block."""
+    settings, tf32 = PLAN_VARIANTS[variant]
+    for name, value in settings.items():
+        monkeypatch.setenv(f"FUSED_RNN_PERSISTENT_{name}", value)
+    for G, B, H, dtype, backward in GRID:
+        p = h200_plan(emu, G, B, H, dtype, backward, tf32)
+        where = (G, B, H, dtype, backward, p)
+        assert p["fits"] and p["smem"] <= H200["smem"], where
+        U = p["units"]
+        if p["cluster"]:
+            C = p["cluster"]
+            groups, rows = p["blocks"] // C, p["group_rows"]
+            assert p["blocks"] % C == 0 and C * U >= H > (C - 1) * U, where
+            assert groups * rows >= B > (groups - 1) * rows and groups * C <= H200["sms"], where
+        else:
+            rows = B
+            assert p["blocks"] <= H200["sms"] and p["blocks"] * U >= H > (p["blocks"] - 1) * U
+        assert 1 <= p["staged_rows"] <= rows, where
+        assert not p["dsmem"] or (p["cluster"] and p["staged_rows"] == rows), where
+        assert not p["mma"] or settings.get("PRODUCT") == "mma", where

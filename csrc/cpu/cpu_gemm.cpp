@@ -7,11 +7,13 @@
 // ~1 ms here); a call with fewer than min_prepared_rows() rows over all its steps, or with a
 // single step, runs ATen's mm on W as it is.
 #include <ATen/Parallel.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 
 #include <algorithm>
 #include <atomic>
 #include <climits>
 #include <type_traits>
+#include <vector>
 
 #include "cpu_kernels.h"
 
@@ -23,6 +25,10 @@ void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k
 void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k, const float* a,
                          int lda, const float* b, int ldb, float beta, float* c, int ldc)
     __attribute__((weak));
+// MKL's thread count for the calling thread only (0: back to the global setting); returns the
+// previous one. (The C function: mkl_service.h's mkl_set_num_threads_local is a macro for it;
+// the exported lower-case symbol is the Fortran interface, which takes a pointer.)
+int MKL_Set_Num_Threads_Local(int threads) __attribute__((weak));
 }
 
 namespace fused_rnn::cpu {
@@ -34,6 +40,75 @@ namespace fused_rnn::cpu {
 // the input projection (rnn_driver.h project_rows) and SwappedGemm below.
 bool swapped_product(int64_t rows) { return rows >= 16 && rows < 64; }
 
+// ---- Fixed tiles -----------------------------------------------------------------------------
+// Every CPU product here runs as fixed tiles of its output, each computed by one single-threaded
+// BLAS call, the tiles spread over the intra-op threads. The tiles depend on the shapes only, so
+// every output element comes from the same call on the same operands whatever the thread count
+// and schedule: the results are bit-identical by construction, not by a BLAS's habits. (Seen on
+// an AMD EPYC with torch 2.14.1's MKL, 2026-11-29: a GEMM's rows of a 1-3-row call differ in the
+// last bits from the same rows in a larger call; a 30 x 144 by 144 x 24 product on 4 threads
+// differs from 1 thread; columns of calls of up to 8 columns differ from the same columns in a
+// wider call. On the Intel machines of earlier sessions MKL had done neither, and the schedules
+// relied on it.)
+namespace {
+
+// The BLAS runs single-threaded on this thread while it lives (MKL: MKL_Set_Num_Threads_Local;
+// inside an OpenMP parallel region MKL runs single-threaded anyway, but a tile loop that
+// at::parallel_for runs inline, on one thread or one tile, is not in one).
+struct SequentialBlas {
+  int saved = 0;
+  SequentialBlas() {
+    if (MKL_Set_Num_Threads_Local) saved = MKL_Set_Num_Threads_Local(1);
+  }
+  ~SequentialBlas() {
+    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(saved);
+  }
+  SequentialBlas(const SequentialBlas&) = delete;
+  SequentialBlas& operator=(const SequentialBlas&) = delete;
+};
+
+// Columns per tile of an N-column output: N in equal parts of at most kTileCols (multiples of
+// 16).
+constexpr int64_t kTileCols = 256;
+int64_t tile_cols(int64_t N) {
+  const int64_t parts = (N + kTileCols - 1) / kTileCols;
+  return ((N + parts - 1) / parts + 15) / 16 * 16;
+}
+
+// tile(r0, r1, c0, c1) for the tiles of an [M, N] output (rows from 0 in steps of tile_rows,
+// columns in steps of tile_cols(N)), spread over the threads, each under SequentialBlas.
+template <typename F>
+void for_tiles(int64_t M, int64_t N, int64_t tile_rows, const F& tile) {
+  if (M <= 0 || N <= 0) return;
+  const int64_t tc = tile_cols(N), mt = (M + tile_rows - 1) / tile_rows, nt = (N + tc - 1) / tc;
+  at::parallel_for(0, mt * nt, 1, [&](int64_t i0, int64_t i1) {
+    // the operands may require grad (the operators run below autograd); ATen's out= products
+    // refuse them unless autograd is skipped on this thread
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    const SequentialBlas sequential;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t r0 = i / nt * tile_rows, c0 = i % nt * tc;
+      tile(r0, std::min(M, r0 + tile_rows), c0, std::min(N, c0 + tc));
+    }
+  });
+}
+
+// Rows per tile of the one-shot products (input projection, input and weight gradients).
+constexpr int64_t kProductTileRows = 64;
+
+}  // namespace
+
+at::Tensor mm(const at::Tensor& a, const at::Tensor& b) {
+  // a: [M, K], b: [K, N] -> out: [M, N]
+  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
+  for_tiles(a.size(0), b.size(1), kProductTileRows, [&](int64_t r0, int64_t r1, int64_t c0,
+                                                        int64_t c1) {
+    at::Tensor o = out.narrow(0, r0, r1 - r0).narrow(1, c0, c1 - c0);
+    at::mm_out(o, a.narrow(0, r0, r1 - r0), b.narrow(1, c0, c1 - c0));
+  });
+  return out;
+}
+
 namespace {
 
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162;
@@ -43,20 +118,28 @@ bool mkl_packed_available() {
 }
 
 struct MklPackedGemm final : HiddenGemm<float> {
-  at::Tensor packed;  // MKL's opaque packed form of op(W), bytes
+  std::vector<at::Tensor> packed;  // per column tile: MKL's opaque packed form of its op(W) columns
   int n, k;
+  int64_t tc;  // columns per tile
 
   // w_: [N, K] if transpose_w else [K, N]; rows: the M (= B) of the steps to come
   MklPackedGemm(const at::Tensor& w_, bool transpose_w, int64_t rows) {
     const at::Tensor w = w_.contiguous();
     n = static_cast<int>(transpose_w ? w.size(0) : w.size(1));
     k = static_cast<int>(transpose_w ? w.size(1) : w.size(0));
-    const int m = static_cast<int>(std::max<int64_t>(1, rows));
-    const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, m, n, k);
-    packed = at::empty({static_cast<int64_t>(bytes)}, w.options().dtype(at::kByte));
-    cblas_sgemm_pack(kRowMajor, kBMatrix, transpose_w ? kTrans : kNoTrans, m, n, k, 1.0f,
-                     w.data_ptr<float>(), static_cast<int>(w.size(1)),
-                     reinterpret_cast<float*>(packed.data_ptr()));
+    tc = tile_cols(n);
+    const int m = static_cast<int>(std::min<int64_t>(kTileRows, std::max<int64_t>(1, rows)));
+    const float* src = w.data_ptr<float>();
+    for (int64_t c0 = 0; c0 < n; c0 += tc) {
+      const int nc = static_cast<int>(std::min<int64_t>(tc, n - c0));
+      const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, m, nc, k);
+      packed.push_back(at::empty({static_cast<int64_t>(bytes)}, w.options().dtype(at::kByte)));
+      // op(W)[:, c0 .. c0 + nc): rows c0.. of w (transposed) or its columns c0..
+      cblas_sgemm_pack(kRowMajor, kBMatrix, transpose_w ? kTrans : kNoTrans, m, nc, k, 1.0f,
+                       transpose_w ? src + c0 * w.size(1) : src + c0,
+                       static_cast<int>(w.size(1)),
+                       reinterpret_cast<float*>(packed.back().data_ptr()));
+    }
   }
 
   void run(const float* h, int64_t h_row, float* out, int64_t out_row, int64_t rows,
@@ -68,11 +151,40 @@ struct MklPackedGemm final : HiddenGemm<float> {
       }
       return;
     }
-    cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, static_cast<int>(rows), n, k, h,
-                        static_cast<int>(std::max<int64_t>(k, h_row)),
-                        reinterpret_cast<const float*>(packed.data_ptr()), n,
-                        accumulate ? 1.0f : 0.0f, out,
-                        static_cast<int>(std::max<int64_t>(n, out_row)));
+    for_tiles(rows, n, kTileRows, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+      cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, static_cast<int>(r1 - r0),
+                          static_cast<int>(c1 - c0), k, h + r0 * h_row,
+                          static_cast<int>(std::max<int64_t>(k, h_row)),
+                          reinterpret_cast<const float*>(packed[c0 / tc].data_ptr()),
+                          static_cast<int>(c1 - c0), accumulate ? 1.0f : 0.0f,
+                          out + r0 * out_row + c0,
+                          static_cast<int>(std::max<int64_t>(c1 - c0, out_row)));
+    });
+  }
+};
+
+// ATen's mm per tile on op(W) given as `w_op`: [K, N] (a contiguous copy or a transposed view).
+template <typename S>
+struct TiledAtenGemm final : HiddenGemm<S> {
+  at::Tensor w_op;  // [K, N]
+  explicit TiledAtenGemm(at::Tensor w_op_) : w_op(std::move(w_op_)) {}
+  void run(const S* h, int64_t h_row, S* out, int64_t out_row, int64_t rows,
+           bool accumulate) const override {
+    if (rows == 0) return;  // an empty batch: nothing to compute (and h, out may be null)
+    const int64_t K = w_op.size(0), N = w_op.size(1);
+    const at::Tensor h_t = at::for_blob(const_cast<S*>(h), {rows, K})  // h_t: [rows, K]
+                               .strides({h_row, 1}).options(w_op.options()).make_tensor();
+    at::Tensor out_t = at::for_blob(out, {rows, N})                    // out_t: [rows, N]
+                           .strides({out_row, 1}).options(w_op.options()).make_tensor();
+    for_tiles(rows, N, kTileRows, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+      at::Tensor o = out_t.narrow(0, r0, r1 - r0).narrow(1, c0, c1 - c0);
+      const at::Tensor x = h_t.narrow(0, r0, r1 - r0), w = w_op.narrow(1, c0, c1 - c0);
+      if (accumulate) {
+        at::addmm_out(o, o, x, w);
+      } else {
+        at::mm_out(o, x, w);
+      }
+    });
   }
 };
 
@@ -96,11 +208,11 @@ void transpose(const S* src, int64_t rows, int64_t cols, S* dst) {
 template <typename S>
 std::unique_ptr<HiddenGemm<S>> aten_gemm(const at::Tensor& w_, bool transpose_w) {
   // w_: [N, K] if transpose_w else [K, N]
-  if (!transpose_w) return std::make_unique<AtenHiddenGemm<S>>(w_);
+  if (!transpose_w) return std::make_unique<TiledAtenGemm<S>>(w_);
   const at::Tensor w = w_.contiguous();
   at::Tensor w_t = at::empty({w.size(1), w.size(0)}, w.options());
   transpose(w.data_ptr<S>(), w.size(0), w.size(1), w_t.data_ptr<S>());
-  return std::make_unique<AtenHiddenGemm<S>>(w_t);
+  return std::make_unique<TiledAtenGemm<S>>(w_t);
 }
 
 bool& mkl_enabled() {
@@ -121,7 +233,7 @@ std::atomic<int64_t>& min_rows() {
   return rows;
 }
 
-// out (+)= h w^T computed as (w h^T)^T, for the row counts of swapped_product.
+// out (+)= h w^T computed as (w h^T)^T per tile, for the row counts of swapped_product.
 struct SwappedGemm final : HiddenGemm<float> {
   at::Tensor w;  // w: [N, K]
   explicit SwappedGemm(at::Tensor w_) : w(std::move(w_)) {}
@@ -133,12 +245,17 @@ struct SwappedGemm final : HiddenGemm<float> {
                                .strides({h_row, 1}).options(w.options()).make_tensor();
     at::Tensor out_t = at::for_blob(out, {rows, N})                        // out_t: [rows, N]
                            .strides({out_row, 1}).options(w.options()).make_tensor();
-    const at::Tensor product = at::mm(w, h_t.t());  // product: [N, rows]
-    if (accumulate) {
-      out_t.add_(product.t());
-    } else {
-      out_t.copy_(product.t());
-    }
+    for_tiles(rows, N, kTileRows, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+      // product: [c1 - c0, r1 - r0]
+      const at::Tensor product =
+          at::mm(w.narrow(0, c0, c1 - c0), h_t.narrow(0, r0, r1 - r0).t());
+      at::Tensor o = out_t.narrow(0, r0, r1 - r0).narrow(1, c0, c1 - c0);
+      if (accumulate) {
+        o.add_(product.t());
+      } else {
+        o.copy_(product.t());
+      }
+    });
   }
 };
 
@@ -150,7 +267,7 @@ std::unique_ptr<HiddenGemm<S>> unprepared_gemm(const at::Tensor& w, bool transpo
   if constexpr (std::is_same_v<S, float>) {
     if (transpose_w && swapped_product(rows)) return std::make_unique<SwappedGemm>(w);
   }
-  return std::make_unique<AtenHiddenGemm<S>>(transpose_w ? w.t() : w);
+  return std::make_unique<TiledAtenGemm<S>>(transpose_w ? w.t() : w);
 }
 
 // W prepared once for the call: MKL's packed form for float where torch has MKL, else a
@@ -211,32 +328,28 @@ void set_min_prepared_rows(int64_t rows) {
 }
 
 // dW += d_g2d^T rows with the reduction over N = T*B rows summed the same way whatever the
-// number of threads. BLAS libraries split a long reduction over their threads (MKL does so from
-// ~1000 rows here), which changes the order of the sums with the thread count; so the reduction
-// runs as fixed pieces of rows added into dW one after the other. MKL spreads a 256-row piece
-// over dW's rows and columns only when dW has at least 2 rows and 2 columns, a 64-row piece
-// always (checked with 1-8 threads, float32 and float64, dW up to [4096, 1024]).
-static int64_t weight_grad_piece(const at::Tensor& d_g2d, const at::Tensor& rows) {
-  return d_g2d.size(1) >= 2 && rows.size(1) >= 2 ? 256 : 64;
-}
+// number of threads: dW in fixed tiles (for_tiles), each tile adding the products of fixed
+// pieces of kWeightGradPiece rows one after the other (one single-threaded BLAS call per piece
+// sums the piece's rows for the tile's elements).
+constexpr int64_t kWeightGradPiece = 256;
 
 void add_weight_grad(at::Tensor& dw, const at::Tensor& d_g2d, const at::Tensor& rows) {
+  // dw: [G, K], d_g2d: [N, G], rows: [N, K]
   const int64_t N = d_g2d.size(0);
-  const int64_t piece = weight_grad_piece(d_g2d, rows);
-  for (int64_t n0 = 0; n0 < N; n0 += piece) {
-    const int64_t n = std::min(piece, N - n0);
-    dw.addmm_(d_g2d.narrow(0, n0, n).t(), rows.narrow(0, n0, n));
-  }
+  for_tiles(dw.size(0), dw.size(1), kProductTileRows,
+            [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+              at::Tensor o = dw.narrow(0, r0, r1 - r0).narrow(1, c0, c1 - c0);
+              for (int64_t n0 = 0; n0 < N; n0 += kWeightGradPiece) {
+                const int64_t n = std::min(kWeightGradPiece, N - n0);
+                o.addmm_(d_g2d.narrow(0, n0, n).narrow(1, r0, r1 - r0).t(),  // [r, n]
+                         rows.narrow(0, n0, n).narrow(1, c0, c1 - c0));     // [n, c]
+              }
+            });
 }
 
 at::Tensor weight_grad(const at::Tensor& d_g2d, const at::Tensor& rows) {
-  const int64_t N = d_g2d.size(0);
-  const int64_t piece = weight_grad_piece(d_g2d, rows);
-  at::Tensor dw = at::mm(d_g2d.narrow(0, 0, std::min(piece, N)).t(),
-                         rows.narrow(0, 0, std::min(piece, N)));  // dw: [G, K]
-  if (N > piece) {
-    add_weight_grad(dw, d_g2d.narrow(0, piece, N - piece), rows.narrow(0, piece, N - piece));
-  }
+  at::Tensor dw = at::zeros({d_g2d.size(1), rows.size(1)}, rows.options());  // dw: [G, K]
+  add_weight_grad(dw, d_g2d, rows);
   return dw;
 }
 

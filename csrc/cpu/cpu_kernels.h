@@ -14,10 +14,17 @@ namespace fused_rnn::cpu {
 template <typename scalar_t>
 const StepKernels<scalar_t>& step_kernels();
 
+// Rows per tile of the per-step hidden GEMMs. Every CPU product runs as fixed tiles of its
+// output (kTileRows rows from row 0, columns in equal parts of at most 512), one single-threaded
+// BLAS call per tile, the tiles spread over the threads (csrc/cpu/cpu_gemm.cpp): the same bits
+// whatever the thread count, and the row blocks (which start at multiples of kTileRows) run
+// the same tiles as the per-step schedule.
+constexpr int64_t kTileRows = 8;
+
 // The per-step hidden GEMM (see hidden_gemm.h) of a call with `steps` steps of `rows` rows:
 // from min_prepared_rows() rows in all on, MKL's packed GEMM for float where torch has MKL,
 // else ATen's mm on a contiguous copy of op(W); below, ATen's mm on W as it is (preparing W
-// costs more than it saves there).
+// costs more than it saves there). All in fixed tiles (kTileRows).
 template <typename scalar_t>
 std::unique_ptr<HiddenGemm<scalar_t>> hidden_gemm(const at::Tensor& w, bool transpose_w,
                                                   int64_t rows, int64_t steps);
@@ -34,8 +41,8 @@ const RowKernels<scalar_t>& row_kernels();
 // FUSED_RNN_CPU_SCHEDULE at import), csrc/cpu/cpu_recurrence.cpp:
 //   "per-step"    every step spread over all threads: the GEMM's columns, then the pointwise
 //                 kernel's rows (two fork-joins per step)
-//   "row-blocks"  each thread runs all steps for its own block of batch rows (blocks of at
-//                 least 2 rows; one block when B < 4 or one thread)
+//   "row-blocks"  each thread runs all steps for its own block of batch rows (blocks of whole
+//                 kTileRows-row tiles; one block when B <= kTileRows or one thread)
 //   "lanes"       each thread owns a slice of the hidden units ("lane") and reads its part of
 //                 W_hh in place every step (it stays in its core's cache), one barrier per
 //                 step. Forward: its units' gates for all rows, then their new state;
@@ -52,8 +59,8 @@ void set_cpu_schedule(const std::string& name);  // raises on an unknown name
 
 // First batch rows of the row blocks a recurrence of B rows, hidden size H and `gates` gates
 // (GRU 3, LSTM 4, RNN 1) would run in now (and B at the end); empty: the per-step schedule.
-// Blocks have at least 2 rows (a one-row MKL GEMM rounds differently from the same row in a
-// larger GEMM), except for B = 1.
+// Blocks are whole tiles of kTileRows rows (the last one may be partial), so that they run the
+// hidden GEMM's tiles of the per-step schedule.
 std::vector<int64_t> row_blocks(int64_t B, int64_t H, int64_t gates, bool float32);
 
 // First hidden units of the lanes a recurrence of B rows and hidden size H would run in now

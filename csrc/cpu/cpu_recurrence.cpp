@@ -8,12 +8,10 @@
 // per-step schedule instead spreads every step over all threads: two fork-joins per step (MKL's
 // GEMM, then the pointwise kernel), and the threads wait at both.
 //
-// Same results bit for bit as the per-step schedule (and whatever the thread count): MKL's
-// packed GEMM computes each row of a block as it computes that row in the whole batch, as long
-// as the weight is packed for the whole batch and no block has a single row (a one-row GEMM
-// takes another code path): checked for H from 5 to 1000, both GEMM directions, with and
-// without accumulation, blocks of 2..64 rows; tests/test_determinism.py and
-// tests/test_cpu_schedule.py keep checking it.
+// Same results bit for bit as the per-step schedule (and whatever the thread count): the
+// blocks are whole tiles of the hidden GEMM (kTileRows rows; csrc/cpu/cpu_gemm.cpp), and every
+// tile is one single-threaded BLAS call on the same operands in both schedules.
+// tests/test_determinism.py and tests/test_cpu_schedule.py check it.
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
@@ -80,16 +78,17 @@ std::vector<int64_t> row_blocks(int64_t B, int64_t H, int64_t gates, bool float3
   const CpuSchedule schedule = static_cast<CpuSchedule>(setting().load());
   if (schedule == CpuSchedule::kLanes) return {};
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  const int64_t tiles = (B + kTileRows - 1) / kTileRows;
   int64_t blocks = 0;
   if (schedule == CpuSchedule::kRowBlocks) {
-    blocks = std::max<int64_t>(1, std::min(threads, B / 2));
+    blocks = std::max<int64_t>(1, std::min(threads, tiles));
   } else if (schedule == CpuSchedule::kAuto && float32 && gemm_backend() == "mkl-packed" &&
              threads >= 2 && B >= kMinAutoRows * threads && gates * H * H <= kMaxAutoMacs) {
-    blocks = threads;
+    blocks = std::min(threads, tiles);
   }
   if (blocks == 0 || B == 0) return {};
-  std::vector<int64_t> starts(blocks + 1);
-  for (int64_t i = 0; i <= blocks; ++i) starts[i] = B * i / blocks;
+  std::vector<int64_t> starts(blocks + 1);  // whole tiles, as evenly as they go
+  for (int64_t i = 0; i <= blocks; ++i) starts[i] = std::min(B, tiles * i / blocks * kTileRows);
   return starts;
 }
 
