@@ -163,6 +163,14 @@ struct MklPackedGemm final : HiddenGemm<float> {
   }
 };
 
+// A [rows, cols] CPU tensor over p with row stride `stride` (unit inner stride), no copy.
+template <typename S>
+at::Tensor rows_tensor(const S* p, int64_t rows, int64_t cols, int64_t stride,
+                       const at::TensorOptions& options) {
+  return at::for_blob(const_cast<S*>(p), {rows, cols}).strides({stride, 1}).options(options)
+      .make_tensor();
+}
+
 // ATen's mm per tile on op(W) given as `w_op`: [K, N] (a contiguous copy or a transposed view).
 template <typename S>
 struct TiledAtenGemm final : HiddenGemm<S> {
@@ -172,10 +180,8 @@ struct TiledAtenGemm final : HiddenGemm<S> {
            bool accumulate) const override {
     if (rows == 0) return;  // an empty batch: nothing to compute (and h, out may be null)
     const int64_t K = w_op.size(0), N = w_op.size(1);
-    const at::Tensor h_t = at::for_blob(const_cast<S*>(h), {rows, K})  // h_t: [rows, K]
-                               .strides({h_row, 1}).options(w_op.options()).make_tensor();
-    at::Tensor out_t = at::for_blob(out, {rows, N})                    // out_t: [rows, N]
-                           .strides({out_row, 1}).options(w_op.options()).make_tensor();
+    const at::Tensor h_t = rows_tensor(h, rows, K, h_row, w_op.options());  // h_t: [rows, K]
+    at::Tensor out_t = rows_tensor(out, rows, N, out_row, w_op.options());  // out_t: [rows, N]
     for_tiles(rows, N, kTileRows, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
       at::Tensor o = out_t.narrow(0, r0, r1 - r0).narrow(1, c0, c1 - c0);
       const at::Tensor x = h_t.narrow(0, r0, r1 - r0), w = w_op.narrow(1, c0, c1 - c0);
@@ -241,10 +247,8 @@ struct SwappedGemm final : HiddenGemm<float> {
            bool accumulate) const override {
     if (rows == 0) return;
     const int64_t N = w.size(0), K = w.size(1);
-    const at::Tensor h_t = at::for_blob(const_cast<float*>(h), {rows, K})  // h_t: [rows, K]
-                               .strides({h_row, 1}).options(w.options()).make_tensor();
-    at::Tensor out_t = at::for_blob(out, {rows, N})                        // out_t: [rows, N]
-                           .strides({out_row, 1}).options(w.options()).make_tensor();
+    const at::Tensor h_t = rows_tensor(h, rows, K, h_row, w.options());  // h_t: [rows, K]
+    at::Tensor out_t = rows_tensor(out, rows, N, out_row, w.options());  // out_t: [rows, N]
     for_tiles(rows, N, kTileRows, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
       // product: [c1 - c0, r1 - r0]
       const at::Tensor product =
