@@ -54,7 +54,10 @@ namespace {
 
 // The BLAS runs single-threaded on this thread while it lives (MKL: MKL_Set_Num_Threads_Local;
 // inside an OpenMP parallel region MKL runs single-threaded anyway, but a tile loop that
-// at::parallel_for runs inline, on one thread or one tile, is not in one).
+// at::parallel_for runs inline, on one thread or one tile, is not in one). A torch without MKL
+// (no such symbol) gets nothing forced here: a BLAS that threads one call by itself outside a
+// parallel region could still change a tile's bits with its thread count there (not seen: every
+// machine of this project so far has had MKL).
 struct SequentialBlas {
   int saved = 0;
   SequentialBlas() {
