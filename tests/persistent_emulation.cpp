@@ -30,14 +30,14 @@ std::vector<int64_t> run(const Params& p, bool backward, int64_t sms, bool tf32)
   return {plan.cluster, plan.mma, plan.dsmem, plan.blocks};
 }
 
-// f<S>() for the storage type of t.
+// f(S{}) for the storage type `type`.
 template <typename F>
-std::vector<int64_t> dispatch(const at::Tensor& t, F f) {
-  switch (t.scalar_type()) {
+std::vector<int64_t> dispatch(at::ScalarType type, F f) {
+  switch (type) {
     case at::kFloat: return f(float{});
     case at::kBFloat16: return f(c10::BFloat16{});
     case at::kHalf: return f(c10::Half{});
-    default: TORCH_CHECK(false, "float32, bfloat16 or float16 expected, got ", t.scalar_type());
+    default: TORCH_CHECK(false, "float32, bfloat16 or float16 expected, got ", type);
   }
 }
 
@@ -49,7 +49,7 @@ std::vector<int64_t> forward(int64_t cell, at::Tensor x, at::Tensor h0, at::Tens
                              at::Tensor saved, at::Tensor cells, at::Tensor lengths, bool reverse,
                              int64_t sms, bool tf32) {
   const int64_t T = x.size(0), B = x.size(1), H = h0.size(1), GH = x.size(2);
-  return dispatch(x, [&](auto tag) {
+  return dispatch(x.scalar_type(), [&](auto tag) {
     using S = decltype(tag);
     const RecurrenceForward<S> p{static_cast<Cell>(cell), T, B, H, reverse,
                                  lengths.numel() ? lengths.data_ptr<int64_t>() : nullptr,
@@ -70,7 +70,7 @@ std::vector<int64_t> backward(int64_t cell, at::Tensor w_hh, at::Tensor grad_out
                               int64_t sms, bool tf32) {
   const int64_t T = grad_out.size(0), B = grad_out.size(1), H = grad_out.size(2);
   const int64_t GH = d_x.size(2);
-  return dispatch(grad_out, [&](auto tag) {
+  return dispatch(grad_out.scalar_type(), [&](auto tag) {
     using S = decltype(tag);
     const RecurrenceBackward<S> p{
         static_cast<Cell>(cell), T, B, H, reverse,
@@ -89,19 +89,14 @@ std::vector<int64_t> plan(int64_t gates, int64_t B, int64_t H, bool backward, at
                           int64_t sms, int64_t smem, bool tf32) {
   const DeviceLimits d{static_cast<int>(sms), static_cast<size_t>(smem), true, 9};
   const Tuning tune = tuning();
-  Plan pl;
-  bool fits = false;
-  switch (type) {
-    case at::kFloat: fits = choose_plan<float>(gates, B, H, backward, d, tune, tf32, pl); break;
-    case at::kBFloat16:
-      fits = choose_plan<c10::BFloat16>(gates, B, H, backward, d, tune, tf32, pl);
-      break;
-    case at::kHalf: fits = choose_plan<c10::Half>(gates, B, H, backward, d, tune, tf32, pl); break;
-    default: TORCH_CHECK(false, "float32, bfloat16 or float16 expected, got ", type);
-  }
-  return {fits,       pl.units,   pl.staged_rows, pl.blocks,
-          pl.mma,     pl.cluster, pl.group_rows,  pl.dsmem,
-          static_cast<int64_t>(pl.smem)};
+  return dispatch(type, [&](auto tag) -> std::vector<int64_t> {
+    Plan pl;
+    const bool fits =
+        choose_plan<decltype(tag)>(static_cast<int>(gates), B, H, backward, d, tune, tf32, pl);
+    return {fits,       pl.units,   pl.staged_rows, pl.blocks,
+            pl.mma,     pl.cluster, pl.group_rows,  pl.dsmem,
+            static_cast<int64_t>(pl.smem)};
+  });
 }
 }  // namespace
 

@@ -74,7 +74,7 @@ struct SequentialBlas {
 // 16).
 constexpr int64_t kTileCols = 256;
 int64_t tile_cols(int64_t N) {
-  const int64_t parts = (N + kTileCols - 1) / kTileCols;
+  const int64_t parts = std::max<int64_t>(1, (N + kTileCols - 1) / kTileCols);
   return ((N + parts - 1) / parts + 15) / 16 * 16;
 }
 
@@ -166,33 +166,22 @@ struct MklPackedGemm final : HiddenGemm<float> {
   }
 };
 
-// A [rows, cols] CPU tensor over p with row stride `stride` (unit inner stride), no copy.
-template <typename S>
-at::Tensor rows_tensor(const S* p, int64_t rows, int64_t cols, int64_t stride,
-                       const at::TensorOptions& options) {
-  return at::for_blob(const_cast<S*>(p), {rows, cols}).strides({stride, 1}).options(options)
-      .make_tensor();
-}
-
-// ATen's mm per tile on op(W) given as `w_op`: [K, N] (a contiguous copy or a transposed view).
+// ATen's mm per tile on op(W) given as `w_op`: [K, N] (a contiguous copy or a transposed view):
+// hidden_gemm.h's one-call AtenHiddenGemm on each column tile of w_op.
 template <typename S>
 struct TiledAtenGemm final : HiddenGemm<S> {
-  at::Tensor w_op;  // [K, N]
-  explicit TiledAtenGemm(at::Tensor w_op_) : w_op(std::move(w_op_)) {}
+  std::vector<AtenHiddenGemm<S>> tiles;  // per column tile: op(W)[:, c0 .. c0 + tc)
+  int64_t n, tc;                         // columns in all, per tile
+  explicit TiledAtenGemm(const at::Tensor& w_op) : n(w_op.size(1)), tc(tile_cols(n)) {
+    for (int64_t c0 = 0; c0 < n; c0 += tc) {
+      tiles.emplace_back(w_op.narrow(1, c0, std::min(tc, n - c0)));
+    }
+  }
   void run(const S* h, int64_t h_row, S* out, int64_t out_row, int64_t rows,
            bool accumulate) const override {
-    if (rows == 0) return;  // an empty batch: nothing to compute (and h, out may be null)
-    const int64_t K = w_op.size(0), N = w_op.size(1);
-    const at::Tensor h_t = rows_tensor(h, rows, K, h_row, w_op.options());  // h_t: [rows, K]
-    at::Tensor out_t = rows_tensor(out, rows, N, out_row, w_op.options());  // out_t: [rows, N]
-    for_tiles(rows, N, kTileRows, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
-      at::Tensor o = out_t.narrow(0, r0, r1 - r0).narrow(1, c0, c1 - c0);
-      const at::Tensor x = h_t.narrow(0, r0, r1 - r0), w = w_op.narrow(1, c0, c1 - c0);
-      if (accumulate) {
-        at::addmm_out(o, o, x, w);
-      } else {
-        at::mm_out(o, x, w);
-      }
+    for_tiles(rows, n, kTileRows, [&](int64_t r0, int64_t r1, int64_t c0, int64_t) {
+      tiles[c0 / tc].run(h + r0 * h_row, h_row, out + r0 * out_row + c0, out_row, r1 - r0,
+                         accumulate);
     });
   }
 };
@@ -250,8 +239,10 @@ struct SwappedGemm final : HiddenGemm<float> {
            bool accumulate) const override {
     if (rows == 0) return;
     const int64_t N = w.size(0), K = w.size(1);
-    const at::Tensor h_t = rows_tensor(h, rows, K, h_row, w.options());  // h_t: [rows, K]
-    at::Tensor out_t = rows_tensor(out, rows, N, out_row, w.options());  // out_t: [rows, N]
+    const at::Tensor h_t = at::for_blob(const_cast<float*>(h), {rows, K})  // h_t: [rows, K]
+                               .strides({h_row, 1}).options(w.options()).make_tensor();
+    at::Tensor out_t = at::for_blob(out, {rows, N})                        // out_t: [rows, N]
+                           .strides({out_row, 1}).options(w.options()).make_tensor();
     for_tiles(rows, N, kTileRows, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
       // product: [c1 - c0, r1 - r0]
       const at::Tensor product =

@@ -15,7 +15,7 @@ template <typename scalar_t>
 const StepKernels<scalar_t>& step_kernels();
 
 // Rows per tile of the per-step hidden GEMMs. Every CPU product runs as fixed tiles of its
-// output (kTileRows rows from row 0, columns in equal parts of at most 512), one single-threaded
+// output (kTileRows rows from row 0, columns in equal parts of at most 256), one single-threaded
 // BLAS call per tile, the tiles spread over the threads (csrc/cpu/cpu_gemm.cpp): the same bits
 // whatever the thread count, and the row blocks (which start at multiples of kTileRows) run
 // the same tiles as the per-step schedule.

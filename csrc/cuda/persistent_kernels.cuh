@@ -994,17 +994,16 @@ int launch_flags(const Plan& plan, const Tuning& tune) {
 template <typename Kernel, typename Params>
 void launch_persistent(Kernel kernel, const Params& p, const Plan& plan, const DeviceLimits& d,
                        const Tuning& tune, bool backward) {
+  const bool counter_barrier = plan.cluster == 0 && tune.barrier == Barrier::kCounter;
 #if defined(FUSED_RNN_WARP_EMULATION)  // the threads run as coroutines on the host
   (void)d;
   (void)backward;
   emulated_launch(kernel, plan.blocks, plan.cluster, plan.smem, p, plan.units, plan.staged_rows,
-                  launch_flags(plan, tune), plan.group_rows,
-                  plan.cluster == 0 && tune.barrier == Barrier::kCounter);
+                  launch_flags(plan, tune), plan.group_rows, counter_barrier);
 #else
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(plan.smem)));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const bool counter_barrier = plan.cluster == 0 && tune.barrier == Barrier::kCounter;
   if (plan.cluster == 0) {
     int per_sm = 0;
     C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads,
