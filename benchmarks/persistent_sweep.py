@@ -3,7 +3,8 @@
 clusters, each with a share of the batch rows, exchanging h / d_gates through L2 or distributed
 shared memory: FUSED_RNN_PERSISTENT_EXCHANGE=l2|dsmem), of the products (FUSED_RNN_PERSISTENT_PRODUCT=
 fma|mma: CUDA cores or tensor cores) and of the staging of h / d_gates rows
-(FUSED_RNN_PERSISTENT_STAGING=loads|async) timed in ONE interleaved run with nn.* on cuDNN
+(FUSED_RNN_PERSISTENT_STAGING=loads|async|shared; shared: each row read from L2 by one block of
+an 8-block cluster and stored into all 8, version 5) timed in ONE interleaved run with nn.* on cuDNN
 (PyTorch's TF32 defaults, stated; the tensor-core variants run float32 as tf32, with
 torch.backends.cuda.matmul.allow_tf32 on while they run), so the variants compare on the same
 card in the same minute; --all-variants adds the counter barrier and more hidden units per block
@@ -39,15 +40,18 @@ UNITS = {256: [4, 8], 512: [8], 1024: [12]}
 # (barrier, units, product, staging, exchange); units None: the kernel's own choice
 DEFAULT = ("grid", None, "fma", "loads", "l2")
 # (the counter barrier and more units per block: measured in runs 4-6, no gain; --all-variants)
-VARIANTS = [DEFAULT, ("grid", None, "fma", "async", "l2"),
+VARIANTS = [DEFAULT, ("grid", None, "fma", "async", "l2"), ("grid", None, "fma", "shared", "l2"),
             ("grid", None, "mma", "loads", "l2"), ("grid", None, "mma", "async", "l2"),
+            ("grid", None, "mma", "shared", "l2"),
             ("cluster", None, "fma", "loads", "l2"), ("cluster", None, "fma", "loads", "dsmem"),
             ("cluster", None, "mma", "async", "l2"), ("cluster", None, "mma", "async", "dsmem")]
 # (barrier, product, staging, exchange) of the phase clocks
 PROFILED = [("grid", "fma", "loads", "l2"), ("grid", "fma", "async", "l2"),
-            ("grid", "mma", "loads", "l2"), ("grid", "mma", "async", "l2"),
+            ("grid", "fma", "shared", "l2"), ("grid", "mma", "loads", "l2"),
+            ("grid", "mma", "async", "l2"), ("grid", "mma", "shared", "l2"),
             ("cluster", "fma", "loads", "l2"), ("cluster", "fma", "loads", "dsmem"),
             ("cluster", "mma", "async", "dsmem")]
+STAGED_BY = ["loads", "async", "shared"]  # the profile's element 14
 MEASURED = [("counter", None, "fma", "loads", "l2")]
 ENV = ["FUSED_RNN_PERSISTENT_BARRIER", "FUSED_RNN_PERSISTENT_UNITS",
        "FUSED_RNN_PERSISTENT_PRODUCT", "FUSED_RNN_PERSISTENT_STAGING",
@@ -90,8 +94,8 @@ def profile_row(p, cell, B, H, dtype, T, backward):
     return dict(cell=cell, B=B, H=H, dtype=str(dtype).replace("torch.", ""), T=T,
                 kernel="backward" if backward else "forward",
                 products_on="mma" if p[13] else "fma",  # ("product", "staging": phases)
-                staged_by="async" if p[14] else "loads", cluster=p[15], group_rows=p[16],
-                exchange="dsmem" if p[17] else "l2", blocks=p[9], units=p[10],
+                staged_by=STAGED_BY[p[14]], cluster=p[15], group_rows=p[16],
+                exchange="dsmem" if p[17] else "l2", shared_by=p[18], blocks=p[9], units=p[10],
                 staged_rows=p[11], clock_ghz=1 / ns_per_cycle,
                 **{ph: c * ns_per_cycle / 1e3 / steps for ph, c in zip(PHASES, cyc)},
                 total_us_per_step=p[5] / 1e3 / steps)
@@ -119,19 +123,22 @@ def phase_profile(cell, B, H, dtype, T, barrier, product, staging, exchange):
     return out
 
 
-def report(info, T, rows, profiles):
-    """The sweep's markdown: the timings (rows of main), then the phase clocks (profile_row)."""
+def report(info, T, rows, profiles, failed=()):
+    """The sweep's markdown: the timings (rows of main), then the phase clocks (profile_row),
+    then the variants that did not run (runs)."""
     lines = [f"# Persistent-kernel tuning sweep ({info['gpu']}, torch {info['torch']}, "
              f"{info['date']})", "",
              f"T={T}, input size = hidden size, 1 layer, medians of interleaved "
              f"torch.utils.benchmark runs. nn.* on cuDNN: cudnn.allow_tf32="
              f"{info['cudnn_allow_tf32']}. units: hidden units per block ('auto': "
              f"ceil(H / #SMs)). product: fma (CUDA cores) or mma (tensor cores; float32 as tf32, "
-             f"matmul.allow_tf32 on while it runs); staging: loads or async (cp.async). The "
+             f"matmul.allow_tf32 on while it runs); staging: loads, async (cp.async) or shared "
+             f"(each row read from L2 by one block of a cluster and stored into all its blocks; "
+             f"in the grid modes clusters of 8). The "
              f"profile table says which product and barrier ran (mma falls back to CUDA cores "
              f"where its layout does not fit, cluster mode to the grid barrier where no cluster "
              f"holds W_hh; clusters: blocks per cluster x batch rows per cluster, - for one "
-             f"grid).", "",
+             f"grid; staged by: shared / n, n blocks share each row).", "",
              "| cell | mode | B | H | dtype | barrier | units | product | staging | exchange "
              "| nn.* ms | fused ms | µs/step | speed-up |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -152,11 +159,19 @@ def report(info, T, rows, profiles):
         clusters = (f"{r['cluster']} x {r['group_rows']} {r['exchange']}" if r["cluster"]
                     else "-")
         lines.append(f"| {r['cell']} | {r['kernel']} | {r['B']} | {r['H']} | {r['dtype']} | "
-                     f"{r['products_on']} | {r['staged_by']} | {clusters} | "
+                     f"{r['products_on']} | {staged_by(r)} | {clusters} | "
                      f"{r['blocks']} x {r['units']} | {r['staged_rows']} | "
                      + " | ".join(f"{r[ph]:.2f}" for ph in PHASES)
                      + f" | {r['total_us_per_step']:.2f} | {r['clock_ghz']:.2f} |")
+    if failed:
+        lines += ["", "Did not run (left out of the timings above):", ""]
+        lines += [f"- {f['point']}, {f['variant']}: {f['error']}" for f in failed]
     return "\n".join(lines) + "\n"
+
+
+def staged_by(r):
+    """How a profiled launch staged its rows: loads, async, or shared / blocks sharing each."""
+    return f"shared / {r['shared_by']}" if r["staged_by"] == "shared" else r["staged_by"]
 
 
 def sweep_points(points, measure, budget_s=None, clock=None, done=lambda: None):
@@ -175,8 +190,25 @@ def sweep_points(points, measure, budget_s=None, clock=None, done=lambda: None):
     return []
 
 
-def time_point(point, args, rows):
-    """The variants of one point against nn.*, interleaved, inference and training: into rows."""
+def runs(fn, variant, where, failed):
+    """fn runs once under the variant's settings; a RuntimeError (a launch the device refuses, a
+    setting it cannot run) goes into `failed` and the sweep goes on without the variant."""
+    try:
+        with_tuning(fn, variant)()
+        torch.cuda.synchronize()
+        return True
+    except RuntimeError as e:
+        print(f"{where} {variant}: {e}", flush=True)
+        failed.append(dict(point=where, variant="/".join(str(v) for v in variant),
+                           error=str(e).splitlines()[0]))
+        return False
+    finally:
+        clear_tuning()
+
+
+def time_point(point, args, rows, failed):
+    """The variants of one point against nn.*, interleaved, inference and training: into rows
+    (variants that do not run: into failed)."""
     cell, B, H, dtype_name = point
     dtype = getattr(torch, dtype_name)
     for mode in args.modes:
@@ -190,13 +222,17 @@ def time_point(point, args, rows):
         if args.all_variants:
             variants += MEASURED + [("grid", u, "fma", "loads", "l2") for u in UNITS.get(H, [])]
         fused_fn = make_fn(fused, x, training)
+        variants = [v for v in variants if runs(fused_fn, v, f"{cell} B={B} H={H} {dtype_name} "
+                                                f"{mode}", failed)]
         # nn.* at PyTorch's defaults (no FUSED_RNN_PERSISTENT_*, matmul.allow_tf32 off)
         fns = [with_tuning(make_fn(ref, x, training), DEFAULT)]
         fns += [with_tuning(fused_fn, v) for v in variants]
         try:
             times = interleaved_medians(fns, "cuda", args.min_run_time)
-        except RuntimeError as e:  # a variant that does not fit: say so, go on
+        except RuntimeError as e:  # should not happen: every variant ran once above
             print(f"{cell} B={B} H={H} {dtype_name} {mode}: {e}", flush=True)
+            failed.append(dict(point=f"{cell} B={B} H={H} {dtype_name} {mode}",
+                               variant="all", error=str(e).splitlines()[0]))
             continue
         finally:
             clear_tuning()
@@ -230,30 +266,34 @@ def main(argv=None):
         sys.exit("persistent_sweep.py needs a CUDA device")
     fused_rnn.set_cuda_path("persistent")
     info = machine_info("cuda")
-    rows, profiles = [], []
+    rows, profiles, failed = [], [], []
 
     def measure(point):  # the timings, then the phase clocks of the point
-        time_point(point, args, rows)
+        time_point(point, args, rows, failed)
         cell, B, H, dtype_name = point
         for barrier, product, staging, exchange in PROFILED:
             try:
                 profiles.extend(phase_profile(cell, B, H, getattr(torch, dtype_name), args.T,
                                               barrier, product, staging, exchange))
+            except RuntimeError as e:
+                failed.append(dict(point=f"{cell} B={B} H={H} {dtype_name} profile",
+                                   variant=f"{barrier}/{product}/{staging}/{exchange}",
+                                   error=str(e).splitlines()[0]))
             finally:
                 clear_tuning()
 
     def write():
-        write_results(args.md, report(info, args.T, rows, profiles), args.json,
-                      dict(machine=info, rows=rows, profiles=profiles))
+        write_results(args.md, report(info, args.T, rows, profiles, failed), args.json,
+                      dict(machine=info, rows=rows, profiles=profiles, failed=failed))
 
     left = sweep_points(POINTS, measure, args.budget_s, done=write)
-    text = report(info, args.T, rows, profiles)
+    text = report(info, args.T, rows, profiles, failed)
     if left:
         text += ("\nStopped at the time budget (--budget-s " + f"{args.budget_s:g}" + "): not run: "
                  + ", ".join(f"{c} B={b} H={h} {d}" for c, b, h, d in left) + ".\n")
     print(text)
     write_results(args.md, text, args.json,
-                  dict(machine=info, rows=rows, profiles=profiles, not_run=left))
+                  dict(machine=info, rows=rows, profiles=profiles, failed=failed, not_run=left))
 
 
 if __name__ == "__main__":

@@ -68,9 +68,15 @@ constexpr size_t kStack = 48 << 10;
 // other seed schedules at random (splitmix64 from the seed): each time a thread stops at a
 // barrier, the next to run is a random ready thread of a random block, the blocks weighted 1, 2,
 // 4 or 8 (drawn per launch) so that some run ahead of others up to the next barrier they share;
-// and each cp.async happens at a random time (see cp_async).
+// in every other launch (drawn) one block is a laggard, weighted 1 against 64-512: the others
+// run as far as they can before most of its threads have moved (a block whose threads read
+// shared memory early in a phase sees what a block ahead wrote there too soon); while threads
+// only poll (spin) the blocks are drawn alike, so a laggard that others poll for runs; and each
+// cp.async happens at a random time (see cp_async).
 inline uint64_t schedule_state = 0;
 inline void set_schedule(uint64_t seed) { schedule_state = seed; }
+inline bool laggard_every_launch = false;  // random schedules: a laggard in every launch
+inline void set_laggards(bool every_launch) { laggard_every_launch = every_launch; }
 inline uint64_t random_bits() {
   uint64_t z = (schedule_state += 0x9e3779b97f4a7c15ull);
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -209,14 +215,15 @@ inline void resume(Launch& l, int i) {
   swapcontext(&l.scheduler, &l.context[i]);
 }
 
-// The next thread of a random schedule: a block drawn by weight among those with ready
-// threads, then one of its ready threads; -1 if none is ready.
-inline int pick_ready(Launch& l) {
+// The next thread of a random schedule: a block drawn among those with ready threads, by weight
+// (alike where `alike`), then one of its ready threads; -1 if none is ready.
+inline int pick_ready(Launch& l, bool alike) {
+  auto weight = [&](int b) { return l.ready[b].empty() ? 0 : alike ? 1 : l.weight[b]; };
   int total = 0;
-  for (int b = 0; b < l.blocks; ++b) total += l.ready[b].empty() ? 0 : l.weight[b];
+  for (int b = 0; b < l.blocks; ++b) total += weight(b);
   if (total == 0) return -1;
   int r = static_cast<int>(random_bits() % total), b = 0;
-  for (; l.ready[b].empty() || r >= l.weight[b]; ++b) r -= l.ready[b].empty() ? 0 : l.weight[b];
+  for (; r >= weight(b); ++b) r -= weight(b);
   std::vector<int>& q = l.ready[b];
   const size_t k = random_bits() % q.size();
   const int id = q[k];
@@ -249,8 +256,12 @@ inline void run(int blocks, int cluster, size_t smem, std::function<void()> body
   l.blocked.assign(n, 0);
   l.copies.assign(n, {});
   l.ready.assign(blocks, {});
+  const bool laggard_launch =
+      schedule_state && (random_bits() % 2 == 1 || laggard_every_launch);
+  const int laggard = schedule_state ? static_cast<int>(random_bits() % blocks) : -1;
   for (int b = 0; b < blocks; ++b) {
-    l.weight.push_back(schedule_state ? 1 << (random_bits() % 4) : 1);
+    const int w = schedule_state ? 1 << (random_bits() % 4) : 1;
+    l.weight.push_back(!laggard_launch ? w : b == laggard ? 1 : 64 * w);
     for (int t = 0; t < kBlockThreads; ++t) l.ready[b].push_back(b * kBlockThreads + t);
   }
   l.body = std::move(body);
@@ -270,7 +281,7 @@ inline void run(int blocks, int cluster, size_t smem, std::function<void()> body
     bool ran = false;
     const long before = progress;
     if (schedule_state) {
-      const int i = pick_ready(l);
+      const int i = pick_ready(l, idle > 0);
       if (i >= 0) {
         resume(l, i);
         ran = true;

@@ -80,7 +80,7 @@ def test_float32_uses_tensor_cores_only_with_tf32_allowed(monkeypatch):
 @needs_cuda
 @pytest.mark.parametrize("name,value,message", [
     ("FUSED_RNN_PERSISTENT_PRODUCT", "tensor", "must be 'fma' or 'mma', got 'tensor'"),
-    ("FUSED_RNN_PERSISTENT_STAGING", "dma", "must be 'loads' or 'async', got 'dma'"),
+    ("FUSED_RNN_PERSISTENT_STAGING", "dma", "must be 'loads', 'async' or 'shared', got 'dma'"),
 ])
 def test_product_and_staging_settings_reject_bad_values(monkeypatch, name, value, message):
     monkeypatch.setenv(name, value)

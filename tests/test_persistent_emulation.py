@@ -64,24 +64,32 @@ def reference(cell, xp, h0, c0, w_hh, b_ih, b_hh, lengths, reverse):
 
 
 # (FUSED_RNN_PERSISTENT_* settings, TF32 allowed, expected (blocks per cluster, shared-memory
-# exchange)); tensor cores are expected where asked for, for bfloat16 always, float32 with TF32
+# exchange, blocks sharing the staging)); tensor cores are expected where asked for, for bfloat16
+# always, float32 with TF32. Shared staging in the grid: clusters of 8 over H = 12 in blocks of 2
+# units are 6 blocks that own units and 2 that only stage; clusters of 4 with 5 units per block
+# (3 blocks + 1).
 VARIANTS = [
-    ({}, False, (0, 0)),
-    ({"UNITS": "5"}, False, (0, 0)),
-    ({"BARRIER": "counter"}, False, (0, 0)),
-    ({"STAGING": "async"}, False, (0, 0)),
-    ({"PRODUCT": "mma", "STAGING": "async"}, True, (0, 0)),
-    ({"PRODUCT": "mma"}, False, (0, 0)),  # float32 without TF32: CUDA cores
-    ({"BARRIER": "cluster", "CLUSTER": "2"}, False, (2, 0)),
-    ({"BARRIER": "cluster", "CLUSTER": "4", "EXCHANGE": "dsmem"}, False, (4, 1)),
+    ({}, False, (0, 0, 0)),
+    ({"UNITS": "5"}, False, (0, 0, 0)),
+    ({"BARRIER": "counter"}, False, (0, 0, 0)),
+    ({"STAGING": "async"}, False, (0, 0, 0)),
+    ({"PRODUCT": "mma", "STAGING": "async"}, True, (0, 0, 0)),
+    ({"PRODUCT": "mma"}, False, (0, 0, 0)),  # float32 without TF32: CUDA cores
+    ({"BARRIER": "cluster", "CLUSTER": "2"}, False, (2, 0, 0)),
+    ({"BARRIER": "cluster", "CLUSTER": "4", "EXCHANGE": "dsmem"}, False, (4, 1, 0)),
     ({"BARRIER": "cluster", "CLUSTER": "2", "EXCHANGE": "dsmem", "PRODUCT": "mma",
-      "STAGING": "async"}, True, (2, 1)),
+      "STAGING": "async"}, True, (2, 1, 0)),
+    ({"STAGING": "shared"}, False, (0, 0, 8)),
+    ({"STAGING": "shared", "CLUSTER": "4", "UNITS": "5", "BARRIER": "counter"}, False,
+     (0, 0, 4)),
+    ({"STAGING": "shared", "PRODUCT": "mma"}, True, (0, 0, 8)),
+    ({"STAGING": "shared", "BARRIER": "cluster", "CLUSTER": "4"}, False, (4, 0, 4)),
 ]
 # bfloat16 (operands kept as stored on the tensor cores, converted on CUDA cores): three of them
 CASES = ([pytest.param(torch.float32, *v, id="float32-" + ("+".join(
     f"{k}={x}" for k, x in v[0].items()) or "default")) for v in VARIANTS]
     + [pytest.param(torch.bfloat16, *VARIANTS[i], id="bfloat16-" + ("+".join(
-        f"{k}={x}" for k, x in VARIANTS[i][0].items()) or "default")) for i in (0, 5, 8)])
+        f"{k}={x}" for k, x in VARIANTS[i][0].items()) or "default")) for i in (0, 5, 8, 9, 11)])
 # (outputs, gradients) against float64 from the same (rounded) inputs
 TOLERANCES = {(torch.float32, False): (dict(atol=2e-5, rtol=1e-4), dict(atol=1e-4, rtol=1e-4)),
               (torch.float32, True): (dict(atol=5e-3, rtol=5e-3), dict(atol=5e-2, rtol=5e-2)),
@@ -89,14 +97,17 @@ TOLERANCES = {(torch.float32, False): (dict(atol=2e-5, rtol=1e-4), dict(atol=1e-
               (torch.bfloat16, True): (dict(atol=4e-2, rtol=4e-2), dict(atol=1.5e-1, rtol=1e-1))}
 
 
-def run_layer(emu, cell, dtype, tf32, reverse, with_lengths, schedule=0):
+def run_layer(emu, cell, dtype, tf32, reverse, with_lengths, schedule=0, smem=(0, 0),
+              shape=(3, 5, 12)):
     """Random inputs (seeded by cell and direction), the emulated forward, then the emulated
     backward on the forward's values as the driver hands them over, under the emulation's
-    schedule `schedule` (0: threads in index order; else random orders and cp.async times).
-    Returns the inputs, the results and what each launch reported running."""
+    schedule `schedule` (0: threads in index order; else random orders and cp.async times), on a
+    device with smem = (forward, backward) bytes of shared memory per block (0: the H200's).
+    shape: (T, B, H); with lengths B = 5. Returns the inputs, the results and what each launch
+    reported running."""
     torch.manual_seed(cell * 10 + reverse)
     emu.set_schedule(schedule)
-    T, B, H = 3, 5, 12
+    T, B, H = shape
     G = GATES[cell]
     like = dict(dtype=dtype)
     xp = torch.randn(T, B, G * H).to(dtype)
@@ -113,7 +124,7 @@ def run_layer(emu, cell, dtype, tf32, reverse, with_lengths, schedule=0):
     cells = torch.full((T, B, H), float("nan"), **like) if lstm else empty
     ran_forward = emu.forward(cell, x, h0, c0 if lstm else empty, w_hh, b_ih,
                               b_hh if gru else empty, out, saved, cells,
-                              lengths if with_lengths else no_lengths, reverse, SMS, tf32)
+                              lengths if with_lengths else no_lengths, reverse, SMS, smem[0], tf32)
     grad_out, dhT, dcT = (torch.randn(T, B, H).to(dtype), torch.randn(B, H).to(dtype),
                           torch.randn(B, H).to(dtype))
     h_prev = torch.empty(T, B, H, **like)  # GRU: the state each step starts from
@@ -126,10 +137,12 @@ def run_layer(emu, cell, dtype, tf32, reverse, with_lengths, schedule=0):
     ran_backward = emu.backward(cell, w_hh, grad_out, dh, dc if lstm else empty, d_x, d_h,
                                 h_prev, saved, x if lstm else empty, cells,
                                 c0 if lstm else empty, out,
-                                lengths if with_lengths else no_lengths, reverse, SMS, tf32)
+                                lengths if with_lengths else no_lengths, reverse, SMS, smem[1],
+                                tf32)
     return dict(xp=xp, h0=h0, c0=c0, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, lengths=lengths,
                 grad_out=grad_out, dhT=dhT, dcT=dcT, out=out, cells=cells, d_x=d_x, dh=dh, dc=dc,
-                ran=(tuple(ran_forward[:3]), tuple(ran_backward[:3])))
+                ran=(tuple(ran_forward[:3]) + (ran_forward[4],),
+                     tuple(ran_backward[:3]) + (ran_backward[4],)))
 
 
 @pytest.mark.parametrize("dtype,settings,tf32,expected", CASES)
@@ -140,11 +153,17 @@ def test_emulated_persistent_kernels_match_the_recurrence(emu, monkeypatch, dtyp
     for name, value in settings.items():
         monkeypatch.setenv(f"FUSED_RNN_PERSISTENT_{name}", value)
     mma = settings.get("PRODUCT") == "mma" and (dtype != torch.float32 or tf32)
-    expected = (expected[0], int(mma), expected[1])
+    expected = (expected[0], int(mma), expected[1], expected[2])
     # a random schedule of its own for every case (a race between barriers reads stale values)
     schedule = zlib.crc32(repr((dtype, settings, cell, reverse)).encode()) | 1
     r = run_layer(emu, cell, dtype, tf32, reverse, with_lengths, schedule)
     assert r["ran"] == (expected, expected)
+    matches_the_recurrence(r, cell, dtype, mma, reverse)
+
+
+def matches_the_recurrence(r, cell, dtype, mma, reverse):
+    """run_layer's results against the float64 recurrence: outputs, LSTM cell states, dL/dx,
+    dL/dh0, dL/dc0."""
     tol, grad_tol = TOLERANCES[dtype, bool(mma)]
     leaves = [r[k].double().requires_grad_() for k in ("xp", "h0", "c0")]
     lengths = r["lengths"]
@@ -168,6 +187,34 @@ def test_emulated_persistent_kernels_match_the_recurrence(emu, monkeypatch, dtyp
     torch.testing.assert_close(r["dh"].double(), g_h0, **grad_tol)
     if cell == 1:
         torch.testing.assert_close(r["dc"].double(), g_c0, **grad_tol)
+
+
+@pytest.mark.parametrize("staging", ["loads", "shared"])
+@pytest.mark.parametrize("cell", [0, 1], ids=["GRU", "LSTM"])
+def test_emulated_steps_staged_in_several_passes_match_the_recurrence(emu, monkeypatch, staging,
+                                                                      cell):
+    """A device with room for 2 staged rows of the 5: each step stages and multiplies in 3
+    passes (2 + 2 + 1 rows); with shared staging a pass may only overwrite X once every block
+    of the cluster has finished the previous pass's product (a laggard block in every launch:
+    the others stage the next pass into it while it multiplies, if nothing stops them)."""
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_STAGING", staging)
+    G, B, H = GATES[cell], 5, 12
+    smem = []
+    for backward in (False, True):
+        full = dict(zip(PLAN, emu.plan(G, B, H, backward, torch.float32, SMS, 232448, False)))
+        assert full["staged_rows"] == B
+        row_bytes = (G * H if backward else H) * 4  # one staged float32 row (CUDA cores)
+        smem.append(full["smem"] - (B - 2) * row_bytes)
+        assert dict(zip(PLAN, emu.plan(G, B, H, backward, torch.float32, SMS, smem[-1],
+                                       False)))["staged_rows"] == 2
+    schedule = zlib.crc32(repr(("passes", staging, cell)).encode()) | 1
+    emu.set_laggards(True)
+    try:
+        r = run_layer(emu, cell, torch.float32, False, True, True, schedule, tuple(smem))
+    finally:
+        emu.set_laggards(False)
+    assert r["ran"][0][3] == r["ran"][1][3] == (8 if staging == "shared" else 0)
+    matches_the_recurrence(r, cell, torch.float32, False, True)
 
 
 @pytest.mark.parametrize("product", ["fma", "mma"])
@@ -205,7 +252,8 @@ def test_emulated_random_schedules_give_the_bits_of_the_ordered_one(emu, monkeyp
 
 # The H200's limits (132 multiprocessors, 227 KB of shared memory per block) and issue 7's grid
 H200 = dict(sms=132, smem=232448)
-PLAN = ["fits", "units", "staged_rows", "blocks", "mma", "cluster", "group_rows", "dsmem", "smem"]
+PLAN = ["fits", "units", "staged_rows", "blocks", "mma", "cluster", "group_rows", "dsmem", "smem",
+        "share"]
 GRID = [(G, B, H, dtype, backward) for G in (3, 4, 1) for B in (1, 32, 64)
         for H in (256, 512, 1024) for dtype in (torch.float32, torch.bfloat16, torch.float16)
         for backward in (False, True)]
@@ -213,7 +261,9 @@ PLAN_VARIANTS = {"default": ({}, False),
                  "mma-async": ({"PRODUCT": "mma", "STAGING": "async"}, True),
                  "cluster": ({"BARRIER": "cluster"}, False),
                  "cluster-dsmem-mma": ({"BARRIER": "cluster", "EXCHANGE": "dsmem",
-                                        "PRODUCT": "mma"}, True)}
+                                        "PRODUCT": "mma"}, True),
+                 "shared-mma": ({"STAGING": "shared", "PRODUCT": "mma"}, True),
+                 "cluster-shared": ({"BARRIER": "cluster", "STAGING": "shared"}, False)}
 
 
 def h200_plan(emu, G, B, H, dtype, backward, tf32):
@@ -226,7 +276,8 @@ def test_h200_plans_fit_the_device_on_issue_7s_grid(emu, monkeypatch, variant):
     """Every point of issue 7's grid (B <= 64, H up to 1024, GRU / LSTM / RNN, float32 / bf16 /
     fp16, forward and backward) has a plan in every variant (falling back where the variant's
     layout does not fit), and every plan fits the H200: shared memory, one block per
-    multiprocessor for the grid barrier, every hidden unit and batch row owned by a block."""
+    multiprocessor for the grid barrier, every hidden unit and batch row owned by a block; with
+    shared staging whole clusters (the grid padded with blocks that own no units)."""
     settings, tf32 = PLAN_VARIANTS[variant]
     for name, value in settings.items():
         monkeypatch.setenv(f"FUSED_RNN_PERSISTENT_{name}", value)
@@ -241,8 +292,11 @@ def test_h200_plans_fit_the_device_on_issue_7s_grid(emu, monkeypatch, variant):
             assert p["blocks"] % C == 0 and C * U >= H > (C - 1) * U, where
             assert groups * rows >= B > (groups - 1) * rows and groups * C <= H200["sms"], where
         else:
-            rows = B
-            assert p["blocks"] <= H200["sms"] and p["blocks"] * U >= H > (p["blocks"] - 1) * U
+            rows, C = B, p["share"] or 1  # shared staging: whole clusters of C blocks
+            assert p["blocks"] <= H200["sms"] and p["blocks"] % C == 0, where
+            assert p["blocks"] * U >= H > (p["blocks"] - C) * U, where
+        if settings.get("STAGING") == "shared":
+            assert p["share"] == (p["cluster"] or 8), where
         assert 1 <= p["staged_rows"] <= rows, where
         assert not p["dsmem"] or (p["cluster"] and p["staged_rows"] == rows), where
         assert not p["mma"] or settings.get("PRODUCT") == "mma", where

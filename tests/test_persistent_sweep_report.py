@@ -13,9 +13,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import persistent_sweep as sweep  # noqa: E402
 
 # staging, product, pointwise, step-barrier cycles; the loop in cycles and ns; T, B, H, blocks,
-# units, staged rows, clock kHz, tensor cores, cp.async staging, cluster size, rows per
-# cluster, exchange through distributed shared memory
-RECORD = [1000, 2000, 3000, 4000, 10000, 5000, 100, 32, 256, 128, 2, 32, 1980000, 1, 0, 8, 2, 1]
+# units, staged rows, clock kHz, tensor cores, staging (0 loads, 1 cp.async, 2 shared), cluster
+# size, rows per cluster, exchange through distributed shared memory, blocks sharing the staging
+RECORD = [1000, 2000, 3000, 4000, 10000, 5000, 100, 32, 256, 128, 2, 32, 1980000, 1, 0, 8, 2, 1,
+          0]
 
 
 def test_profile_row_reads_every_field_of_a_launch_record():
@@ -36,9 +37,13 @@ def test_report_has_a_full_row_per_timing_and_per_profile():
                   units="auto", product="mma", staging="async", exchange="dsmem", nn_ms=4.0,
                   fused_ms=1.0, us_per_step=3.9, speedup=4.0)
     profiles = [sweep.profile_row(RECORD, "GRU", 32, 256, "torch.float32", 100, False),
-                sweep.profile_row(RECORD[:15] + [0, 0, 0], "GRU", 32, 256, "torch.float32",
-                                  100, False)]
-    text = sweep.report(info, 100, [timing], profiles)
+                sweep.profile_row(RECORD[:15] + [0, 0, 0, 0], "GRU", 32, 256, "torch.float32",
+                                  100, False),
+                sweep.profile_row(RECORD[:14] + [2, 0, 0, 0, 8], "GRU", 32, 256,
+                                  "torch.float32", 100, False)]
+    failed = [dict(point="GRU B=32 H=256 float32 training", variant="grid/None/fma/shared/l2",
+                   error="cudaErrorNotSupported")]
+    text = sweep.report(info, 100, [timing], profiles, failed)
     tables = [[line for line in block.splitlines() if line.startswith("|")]
               for block in text.split("\n\n") if block.startswith("|")]
     assert len(tables) == 2
@@ -46,9 +51,31 @@ def test_report_has_a_full_row_per_timing_and_per_profile():
         assert len({line.count("|") for line in table}) == 1, table
     assert len(tables[0]) == 3 and "| cluster | auto | mma | async | dsmem |" in tables[0][2]
     assert "4.00x" in tables[0][2]
-    assert len(tables[1]) == 4
+    assert len(tables[1]) == 5
     assert "| mma | loads | 8 x 2 dsmem | 128 x 2 |" in tables[1][2]
     assert "| mma | loads | - | 128 x 2 |" in tables[1][3]  # one grid
+    assert "| mma | shared / 8 | - | 128 x 2 |" in tables[1][4]  # one grid, clusters of 8
+    assert ("- GRU B=32 H=256 float32 training, grid/None/fma/shared/l2: "
+            "cudaErrorNotSupported") in text
+
+
+def test_a_variant_that_does_not_run_is_left_out_and_named(monkeypatch):
+    """runs(): a variant whose launch raises is reported, the others run on."""
+    monkeypatch.setattr(sweep.torch.cuda, "synchronize", lambda: None)
+    seen = []
+
+    def fn():
+        seen.append(os.environ.get("FUSED_RNN_PERSISTENT_STAGING"))
+        if seen[-1] == "shared":
+            raise RuntimeError("CUDA error: operation not supported\nmore")
+
+    failed = []
+    ok = [v for v in sweep.VARIANTS if sweep.runs(fn, v, "GRU B=1", failed)]
+    assert len(ok) == len(sweep.VARIANTS) - 2  # the two shared-staging variants
+    assert all(v[3] != "shared" for v in ok)
+    assert [f["variant"] for f in failed] == ["grid/None/fma/shared/l2", "grid/None/mma/shared/l2"]
+    assert failed[0]["error"] == "CUDA error: operation not supported"
+    assert "FUSED_RNN_PERSISTENT_STAGING" not in os.environ  # settings cleared after each
 
 
 def test_sweep_points_writes_after_every_point_and_starts_none_past_the_budget():
@@ -87,7 +114,7 @@ def test_main_without_a_gpu_writes_the_points_it_measured_and_names_the_rest(tmp
     now = [0.0]
     monkeypatch.setattr(sweep.time, "monotonic", lambda: now[0])
 
-    def time_point(point, args, rows):
+    def time_point(point, args, rows, failed):
         now[0] += 40
         cell, B, H, dtype = point
         rows.append(dict(cell=cell, mode="inference", B=B, H=H, dtype=dtype, barrier="grid",
@@ -95,6 +122,8 @@ def test_main_without_a_gpu_writes_the_points_it_measured_and_names_the_rest(tmp
                          nn_ms=2.0, fused_ms=1.0, us_per_step=3.9, speedup=2.0))
 
     def phase_profile(cell, B, H, dtype, T, barrier, product, staging, exchange):
+        if staging == "shared":  # a variant the device refuses: named, the sweep goes on
+            raise RuntimeError("cluster launch refused")
         return [sweep.profile_row(RECORD, cell, B, H, dtype, T, backward=False)]
 
     monkeypatch.setattr(sweep, "time_point", time_point)
@@ -103,7 +132,10 @@ def test_main_without_a_gpu_writes_the_points_it_measured_and_names_the_rest(tmp
     sweep.main(["--budget-s", "100", "--md", str(md), "--json", str(js)])
     data = json.loads(js.read_text())
     assert len(data["rows"]) == 2  # 40 s per point: a third would end at 120 s
-    assert len(data["profiles"]) == 2 * len(sweep.PROFILED)
+    shared = sum(v[2] == "shared" for v in sweep.PROFILED)
+    assert len(data["profiles"]) == 2 * (len(sweep.PROFILED) - shared)
+    assert len(data["failed"]) == 2 * shared
+    assert data["failed"][0]["error"] == "cluster launch refused"
     assert [tuple(p) for p in data["not_run"]] == sweep.POINTS[2:]
     text = md.read_text()
     assert "Stopped at the time budget (--budget-s 100)" in text

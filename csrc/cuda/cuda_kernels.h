@@ -28,9 +28,11 @@ bool recurrence_backward(const RecurrenceBackward<scalar_t>& p);
 // The phase clock of the last persistent launch of one direction run with
 // FUSED_RNN_PERSISTENT_PROFILE=1 (empty: none): cycles of staging, product, pointwise, step
 // barrier, the whole loop; the loop in ns; then T, B, H, blocks, units per block, staged rows,
-// the SM clock rate in kHz, products on tensor cores (1) or CUDA cores (0), staging by cp.async
-// (1) or loads (0), blocks per cluster (0: one grid, grid or counter barrier), batch rows per
-// cluster, rows exchanged through distributed shared memory (1) or global memory (0).
+// the SM clock rate in kHz, products on tensor cores (1) or CUDA cores (0), staging by loads (0),
+// cp.async (1) or shared within clusters (2), blocks per cluster (0: one grid, grid or counter
+// barrier), batch rows per cluster, rows exchanged through distributed shared memory (1) or
+// global memory (0), blocks per cluster sharing the staging (0: none; in grid modes the launch's
+// cluster size).
 std::vector<int64_t> persistent_profile(bool backward);
 
 }  // namespace fused_rnn::cuda

@@ -83,20 +83,73 @@ __device__ __forceinline__ int64_t step_time(int64_t s, int64_t T, bool reverse)
   return reverse ? T - 1 - s : s;
 }
 
+// The part [first, last) of n loads that this block makes in shared staging: the cluster's blocks
+// split them in rank order (some get none where n < blocks).
+struct LoadRange {
+  int first, last;
+};
+
+__device__ __forceinline__ LoadRange cluster_part(int n) {
+#if defined(FUSED_RNN_CLUSTERS)
+  const cg::cluster_group cluster = cg::this_cluster();
+  const int blocks = static_cast<int>(cluster.num_blocks());
+  const int per = (n + blocks - 1) / blocks, first = static_cast<int>(cluster.block_rank()) * per;
+  return {min(first, n), min(first + per, n)};
+#else
+  __trap();
+  return {0, 0};
+#endif
+}
+
+// v[0 .. N) into elements at, at + 1, ... of every block of the cluster (the same local address
+// in each), 16 bytes per store where the span allows. Visible to them after the next cluster
+// barrier.
+template <typename E, int N>
+__device__ __forceinline__ void store_span_to_cluster(E* at, const E (&v)[N]) {
+#if defined(FUSED_RNN_CLUSTERS)
+  cg::cluster_group cluster = cg::this_cluster();
+  const unsigned blocks = cluster.num_blocks();
+  if constexpr (N * sizeof(E) % 16 == 0) {
+    if (reinterpret_cast<uintptr_t>(at) % 16 == 0) {
+      constexpr int kWords = N * sizeof(E) / 16;
+      uint4 raw[kWords];
+      memcpy(raw, v, sizeof(raw));
+      for (unsigned r = 0; r < blocks; ++r) {
+        uint4* dst = cluster.map_shared_rank(reinterpret_cast<uint4*>(at), r);
+#pragma unroll
+        for (int q = 0; q < kWords; ++q) dst[q] = raw[q];
+      }
+      return;
+    }
+  }
+  for (unsigned r = 0; r < blocks; ++r) {
+    E* dst = cluster.map_shared_rank(at, r);
+#pragma unroll
+    for (int e = 0; e < N; ++e) dst[e] = v[e];
+  }
+#else
+  __trap();
+#endif
+}
+
 // X[bb * ld + k] = src[(b0 + bb) * row + k] for bb < nb, k < K, read through L2 and converted to
 // X's element type E. Each thread has kBatch loads in flight before it stores (a step's latency
 // is a few L2 round trips), walks its (row, column) position without divisions, and reads 16
-// bytes at a time where the rows allow.
+// bytes at a time where the rows allow. shared (shared staging, kSharedStaging): this block
+// makes only its part of the loads (cluster_part) and stores each value into every block of its
+// cluster, so each row is read from L2 once per cluster instead of once per block; the caller
+// puts a cluster barrier after it.
 template <typename S, typename E>
 __device__ __forceinline__ void stage_rows(E* X, int ld, const S* src, int64_t row, int b0,
-                                           int nb, int K) {
+                                           int nb, int K, bool shared) {
   constexpr int kBatch = 8;
   constexpr int kVec = 16 / sizeof(S);  // elements of S per 16-byte load
   const bool vec = K % kVec == 0 && row % kVec == 0 &&
                    reinterpret_cast<uintptr_t>(src) % 16 == 0;
   const int per_row = vec ? K / kVec : K;  // loads per row
-  const int n = nb * per_row;
-  for (int base = threadIdx.x; base < n; base += kThreads * kBatch) {
+  const LoadRange part = shared ? cluster_part(nb * per_row) : LoadRange{0, nb * per_row};
+  const int n = part.last;
+  for (int base = part.first + threadIdx.x; base < n; base += kThreads * kBatch) {
     int bb = base / per_row, c = base - bb * per_row;  // one division per batch
     int rows[kBatch], cols[kBatch];
     uint4 raw[kBatch];
@@ -126,10 +179,22 @@ __device__ __forceinline__ void stage_rows(E* X, int ld, const S* src, int64_t r
         S vals[kVec];
         memcpy(vals, &raw[q], 16);
         E* dst = X + rows[q] * ld + cols[q] * kVec;
+        E conv[kVec];
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) dst[e] = static_cast<E>(static_cast<acc_t<S>>(vals[e]));
+        for (int e = 0; e < kVec; ++e) conv[e] = static_cast<E>(static_cast<acc_t<S>>(vals[e]));
+        if (shared) {
+          store_span_to_cluster(dst, conv);
+        } else {
+#pragma unroll
+          for (int e = 0; e < kVec; ++e) dst[e] = conv[e];
+        }
       } else {
-        X[rows[q] * ld + cols[q]] = static_cast<E>(one[q]);  // exact: one[q] came from an S
+        const E v[1] = {static_cast<E>(one[q])};  // exact: one[q] came from an S
+        if (shared) {
+          store_span_to_cluster(X + rows[q] * ld + cols[q], v);
+        } else {
+          X[rows[q] * ld + cols[q]] = v[0];
+        }
       }
     }
   }
@@ -201,13 +266,23 @@ constexpr int kAsyncStaging = 1;   // stage rows by cp.async where possible (sta
 constexpr int kClusterBarrier = 2;  // thread-block clusters, each with its own batch rows
 constexpr int kDsmemExchange = 4;   // cluster mode: h / d_gates rows through distributed
                                     // shared memory (store_to_cluster), not global memory
+constexpr int kSharedStaging = 8;   // the launch has clusters (in grid modes too) whose blocks
+                                    // share the staging: each row read from L2 by one block of
+                                    // the cluster and stored into every block of it
 
-// Rows into X: by cp.async where the launch asks for it and the rows allow it, else by loads.
+// Rows into X: shared within the cluster where the launch asks for it (the caller then ends the
+// staging with a cluster barrier), by cp.async where it asks for that and the rows allow it,
+// else by loads.
+// (float64: not compiled, the plan never shares there; it would spill the LSTM backward's
+// registers, see choose_plan.)
 template <typename S, typename E>
 __device__ __forceinline__ void stage(E* X, int ld, const S* src, int64_t row, int b0, int nb,
                                       int K, int flags) {
+  if constexpr (!std::is_same_v<S, double>) {
+    if (flags & kSharedStaging) return stage_rows(X, ld, src, row, b0, nb, K, true);
+  }
   if (!((flags & kAsyncStaging) && stage_rows_async(X, ld, src, row, b0, nb, K))) {
-    stage_rows(X, ld, src, row, b0, nb, K);
+    stage_rows(X, ld, src, row, b0, nb, K, false);
   }
 }
 
@@ -265,6 +340,15 @@ __device__ __forceinline__ void cluster_sync() {
 #else
   __trap();
 #endif
+}
+
+// The cluster's barrier where `cluster`, else the block's.
+__device__ __forceinline__ void block_or_cluster_sync(bool cluster) {
+  if (cluster) {
+    cluster_sync();
+  } else {
+    __syncthreads();
+  }
 }
 
 // Exchange through distributed shared memory: v into the same element (local address `at` in
@@ -397,7 +481,7 @@ __device__ __forceinline__ void fetch_word(unsigned* buf, int seg, int word, int
                                            const S* src, int units) {
   const uintptr_t addr = reinterpret_cast<uintptr_t>(src);
   const int words = (static_cast<int>(addr & 3) + units * static_cast<int>(sizeof(S)) + 3) / 4;
-  if (word < words) {
+  if (units > 0 && word < words) {  // units 0: a block that only pads the grid to whole clusters
     cp_async4(buf + seg * wps + word,
               reinterpret_cast<const void*>((addr & ~uintptr_t{3}) + 4 * word));
   }
@@ -482,7 +566,8 @@ __global__ void __launch_bounds__(kThreads, 1)
                                           //   LSTM / RNN: b_ih + b_hh)
   A* bias_h = bias_x + R;                 // bias_h: [R]  GRU: b_hh, added to h_prev W_hh^T
   A* cs = bias_h + R;                     // cs: [Bq, U]  LSTM: this block's units' cell state
-  const int j0 = share.rank * U, units = min(U, H - j0);
+  // units 0: a block that pads the grid to whole clusters (shared staging): it stages, owns none
+  const int j0 = share.rank * U, units = max(0, min(U, H - j0));
   for (int idx = threadIdx.x; idx < Rw * ld; idx += kThreads) {
     const int r = idx / ld, k = idx - r * ld, g = r / U, u = r - g * U;
     const A w = r < R && u < units && k < H
@@ -519,8 +604,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       fetch_word(buf, seg, i - seg * wps, wps, x_segment(s, seg), units);
     }
   };
+  const bool shared = (flags & kSharedStaging) != 0;
   fetch_inputs(0);
-  if (dsmem) cluster_sync();  // every block of the cluster runs before any writes into another
+  // every block of the cluster runs before any writes into another
+  if (dsmem || shared) cluster_sync();
   PhaseClock clock(phases);
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = step_time(s, T, p.reverse);
@@ -530,13 +617,17 @@ __global__ void __launch_bounds__(kThreads, 1)
     S* x_t = p.x + t * p.x_step;        // x_t: [B, G*H]
     S* out_t = p.out + t * p.out_step;  // out_t: [B, H]
     const unsigned* x_slots = xs + (s & 1) * Bq * G * wps;  // this step's x_t W_ih^T
+    // with the exchange through shared memory the cluster wrote h_prev into Xs (s > 0)
+    const bool staging = !dsmem || s == 0;
     for (int b0 = 0; b0 < Bq; b0 += Bc) {
       const int nb = min(Bc, Bq - b0);
-      __syncthreads();  // X is free
-      // with the exchange through shared memory the cluster wrote h_prev into Xs (s > 0)
-      if (!dsmem || s == 0) stage(Xs, ld, h_prev, h_prev_row, b_lo + b0, nb, H, flags);
+      // X is free: in this block, and with shared staging in every block of the cluster (for
+      // the first pass the step barrier saw to that: all blocks had finished their products)
+      block_or_cluster_sync(shared && staging && b0 > 0);
+      if (staging) stage(Xs, ld, h_prev, h_prev_row, b_lo + b0, nb, H, flags);
       if (b0 == 0) cp_async_wait_all();  // this step's slots (issued a step ago) have landed
-      __syncthreads();
+      // the rows are in X (shared staging: every block of the cluster has stored its part)
+      block_or_cluster_sync(shared && staging);
       clock.lap(0, false);
       if constexpr (kMma) {
         block_mma(W, R, Xs, nb, H, ld, gh, R, b0, P);
@@ -640,7 +731,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   A* dh = mv + Bq * U;                     // dh: [Bq, U]  running dL/dh
   A* dc = dh + Bq * U;                     // dc: [Bq, U]  running dL/dc (LSTM)
   A* P = dc + Bq * U;                      // P: [kWarps * scratch_per_warp]
-  const int j0 = share.rank * U, units = min(U, H - j0);
+  const int j0 = share.rank * U, units = max(0, min(U, H - j0));  // 0: see the forward kernel
   for (int idx = threadIdx.x; idx < K * Uw; idx += kThreads) {  // consecutive threads: along j
     const int r = idx / Uw, u = idx - r * Uw;
     const A w = u < units ? static_cast<A>(p.w_hh[static_cast<int64_t>(r) * H + j0 + u]) : A(0);
@@ -721,7 +812,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int g = 0; g < G; ++g) store_to_cluster(row + g * H, static_cast<E>(dg[g]));
     }
   };
-  if (dsmem) cluster_sync();  // every block of the cluster runs before any writes into another
+  const bool shared = (flags & kSharedStaging) != 0 && !dsmem;  // (the exchange: no staging)
+  // every block of the cluster runs before any writes into another
+  if (dsmem || shared) cluster_sync();
   PhaseClock clock(phases);
   fetch_inputs(T - 1);
   for (int64_t s = T - 1; s >= 0; --s) {
@@ -748,10 +841,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     E* const Xs = X.step(s);  // this step's d_gates rows
     for (int b0 = 0; b0 < Bq; b0 += Bc) {
       const int nb = min(Bc, Bq - b0);
-      __syncthreads();  // X is free
+      // X is free: in this block, and with shared staging in every block of the cluster (for
+      // the first pass the step barrier saw to that)
+      block_or_cluster_sync(shared && b0 > 0);
       // with the exchange through shared memory the cluster wrote the rows into Xs already
       if (!dsmem) stage(Xs, ld, d_h_t, p.dh_row, b_lo + b0, nb, K, flags);
-      __syncthreads();
+      block_or_cluster_sync(shared);  // the rows are in X
       clock.lap(0, false);
       if constexpr (kMma) {
         block_mma(Wt, U, Xs, nb, K, ld, mv, U, b0, P);
@@ -782,6 +877,9 @@ struct Plan {
   int cluster = 0;     // blocks per cluster (cluster mode), 0: one grid with a grid barrier
   int group_rows = 0;  // cluster mode: batch rows per cluster
   bool dsmem = false;  // cluster mode: rows exchanged through distributed shared memory
+  int share = 0;       // shared staging (kSharedStaging): blocks per cluster that share it (the
+                       // launch's cluster size in grid modes too; blocks is then a multiple of
+                       // it); 0: every block stages its rows itself
   size_t smem = 0;
 };
 
@@ -833,10 +931,18 @@ DeviceLimits device_limits() {
 //                                     products, torch.backends.cuda.matmul.allow_tf32, as the
 //                                     general path's cuBLAS GEMMs do; float64, float32 without
 //                                     that permission and devices before sm_80: CUDA cores)
-//   FUSED_RNN_PERSISTENT_STAGING=loads|async   rows of h_prev / d_gates into shared memory by
-//                                     loads (stage_rows) or by cp.async (stage_rows_async, where
-//                                     the staged rows keep the stored type and 16-byte alignment)
+//   FUSED_RNN_PERSISTENT_STAGING=loads|async|shared   rows of h_prev / d_gates into shared
+//                                     memory by loads (stage_rows), by cp.async
+//                                     (stage_rows_async, where the staged rows keep the stored
+//                                     type and 16-byte alignment), or (sm_90+) shared within
+//                                     thread-block clusters (kSharedStaging: each block loads
+//                                     1/C of the rows and stores them into all C blocks of its
+//                                     cluster; in grid modes the launch gets clusters of
+//                                     FUSED_RNN_PERSISTENT_CLUSTER blocks, default 8, and the
+//                                     grid is padded to whole clusters with blocks that own no
+//                                     units; where it cannot, and for float64, loads)
 enum class Barrier { kGrid = 0, kCounter = 1, kCluster = 2 };
+enum class Staging { kLoads = 0, kAsync = 1, kShared = 2 };
 
 struct Tuning {
   int64_t min_units = 1;
@@ -845,7 +951,7 @@ struct Tuning {
   bool dsmem = false;
   bool profile = false;
   bool mma = false;
-  bool async_staging = false;
+  Staging staging = Staging::kLoads;
 };
 
 // The index in `names` of environment variable `name`'s value; `fallback` when unset or empty;
@@ -884,7 +990,8 @@ Tuning tuning() {
   t.cluster_size = static_cast<int>(env_int("FUSED_RNN_PERSISTENT_CLUSTER", 1, 16, 0));
   t.dsmem = env_choice("FUSED_RNN_PERSISTENT_EXCHANGE", {"l2", "dsmem"}, 0) == 1;
   t.mma = env_choice("FUSED_RNN_PERSISTENT_PRODUCT", {"fma", "mma"}, 0) == 1;
-  t.async_staging = env_choice("FUSED_RNN_PERSISTENT_STAGING", {"loads", "async"}, 0) == 1;
+  t.staging = static_cast<Staging>(
+      env_choice("FUSED_RNN_PERSISTENT_STAGING", {"loads", "async", "shared"}, 0));
   if (const char* env = std::getenv("FUSED_RNN_PERSISTENT_PROFILE"); env && *env) {
     t.profile = std::string(env) != "0";
   }
@@ -893,15 +1000,26 @@ Tuning tuning() {
 
 // The plan for B rows, hidden size H, G gates, storage type S, products on tensor cores or not,
 // one grid (cluster == 0) or clusters of `cluster` blocks, exchanging rows through distributed
-// shared memory or not (shared memory as laid out in the kernels); false: does not fit.
+// shared memory or not, staging shared within clusters of `share` blocks or not (0; cluster
+// mode: share == cluster) (shared memory as laid out in the kernels); false: does not fit.
 template <typename S>
 bool make_plan(int G, int64_t B, int64_t H, bool backward, bool mma, int cluster, bool dsmem,
-               const DeviceLimits& d, int64_t min_units, Plan& plan) {
+               int share, const DeviceLimits& d, int64_t min_units, Plan& plan) {
   const int64_t asize = sizeof(acc_t<S>);             // bytes of an accumulator
   const int64_t esize = mma ? sizeof(S) : asize;      // bytes of an element of W and X
   if (B < 1 || H < 1 || d.sms < 1 || (cluster == 0 && !d.cooperative)) return false;
   if (B > (1 << 16) || G * H * H >= (int64_t{1} << 31)) return false;
   int64_t U = std::min(H, std::max((H + d.sms - 1) / d.sms, min_units));
+  // blocks of the grid modes: whole clusters where the staging is shared
+  const auto grid_blocks = [&](int64_t units) {
+    const int64_t blocks = (H + units - 1) / units, c = std::max(share, 1);
+    return (blocks + c - 1) / c * c;
+  };
+  if (share > 0 && cluster == 0) {
+    if (share > d.sms) return false;
+    while (grid_blocks(U) > d.sms) ++U;  // ends: one unit-owning block fits
+  }
+  if (cluster > 0 && share > 0 && share != cluster) return false;
   int64_t groups = 1, Bq = B;  // clusters, batch rows per block
   if (cluster > 0) {
     if (cluster > d.sms || H < cluster) return false;
@@ -939,11 +1057,12 @@ bool make_plan(int G, int64_t B, int64_t H, bool backward, bool mma, int cluster
   if (rows < B && rows > whole) rows -= rows % whole;
   plan.units = static_cast<int>(U);
   plan.staged_rows = static_cast<int>(rows);
-  plan.blocks = static_cast<int>(cluster > 0 ? groups * cluster : (H + U - 1) / U);
+  plan.blocks = static_cast<int>(cluster > 0 ? groups * cluster : grid_blocks(U));
   plan.mma = mma;
   plan.cluster = cluster;
   plan.group_rows = cluster > 0 ? static_cast<int>(Bq) : 0;
   plan.dsmem = dsmem;
+  plan.share = share;
   plan.smem = slots + static_cast<size_t>(fixed + buffers * rows * row_bytes);
   return true;
 }
@@ -984,13 +1103,67 @@ bool want_persistent(int G, int64_t B, int64_t H, bool fits, bool backward, bool
 
 // The kernels' `flags` argument for a plan.
 int launch_flags(const Plan& plan, const Tuning& tune) {
-  return (tune.async_staging ? kAsyncStaging : 0) | (plan.cluster > 0 ? kClusterBarrier : 0) |
-         (plan.dsmem ? kDsmemExchange : 0);
+  return (tune.staging == Staging::kAsync ? kAsyncStaging : 0) |
+         (plan.cluster > 0 ? kClusterBarrier : 0) | (plan.dsmem ? kDsmemExchange : 0) |
+         (plan.share > 0 ? kSharedStaging : 0);
 }
 
+// The launch's blocks per cluster: cluster mode's, or in grid modes the shared staging's (0:
+// no clusters).
+int launch_cluster(const Plan& plan) { return plan.cluster > 0 ? plan.cluster : plan.share; }
+
+// How the rows were staged (the profile's element 14): 0 loads, 1 cp.async, 2 shared in clusters.
+int staging_used(const Plan& plan, const Tuning& tune) {
+  return plan.share > 0 ? 2 : tune.staging == Staging::kAsync ? 1 : 0;
+}
+
+#if !defined(FUSED_RNN_WARP_EMULATION)
+// The launch configuration of a plan with clusters (cluster mode, or a grid mode with shared
+// staging: then cooperative too, every block co-resident for the grid barrier). attr: room for
+// its two attributes.
+template <typename Kernel>
+cudaLaunchConfig_t cluster_config(Kernel kernel, const Plan& plan, cudaStream_t stream,
+                                  cudaLaunchAttribute (&attr)[2]) {
+  const int cluster = launch_cluster(plan);
+  if (cluster > 8) {  // beyond the portable cluster size (H100 / H200: up to 16)
+    C10_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+  }
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(cluster);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  attr[1].id = cudaLaunchAttributeCooperative;
+  attr[1].val.cooperative = 1;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(plan.blocks);
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = plan.smem;
+  config.stream = stream;
+  config.attrs = attr;
+  config.numAttrs = plan.cluster > 0 ? 1 : 2;
+  return config;
+}
+
+// Blocks of the plan's kernel the device holds at once in clusters of the plan's size (whole
+// clusters only: a cluster lives in one GPC).
+template <typename Kernel>
+int64_t resident_cluster_blocks(Kernel kernel, const Plan& plan) {
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(plan.smem)));
+  cudaLaunchAttribute attr[2];
+  cudaLaunchConfig_t config =
+      cluster_config(kernel, plan, at::cuda::getCurrentCUDAStream(), attr);
+  int resident = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&resident, kernel, &config));
+  return static_cast<int64_t>(resident) * launch_cluster(plan);
+}
+#endif
+
 // One launch of the plan: grid modes as one cooperative launch (every block co-resident, the
-// grid barrier needs it); cluster mode as clusters of plan.cluster blocks (cudaLaunchKernelEx;
-// the clusters are independent, so they need not all be resident at once).
+// grid barrier needs it; with shared staging in clusters too); cluster mode as clusters of
+// plan.cluster blocks (cudaLaunchKernelEx; the clusters are independent, so they need not all
+// be resident at once).
 template <typename Kernel, typename Params>
 void launch_persistent(Kernel kernel, const Params& p, const Plan& plan, const DeviceLimits& d,
                        const Tuning& tune, bool backward) {
@@ -998,8 +1171,8 @@ void launch_persistent(Kernel kernel, const Params& p, const Plan& plan, const D
 #if defined(FUSED_RNN_WARP_EMULATION)  // the threads run as coroutines on the host
   (void)d;
   (void)backward;
-  emulated_launch(kernel, plan.blocks, plan.cluster, plan.smem, p, plan.units, plan.staged_rows,
-                  launch_flags(plan, tune), plan.group_rows, counter_barrier);
+  emulated_launch(kernel, plan.blocks, launch_cluster(plan), plan.smem, p, plan.units,
+                  plan.staged_rows, launch_flags(plan, tune), plan.group_rows, counter_barrier);
 #else
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(plan.smem)));
@@ -1025,29 +1198,18 @@ void launch_persistent(Kernel kernel, const Params& p, const Plan& plan, const D
   int flags = launch_flags(plan, tune);
   unsigned* barrier = static_cast<unsigned*>(counter.get());
   long long* phases = static_cast<long long*>(clock.get());
-  if (plan.cluster > 0) {
-    if (plan.cluster > 8) {  // beyond the portable cluster size (H100 / H200: up to 16)
-      C10_CUDA_CHECK(
-          cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-    }
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = static_cast<unsigned>(plan.cluster);
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(plan.blocks);
-    config.blockDim = dim3(kThreads);
-    config.dynamicSmemBytes = plan.smem;
-    config.stream = stream;
-    config.attrs = attr;
-    config.numAttrs = 1;
+  if (launch_cluster(plan) > 0) {
+    cudaLaunchAttribute attr[2];
+    cudaLaunchConfig_t config = cluster_config(kernel, plan, stream, attr);
     int resident = 0;  // clusters of this shape the device holds at once
     C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&resident, kernel, &config));
-    TORCH_CHECK(resident > 0, "fused_rnn: the device cannot hold a cluster of ",
-                std::to_string(plan.cluster), " blocks with ", std::to_string(plan.smem),
-                " bytes of shared memory each; set FUSED_RNN_PERSISTENT_CLUSTER or "
-                "FUSED_RNN_PERSISTENT_BARRIER=grid");
+    // cluster mode: one at a time will do; grid modes (shared staging): all at once
+    const int64_t need = plan.cluster > 0 ? 1 : plan.blocks / plan.share;
+    TORCH_CHECK(resident >= need, "fused_rnn: the device holds ", std::to_string(resident),
+                " clusters of ", std::to_string(launch_cluster(plan)), " blocks with ",
+                std::to_string(plan.smem), " bytes of shared memory each at once, this launch "
+                "needs ", std::to_string(need), "; set FUSED_RNN_PERSISTENT_CLUSTER, "
+                "FUSED_RNN_PERSISTENT_STAGING or FUSED_RNN_PERSISTENT_BARRIER");
     C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, params, units, rows, flags, group_rows,
                                       barrier, phases));
   } else {
@@ -1067,28 +1229,26 @@ void launch_persistent(Kernel kernel, const Params& p, const Plan& plan, const D
     record_profile(backward, {host[0],          host[1],         host[2],  host[3],
                               host[4],          host[5],         p.steps,  p.batch,
                               p.hidden,         plan.blocks,     plan.units, plan.staged_rows,
-                              khz,              plan.mma,        tune.async_staging,
-                              plan.cluster,     plan.group_rows, plan.dsmem});
+                              khz,              plan.mma,        staging_used(plan, tune),
+                              plan.cluster,     plan.group_rows, plan.dsmem,
+                              plan.share});
   }
 #endif
 }
 
-// The kernel for the plan: tensor cores (one instantiation: the batch tile is theirs), or CUDA
-// cores with the plan's batch rows per warp tile.
-template <Cell kCell, typename S, typename Params, template <Cell, int, typename, bool> class Pick>
-void launch_for_bw(const Params& p, const Plan& plan, const DeviceLimits& d, const Tuning& tune,
-                   bool backward) {
+// f(kernel) for the plan's kernel: tensor cores (one instantiation: the batch tile is theirs),
+// or CUDA cores with the plan's batch rows per warp tile.
+template <Cell kCell, typename S, template <Cell, int, typename, bool> class Pick, typename F>
+void with_kernel_for_bw(const Plan& plan, F&& f) {
   if constexpr (!std::is_same_v<S, double>) {
-    if (plan.mma) {
-      return launch_persistent(Pick<kCell, 8, S, true>::kernel(), p, plan, d, tune, backward);
-    }
+    if (plan.mma) return f(Pick<kCell, 8, S, true>::kernel());
   }
   TORCH_CHECK(!plan.mma, "fused_rnn: no tensor-core persistent kernel for float64");
   switch (plan.bw) {
-    case 8: return launch_persistent(Pick<kCell, 8, S, false>::kernel(), p, plan, d, tune, backward);
-    case 4: return launch_persistent(Pick<kCell, 4, S, false>::kernel(), p, plan, d, tune, backward);
-    case 2: return launch_persistent(Pick<kCell, 2, S, false>::kernel(), p, plan, d, tune, backward);
-    default: return launch_persistent(Pick<kCell, 1, S, false>::kernel(), p, plan, d, tune, backward);
+    case 8: return f(Pick<kCell, 8, S, false>::kernel());
+    case 4: return f(Pick<kCell, 4, S, false>::kernel());
+    case 2: return f(Pick<kCell, 2, S, false>::kernel());
+    default: return f(Pick<kCell, 1, S, false>::kernel());
   }
 }
 
@@ -1101,17 +1261,22 @@ struct BackwardKernel {
   static auto kernel() { return &recurrence_backward_kernel<kCell, kBW, S, kMma>; }
 };
 
+// f(kernel) for the kernel of the cell and the plan.
+template <typename S, template <Cell, int, typename, bool> class Pick, typename F>
+void with_kernel(Cell cell, const Plan& plan, F&& f) {
+  switch (cell) {
+    case Cell::kGru: return with_kernel_for_bw<Cell::kGru, S, Pick>(plan, f);
+    case Cell::kLstm: return with_kernel_for_bw<Cell::kLstm, S, Pick>(plan, f);
+    case Cell::kRnnTanh: return with_kernel_for_bw<Cell::kRnnTanh, S, Pick>(plan, f);
+    case Cell::kRnnRelu: return with_kernel_for_bw<Cell::kRnnRelu, S, Pick>(plan, f);
+  }
+}
+
 template <typename S, typename Params, template <Cell, int, typename, bool> class Pick>
 void launch_for_cell(Cell cell, const Params& p, const Plan& plan, const DeviceLimits& d,
                      const Tuning& t, bool backward) {
-  switch (cell) {
-    case Cell::kGru: return launch_for_bw<Cell::kGru, S, Params, Pick>(p, plan, d, t, backward);
-    case Cell::kLstm: return launch_for_bw<Cell::kLstm, S, Params, Pick>(p, plan, d, t, backward);
-    case Cell::kRnnTanh:
-      return launch_for_bw<Cell::kRnnTanh, S, Params, Pick>(p, plan, d, t, backward);
-    case Cell::kRnnRelu:
-      return launch_for_bw<Cell::kRnnRelu, S, Params, Pick>(p, plan, d, t, backward);
-  }
+  with_kernel<S, Pick>(cell, plan,
+                       [&](auto kernel) { launch_persistent(kernel, p, plan, d, t, backward); });
 }
 
 // The whole recurrence on the persistent kernel when the path setting and the shapes allow it;
@@ -1129,18 +1294,29 @@ bool choose_plan(int G, int64_t B, int64_t H, bool backward, const DeviceLimits&
   // blocks, then 16; with the exchange through distributed shared memory where asked for, then
   // through L2), then one grid; each with tensor cores where asked for, then CUDA cores (their
   // layout needs less room in float32: no padding).
+  // Shared staging where asked for (sm_90+; not float64: its kernels are compiled without it,
+  // the LSTM backward's registers would spill, measured with ptxas): in cluster mode by the
+  // cluster's blocks, in grid modes in clusters of the given size or 8; then without.
   std::vector<int> clusters;
   if (tune.barrier == Barrier::kCluster && d.major >= 9) {
     clusters = tune.cluster_size > 0 ? std::vector<int>{tune.cluster_size} : std::vector<int>{8, 16};
   }
   clusters.push_back(0);
+  const bool share =
+      tune.staging == Staging::kShared && d.major >= 9 && !std::is_same_v<S, double>;
   bool fits = false;
   for (const int cluster : clusters) {
-    for (const bool dsmem : {true, false}) {
-      for (const bool tensor_cores : {true, false}) {
-        if (fits || (tensor_cores && !mma) || (dsmem && (!tune.dsmem || cluster == 0))) continue;
-        fits = make_plan<S>(G, B, H, backward, tensor_cores, cluster, dsmem, d, tune.min_units,
-                            plan);
+    const int shared_by = cluster > 0 ? cluster : tune.cluster_size > 0 ? tune.cluster_size : 8;
+    for (const int sharing : {share ? shared_by : -1, 0}) {
+      for (const bool dsmem : {true, false}) {
+        for (const bool tensor_cores : {true, false}) {
+          if (fits || sharing < 0 || (tensor_cores && !mma) ||
+              (dsmem && (!tune.dsmem || cluster == 0))) {
+            continue;
+          }
+          fits = make_plan<S>(G, B, H, backward, tensor_cores, cluster, dsmem, sharing, d,
+                              tune.min_units, plan);
+        }
       }
     }
   }
@@ -1154,9 +1330,22 @@ bool run_recurrence(const Params& p, bool backward) {
   const DeviceLimits d = device_limits();
   const Tuning tune = tuning();
   const int G = gates_of(p.cell);
+  const bool tf32 = at::globalContext().allowTF32CuBLAS();
   Plan plan;
-  const bool fits = choose_plan<S>(G, p.batch, p.hidden, backward, d, tune,
-                                   at::globalContext().allowTF32CuBLAS(), plan);
+  bool fits = choose_plan<S>(G, p.batch, p.hidden, backward, d, tune, tf32, plan);
+  if (fits && plan.share > 0 && plan.cluster == 0) {
+    // shared staging in a grid mode: every cluster resident at once, and a GPC holds whole
+    // clusters only, so the device may hold fewer blocks in clusters than it has SMs; plan
+    // again for as many as it holds
+    int64_t resident = 0;
+    with_kernel<S, Pick>(p.cell, plan,
+                         [&](auto kernel) { resident = resident_cluster_blocks(kernel, plan); });
+    if (resident < plan.blocks) {
+      DeviceLimits fewer = d;
+      fewer.sms = static_cast<int>(resident);
+      fits = choose_plan<S>(G, p.batch, p.hidden, backward, fewer, tune, tf32, plan);
+    }
+  }
   if (!want_persistent(G, p.batch, p.hidden, fits, backward, sizeof(S) == 2)) return false;
   launch_for_cell<S, Params, Pick>(p.cell, p, plan, d, tune, backward);
   return true;
