@@ -128,6 +128,14 @@ def cuda_path(name):
         fused_rnn.set_cuda_path(saved)
 
 
+def set_persistent(monkeypatch, **settings):
+    """FUSED_RNN_PERSISTENT_<NAME>=value for the test (read at every launch) for each setting
+    that is not None, e.g. set_persistent(monkeypatch, barrier="cluster", profile="1")."""
+    for name, value in settings.items():
+        if value is not None:
+            monkeypatch.setenv(f"FUSED_RNN_PERSISTENT_{name.upper()}", str(value))
+
+
 def persistent_matches_nn(cell, T, B, I, H, check_launch=None):
     """The persistent CUDA kernels (with whatever FUSED_RNN_PERSISTENT_* the caller set) against
     nn.* on copied weights: a bidirectional float32 layer, dense input with initial states, then

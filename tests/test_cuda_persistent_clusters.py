@@ -13,7 +13,7 @@ import torch
 
 import fused_rnn
 from helpers import (compare_with_nn, cuda_path, flat, grads, nn_and_fused,
-                     persistent_matches_float64_oracle, persistent_matches_nn)
+                     persistent_matches_float64_oracle, persistent_matches_nn, set_persistent)
 
 needs_sm90 = pytest.mark.skipif(
     not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
@@ -42,11 +42,8 @@ def exchanged_in_shared_memory(backward):
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("cluster,T,B,I,H", CASES)
 def test_cluster_mode_matches_nn(monkeypatch, exchange, cluster, cell, T, B, I, H):
-    monkeypatch.setenv("FUSED_RNN_PERSISTENT_BARRIER", "cluster")
-    monkeypatch.setenv("FUSED_RNN_PERSISTENT_EXCHANGE", exchange)
-    monkeypatch.setenv("FUSED_RNN_PERSISTENT_PROFILE", "1")
-    if cluster is not None:
-        monkeypatch.setenv("FUSED_RNN_PERSISTENT_CLUSTER", cluster)
+    set_persistent(monkeypatch, barrier="cluster", exchange=exchange, cluster=cluster,
+                   profile="1")
 
     def check_launch():
         size = int(cluster or 8)

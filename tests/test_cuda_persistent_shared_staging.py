@@ -13,7 +13,7 @@ import torch
 
 import fused_rnn
 from helpers import (cuda_path, flat, grads, nn_and_fused, persistent_matches_float64_oracle,
-                     persistent_matches_nn)
+                     persistent_matches_nn, set_persistent)
 
 needs_sm90 = pytest.mark.skipif(
     not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
@@ -39,11 +39,7 @@ def staging_record(backward):
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("T,B,I,H", SIZES)
 def test_shared_staging_matches_nn(monkeypatch, barrier, cluster, cell, T, B, I, H):
-    monkeypatch.setenv("FUSED_RNN_PERSISTENT_STAGING", "shared")
-    monkeypatch.setenv("FUSED_RNN_PERSISTENT_BARRIER", barrier)
-    monkeypatch.setenv("FUSED_RNN_PERSISTENT_PROFILE", "1")
-    if cluster is not None:
-        monkeypatch.setenv("FUSED_RNN_PERSISTENT_CLUSTER", cluster)
+    set_persistent(monkeypatch, staging="shared", barrier=barrier, cluster=cluster, profile="1")
 
     def check_launch():
         size = int(cluster or 8)
@@ -64,9 +60,7 @@ def test_shared_staging_matches_nn(monkeypatch, barrier, cluster, cell, T, B, I,
 @pytest.mark.parametrize("T,B,I,H", SIZES[1:3])
 def test_shared_staging_on_tensor_cores_matches_float64_oracle(monkeypatch, dtype, cell, T, B,
                                                                I, H):
-    monkeypatch.setenv("FUSED_RNN_PERSISTENT_STAGING", "shared")
-    monkeypatch.setenv("FUSED_RNN_PERSISTENT_PRODUCT", "mma")
-    monkeypatch.setenv("FUSED_RNN_PERSISTENT_PROFILE", "1")
+    set_persistent(monkeypatch, staging="shared", product="mma", profile="1")
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
 
     def check_launch():

@@ -1119,11 +1119,11 @@ int staging_used(const Plan& plan, const Tuning& tune) {
 
 #if !defined(FUSED_RNN_WARP_EMULATION)
 // The launch configuration of a plan with clusters (cluster mode, or a grid mode with shared
-// staging: then cooperative too, every block co-resident for the grid barrier). attr: room for
-// its two attributes.
+// staging: then cooperative too, every block co-resident for the grid barrier, unless
+// `cluster_only`: the occupancy query counts clusters). attr: room for its two attributes.
 template <typename Kernel>
 cudaLaunchConfig_t cluster_config(Kernel kernel, const Plan& plan, cudaStream_t stream,
-                                  cudaLaunchAttribute (&attr)[2]) {
+                                  cudaLaunchAttribute (&attr)[2], bool cluster_only = false) {
   const int cluster = launch_cluster(plan);
   if (cluster > 8) {  // beyond the portable cluster size (H100 / H200: up to 16)
     C10_CUDA_CHECK(
@@ -1141,7 +1141,7 @@ cudaLaunchConfig_t cluster_config(Kernel kernel, const Plan& plan, cudaStream_t 
   config.dynamicSmemBytes = plan.smem;
   config.stream = stream;
   config.attrs = attr;
-  config.numAttrs = plan.cluster > 0 ? 1 : 2;
+  config.numAttrs = plan.cluster > 0 || cluster_only ? 1 : 2;
   return config;
 }
 
@@ -1153,7 +1153,7 @@ int64_t resident_cluster_blocks(Kernel kernel, const Plan& plan) {
                                       static_cast<int>(plan.smem)));
   cudaLaunchAttribute attr[2];
   cudaLaunchConfig_t config =
-      cluster_config(kernel, plan, at::cuda::getCurrentCUDAStream(), attr);
+      cluster_config(kernel, plan, at::cuda::getCurrentCUDAStream(), attr, true);
   int resident = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&resident, kernel, &config));
   return static_cast<int64_t>(resident) * launch_cluster(plan);
@@ -1201,8 +1201,8 @@ void launch_persistent(Kernel kernel, const Params& p, const Plan& plan, const D
   if (launch_cluster(plan) > 0) {
     cudaLaunchAttribute attr[2];
     cudaLaunchConfig_t config = cluster_config(kernel, plan, stream, attr);
-    int resident = 0;  // clusters of this shape the device holds at once
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&resident, kernel, &config));
+    // clusters of this shape the device holds at once
+    const int64_t resident = resident_cluster_blocks(kernel, plan) / launch_cluster(plan);
     // cluster mode: one at a time will do; grid modes (shared staging): all at once
     const int64_t need = plan.cluster > 0 ? 1 : plan.blocks / plan.share;
     TORCH_CHECK(resident >= need, "fused_rnn: the device holds ", std::to_string(resident),
