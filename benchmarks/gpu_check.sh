@@ -28,7 +28,8 @@
 # sanitizer:persistent:memcheck:grid:mma:async sanitizer:persistent:racecheck:grid:mma:async
 # sanitizer:persistent:memcheck:cluster:mma:async:dsmem
 # sanitizer:persistent:racecheck:cluster:mma:async:dsmem sanitizer:persistent:memcheck:grid:fma:shared
-# sanitizer:persistent:racecheck:grid:fma:shared sweep bench tests:general
+# sanitizer:persistent:racecheck:grid:fma:shared sanitizer:persistent:memcheck:tagged sweep bench
+# tests:general
 # sanitizer:general:memcheck; a sanitizer step's 4th to 7th fields are
 # FUSED_RNN_PERSISTENT_BARRIER, _PRODUCT, _STAGING and _EXCHANGE).
 set -uo pipefail
@@ -126,7 +127,7 @@ run_debug() {
 }
 
 # STEPS: what runs, in this order (most important first, so a cut-off run still reports them)
-for step in ${STEPS:-tests:auto sanitizer:persistent:memcheck sanitizer:persistent:racecheck sanitizer:persistent:memcheck:counter sanitizer:persistent:memcheck:grid:mma:async sanitizer:persistent:racecheck:grid:mma:async sanitizer:persistent:memcheck:cluster:mma:async:dsmem sanitizer:persistent:racecheck:cluster:mma:async:dsmem sanitizer:persistent:memcheck:grid:fma:shared sanitizer:persistent:racecheck:grid:fma:shared sweep bench tests:general sanitizer:general:memcheck}; do
+for step in ${STEPS:-tests:auto sanitizer:persistent:memcheck sanitizer:persistent:racecheck sanitizer:persistent:memcheck:counter sanitizer:persistent:memcheck:grid:mma:async sanitizer:persistent:racecheck:grid:mma:async sanitizer:persistent:memcheck:cluster:mma:async:dsmem sanitizer:persistent:racecheck:cluster:mma:async:dsmem sanitizer:persistent:memcheck:grid:fma:shared sanitizer:persistent:racecheck:grid:fma:shared sanitizer:persistent:memcheck:tagged sweep bench tests:general sanitizer:general:memcheck}; do
   IFS=: read -r kind a b c d e f <<< "$step"
   case $kind in
     tests) run_tests "$a" ;;

@@ -1,7 +1,8 @@
 """Tuning sweep of the persistent CUDA kernels (issue 7): variants of the per-step barrier
-(FUSED_RNN_PERSISTENT_BARRIER=grid|cluster; cluster: independent 8-block thread-block
+(FUSED_RNN_PERSISTENT_BARRIER=grid|cluster|tagged; cluster: independent 8-block thread-block
 clusters, each with a share of the batch rows, exchanging h / d_gates through L2 or distributed
-shared memory: FUSED_RNN_PERSISTENT_EXCHANGE=l2|dsmem), of the products (FUSED_RNN_PERSISTENT_PRODUCT=
+shared memory: FUSED_RNN_PERSISTENT_EXCHANGE=l2|dsmem; tagged: no barrier, the rows travel as
+words tagged with their step, polled by the next staging), of the products (FUSED_RNN_PERSISTENT_PRODUCT=
 fma|mma: CUDA cores or tensor cores) and of the staging of h / d_gates rows
 (FUSED_RNN_PERSISTENT_STAGING=loads|async|shared; shared: each row read from L2 by one block of
 an 8-block cluster and stored into all 8, version 5) timed in ONE interleaved run with nn.* on cuDNN
@@ -43,12 +44,14 @@ DEFAULT = ("grid", None, "fma", "loads", "l2")
 VARIANTS = [DEFAULT, ("grid", None, "fma", "async", "l2"), ("grid", None, "fma", "shared", "l2"),
             ("grid", None, "mma", "loads", "l2"), ("grid", None, "mma", "async", "l2"),
             ("grid", None, "mma", "shared", "l2"),
+            ("tagged", None, "fma", "loads", "l2"), ("tagged", None, "mma", "loads", "l2"),
             ("cluster", None, "fma", "loads", "l2"), ("cluster", None, "fma", "loads", "dsmem"),
             ("cluster", None, "mma", "async", "l2"), ("cluster", None, "mma", "async", "dsmem")]
 # (barrier, product, staging, exchange) of the phase clocks
 PROFILED = [("grid", "fma", "loads", "l2"), ("grid", "fma", "async", "l2"),
             ("grid", "fma", "shared", "l2"), ("grid", "mma", "loads", "l2"),
             ("grid", "mma", "async", "l2"), ("grid", "mma", "shared", "l2"),
+            ("tagged", "fma", "loads", "l2"), ("tagged", "mma", "loads", "l2"),
             ("cluster", "fma", "loads", "l2"), ("cluster", "fma", "loads", "dsmem"),
             ("cluster", "mma", "async", "dsmem")]
 STAGED_BY = ["loads", "async", "shared"]  # the profile's element 14
@@ -95,7 +98,8 @@ def profile_row(p, cell, B, H, dtype, T, backward):
                 kernel="backward" if backward else "forward",
                 products_on="mma" if p[13] else "fma",  # ("product", "staging": phases)
                 staged_by=STAGED_BY[p[14]], cluster=p[15], group_rows=p[16],
-                exchange="dsmem" if p[17] else "l2", shared_by=p[18], blocks=p[9], units=p[10],
+                exchange="dsmem" if p[17] else "l2", shared_by=p[18], tagged=bool(p[19]),
+                blocks=p[9], units=p[10],
                 staged_rows=p[11], clock_ghz=1 / ns_per_cycle,
                 **{ph: c * ns_per_cycle / 1e3 / steps for ph, c in zip(PHASES, cyc)},
                 total_us_per_step=p[5] / 1e3 / steps)
@@ -134,7 +138,8 @@ def report(info, T, rows, profiles, failed=()):
              f"ceil(H / #SMs)). product: fma (CUDA cores) or mma (tensor cores; float32 as tf32, "
              f"matmul.allow_tf32 on while it runs); staging: loads, async (cp.async) or shared "
              f"(each row read from L2 by one block of a cluster and stored into all its blocks; "
-             f"in the grid modes clusters of 8). The "
+             f"in the grid modes clusters of 8); barrier tagged: none, the rows travel as words "
+             f"tagged with their step and the staging polls them (staged by: tagged). The "
              f"profile table says which product and barrier ran (mma falls back to CUDA cores "
              f"where its layout does not fit, cluster mode to the grid barrier where no cluster "
              f"holds W_hh; clusters: blocks per cluster x batch rows per cluster, - for one "
@@ -170,7 +175,10 @@ def report(info, T, rows, profiles, failed=()):
 
 
 def staged_by(r):
-    """How a profiled launch staged its rows: loads, async, or shared / blocks sharing each."""
+    """How a profiled launch staged its rows: loads, async, shared / blocks sharing each, or
+    tagged (polled tagged words, no step barrier)."""
+    if r["tagged"]:
+        return "tagged"
     return f"shared / {r['shared_by']}" if r["staged_by"] == "shared" else r["staged_by"]
 
 

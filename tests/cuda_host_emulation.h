@@ -435,13 +435,17 @@ inline cluster_group this_cluster() { return {}; }
 #define FUSED_RNN_DYNAMIC_SHARED(name) unsigned char* name = emu::this_block().smem.data()
 
 // The persistent kernels' launch (launch_persistent in persistent_kernels.cuh): every block's
-// threads run kernel(p, U, Bc, flags, group_rows, counter, no phase clock), counter: a zeroed
-// word for the counter barrier, or none (grid.sync()).
+// threads run kernel(p, U, Bc, flags, group_rows, counter, exchange, no phase clock), counter: a
+// zeroed word for the counter barrier, or none (grid.sync()); exchange: `exchange_words` zeroed
+// words for the tagged exchange, or none.
 template <typename Kernel, typename Params>
 void emulated_launch(Kernel kernel, int blocks, int cluster, size_t smem, const Params& p, int U,
-                     int Bc, int flags, int group_rows, bool counter_barrier) {
+                     int Bc, int flags, int group_rows, bool counter_barrier,
+                     int64_t exchange_words) {
   unsigned word = 0;
   unsigned* counter = counter_barrier ? &word : nullptr;
+  std::vector<unsigned long long> words(exchange_words, 0);
+  unsigned long long* exchange = exchange_words > 0 ? words.data() : nullptr;
   emu::run(blocks, cluster > 0 ? cluster : 1, smem,
-           [&] { kernel(p, U, Bc, flags, group_rows, counter, nullptr); });
+           [&] { kernel(p, U, Bc, flags, group_rows, counter, exchange, nullptr); });
 }

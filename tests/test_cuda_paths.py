@@ -222,7 +222,7 @@ def test_persistent_tuning_variants_match_nn(monkeypatch, barrier, units, T, B, 
 @needs_cuda
 @pytest.mark.parametrize("name,value,message", [
     ("FUSED_RNN_PERSISTENT_BARRIER", "fast",
-     "must be 'grid', 'counter' or 'cluster', got 'fast'"),
+     "must be 'grid', 'counter', 'cluster' or 'tagged', got 'fast'"),
     ("FUSED_RNN_PERSISTENT_UNITS", "0", r"integer in \[1, 4096\], got '0'"),
     ("FUSED_RNN_PERSISTENT_UNITS", "4x", r"integer in \[1, 4096\], got '4x'"),
     ("FUSED_RNN_PERSISTENT_CLUSTER", "17", r"integer in \[1, 16\], got '17'"),

@@ -64,32 +64,35 @@ def reference(cell, xp, h0, c0, w_hh, b_ih, b_hh, lengths, reverse):
 
 
 # (FUSED_RNN_PERSISTENT_* settings, TF32 allowed, expected (blocks per cluster, shared-memory
-# exchange, blocks sharing the staging)); tensor cores are expected where asked for, for bfloat16
-# always, float32 with TF32. Shared staging in the grid: clusters of 8 over H = 12 in blocks of 2
-# units are 6 blocks that own units and 2 that only stage; clusters of 4 with 5 units per block
-# (3 blocks + 1).
+# exchange, blocks sharing the staging, tagged exchange)); tensor cores are expected where asked
+# for, for bfloat16 always, float32 with TF32. Shared staging in the grid: clusters of 8 over
+# H = 12 in blocks of 2 units are 6 blocks that own units and 2 that only stage; clusters of 4
+# with 5 units per block (3 blocks + 1). Tagged exchange: no step barrier at all.
 VARIANTS = [
-    ({}, False, (0, 0, 0)),
-    ({"UNITS": "5"}, False, (0, 0, 0)),
-    ({"BARRIER": "counter"}, False, (0, 0, 0)),
-    ({"STAGING": "async"}, False, (0, 0, 0)),
-    ({"PRODUCT": "mma", "STAGING": "async"}, True, (0, 0, 0)),
-    ({"PRODUCT": "mma"}, False, (0, 0, 0)),  # float32 without TF32: CUDA cores
-    ({"BARRIER": "cluster", "CLUSTER": "2"}, False, (2, 0, 0)),
-    ({"BARRIER": "cluster", "CLUSTER": "4", "EXCHANGE": "dsmem"}, False, (4, 1, 0)),
+    ({}, False, (0, 0, 0, 0)),
+    ({"UNITS": "5"}, False, (0, 0, 0, 0)),
+    ({"BARRIER": "counter"}, False, (0, 0, 0, 0)),
+    ({"STAGING": "async"}, False, (0, 0, 0, 0)),
+    ({"PRODUCT": "mma", "STAGING": "async"}, True, (0, 0, 0, 0)),
+    ({"PRODUCT": "mma"}, False, (0, 0, 0, 0)),  # float32 without TF32: CUDA cores
+    ({"BARRIER": "cluster", "CLUSTER": "2"}, False, (2, 0, 0, 0)),
+    ({"BARRIER": "cluster", "CLUSTER": "4", "EXCHANGE": "dsmem"}, False, (4, 1, 0, 0)),
     ({"BARRIER": "cluster", "CLUSTER": "2", "EXCHANGE": "dsmem", "PRODUCT": "mma",
-      "STAGING": "async"}, True, (2, 1, 0)),
-    ({"STAGING": "shared"}, False, (0, 0, 8)),
+      "STAGING": "async"}, True, (2, 1, 0, 0)),
+    ({"STAGING": "shared"}, False, (0, 0, 8, 0)),
     ({"STAGING": "shared", "CLUSTER": "4", "UNITS": "5", "BARRIER": "counter"}, False,
-     (0, 0, 4)),
-    ({"STAGING": "shared", "PRODUCT": "mma"}, True, (0, 0, 8)),
-    ({"STAGING": "shared", "BARRIER": "cluster", "CLUSTER": "4"}, False, (4, 0, 4)),
+     (0, 0, 4, 0)),
+    ({"STAGING": "shared", "PRODUCT": "mma"}, True, (0, 0, 8, 0)),
+    ({"STAGING": "shared", "BARRIER": "cluster", "CLUSTER": "4"}, False, (4, 0, 4, 0)),
+    ({"BARRIER": "tagged"}, False, (0, 0, 0, 1)),
+    ({"BARRIER": "tagged", "PRODUCT": "mma", "UNITS": "5"}, True, (0, 0, 0, 1)),
 ]
-# bfloat16 (operands kept as stored on the tensor cores, converted on CUDA cores): three of them
+# bfloat16 (operands kept as stored on the tensor cores, converted on CUDA cores): seven of them
+BFLOAT16_VARIANTS = (0, 5, 8, 9, 11, 13, 14)
 CASES = ([pytest.param(torch.float32, *v, id="float32-" + ("+".join(
     f"{k}={x}" for k, x in v[0].items()) or "default")) for v in VARIANTS]
     + [pytest.param(torch.bfloat16, *VARIANTS[i], id="bfloat16-" + ("+".join(
-        f"{k}={x}" for k, x in VARIANTS[i][0].items()) or "default")) for i in (0, 5, 8, 9, 11)])
+        f"{k}={x}" for k, x in VARIANTS[i][0].items()) or "default")) for i in BFLOAT16_VARIANTS])
 # (outputs, gradients) against float64 from the same (rounded) inputs
 TOLERANCES = {(torch.float32, False): (dict(atol=2e-5, rtol=1e-4), dict(atol=1e-4, rtol=1e-4)),
               (torch.float32, True): (dict(atol=5e-3, rtol=5e-3), dict(atol=5e-2, rtol=5e-2)),
@@ -141,8 +144,8 @@ def run_layer(emu, cell, dtype, tf32, reverse, with_lengths, schedule=0, smem=(0
                                 tf32)
     return dict(xp=xp, h0=h0, c0=c0, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh, lengths=lengths,
                 grad_out=grad_out, dhT=dhT, dcT=dcT, out=out, cells=cells, d_x=d_x, dh=dh, dc=dc,
-                ran=(tuple(ran_forward[:3]) + (ran_forward[4],),
-                     tuple(ran_backward[:3]) + (ran_backward[4],)))
+                ran=(tuple(ran_forward[:3]) + tuple(ran_forward[4:6]),
+                     tuple(ran_backward[:3]) + tuple(ran_backward[4:6])))
 
 
 @pytest.mark.parametrize("dtype,settings,tf32,expected", CASES)
@@ -153,7 +156,7 @@ def test_emulated_persistent_kernels_match_the_recurrence(emu, monkeypatch, dtyp
     for name, value in settings.items():
         monkeypatch.setenv(f"FUSED_RNN_PERSISTENT_{name}", value)
     mma = settings.get("PRODUCT") == "mma" and (dtype != torch.float32 or tf32)
-    expected = (expected[0], int(mma), expected[1], expected[2])
+    expected = (expected[0], int(mma), expected[1], expected[2], expected[3])
     # a random schedule of its own for every case (a race between barriers reads stale values)
     schedule = zlib.crc32(repr((dtype, settings, cell, reverse)).encode()) | 1
     r = run_layer(emu, cell, dtype, tf32, reverse, with_lengths, schedule)
@@ -234,7 +237,25 @@ def test_emulated_shared_memory_exchange_gives_the_same_bits_as_l2(emu, monkeypa
         assert torch.equal(runs[0][key], runs[1][key]), key
 
 
-@pytest.mark.parametrize("variant", [7, 8], ids=["cluster4-dsmem", "cluster2-dsmem-mma-async"])
+@pytest.mark.parametrize("product", ["fma", "mma"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_emulated_tagged_exchange_gives_the_bits_of_the_grid_barrier(emu, monkeypatch, product,
+                                                                     dtype):
+    """The tagged words carry the values the staging would read from the layer's output / the
+    gate gradients: same bits as with the grid barrier."""
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_PRODUCT", product)
+    for cell in (0, 1, 3):
+        runs = []
+        for barrier in ("grid", "tagged"):
+            monkeypatch.setenv("FUSED_RNN_PERSISTENT_BARRIER", barrier)
+            runs.append(run_layer(emu, cell, dtype, True, True, True, schedule=99))
+        assert [r["ran"][0][4] for r in runs] == [0, 1]
+        for key in ("out", "cells", "d_x", "dh", "dc"):
+            assert torch.equal(runs[0][key], runs[1][key]), (cell, key)
+
+
+@pytest.mark.parametrize("variant", [7, 8, 14],
+                         ids=["cluster4-dsmem", "cluster2-dsmem-mma-async", "tagged-mma-units5"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("cell", [0, 1], ids=["GRU", "LSTM"])
 def test_emulated_random_schedules_give_the_bits_of_the_ordered_one(emu, monkeypatch, variant,
@@ -253,7 +274,7 @@ def test_emulated_random_schedules_give_the_bits_of_the_ordered_one(emu, monkeyp
 # The H200's limits (132 multiprocessors, 227 KB of shared memory per block) and issue 7's grid
 H200 = dict(sms=132, smem=232448)
 PLAN = ["fits", "units", "staged_rows", "blocks", "mma", "cluster", "group_rows", "dsmem", "smem",
-        "share"]
+        "share", "tagged"]
 GRID = [(G, B, H, dtype, backward) for G in (3, 4, 1) for B in (1, 32, 64)
         for H in (256, 512, 1024) for dtype in (torch.float32, torch.bfloat16, torch.float16)
         for backward in (False, True)]
@@ -263,7 +284,8 @@ PLAN_VARIANTS = {"default": ({}, False),
                  "cluster-dsmem-mma": ({"BARRIER": "cluster", "EXCHANGE": "dsmem",
                                         "PRODUCT": "mma"}, True),
                  "shared-mma": ({"STAGING": "shared", "PRODUCT": "mma"}, True),
-                 "cluster-shared": ({"BARRIER": "cluster", "STAGING": "shared"}, False)}
+                 "cluster-shared": ({"BARRIER": "cluster", "STAGING": "shared"}, False),
+                 "tagged-mma": ({"BARRIER": "tagged", "PRODUCT": "mma"}, True)}
 
 
 def h200_plan(emu, G, B, H, dtype, backward, tf32):
@@ -297,6 +319,7 @@ def test_h200_plans_fit_the_device_on_issue_7s_grid(emu, monkeypatch, variant):
             assert p["blocks"] * U >= H > (p["blocks"] - C) * U, where
         if settings.get("STAGING") == "shared":
             assert p["share"] == (p["cluster"] or 8), where
+        assert p["tagged"] == (settings.get("BARRIER") == "tagged"), where
         assert 1 <= p["staged_rows"] <= rows, where
         assert not p["dsmem"] or (p["cluster"] and p["staged_rows"] == rows), where
         assert not p["mma"] or settings.get("PRODUCT") == "mma", where

@@ -14,9 +14,10 @@ import persistent_sweep as sweep  # noqa: E402
 
 # staging, product, pointwise, step-barrier cycles; the loop in cycles and ns; T, B, H, blocks,
 # units, staged rows, clock kHz, tensor cores, staging (0 loads, 1 cp.async, 2 shared), cluster
-# size, rows per cluster, exchange through distributed shared memory, blocks sharing the staging
+# size, rows per cluster, exchange through distributed shared memory, blocks sharing the staging,
+# tagged exchange
 RECORD = [1000, 2000, 3000, 4000, 10000, 5000, 100, 32, 256, 128, 2, 32, 1980000, 1, 0, 8, 2, 1,
-          0]
+          0, 0]
 
 
 def test_profile_row_reads_every_field_of_a_launch_record():
@@ -37,9 +38,11 @@ def test_report_has_a_full_row_per_timing_and_per_profile():
                   units="auto", product="mma", staging="async", exchange="dsmem", nn_ms=4.0,
                   fused_ms=1.0, us_per_step=3.9, speedup=4.0)
     profiles = [sweep.profile_row(RECORD, "GRU", 32, 256, "torch.float32", 100, False),
-                sweep.profile_row(RECORD[:15] + [0, 0, 0, 0], "GRU", 32, 256, "torch.float32",
-                                  100, False),
-                sweep.profile_row(RECORD[:14] + [2, 0, 0, 0, 8], "GRU", 32, 256,
+                sweep.profile_row(RECORD[:15] + [0, 0, 0, 0, 0], "GRU", 32, 256,
+                                  "torch.float32", 100, False),
+                sweep.profile_row(RECORD[:14] + [2, 0, 0, 0, 8, 0], "GRU", 32, 256,
+                                  "torch.float32", 100, False),
+                sweep.profile_row(RECORD[:14] + [0, 0, 0, 0, 0, 1], "GRU", 32, 256,
                                   "torch.float32", 100, False)]
     failed = [dict(point="GRU B=32 H=256 float32 training", variant="grid/None/fma/shared/l2",
                    error="cudaErrorNotSupported")]
@@ -51,10 +54,11 @@ def test_report_has_a_full_row_per_timing_and_per_profile():
         assert len({line.count("|") for line in table}) == 1, table
     assert len(tables[0]) == 3 and "| cluster | auto | mma | async | dsmem |" in tables[0][2]
     assert "4.00x" in tables[0][2]
-    assert len(tables[1]) == 5
+    assert len(tables[1]) == 6
     assert "| mma | loads | 8 x 2 dsmem | 128 x 2 |" in tables[1][2]
     assert "| mma | loads | - | 128 x 2 |" in tables[1][3]  # one grid
     assert "| mma | shared / 8 | - | 128 x 2 |" in tables[1][4]  # one grid, clusters of 8
+    assert "| mma | tagged | - | 128 x 2 |" in tables[1][5]  # no step barrier
     assert ("- GRU B=32 H=256 float32 training, grid/None/fma/shared/l2: "
             "cudaErrorNotSupported") in text
 

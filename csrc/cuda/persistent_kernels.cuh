@@ -269,6 +269,8 @@ constexpr int kDsmemExchange = 4;   // cluster mode: h / d_gates rows through di
 constexpr int kSharedStaging = 8;   // the launch has clusters (in grid modes too) whose blocks
                                     // share the staging: each row read from L2 by one block of
                                     // the cluster and stored into every block of it
+constexpr int kTaggedExchange = 16;  // no step barrier: the rows travel as words tagged with
+                                     // their step (stage_tagged), which readers poll
 
 // Rows into X: shared within the cluster where the launch asks for it (the caller then ends the
 // staging with a cluster barrier), by cp.async where it asks for that and the rows allow it,
@@ -283,6 +285,93 @@ __device__ __forceinline__ void stage(E* X, int ld, const S* src, int64_t row, i
   }
   if (!((flags & kAsyncStaging) && stage_rows_async(X, ld, src, row, b0, nb, K))) {
     stage_rows(X, ld, src, row, b0, nb, K, false);
+  }
+}
+
+// Tagged exchange (kTaggedExchange, FUSED_RNN_PERSISTENT_BARRIER=tagged): each value of h /
+// d_gates that other blocks read next travels as one 64-bit word, the value's bits in the low
+// half and its step's tag (1, 2, ...: never 0, the buffer starts zeroed) in the high half,
+// written and read with relaxed atomicity at GPU scope (st / ld.relaxed.gpu: a reader sees the
+// whole word or none of it). A reader polls each word until its tag is the one it waits for:
+// the rows carry their own readiness, so a step needs no grid barrier, and a block waits only
+// for the values it reads (blocks run at most a step apart; two buffers, by step parity, are
+// enough: a block writes step s + 2's words only after it has read step s + 1's from every
+// block, which each wrote after reading step s's). Not for float64 (no room for a tag).
+__device__ __forceinline__ void store_tagged(unsigned long long* at, unsigned long long word) {
+#if defined(FUSED_RNN_WARP_EMULATION)
+  *at = word;
+#else
+  asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(at), "l"(word) : "memory");
+#endif
+}
+
+__device__ __forceinline__ unsigned long long load_tagged(const unsigned long long* at) {
+  unsigned long long word = 0;
+#if defined(FUSED_RNN_WARP_EMULATION)
+  word = *at;
+#else
+  asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(word) : "l"(at) : "memory");
+#endif
+  return word;
+}
+
+// Between two polls of a word not yet written (host emulation: the other threads run).
+__device__ __forceinline__ void poll_pause() {
+#if defined(FUSED_RNN_WARP_EMULATION)
+  emu::spin();
+#else
+  __nanosleep(20);
+#endif
+}
+
+// The word of value v (as stored: S) of step tag `tag`, and the value of a word.
+template <typename S>
+__device__ __forceinline__ unsigned long long tagged_word(acc_t<S> v, unsigned tag) {
+  unsigned bits = 0;
+  if constexpr (std::is_same_v<S, float>) {
+    bits = __float_as_uint(v);
+  } else {
+    bits = static_cast<S>(v).x;  // c10::Half / c10::BFloat16: their 16 bits
+  }
+  return (static_cast<unsigned long long>(tag) << 32) | bits;
+}
+
+template <typename S>
+__device__ __forceinline__ acc_t<S> tagged_value(unsigned long long word) {
+  const unsigned bits = static_cast<unsigned>(word);
+  if constexpr (std::is_same_v<S, float>) {
+    return __uint_as_float(bits);
+  } else {
+    return static_cast<float>(S(static_cast<unsigned short>(bits), S::from_bits()));
+  }
+}
+
+// X[bb * ld + k] = the value of src[(b0 + bb) * K + k] (tagged words [rows, K]) for bb < nb,
+// k < K, once that word carries `tag`. kBatch words in flight per thread, then each checked and
+// polled again until ready.
+template <typename S, typename E>
+__device__ __forceinline__ void stage_tagged(E* X, int ld, const unsigned long long* src, int b0,
+                                             int nb, int K, unsigned tag) {
+  constexpr int kBatch = 8;
+  const int n = nb * K;
+  src += static_cast<int64_t>(b0) * K;
+  for (int base = threadIdx.x; base < n; base += kThreads * kBatch) {
+    unsigned long long w[kBatch];
+#pragma unroll
+    for (int q = 0; q < kBatch; ++q) {
+      if (base + q * kThreads < n) w[q] = load_tagged(src + base + q * kThreads);
+    }
+#pragma unroll
+    for (int q = 0; q < kBatch; ++q) {
+      const int i = base + q * kThreads;
+      if (i >= n) continue;
+      while (static_cast<unsigned>(w[q] >> 32) != tag) {
+        poll_pause();
+        w[q] = load_tagged(src + i);
+      }
+      const int bb = i / K;
+      X[bb * ld + i - bb * K] = static_cast<E>(tagged_value<S>(w[q]));
+    }
   }
 }
 
@@ -545,10 +634,11 @@ struct StagedRows {
 template <Cell kCell, int kBW, typename S, bool kMma>
 __global__ void __launch_bounds__(kThreads, 1)
     recurrence_forward_kernel(RecurrenceForward<S> p, int U, int Bc, int flags, int group_rows,
-                              unsigned* barrier, long long* phases) {
+                              unsigned* barrier, unsigned long long* exchange, long long* phases) {
   using A = acc_t<S>;
   using E = operand_t<S, kMma>;
   constexpr int G = gates_of(kCell);
+  constexpr bool kTaggable = !std::is_same_v<S, double>;  // (no room for a tag beside a double)
   FUSED_RNN_DYNAMIC_SHARED(smem_raw);
   const int H = static_cast<int>(p.hidden), B = static_cast<int>(p.batch), R = G * U;
   const BlockShare share = block_share(flags, B, group_rows);
@@ -605,6 +695,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   };
   const bool shared = (flags & kSharedStaging) != 0;
+  // exchange: [2, B, H] tagged words of h (kTaggedExchange), step s's in buffer s % 2, tag s + 1
+  const bool tagged = kTaggable && (flags & kTaggedExchange) != 0;
+  const int64_t BH = static_cast<int64_t>(B) * H;
   fetch_inputs(0);
   // every block of the cluster runs before any writes into another
   if (dsmem || shared) cluster_sync();
@@ -624,7 +717,15 @@ __global__ void __launch_bounds__(kThreads, 1)
       // X is free: in this block, and with shared staging in every block of the cluster (for
       // the first pass the step barrier saw to that: all blocks had finished their products)
       block_or_cluster_sync(shared && staging && b0 > 0);
-      if (staging) stage(Xs, ld, h_prev, h_prev_row, b_lo + b0, nb, H, flags);
+      bool staged = !staging;
+      if constexpr (kTaggable) {
+        if (tagged && s > 0) {  // polls the words of step s - 1 (no step barrier before)
+          stage_tagged<S>(Xs, ld, exchange + ((s - 1) & 1) * BH, b_lo + b0, nb, H,
+                          static_cast<unsigned>(s));
+          staged = true;
+        }
+      }
+      if (!staged) stage(Xs, ld, h_prev, h_prev_row, b_lo + b0, nb, H, flags);
       if (b0 == 0) cp_async_wait_all();  // this step's slots (issued a step ago) have landed
       // the rows are in X (shared staging: every block of the cluster has stored its part)
       block_or_cluster_sync(shared && staging);
@@ -683,6 +784,12 @@ __global__ void __launch_bounds__(kThreads, 1)
         rnn_forward_values<kCell == Cell::kRnnRelu>(q, bg, j, x, hp, &h_new);
       }
       if (dsmem && s + 1 < T) store_to_cluster(X.step(s + 1) + b * ld + j, static_cast<E>(h_new));
+      if constexpr (kTaggable) {
+        if (tagged && s + 1 < T) {
+          store_tagged(exchange + (s & 1) * BH + bg * H + j,
+                       tagged_word<S>(h_new, static_cast<unsigned>(s + 1)));
+        }
+      }
     };
     for (int e = threadIdx.x; e < n_el; e += kThreads) {
       const int b = e / units, u = e - b * units;
@@ -696,8 +803,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     // the next step's inputs travel while this block waits at the barrier (other slot buffer)
     if (s + 1 < T) fetch_inputs(s + 1);
     clock.lap(2, true);
-    // this step's h is complete and visible to every block (of the cluster)
-    step_barrier(flags, barrier, static_cast<unsigned>(s + 1) * gridDim.x);
+    // this step's h is complete and visible to every block (of the cluster); tagged exchange:
+    // no barrier, the next step's staging waits for each word it reads
+    if (!tagged) step_barrier(flags, barrier, static_cast<unsigned>(s + 1) * gridDim.x);
     clock.lap(3, false);
   }
   clock.finish();
@@ -712,10 +820,11 @@ __global__ void __launch_bounds__(kThreads, 1)
 template <Cell kCell, int kBW, typename S, bool kMma>
 __global__ void __launch_bounds__(kThreads, 1)
     recurrence_backward_kernel(RecurrenceBackward<S> p, int U, int Bc, int flags, int group_rows,
-                               unsigned* barrier, long long* phases) {
+                               unsigned* barrier, unsigned long long* exchange, long long* phases) {
   using A = acc_t<S>;
   using E = operand_t<S, kMma>;
   constexpr int G = gates_of(kCell);
+  constexpr bool kTaggable = !std::is_same_v<S, double>;  // see the forward kernel
   FUSED_RNN_DYNAMIC_SHARED(smem_raw);
   const int H = static_cast<int>(p.hidden), B = static_cast<int>(p.batch), K = G * H;
   const BlockShare share = block_share(flags, B, group_rows);
@@ -749,6 +858,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   const int64_t T = p.steps;
   const int n_el = Bq * units;  // pointwise elements of this block
+  // exchange: [2, B, K] tagged words of d_gates (kTaggedExchange): step s's in buffer
+  // (T - s) % 2, tag T - s
+  const bool tagged = kTaggable && (flags & kTaggedExchange) != 0;
+  const int64_t BK = static_cast<int64_t>(B) * K;
   // The forward's values that element (b, j0 + u) of step s reads, k < kIn: dL/d(output)
   // first, then GRU: h_prev, r, z, n, gh_n;  LSTM: i, f, g, o, c_prev, c;  RNN: h. Segment
   // (b, k) of step s: input k of units j0 .. j0 + units, starting at input_ptr(s, b, k); b is
@@ -811,6 +924,14 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int g = 0; g < G; ++g) store_to_cluster(row + g * H, static_cast<E>(dg[g]));
     }
+    if constexpr (kTaggable) {
+      if (tagged) {
+        const unsigned tag = static_cast<unsigned>(T - s);
+        unsigned long long* row = exchange + (tag & 1) * BK + bg * K + j;
+#pragma unroll
+        for (int g = 0; g < G; ++g) store_tagged(row + g * H, tagged_word<S>(dg[g], tag));
+      }
+    }
   };
   const bool shared = (flags & kSharedStaging) != 0 && !dsmem;  // (the exchange: no staging)
   // every block of the cluster runs before any writes into another
@@ -832,8 +953,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       element(s, b, u, v);
     }
     clock.lap(2, true);
-    // this step's d_gates are complete and visible to every block (of the cluster)
-    step_barrier(flags, barrier, static_cast<unsigned>(T - s) * gridDim.x);
+    // this step's d_gates are complete and visible to every block (of the cluster); tagged
+    // exchange: no barrier, the staging below waits for each word it reads
+    if (!tagged) step_barrier(flags, barrier, static_cast<unsigned>(T - s) * gridDim.x);
     clock.lap(3, false);
     // the next step's values travel during this step's staging and product (other buffer)
     if (s > 0) fetch_inputs(s - 1);
@@ -845,7 +967,15 @@ __global__ void __launch_bounds__(kThreads, 1)
       // the first pass the step barrier saw to that)
       block_or_cluster_sync(shared && b0 > 0);
       // with the exchange through shared memory the cluster wrote the rows into Xs already
-      if (!dsmem) stage(Xs, ld, d_h_t, p.dh_row, b_lo + b0, nb, K, flags);
+      bool staged = dsmem;
+      if constexpr (kTaggable) {
+        if (tagged) {
+          const unsigned tag = static_cast<unsigned>(T - s);
+          stage_tagged<S>(Xs, ld, exchange + (tag & 1) * BK, b_lo + b0, nb, K, tag);
+          staged = true;
+        }
+      }
+      if (!staged) stage(Xs, ld, d_h_t, p.dh_row, b_lo + b0, nb, K, flags);
       block_or_cluster_sync(shared);  // the rows are in X
       clock.lap(0, false);
       if constexpr (kMma) {
@@ -877,6 +1007,7 @@ struct Plan {
   int cluster = 0;     // blocks per cluster (cluster mode), 0: one grid with a grid barrier
   int group_rows = 0;  // cluster mode: batch rows per cluster
   bool dsmem = false;  // cluster mode: rows exchanged through distributed shared memory
+  bool tagged = false;  // tagged exchange (kTaggedExchange): no step barrier
   int share = 0;       // shared staging (kSharedStaging): blocks per cluster that share it (the
                        // launch's cluster size in grid modes too; blocks is then a multiple of
                        // it); 0: every block stages its rows itself
@@ -907,9 +1038,12 @@ DeviceLimits device_limits() {
 // at every launch:
 //   FUSED_RNN_PERSISTENT_UNITS=n      at least n hidden units per block (fewer, busier blocks;
 //                                     grid modes)
-//   FUSED_RNN_PERSISTENT_BARRIER=grid|counter|cluster   the per-step barrier: cooperative
-//                                     groups' grid.sync(), one release-add / acquire-poll
-//                                     counter, or (sm_90+) cluster mode: independent
+//   FUSED_RNN_PERSISTENT_BARRIER=grid|counter|cluster|tagged   the per-step barrier:
+//                                     cooperative groups' grid.sync(), one release-add /
+//                                     acquire-poll counter, none (tagged: the rows travel as
+//                                     words tagged with their step, which the next staging
+//                                     polls, kTaggedExchange; not float64: grid), or (sm_90+)
+//                                     cluster mode: independent
 //                                     thread-block clusters, each holding the whole W_hh over
 //                                     its C blocks and taking a share of the batch rows, with
 //                                     the cluster's barrier per step (BlockShare); where no
@@ -941,7 +1075,7 @@ DeviceLimits device_limits() {
 //                                     FUSED_RNN_PERSISTENT_CLUSTER blocks, default 8, and the
 //                                     grid is padded to whole clusters with blocks that own no
 //                                     units; where it cannot, and for float64, loads)
-enum class Barrier { kGrid = 0, kCounter = 1, kCluster = 2 };
+enum class Barrier { kGrid = 0, kCounter = 1, kCluster = 2, kTagged = 3 };
 enum class Staging { kLoads = 0, kAsync = 1, kShared = 2 };
 
 struct Tuning {
@@ -986,7 +1120,7 @@ Tuning tuning() {
   Tuning t;
   t.min_units = env_int("FUSED_RNN_PERSISTENT_UNITS", 1, 4096, 1);
   t.barrier = static_cast<Barrier>(
-      env_choice("FUSED_RNN_PERSISTENT_BARRIER", {"grid", "counter", "cluster"}, 0));
+      env_choice("FUSED_RNN_PERSISTENT_BARRIER", {"grid", "counter", "cluster", "tagged"}, 0));
   t.cluster_size = static_cast<int>(env_int("FUSED_RNN_PERSISTENT_CLUSTER", 1, 16, 0));
   t.dsmem = env_choice("FUSED_RNN_PERSISTENT_EXCHANGE", {"l2", "dsmem"}, 0) == 1;
   t.mma = env_choice("FUSED_RNN_PERSISTENT_PRODUCT", {"fma", "mma"}, 0) == 1;
@@ -1105,7 +1239,7 @@ bool want_persistent(int G, int64_t B, int64_t H, bool fits, bool backward, bool
 int launch_flags(const Plan& plan, const Tuning& tune) {
   return (tune.staging == Staging::kAsync ? kAsyncStaging : 0) |
          (plan.cluster > 0 ? kClusterBarrier : 0) | (plan.dsmem ? kDsmemExchange : 0) |
-         (plan.share > 0 ? kSharedStaging : 0);
+         (plan.share > 0 ? kSharedStaging : 0) | (plan.tagged ? kTaggedExchange : 0);
 }
 
 // The launch's blocks per cluster: cluster mode's, or in grid modes the shared staging's (0:
@@ -1168,11 +1302,14 @@ template <typename Kernel, typename Params>
 void launch_persistent(Kernel kernel, const Params& p, const Plan& plan, const DeviceLimits& d,
                        const Tuning& tune, bool backward) {
   const bool counter_barrier = plan.cluster == 0 && tune.barrier == Barrier::kCounter;
+  // tagged exchange: two buffers [B, K] of words, zeroed (no word carries a tag yet)
+  const int64_t exchange_words =
+      plan.tagged ? 2 * p.batch * (backward ? gates_of(p.cell) : 1) * p.hidden : 0;
 #if defined(FUSED_RNN_WARP_EMULATION)  // the threads run as coroutines on the host
   (void)d;
-  (void)backward;
   emulated_launch(kernel, plan.blocks, launch_cluster(plan), plan.smem, p, plan.units,
-                  plan.staged_rows, launch_flags(plan, tune), plan.group_rows, counter_barrier);
+                  plan.staged_rows, launch_flags(plan, tune), plan.group_rows, counter_barrier,
+                  exchange_words);
 #else
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(plan.smem)));
@@ -1187,16 +1324,22 @@ void launch_persistent(Kernel kernel, const Params& p, const Plan& plan, const D
   }
   // counter: one zeroed word for the counter barrier. Freed to the caching allocator when this
   // function returns: it reuses the block only for work queued after the kernel on this stream.
-  c10::DataPtr counter, clock;
+  // (The same for the tagged exchange's words.)
+  c10::DataPtr counter, clock, words;
   if (counter_barrier) {
     counter = at::cuda::getCUDADeviceAllocator()->allocate(sizeof(unsigned));
     C10_CUDA_CHECK(cudaMemsetAsync(counter.get(), 0, sizeof(unsigned), stream));
+  }
+  if (exchange_words > 0) {
+    words = at::cuda::getCUDADeviceAllocator()->allocate(exchange_words * 8);
+    C10_CUDA_CHECK(cudaMemsetAsync(words.get(), 0, exchange_words * 8, stream));
   }
   if (tune.profile) clock = at::cuda::getCUDADeviceAllocator()->allocate(kPhases * 8);
   Params params = p;
   int units = plan.units, rows = plan.staged_rows, group_rows = plan.group_rows;
   int flags = launch_flags(plan, tune);
   unsigned* barrier = static_cast<unsigned*>(counter.get());
+  unsigned long long* exchange = static_cast<unsigned long long*>(words.get());
   long long* phases = static_cast<long long*>(clock.get());
   if (launch_cluster(plan) > 0) {
     cudaLaunchAttribute attr[2];
@@ -1211,9 +1354,9 @@ void launch_persistent(Kernel kernel, const Params& p, const Plan& plan, const D
                 "needs ", std::to_string(need), "; set FUSED_RNN_PERSISTENT_CLUSTER, "
                 "FUSED_RNN_PERSISTENT_STAGING or FUSED_RNN_PERSISTENT_BARRIER");
     C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, params, units, rows, flags, group_rows,
-                                      barrier, phases));
+                                      barrier, exchange, phases));
   } else {
-    void* args[] = {&params, &units, &rows, &flags, &group_rows, &barrier, &phases};
+    void* args[] = {&params, &units, &rows, &flags, &group_rows, &barrier, &exchange, &phases};
     C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel),
                                                dim3(plan.blocks), dim3(kThreads), args,
                                                plan.smem, stream));
@@ -1231,7 +1374,7 @@ void launch_persistent(Kernel kernel, const Params& p, const Plan& plan, const D
                               p.hidden,         plan.blocks,     plan.units, plan.staged_rows,
                               khz,              plan.mma,        staging_used(plan, tune),
                               plan.cluster,     plan.group_rows, plan.dsmem,
-                              plan.share});
+                              plan.share,       plan.tagged});
   }
 #endif
 }
@@ -1302,8 +1445,10 @@ bool choose_plan(int G, int64_t B, int64_t H, bool backward, const DeviceLimits&
     clusters = tune.cluster_size > 0 ? std::vector<int>{tune.cluster_size} : std::vector<int>{8, 16};
   }
   clusters.push_back(0);
-  const bool share =
-      tune.staging == Staging::kShared && d.major >= 9 && !std::is_same_v<S, double>;
+  // the tagged exchange: one grid without a step barrier (not float64), its own staging
+  const bool tagged = tune.barrier == Barrier::kTagged && !std::is_same_v<S, double>;
+  const bool share = tune.staging == Staging::kShared && d.major >= 9 &&
+                     !std::is_same_v<S, double> && !tagged;
   bool fits = false;
   for (const int cluster : clusters) {
     const int shared_by = cluster > 0 ? cluster : tune.cluster_size > 0 ? tune.cluster_size : 8;
@@ -1320,6 +1465,7 @@ bool choose_plan(int G, int64_t B, int64_t H, bool backward, const DeviceLimits&
       }
     }
   }
+  plan.tagged = fits && tagged;
   return fits;
 }
 
