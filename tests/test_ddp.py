@@ -37,7 +37,14 @@ def worker(rank, world, cell, init_file, out_dir):
     loss = (model(xs) - ys).square().mean()
     loss.backward()
     torch.save([p.grad for p in model.parameters()], os.path.join(out_dir, f"grads{rank}.pt"))
+    dist.barrier()
     dist.destroy_process_group()
+    # Leave without the interpreter's teardown: with torch 2.14.1's gloo, a worker aborts at exit
+    # ("terminate called without an active exception", a std::thread still joinable) in about 1
+    # of 20 runs after destroy_process_group has returned, with torch.nn.GRU in place of
+    # fused_rnn as often (seen in CI and here). The gradients are on disk by now; the parent
+    # checks them, and a worker that fails before this line still fails the test.
+    os._exit(0)
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="no gloo")
