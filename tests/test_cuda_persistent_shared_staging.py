@@ -27,10 +27,10 @@ SIZES = [(6, 9, 8, 40), (3, 37, 9, 300), (2, 64, 8, 1024), (4, 5, 6, 13)]
 
 
 def staging_record(backward):
-    """(staging: 0 loads, 1 cp.async, 2 shared; blocks sharing it; blocks; units per block) of
-    the last profiled launch."""
+    """(staging: 0 loads, 1 cp.async, 2 shared; blocks sharing it; blocks; units per block;
+    blocks per cluster in cluster mode, 0 in a grid mode) of the last profiled launch."""
     p = fused_rnn._C._persistent_profile(backward)
-    return p[14], p[18], p[9], p[10]
+    return p[14], p[18], p[9], p[10], p[15]
 
 
 @needs_sm90
@@ -42,14 +42,19 @@ def test_shared_staging_matches_nn(monkeypatch, barrier, cluster, cell, T, B, I,
     set_persistent(monkeypatch, staging="shared", barrier=barrier, cluster=cluster, profile="1")
 
     def check_launch():
-        size = int(cluster or 8)
         for backward in (False, True):
-            staged_by, shared_by, blocks, units = staging_record(backward)
-            assert (staged_by, shared_by) == (2, size) and blocks % size == 0, backward
-            if barrier == "cluster":  # each cluster holds W_hh over its blocks
-                assert (size - 1) * units < H <= size * units
-            else:  # one grid, padded to whole clusters
+            staged_by, shared_by, blocks, units, cluster_mode = staging_record(backward)
+            if cluster_mode:  # each cluster (8 blocks, else 16) holds W_hh over its blocks
+                assert barrier == "cluster" and cluster_mode in (8, 16), backward
+                size = cluster_mode
+                # rank k owns units [k * U, k * U + U), U = ceil(H / size); at H=13 in
+                # clusters of 8 (U = 2) the last rank owns none
+                assert units == -(-H // size)
+            else:  # one grid, padded to whole clusters (cluster mode where no cluster holds
+                # W_hh, e.g. float32 at H=1024: the grid barrier, clusters of 8)
+                size = int(cluster or 8)
                 assert (blocks - size) * units < H <= blocks * units
+            assert (staged_by, shared_by) == (2, size) and blocks % size == 0, backward
 
     persistent_matches_nn(cell, T, B, I, H, check_launch)
 

@@ -2,7 +2,9 @@
 // in ONE cooperative launch, with the recurrent weights resident in shared memory for all T
 // steps and one grid-wide barrier per step (or, in cluster mode, independent thread-block
 // clusters that each hold the weights and a share of the batch rows, with one cluster barrier
-// per step: BlockShare).
+// per step: BlockShare; or no barrier at all, the rows exchanged as step-tagged words that
+// their readers poll: kTaggedExchange). Tuning lists the variants (barrier, products, staging,
+// exchange) and their settings.
 //
 // Work split: block k owns the hidden units j in [k*U, k*U + U) (U = ceil(H / #SMs); cluster
 // mode: U = ceil(H / blocks per cluster), k = the block's rank in its cluster).
