@@ -2,7 +2,9 @@
 # The prepared GPU check, one script for a machine with an NVIDIA GPU (written for the lent
 # H100 / H200 box: python3 3.12 with torch 2.11.0+cu130, nvcc 13.0, ninja, no network; it starts
 # bare).
-#   1. builds fused_rnn in place against that machine's own torch (no pip, no downloads)
+#   1. builds fused_rnn in place against that machine's own torch (no pip, no downloads), or takes
+#      the extension benchmarks/gpu_prebuild.sh built for it on a CPU machine (.gpu_prebuilt/,
+#      carried; used only where its stamp matches the sources, Python and torch here)
 #   2. runs the CUDA tests twice: CUDA path 'auto' (the persistent kernels wherever they suit the
 #      shapes; tests/test_cuda_paths.py forces each path in turn) and FUSED_RNN_CUDA_PATH=general
 #   3. compute-sanitizer memcheck + racecheck on a small forward+backward of every kernel, with
@@ -18,7 +20,8 @@
 # benchmarks/results/gpu_check_out): 8 files, the device tool's limit.
 #   QUICK=1 bash benchmarks/gpu_check.sh   # small benchmark grid
 #   BENCH_ARGS="--full --cells GRU --T 512 --B 16 64" bash benchmarks/gpu_check.sh
-# Every step has a time limit (TEST_TIMEOUT, SANITIZER_TIMEOUT, SWEEP_TIMEOUT, BENCH_TIMEOUT seconds), so the
+# Every step has a time limit (TEST_TIMEOUT, SANITIZER_TIMEOUT, SWEEP_TIMEOUT, BENCH_TIMEOUT seconds;
+# CALL_BUDGET_S for the whole call: later steps skipped, the sweep shortened), so the
 # check can be cut to fit one call of the device tool (600 s). Every step: about 11 minutes on
 # the H200 (estimated from run 6 plus the version-4 steps), more than one call allows; the
 # report keeps what a cut-off call finished (benchmarks/persistent_kernel_notes.md, "Next GPU
@@ -53,12 +56,35 @@ t0=$(date +%s)
 } > "$report"
 
 s=$(date +%s)
-timeout 300 "$py" setup.py build_ext --inplace > "$OUT/build.log" 2>&1
-rc=$?; status build "rc=$rc" $(( $(date +%s) - s ))
+# An extension built for this box on a CPU machine (benchmarks/gpu_prebuild.sh, carried in
+# .gpu_prebuilt/): used where its stamp matches these sources, this Python and this torch and it
+# imports with its CUDA kernels; anything else builds here as before.
+prebuilt=""
+if [ -f .gpu_prebuilt/stamp ] && ls .gpu_prebuilt/_C*.so > /dev/null 2>&1; then
+  here_stamp=$(PYTHON="$py" bash benchmarks/gpu_stamp.sh "$PWD" "$TORCH_CUDA_ARCH_LIST" 2>&1)
+  if [ "$here_stamp" = "$(cat .gpu_prebuilt/stamp)" ]; then
+    rm -f fused_rnn/_C*.so && cp .gpu_prebuilt/_C*.so fused_rnn/
+    if "$py" -c 'import torch, fused_rnn; assert fused_rnn._C.built_with_cuda' > "$OUT/build.log" 2>&1; then
+      prebuilt="prebuilt ($here_stamp)"
+    else
+      rm -f fused_rnn/_C*.so; echo "prebuilt extension did not import: building" >> "$OUT/build.log"
+    fi
+  else
+    echo "prebuilt stamp '$(cat .gpu_prebuilt/stamp)' is not this box's '$here_stamp': building" > "$OUT/build.log"
+  fi
+fi
+if [ -n "$prebuilt" ]; then
+  rc=0; status build "$prebuilt" $(( $(date +%s) - s ))
+else
+  timeout 300 "$py" setup.py build_ext --inplace >> "$OUT/build.log" 2>&1
+  rc=$?; status build "rc=$rc" $(( $(date +%s) - s ))
+fi
 if [ $rc -ne 0 ]; then tail -40 "$OUT/build.log"; cat "$report"; exit 1; fi
 # the toolchain the extension was built with and the C++ runtime it loads (run 5 found a copy of
 # std::ostream::_M_insert<long> inside the extension that crashed: checks.h, num())
-{ echo; echo "Built with: $(${CXX:-c++} --version 2>&1 | head -1) ($(command -v ${CXX:-c++})); loads" \
+built_with="$(${CXX:-c++} --version 2>&1 | head -1) ($(command -v ${CXX:-c++}))"
+[ -n "$prebuilt" ] && built_with="$(cat .gpu_prebuilt/toolchain 2>/dev/null || echo unknown), on a CPU machine"
+{ echo; echo "Built with: $built_with; loads" \
     "$(ldd fused_rnn/_C*.so 2>/dev/null | grep -o '/[^ ]*libstdc++[^ ]*' | head -1);" \
     "ostream instantiations inside: $(nm -C fused_rnn/_C*.so 2>/dev/null | grep -c ' [TW] .*basic_ostream')"
   echo; } >> "$OUT/build.log"
@@ -113,6 +139,11 @@ run_bench() {
 run_sweep() {
   local s=$(date +%s)
   local limit="${SWEEP_TIMEOUT:-200}"  # the sweep starts no point that would end within 20 s of it
+  if [ -n "${CALL_BUDGET_S:-}" ]; then  # and ends 15 s before the call's budget
+    local left=$(( CALL_BUDGET_S - (s - t0) - 15 ))
+    [ "$left" -lt "$limit" ] && limit=$left
+    if [ "$limit" -lt 40 ]; then status "persistent tuning sweep" "skipped: ${limit} s left of CALL_BUDGET_S" 0; return; fi
+  fi
   timeout "$limit" "$py" benchmarks/persistent_sweep.py --budget-s $(( limit - 20 )) \
     ${SWEEP_ARGS:-} --json "$OUT/sweep.json" --md "$OUT/sweep.md" >> "$OUT/benchmark.log" 2>&1
   local rc=$?; status "persistent tuning sweep" "rc=$rc" $(( $(date +%s) - s ))
@@ -127,8 +158,14 @@ run_debug() {
 }
 
 # STEPS: what runs, in this order (most important first, so a cut-off run still reports them)
+# CALL_BUDGET_S (optional): the seconds this call may take in all (the device tool's timeout_s
+# less a margin); a step that would start past it is skipped and the sweep is shortened to fit,
+# so that the report and the files under $OUT are written before the call is killed.
 for step in ${STEPS:-tests:auto sanitizer:persistent:memcheck sanitizer:persistent:racecheck sanitizer:persistent:memcheck:counter sanitizer:persistent:memcheck:grid:mma:async sanitizer:persistent:racecheck:grid:mma:async sanitizer:persistent:memcheck:cluster:mma:async:dsmem sanitizer:persistent:racecheck:cluster:mma:async:dsmem sanitizer:persistent:memcheck:grid:fma:shared sanitizer:persistent:racecheck:grid:fma:shared sanitizer:persistent:memcheck:tagged sweep bench tests:general sanitizer:general:memcheck}; do
   IFS=: read -r kind a b c d e f <<< "$step"
+  if [ -n "${CALL_BUDGET_S:-}" ] && [ $(( $(date +%s) - t0 )) -ge "$CALL_BUDGET_S" ]; then
+    status "$step" "skipped: CALL_BUDGET_S=$CALL_BUDGET_S reached" 0; continue
+  fi
   case $kind in
     tests) run_tests "$a" ;;
     sanitizer) run_sanitizer "$a" "$b" "$c" "$d" "$e" "$f" ;;
