@@ -160,6 +160,25 @@ def persistent_matches_nn(cell, T, B, I, H, check_launch=None):
         compare_packed_with_nn(ref, fused, x, packed, hx, torch.float32, grad_tol=tol)
 
 
+def assert_shared_staging_layout(barrier, cluster_setting, H, blocks, units, cluster, share, where):
+    """A launch with shared staging (FUSED_RNN_PERSISTENT_STAGING=shared) as version 5 lays it
+    out: in cluster mode (cluster: 8 or 16 blocks per cluster; only with the cluster barrier) rank
+    k owns units [k * U, k * U + U), U = ceil(H / cluster), and the cluster's blocks share the
+    staging; in a grid mode (cluster 0: the grid / counter barrier, or the cluster barrier where no
+    cluster holds W_hh) whole clusters of FUSED_RNN_PERSISTENT_CLUSTER blocks (default 8) share it,
+    the grid padded with blocks that own no units. Checked on the GPU's launch record
+    (test_cuda_persistent_shared_staging.py) and on the plan for 132 SMs in the host emulation
+    (test_persistent_emulation.py), so the two agree before a GPU runs the first."""
+    if cluster:
+        assert barrier == "cluster" and cluster in (8, 16), where
+        size = cluster
+        assert units == -(-H // size), where  # at H=13 in clusters of 8 the last rank owns none
+    else:
+        size = int(cluster_setting or 8)
+        assert (blocks - size) * units < H <= blocks * units, where
+    assert share == size and blocks % size == 0, where
+
+
 # Tolerances against float64 of products on tensor cores (FUSED_RNN_PERSISTENT_PRODUCT=mma):
 # (outputs, gradients); float32 runs there as tf32, which keeps 10 mantissa bits as fp16 does.
 MMA_TOL = {torch.float16: (TOL[torch.float16], GRAD_TOL[torch.float16]),

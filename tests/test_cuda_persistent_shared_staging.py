@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import fused_rnn
-from helpers import (cuda_path, flat, grads, nn_and_fused, persistent_matches_float64_oracle,
-                     persistent_matches_nn, set_persistent)
+from helpers import (assert_shared_staging_layout, cuda_path, flat, grads, nn_and_fused,
+                     persistent_matches_float64_oracle, persistent_matches_nn, set_persistent)
 
 needs_sm90 = pytest.mark.skipif(
     not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
@@ -33,9 +33,13 @@ def staging_record(backward):
     return p[14], p[18], p[9], p[10], p[15]
 
 
+# (FUSED_RNN_PERSISTENT_BARRIER, FUSED_RNN_PERSISTENT_CLUSTER); the host emulation checks the
+# plans of these settings and SIZES too (test_persistent_emulation.py)
+BARRIERS = [("grid", None), ("counter", "4"), ("cluster", None)]
+
+
 @needs_sm90
-@pytest.mark.parametrize("barrier,cluster", [("grid", None), ("counter", "4"),
-                                             ("cluster", None)])
+@pytest.mark.parametrize("barrier,cluster", BARRIERS)
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("T,B,I,H", SIZES)
 def test_shared_staging_matches_nn(monkeypatch, barrier, cluster, cell, T, B, I, H):
@@ -44,17 +48,9 @@ def test_shared_staging_matches_nn(monkeypatch, barrier, cluster, cell, T, B, I,
     def check_launch():
         for backward in (False, True):
             staged_by, shared_by, blocks, units, cluster_mode = staging_record(backward)
-            if cluster_mode:  # each cluster (8 blocks, else 16) holds W_hh over its blocks
-                assert barrier == "cluster" and cluster_mode in (8, 16), backward
-                size = cluster_mode
-                # rank k owns units [k * U, k * U + U), U = ceil(H / size); at H=13 in
-                # clusters of 8 (U = 2) the last rank owns none
-                assert units == -(-H // size)
-            else:  # one grid, padded to whole clusters (cluster mode where no cluster holds
-                # W_hh, e.g. float32 at H=1024: the grid barrier, clusters of 8)
-                size = int(cluster or 8)
-                assert (blocks - size) * units < H <= blocks * units
-            assert (staged_by, shared_by) == (2, size) and blocks % size == 0, backward
+            assert staged_by == 2, backward
+            assert_shared_staging_layout(barrier, cluster, H, blocks, units, cluster_mode,
+                                         shared_by, (backward, blocks, units, cluster_mode))
 
     persistent_matches_nn(cell, T, B, I, H, check_launch)
 

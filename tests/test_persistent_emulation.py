@@ -20,6 +20,10 @@ import pytest
 import torch
 from torch.utils.cpp_extension import load
 
+from helpers import assert_shared_staging_layout
+from test_cuda_persistent_shared_staging import BARRIERS as SHARED_STAGING_BARRIERS
+from test_cuda_persistent_shared_staging import SIZES as SHARED_STAGING_SIZES
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 GATES = {0: 3, 1: 4, 2: 1, 3: 1}  # GRU, LSTM, RNN tanh, RNN relu
 SMS = 8  # multiprocessors of the emulated device: U = ceil(H / 8) units per block
@@ -323,3 +327,24 @@ def test_h200_plans_fit_the_device_on_issue_7s_grid(emu, monkeypatch, variant):
         assert 1 <= p["staged_rows"] <= rows, where
         assert not p["dsmem"] or (p["cluster"] and p["staged_rows"] == rows), where
         assert not p["mma"] or settings.get("PRODUCT") == "mma", where
+
+
+@pytest.mark.parametrize("barrier,cluster", SHARED_STAGING_BARRIERS)
+def test_h200_plans_have_the_layout_the_gpu_shared_staging_test_expects(emu, monkeypatch, barrier,
+                                                                       cluster):
+    """test_cuda_persistent_shared_staging.py's sizes and barriers (float32 on CUDA cores), planned
+    for 132 SMs (the H100's and the H200's count) and 227 KB per block: the launch layout that the
+    GPU test asserts on the launch record holds for the plan here (the GPU plans again for the
+    clusters the device holds at once, which can only lower the block count)."""
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_STAGING", "shared")
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_BARRIER", barrier)
+    if cluster:
+        monkeypatch.setenv("FUSED_RNN_PERSISTENT_CLUSTER", cluster)
+    for G in (3, 4, 1):
+        for _, B, _, H in SHARED_STAGING_SIZES:
+            for backward in (False, True):
+                p = h200_plan(emu, G, B, H, torch.float32, backward, False)
+                where = (G, B, H, backward, p)
+                assert p["fits"], where
+                assert_shared_staging_layout(barrier, cluster, H, p["blocks"], p["units"],
+                                             p["cluster"], p["share"], where)
