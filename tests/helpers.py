@@ -179,6 +179,19 @@ def assert_shared_staging_layout(barrier, cluster_setting, H, blocks, units, clu
     assert share == size and blocks % size == 0, where
 
 
+def assert_cluster_mode_layout(cluster_setting, exchange, B, H, cluster, rows, dsmem, where):
+    """A launch with the cluster barrier (FUSED_RNN_PERSISTENT_BARRIER=cluster) as cluster mode
+    lays it out: clusters of FUSED_RNN_PERSISTENT_CLUSTER blocks (default 8), each with 1..B batch
+    rows, wherever H gives every block of a cluster a unit, else the grid barrier (cluster 0); the
+    rows exchanged through distributed shared memory exactly where cluster mode runs with
+    FUSED_RNN_PERSISTENT_EXCHANGE=dsmem. Checked on the GPU's launch record
+    (test_cuda_persistent_clusters.py) and on the plan for 132 SMs in the host emulation."""
+    size = int(cluster_setting or 8)
+    assert cluster == (size if H >= size else 0), where
+    assert cluster == 0 or 1 <= rows <= B, where
+    assert bool(dsmem) == (cluster > 0 and exchange == "dsmem"), where
+
+
 # Tolerances against float64 of products on tensor cores (FUSED_RNN_PERSISTENT_PRODUCT=mma):
 # (outputs, gradients); float32 runs there as tf32, which keeps 10 mantissa bits as fp16 does.
 MMA_TOL = {torch.float16: (TOL[torch.float16], GRAD_TOL[torch.float16]),

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import fused_rnn
-from helpers import (compare_with_nn, cuda_path, flat, grads, nn_and_fused,
-                     persistent_matches_float64_oracle, persistent_matches_nn, set_persistent)
+from helpers import (assert_cluster_mode_layout, compare_with_nn, cuda_path, flat, grads,
+                     nn_and_fused, persistent_matches_float64_oracle, persistent_matches_nn,
+                     set_persistent)
 
 needs_sm90 = pytest.mark.skipif(
     not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 9,
@@ -22,7 +23,8 @@ CELLS = ["GRU", "LSTM", "RNN", "RNN_RELU"]
 # (cluster size, T, B, I, H); None: the plan's own (8 blocks). One batch row (one cluster); 37
 # rows over 16 clusters (3 per cluster, the last one partial); 64 rows; H=13 in 8-block clusters
 # (units of 2: the last block owns none); 2, 4 and 16 blocks per cluster; H=13 cannot be split
-# over 16 blocks: the grid barrier.
+# over 16 blocks: the grid barrier. The host emulation checks the plans of these cases too
+# (test_persistent_emulation.py).
 CASES = [(None, 5, 1, 6, 40), (None, 4, 37, 7, 300), (None, 3, 64, 8, 256), (None, 4, 5, 6, 13),
          ("2", 5, 3, 6, 40), ("4", 4, 9, 5, 64), ("16", 3, 64, 8, 256), ("16", 4, 5, 6, 13)]
 
@@ -46,12 +48,11 @@ def test_cluster_mode_matches_nn(monkeypatch, exchange, cluster, cell, T, B, I, 
                    profile="1")
 
     def check_launch():
-        size = int(cluster or 8)
         for backward in (False, True):
             blocks, rows = launch_record(backward)
-            assert blocks == (size if H >= size else 0), (backward, blocks)
-            assert blocks == 0 or 1 <= rows <= B
-            assert exchanged_in_shared_memory(backward) == (blocks > 0 and exchange == "dsmem")
+            assert_cluster_mode_layout(cluster, exchange, B, H, blocks, rows,
+                                       exchanged_in_shared_memory(backward),
+                                       (backward, blocks, rows))
 
     persistent_matches_nn(cell, T, B, I, H, check_launch)
 

@@ -20,7 +20,8 @@ import pytest
 import torch
 from torch.utils.cpp_extension import load
 
-from helpers import assert_shared_staging_layout
+from helpers import assert_cluster_mode_layout, assert_shared_staging_layout
+from test_cuda_persistent_clusters import CASES as CLUSTER_CASES
 from test_cuda_persistent_shared_staging import BARRIERS as SHARED_STAGING_BARRIERS
 from test_cuda_persistent_shared_staging import SIZES as SHARED_STAGING_SIZES
 
@@ -348,3 +349,24 @@ def test_h200_plans_have_the_layout_the_gpu_shared_staging_test_expects(emu, mon
                 assert p["fits"], where
                 assert_shared_staging_layout(barrier, cluster, H, p["blocks"], p["units"],
                                              p["cluster"], p["share"], where)
+
+
+@pytest.mark.parametrize("exchange", ["l2", "dsmem"])
+def test_h200_plans_have_the_layout_the_gpu_cluster_mode_test_expects(emu, monkeypatch, exchange):
+    """test_cuda_persistent_clusters.py's cases (cluster sizes, B, H; float32 on CUDA cores),
+    planned for 132 SMs and 227 KB per block: cluster mode where that test expects it, with the
+    batch rows and the exchange it asserts on the launch record."""
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_BARRIER", "cluster")
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_EXCHANGE", exchange)
+    for cluster, _, B, _, H in CLUSTER_CASES:
+        if cluster:
+            monkeypatch.setenv("FUSED_RNN_PERSISTENT_CLUSTER", cluster)
+        else:
+            monkeypatch.delenv("FUSED_RNN_PERSISTENT_CLUSTER", raising=False)
+        for G in (3, 4, 1):
+            for backward in (False, True):
+                p = h200_plan(emu, G, B, H, torch.float32, backward, False)
+                where = (cluster, G, B, H, backward, p)
+                assert p["fits"], where
+                assert_cluster_mode_layout(cluster, exchange, B, H, p["cluster"],
+                                           p["group_rows"], p["dsmem"], where)
