@@ -60,17 +60,19 @@ s=$(date +%s)
 # .gpu_prebuilt/): used where its stamp matches these sources, this Python and this torch and it
 # imports with its CUDA kernels; anything else builds here as before.
 prebuilt=""
+: > "$OUT/build.log"
 if [ -f .gpu_prebuilt/stamp ] && ls .gpu_prebuilt/_C*.so > /dev/null 2>&1; then
   here_stamp=$(PYTHON="$py" bash benchmarks/gpu_stamp.sh "$PWD" "$TORCH_CUDA_ARCH_LIST" 2>&1)
-  if [ "$here_stamp" = "$(cat .gpu_prebuilt/stamp)" ]; then
+  built_stamp=$(cat .gpu_prebuilt/stamp)
+  if [ "$here_stamp" = "$built_stamp" ]; then
     rm -f fused_rnn/_C*.so && cp .gpu_prebuilt/_C*.so fused_rnn/
-    if "$py" -c 'import torch, fused_rnn; assert fused_rnn._C.built_with_cuda' > "$OUT/build.log" 2>&1; then
+    if "$py" -c 'import torch, fused_rnn; assert fused_rnn._C.built_with_cuda' >> "$OUT/build.log" 2>&1; then
       prebuilt="prebuilt ($here_stamp)"
     else
       rm -f fused_rnn/_C*.so; echo "prebuilt extension did not import: building" >> "$OUT/build.log"
     fi
   else
-    echo "prebuilt stamp '$(cat .gpu_prebuilt/stamp)' is not this box's '$here_stamp': building" > "$OUT/build.log"
+    echo "prebuilt stamp '$built_stamp' is not this box's '$here_stamp': building" >> "$OUT/build.log"
   fi
 fi
 if [ -n "$prebuilt" ]; then

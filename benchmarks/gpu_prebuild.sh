@@ -30,7 +30,7 @@ fi
 
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
-git ls-files -z | (cd "$root" && xargs -0 tar cf -) | tar xf - -C "$scratch"
+git ls-files -z | xargs -0 tar cf - | tar xf - -C "$scratch"
 start=$(date +%s)
 (cd "$scratch" && CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$arch" \
    MAX_JOBS="${MAX_JOBS:-2}" "$venv/bin/python" setup.py -q build_ext --inplace > "$scratch/build.log" 2>&1) \
