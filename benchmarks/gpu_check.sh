@@ -31,10 +31,11 @@
 # sanitizer:persistent:memcheck:grid:mma:async sanitizer:persistent:racecheck:grid:mma:async
 # sanitizer:persistent:memcheck:cluster:mma:async:dsmem
 # sanitizer:persistent:racecheck:cluster:mma:async:dsmem sanitizer:persistent:memcheck:grid:fma:shared
-# sanitizer:persistent:racecheck:grid:fma:shared sanitizer:persistent:memcheck:tagged sweep bench
-# tests:general
-# sanitizer:general:memcheck; a sanitizer step's 4th to 7th fields are
-# FUSED_RNN_PERSISTENT_BARRIER, _PRODUCT, _STAGING and _EXCHANGE).
+# sanitizer:persistent:racecheck:grid:fma:shared sanitizer:persistent:memcheck:tagged
+# sanitizer:persistent:memcheck:grid:mma:loads:l2:8 sanitizer:persistent:racecheck:grid:fma:loads:l2:8
+# sweep bench tests:general
+# sanitizer:general:memcheck; a sanitizer step's 4th to 8th fields are
+# FUSED_RNN_PERSISTENT_BARRIER, _PRODUCT, _STAGING, _EXCHANGE and _SPLIT).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results/gpu_check_out}"
@@ -108,17 +109,18 @@ run_tests() {  # $1: CUDA path
 }
 
 run_sanitizer() {  # $1: CUDA path, $2: memcheck or racecheck, $3: barrier (default grid),
-                  # $4: product (default fma), $5: staging (default loads), $6: exchange (l2)
-  local s=$(date +%s) barrier="${3:-grid}" product="${4:-fma}" staging="${5:-loads}" exchange="${6:-l2}"
+                  # $4: product (default fma), $5: staging (default loads), $6: exchange (l2),
+                  # $7: blocks splitting the reduction (default 1: none)
+  local s=$(date +%s) barrier="${3:-grid}" product="${4:-fma}" staging="${5:-loads}" exchange="${6:-l2}" split="${7:-1}"
   if [ -x "$sanitizer" ]; then
-    echo "=== path $1, $2, barrier $barrier, product $product, staging $staging, exchange $exchange" >> "$OUT/sanitizer.log"
+    echo "=== path $1, $2, barrier $barrier, product $product, staging $staging, exchange $exchange, split $split" >> "$OUT/sanitizer.log"
     FUSED_RNN_CUDA_PATH=$1 FUSED_RNN_PERSISTENT_BARRIER=$barrier \
       FUSED_RNN_PERSISTENT_PRODUCT=$product FUSED_RNN_PERSISTENT_STAGING=$staging \
-      FUSED_RNN_PERSISTENT_EXCHANGE=$exchange \
+      FUSED_RNN_PERSISTENT_EXCHANGE=$exchange FUSED_RNN_PERSISTENT_SPLIT=$split \
       timeout "${SANITIZER_TIMEOUT:-120}" "$sanitizer" --tool "$2" \
       --error-exitcode 9 "$py" benchmarks/gpu_sanitize_case.py >> "$OUT/sanitizer.log" 2>&1
     local rc=$?
-    status "compute-sanitizer $2, path $1, barrier $barrier, $product, $staging, $exchange" "rc=$rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer.log" | tail -1)" $(( $(date +%s) - s ))
+    status "compute-sanitizer $2, path $1, barrier $barrier, $product, $staging, $exchange, split $split" "rc=$rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer.log" | tail -1)" $(( $(date +%s) - s ))
   else
     status "compute-sanitizer $2" "not installed" 0
   fi
@@ -163,14 +165,14 @@ run_debug() {
 # CALL_BUDGET_S (optional): the seconds this call may take in all (the device tool's timeout_s
 # less a margin); a step that would start past it is skipped and the sweep is shortened to fit,
 # so that the report and the files under $OUT are written before the call is killed.
-for step in ${STEPS:-tests:auto sanitizer:persistent:memcheck sanitizer:persistent:racecheck sanitizer:persistent:memcheck:counter sanitizer:persistent:memcheck:grid:mma:async sanitizer:persistent:racecheck:grid:mma:async sanitizer:persistent:memcheck:cluster:mma:async:dsmem sanitizer:persistent:racecheck:cluster:mma:async:dsmem sanitizer:persistent:memcheck:grid:fma:shared sanitizer:persistent:racecheck:grid:fma:shared sanitizer:persistent:memcheck:tagged sweep bench tests:general sanitizer:general:memcheck}; do
-  IFS=: read -r kind a b c d e f <<< "$step"
+for step in ${STEPS:-tests:auto sanitizer:persistent:memcheck sanitizer:persistent:racecheck sanitizer:persistent:memcheck:counter sanitizer:persistent:memcheck:grid:mma:async sanitizer:persistent:racecheck:grid:mma:async sanitizer:persistent:memcheck:cluster:mma:async:dsmem sanitizer:persistent:racecheck:cluster:mma:async:dsmem sanitizer:persistent:memcheck:grid:fma:shared sanitizer:persistent:racecheck:grid:fma:shared sanitizer:persistent:memcheck:tagged sanitizer:persistent:memcheck:grid:mma:loads:l2:8 sanitizer:persistent:racecheck:grid:fma:loads:l2:8 sweep bench tests:general sanitizer:general:memcheck}; do
+  IFS=: read -r kind a b c d e f g <<< "$step"
   if [ -n "${CALL_BUDGET_S:-}" ] && [ $(( $(date +%s) - t0 )) -ge "$CALL_BUDGET_S" ]; then
     status "$step" "skipped: CALL_BUDGET_S=$CALL_BUDGET_S reached" 0; continue
   fi
   case $kind in
     tests) run_tests "$a" ;;
-    sanitizer) run_sanitizer "$a" "$b" "$c" "$d" "$e" "$f" ;;
+    sanitizer) run_sanitizer "$a" "$b" "$c" "$d" "$e" "$f" "$g" ;;
     sweep) run_sweep ;;
     debug) run_debug ;;
     bench) run_bench ;;

@@ -5,7 +5,9 @@ shared memory: FUSED_RNN_PERSISTENT_EXCHANGE=l2|dsmem; tagged: no barrier, the r
 words tagged with their step, polled by the next staging), of the products (FUSED_RNN_PERSISTENT_PRODUCT=
 fma|mma: CUDA cores or tensor cores) and of the staging of h / d_gates rows
 (FUSED_RNN_PERSISTENT_STAGING=loads|async|shared; shared: each row read from L2 by one block of
-an 8-block cluster and stored into all 8, version 5) timed in ONE interleaved run with nn.* on cuDNN
+an 8-block cluster and stored into all 8, version 5; splitN: the split reduction,
+FUSED_RNN_PERSISTENT_SPLIT=N, each block of an N-block cluster stages and multiplies 1/N of each
+row for the cluster's units, version 6) timed in ONE interleaved run with nn.* on cuDNN
 (PyTorch's TF32 defaults, stated; the tensor-core variants run float32 as tf32, with
 torch.backends.cuda.matmul.allow_tf32 on while they run), so the variants compare on the same
 card in the same minute; --all-variants adds the counter barrier and more hidden units per block
@@ -44,6 +46,8 @@ DEFAULT = ("grid", None, "fma", "loads", "l2")
 VARIANTS = [DEFAULT, ("grid", None, "fma", "async", "l2"), ("grid", None, "fma", "shared", "l2"),
             ("grid", None, "mma", "loads", "l2"), ("grid", None, "mma", "async", "l2"),
             ("grid", None, "mma", "shared", "l2"),
+            ("grid", None, "fma", "split8", "l2"), ("grid", None, "mma", "split8", "l2"),
+            ("grid", None, "mma", "split4", "l2"),
             ("tagged", None, "fma", "loads", "l2"), ("tagged", None, "mma", "loads", "l2"),
             ("cluster", None, "fma", "loads", "l2"), ("cluster", None, "fma", "loads", "dsmem"),
             ("cluster", None, "mma", "async", "l2"), ("cluster", None, "mma", "async", "dsmem")]
@@ -51,6 +55,7 @@ VARIANTS = [DEFAULT, ("grid", None, "fma", "async", "l2"), ("grid", None, "fma",
 PROFILED = [("grid", "fma", "loads", "l2"), ("grid", "fma", "async", "l2"),
             ("grid", "fma", "shared", "l2"), ("grid", "mma", "loads", "l2"),
             ("grid", "mma", "async", "l2"), ("grid", "mma", "shared", "l2"),
+            ("grid", "fma", "split8", "l2"), ("grid", "mma", "split8", "l2"),
             ("tagged", "fma", "loads", "l2"), ("tagged", "mma", "loads", "l2"),
             ("cluster", "fma", "loads", "l2"), ("cluster", "fma", "loads", "dsmem"),
             ("cluster", "mma", "async", "dsmem")]
@@ -58,13 +63,17 @@ STAGED_BY = ["loads", "async", "shared"]  # the profile's element 14
 MEASURED = [("counter", None, "fma", "loads", "l2")]
 ENV = ["FUSED_RNN_PERSISTENT_BARRIER", "FUSED_RNN_PERSISTENT_UNITS",
        "FUSED_RNN_PERSISTENT_PRODUCT", "FUSED_RNN_PERSISTENT_STAGING",
-       "FUSED_RNN_PERSISTENT_EXCHANGE"]
+       "FUSED_RNN_PERSISTENT_EXCHANGE", "FUSED_RNN_PERSISTENT_SPLIT"]
 
 
 def set_tuning(barrier, units, product, staging, exchange):
     """The persistent kernels' settings (read at every launch); float32 runs as tf32 on the tensor
-    cores only while torch allows TF32 in float32 matrix products."""
-    for name, value in zip(ENV, (barrier, units, product, staging, exchange)):
+    cores only while torch allows TF32 in float32 matrix products. staging "splitN": the loads
+    with the split reduction over clusters of N blocks (FUSED_RNN_PERSISTENT_SPLIT=N)."""
+    split = None
+    if staging is not None and staging.startswith("split"):
+        staging, split = "loads", staging[len("split"):]
+    for name, value in zip(ENV, (barrier, units, product, staging, exchange, split)):
         if value is None:
             os.environ.pop(name, None)
         else:
@@ -99,6 +108,7 @@ def profile_row(p, cell, B, H, dtype, T, backward):
                 products_on="mma" if p[13] else "fma",  # ("product", "staging": phases)
                 staged_by=STAGED_BY[p[14]], cluster=p[15], group_rows=p[16],
                 exchange="dsmem" if p[17] else "l2", shared_by=p[18], tagged=bool(p[19]),
+                split_by=p[20] if len(p) > 20 else 0,
                 blocks=p[9], units=p[10],
                 staged_rows=p[11], clock_ghz=1 / ns_per_cycle,
                 **{ph: c * ns_per_cycle / 1e3 / steps for ph, c in zip(PHASES, cyc)},
@@ -138,12 +148,16 @@ def report(info, T, rows, profiles, failed=()):
              f"ceil(H / #SMs)). product: fma (CUDA cores) or mma (tensor cores; float32 as tf32, "
              f"matmul.allow_tf32 on while it runs); staging: loads, async (cp.async) or shared "
              f"(each row read from L2 by one block of a cluster and stored into all its blocks; "
-             f"in the grid modes clusters of 8); barrier tagged: none, the rows travel as words "
+             f"in the grid modes clusters of 8) or splitN (the split reduction: each block of an "
+             f"N-block cluster stages and multiplies 1/N of each row for the cluster's units, "
+             f"whose partial sums the owning block adds up); barrier tagged: none, the rows "
+             f"travel as words "
              f"tagged with their step and the staging polls them (staged by: tagged). The "
              f"profile table says which product and barrier ran (mma falls back to CUDA cores "
              f"where its layout does not fit, cluster mode to the grid barrier where no cluster "
              f"holds W_hh; clusters: blocks per cluster x batch rows per cluster, - for one "
-             f"grid; staged by: shared / n, n blocks share each row).", "",
+             f"grid; staged by: shared / n, n blocks share each row; split / n, n blocks split "
+             f"each row).", "",
              "| cell | mode | B | H | dtype | barrier | units | product | staging | exchange "
              "| nn.* ms | fused ms | µs/step | speed-up |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -175,10 +189,13 @@ def report(info, T, rows, profiles, failed=()):
 
 
 def staged_by(r):
-    """How a profiled launch staged its rows: loads, async, shared / blocks sharing each, or
-    tagged (polled tagged words, no step barrier)."""
+    """How a profiled launch staged its rows: loads, async, shared / blocks sharing each, split /
+    blocks splitting the reduction (each stages its share of each row), or tagged (polled tagged
+    words, no step barrier)."""
     if r["tagged"]:
         return "tagged"
+    if r.get("split_by"):
+        return f"split / {r['split_by']}"
     return f"shared / {r['shared_by']}" if r["staged_by"] == "shared" else r["staged_by"]
 
 

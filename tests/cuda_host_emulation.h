@@ -11,7 +11,9 @@
 // of others up to the next barrier they share), and each cp.async reads its source and writes
 // its destination at once or at the issuing thread's cp.async.wait_all (randomly), so a value
 // read before the barrier or the wait that orders its write differs between schedules. Shared
-// memory starts as NaN bytes (0xFF), so reading what no thread wrote shows; a deadlock (a
+// memory starts as NaN bytes (0xFF), so reading what no thread wrote shows, and becomes NaN
+// again when the last thread of its block returns, so a block of the cluster that reads another
+// block's shared memory after that block has exited reads NaN; a deadlock (a
 // barrier some threads never reach, a poll whose value never comes), a cp.async never waited
 // for and a misaligned cp.async are errors. What it checks: indexing, tiling, the order of
 // phases and barriers, which rows go where, races between barriers. What it cannot: the memory
@@ -118,6 +120,7 @@ struct Warp {
 
 struct Block {
   std::vector<unsigned char> smem;  // dynamic shared memory (malloc'd: 16-byte aligned)
+  int returned = 0;                 // threads that have returned (all: smem is NaN again)
   Barrier barrier{kBlockThreads};
   Warp warps[kBlockThreads / 32];
 };
@@ -181,6 +184,10 @@ inline void thread_entry() {
   }
   launch->finished[launch->current] = 1;
   ++progress;
+  Block& block = this_block();
+  if (++block.returned == kBlockThreads) {  // the block has exited: its shared memory is gone
+    std::fill(block.smem.begin(), block.smem.end(), 0xFF);
+  }
 }
 
 // cp.async of `bytes` (4 or 16) bytes: at once, or (random schedules) queued until the thread's

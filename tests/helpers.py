@@ -192,6 +192,18 @@ def assert_cluster_mode_layout(cluster_setting, exchange, B, H, cluster, rows, d
     assert bool(dsmem) == (cluster > 0 and exchange == "dsmem"), where
 
 
+def assert_split_layout(split, H, by, blocks, units, where, sms=132):
+    """A launch with the split reduction (FUSED_RNN_PERSISTENT_SPLIT=split) as version 6 lays it
+    out: whole clusters of `split` blocks (by: the blocks splitting, from the launch record), each
+    cluster split * U hidden units, as few clusters as cover H, all of them resident at once on
+    `sms` multiprocessors (the grid barrier). Checked on the GPU's launch record
+    (test_cuda_persistent_split.py) and on the plan for 132 SMs in the host emulation
+    (test_persistent_emulation.py), so the two agree before a GPU runs the first."""
+    per_cluster = split * units
+    assert by == split and blocks % split == 0 and blocks <= sms, where
+    assert (blocks // split - 1) * per_cluster < H <= blocks // split * per_cluster, where
+
+
 # Tolerances against float64 of products on tensor cores (FUSED_RNN_PERSISTENT_PRODUCT=mma):
 # (outputs, gradients); float32 runs there as tf32, which keeps 10 mantissa bits as fp16 does.
 MMA_TOL = {torch.float16: (TOL[torch.float16], GRAD_TOL[torch.float16]),

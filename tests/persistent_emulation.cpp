@@ -6,7 +6,7 @@
 // and the same kernels as on a GPU, on float32 / bfloat16 / float16 CPU tensors laid out as the
 // driver lays them out (csrc/step_params.h). Returns what ran: [blocks per cluster, tensor cores,
 // exchange through distributed shared memory, blocks, blocks sharing the staging, tagged
-// exchange].
+// exchange, blocks splitting the reduction].
 #include <torch/extension.h>
 
 #include "cuda_host_emulation.h"
@@ -30,7 +30,7 @@ std::vector<int64_t> run(const Params& p, bool backward, int64_t sms, int64_t sm
   TORCH_CHECK(choose_plan<S>(gates_of(p.cell), p.batch, p.hidden, backward, d, tune, tf32, plan),
               "no plan fits");
   launch_for_cell<S, Params, Pick>(p.cell, p, plan, d, tune, backward);
-  return {plan.cluster, plan.mma, plan.dsmem, plan.blocks, plan.share, plan.tagged};
+  return {plan.cluster, plan.mma, plan.dsmem, plan.blocks, plan.share, plan.tagged, plan.split};
 }
 
 // f(S{}) for the storage type `type`.
@@ -88,7 +88,7 @@ std::vector<int64_t> backward(int64_t cell, at::Tensor w_hh, at::Tensor grad_out
 // environment) on an sm_90 device of `sms` multiprocessors with `smem` bytes of shared memory per
 // block: [fits, units per block, staged rows per pass, blocks, tensor cores, blocks per cluster,
 // batch rows per cluster, exchange through distributed shared memory, shared memory bytes,
-// blocks sharing the staging, tagged exchange].
+// blocks sharing the staging, tagged exchange, blocks splitting the reduction].
 std::vector<int64_t> plan(int64_t gates, int64_t B, int64_t H, bool backward, at::ScalarType type,
                           int64_t sms, int64_t smem, bool tf32) {
   const DeviceLimits d{static_cast<int>(sms), static_cast<size_t>(smem), true, 9};
@@ -99,7 +99,7 @@ std::vector<int64_t> plan(int64_t gates, int64_t B, int64_t H, bool backward, at
         choose_plan<decltype(tag)>(static_cast<int>(gates), B, H, backward, d, tune, tf32, pl);
     return {fits,       pl.units,   pl.staged_rows, pl.blocks,
             pl.mma,     pl.cluster, pl.group_rows,  pl.dsmem,
-            static_cast<int64_t>(pl.smem), pl.share, pl.tagged};
+            static_cast<int64_t>(pl.smem), pl.share, pl.tagged, pl.split};
   });
 }
 }  // namespace

@@ -15,9 +15,9 @@ import persistent_sweep as sweep  # noqa: E402
 # staging, product, pointwise, step-barrier cycles; the loop in cycles and ns; T, B, H, blocks,
 # units, staged rows, clock kHz, tensor cores, staging (0 loads, 1 cp.async, 2 shared), cluster
 # size, rows per cluster, exchange through distributed shared memory, blocks sharing the staging,
-# tagged exchange
+# tagged exchange, blocks splitting the reduction
 RECORD = [1000, 2000, 3000, 4000, 10000, 5000, 100, 32, 256, 128, 2, 32, 1980000, 1, 0, 8, 2, 1,
-          0, 0]
+          0, 0, 0]
 
 
 def test_profile_row_reads_every_field_of_a_launch_record():
@@ -42,7 +42,9 @@ def test_report_has_a_full_row_per_timing_and_per_profile():
                                   "torch.float32", 100, False),
                 sweep.profile_row(RECORD[:14] + [2, 0, 0, 0, 8, 0], "GRU", 32, 256,
                                   "torch.float32", 100, False),
-                sweep.profile_row(RECORD[:14] + [0, 0, 0, 0, 0, 1], "GRU", 32, 256,
+                sweep.profile_row(RECORD[:14] + [0, 0, 0, 0, 0, 1, 0], "GRU", 32, 256,
+                                  "torch.float32", 100, False),
+                sweep.profile_row(RECORD[:14] + [0, 0, 0, 0, 0, 0, 8], "GRU", 32, 256,
                                   "torch.float32", 100, False)]
     failed = [dict(point="GRU B=32 H=256 float32 training", variant="grid/None/fma/shared/l2",
                    error="cudaErrorNotSupported")]
@@ -54,11 +56,12 @@ def test_report_has_a_full_row_per_timing_and_per_profile():
         assert len({line.count("|") for line in table}) == 1, table
     assert len(tables[0]) == 3 and "| cluster | auto | mma | async | dsmem |" in tables[0][2]
     assert "4.00x" in tables[0][2]
-    assert len(tables[1]) == 6
+    assert len(tables[1]) == 7
     assert "| mma | loads | 8 x 2 dsmem | 128 x 2 |" in tables[1][2]
     assert "| mma | loads | - | 128 x 2 |" in tables[1][3]  # one grid
     assert "| mma | shared / 8 | - | 128 x 2 |" in tables[1][4]  # one grid, clusters of 8
     assert "| mma | tagged | - | 128 x 2 |" in tables[1][5]  # no step barrier
+    assert "| mma | split / 8 | - | 128 x 2 |" in tables[1][6]  # split reduction, clusters of 8
     assert ("- GRU B=32 H=256 float32 training, grid/None/fma/shared/l2: "
             "cudaErrorNotSupported") in text
 
@@ -144,3 +147,20 @@ def test_main_without_a_gpu_writes_the_points_it_measured_and_names_the_rest(tmp
     text = md.read_text()
     assert "Stopped at the time budget (--budget-s 100)" in text
     assert "GRU B=64 H=1024 float32" in text  # the first point not run
+
+
+def test_split_variants_set_the_split_and_the_loads(monkeypatch):
+    """staging "splitN": FUSED_RNN_PERSISTENT_SPLIT=N with the loads' staging; other variants and
+    clear_tuning() leave no split behind."""
+    for name in sweep.ENV:
+        monkeypatch.delenv(name, raising=False)
+    sweep.set_tuning("grid", None, "mma", "split8", "l2")
+    assert os.environ["FUSED_RNN_PERSISTENT_SPLIT"] == "8"
+    assert os.environ["FUSED_RNN_PERSISTENT_STAGING"] == "loads"
+    sweep.set_tuning("grid", None, "fma", "shared", "l2")
+    assert "FUSED_RNN_PERSISTENT_SPLIT" not in os.environ
+    assert os.environ["FUSED_RNN_PERSISTENT_STAGING"] == "shared"
+    sweep.set_tuning("grid", None, "fma", "split4", "l2")
+    sweep.clear_tuning()
+    assert not any(name in os.environ for name in sweep.ENV)
+    assert {v[3] for v in sweep.VARIANTS} >= {"split8", "split4"}

@@ -32,7 +32,8 @@ bool recurrence_backward(const RecurrenceBackward<scalar_t>& p);
 // cp.async (1) or shared within clusters (2), blocks per cluster (0: one grid, grid or counter
 // barrier), batch rows per cluster, rows exchanged through distributed shared memory (1) or
 // global memory (0), blocks per cluster sharing the staging (0: none; in grid modes the launch's
-// cluster size), rows exchanged as tagged words without a step barrier (1) or not (0).
+// cluster size), rows exchanged as tagged words without a step barrier (1) or not (0), blocks
+// per cluster splitting the reduction (0: none; else the launch's cluster size).
 std::vector<int64_t> persistent_profile(bool backward);
 
 }  // namespace fused_rnn::cuda

@@ -273,6 +273,21 @@ constexpr int kSharedStaging = 8;   // the launch has clusters (in grid modes to
                                     // the cluster and stored into every block of it
 constexpr int kTaggedExchange = 16;  // no step barrier: the rows travel as words tagged with
                                      // their step (stage_tagged), which readers poll
+constexpr int kSplitK = 32;  // the launch has clusters (grid modes) whose blocks split the
+                             // reduction of one set of hidden units (split_chunk, sum_split)
+
+// Split reduction (kSplitK, FUSED_RNN_PERSISTENT_SPLIT=Q, sm_90+, grid modes): a cluster of Q
+// blocks owns Q * U hidden units; block rank q of it keeps the weights of all of them but only
+// for the reduction columns [q * Kc, q * Kc + Kc) (Kc = split_chunk(K, Q)), stages only those
+// columns of h_prev / d_gates (1/Q of the bytes every block otherwise reads from L2 per step),
+// and multiplies them into partial sums for the cluster's units; after a cluster barrier each
+// block adds, for its own U units, the Q blocks' partial sums (read from their shared memory, in
+// rank order: deterministic) and runs the pointwise part as without the split. Kc: K / Q rounded
+// up to 8 elements (16-byte aligned chunks for the loads and the products; the last chunks may be
+// shorter or empty, their columns zero). Q == 1: K.
+__host__ __device__ constexpr int split_chunk(int K, int Q) {
+  return Q > 1 ? ((K + Q - 1) / Q + 7) / 8 * 8 : K;
+}
 
 // Rows into X: shared within the cluster where the launch asks for it (the caller then ends the
 // staging with a cluster barrier), by cp.async where it asks for that and the rows allow it,
@@ -440,6 +455,82 @@ __device__ __forceinline__ void block_or_cluster_sync(bool cluster) {
   } else {
     __syncthreads();
   }
+}
+
+// The block's rank in its cluster and the cluster's blocks.
+struct ClusterPlace {
+  int rank, blocks;
+};
+
+__device__ __forceinline__ ClusterPlace cluster_place() {
+#if defined(FUSED_RNN_CLUSTERS)
+  const cg::cluster_group cluster = cg::this_cluster();
+  return {static_cast<int>(cluster.block_rank()), static_cast<int>(cluster.num_blocks())};
+#else
+  __trap();
+  return {0, 1};
+#endif
+}
+
+// Split reduction, the sums of this block's units: for row b < rows and i < n (gate-major:
+// i = g * U + u), out[b * n + i] (+)= the sum over the cluster's blocks, in rank order, of their
+// part[b * part_row + first + g * stride + u] (the same place in each block's shared memory).
+// `add`: added to out. A thread takes w consecutive units (16 bytes where U and the offsets
+// allow, else 1) and has the loads of kInFlight blocks in flight before it adds (a load from
+// another block's shared memory is a round trip through the cluster's network). Reads the other
+// blocks' shared memory: after a cluster barrier that follows their products, and before the
+// barrier after which they overwrite `part`.
+template <typename A>
+__device__ __forceinline__ void sum_split(A* out, A* part, int rows, int n, int U,
+                                          int part_row, int first, int stride, bool add) {
+#if defined(FUSED_RNN_CLUSTERS)
+  constexpr int kVec = 16 / sizeof(A), kInFlight = 8;
+  cg::cluster_group cluster = cg::this_cluster();
+  const int blocks = static_cast<int>(cluster.num_blocks());
+  const bool vec = U % kVec == 0 && part_row % kVec == 0 && first % kVec == 0 &&
+                   stride % kVec == 0 && reinterpret_cast<uintptr_t>(part) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(out) % 16 == 0;
+  const int w = vec ? kVec : 1, per_row = n / w;  // n = G * U: a multiple of w
+  for (int e = threadIdx.x; e < rows * per_row; e += kThreads) {
+    const int b = e / per_row, i = (e - b * per_row) * w, g = i / U;
+    A* at = part + b * part_row + first + g * stride + (i - g * U);
+    A sum[kVec];
+    for (int r0 = 0; r0 < blocks; r0 += kInFlight) {
+      uint4 raw[kInFlight];
+      A one[kInFlight];
+#pragma unroll
+      for (int q = 0; q < kInFlight; ++q) {
+        if (r0 + q < blocks) {
+          A* src = cluster.map_shared_rank(at, static_cast<unsigned>(r0 + q));
+          if (vec) {
+            raw[q] = *reinterpret_cast<const uint4*>(src);
+          } else {
+            one[q] = *src;
+          }
+        }
+      }
+#pragma unroll
+      for (int q = 0; q < kInFlight; ++q) {
+        if (r0 + q >= blocks) continue;
+        A v[kVec] = {};
+        if (vec) {
+          memcpy(v, &raw[q], 16);
+        } else {
+          v[0] = one[q];
+        }
+#pragma unroll
+        for (int k = 0; k < kVec; ++k) sum[k] = r0 + q == 0 ? v[k] : sum[k] + v[k];
+      }
+    }
+    A* dst = out + b * n + i;
+#pragma unroll
+    for (int k = 0; k < kVec; ++k) {  // (a constant bound: sum stays in registers)
+      if (k < w) dst[k] = add ? dst[k] + sum[k] : sum[k];
+    }
+  }
+#else
+  __trap();
+#endif
 }
 
 // Exchange through distributed shared memory: v into the same element (local address `at` in
@@ -628,11 +719,12 @@ struct StagedRows {
 
 // A block's rows: Bq = its batch rows (BlockShare: all B, or its cluster's), local row b is
 // batch row b_lo + b. Shared memory: xs (slots of x_t W_ih^T, this step's and the next's:
-// slot_bytes<S>(Bq*G, U)), then in operand_t<S, kMma> (ld = row_stride(H), Rw =
-// padded_rows(G*U)): W [Rw, ld], X [nX, Bc, ld] (nX = 2 buffers with kDsmemExchange, where
-// step s reads buffer s % 2 and the cluster writes step s + 1's rows into the other, else 1);
-// then in elements of acc_t<S>: gh [Bq, G*U], P [kWarps * scratch_per_warp], bias_x [G*U],
-// bias_h [G*U], cs [Bq, U].
+// slot_bytes<S>(Bq*G, U)), then in operand_t<S, kMma> (ld = row_stride(Kc), Rw =
+// padded_rows(G*Uc); without kSplitK Kc = H, Uc = U): W [Rw, ld], X [nX, Bc, ld] (nX = 2
+// buffers with kDsmemExchange, where step s reads buffer s % 2 and the cluster writes step
+// s + 1's rows into the other, else 1); then in elements of acc_t<S>: gh [Bq, G*U],
+// P [kWarps * scratch_per_warp], bias_x [G*U], bias_h [G*U], cs [Bq, U], and with kSplitK
+// gp [Bc, G*Uc].
 template <Cell kCell, int kBW, typename S, bool kMma>
 __global__ void __launch_bounds__(kThreads, 1)
     recurrence_forward_kernel(RecurrenceForward<S> p, int U, int Bc, int flags, int group_rows,
@@ -645,10 +737,18 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int H = static_cast<int>(p.hidden), B = static_cast<int>(p.batch), R = G * U;
   const BlockShare share = block_share(flags, B, group_rows);
   const int Bq = share.rows, b_lo = share.b_lo;
-  const int ld = row_stride(H, sizeof(E), kMma), Rw = padded_rows(R, kMma);
+  // split reduction: this block's rank q in its cluster of Q, the cluster's Uc units from c0,
+  // its reduction columns [k0, k0 + kq) of Kc; without: Q = 1, Uc = U, c0 = j0, all H columns
+  // (not float64: compiled out, the plan never splits there; its registers would spill, ptxas)
+  constexpr bool kSplittable = !std::is_same_v<S, double>;
+  const bool split = kSplittable && (flags & kSplitK) != 0;
+  const ClusterPlace place = split ? cluster_place() : ClusterPlace{0, 1};
+  const int Q = place.blocks, Uc = Q * U, c0 = (share.rank / Q) * Uc, Rs = G * Uc;
+  const int Kc = split_chunk(H, Q), k0 = place.rank * Kc, kq = max(0, min(Kc, H - k0));
+  const int ld = row_stride(Kc, sizeof(E), kMma), Rw = padded_rows(Rs, kMma);
   const int wps = slot_words<S>(U);
   unsigned* xs = reinterpret_cast<unsigned*>(smem_raw);  // xs: [2][Bq*G][wps] words
-  // W: [Rw, ld], row g*U + u = W_hh[g*H + j0 + u, :]
+  // W: [Rw, ld], row g*Uc + v = W_hh[g*H + c0 + v, k0 .. k0 + kq)
   E* W = reinterpret_cast<E*>(smem_raw + slot_bytes<S>(Bq * G, U));
   const bool dsmem = (flags & kDsmemExchange) != 0;
   const StagedRows<E> X{W + Rw * ld, Bc, ld, dsmem};  // X: [nX, Bc, ld]  rows of h_prev
@@ -658,16 +758,18 @@ __global__ void __launch_bounds__(kThreads, 1)
                                           //   LSTM / RNN: b_ih + b_hh)
   A* bias_h = bias_x + R;                 // bias_h: [R]  GRU: b_hh, added to h_prev W_hh^T
   A* cs = bias_h + R;                     // cs: [Bq, U]  LSTM: this block's units' cell state
+  A* gp = cs + Bq * U;  // gp: [Bc, Rs]  split: a pass's partial sums of the cluster's units
   // units 0: a block that pads the grid to whole clusters (shared staging): it stages, owns none
   const int j0 = share.rank * U, units = max(0, min(U, H - j0));
   for (int idx = threadIdx.x; idx < Rw * ld; idx += kThreads) {
-    const int r = idx / ld, k = idx - r * ld, g = r / U, u = r - g * U;
-    const A w = r < R && u < units && k < H
-                    ? static_cast<A>(p.w_hh[static_cast<int64_t>(g * H + j0 + u) * H + k])
+    const int r = idx / ld, k = idx - r * ld, g = r / Uc, v = r - g * Uc;
+    const A w = r < Rs && c0 + v < H && k < kq
+                    ? static_cast<A>(p.w_hh[static_cast<int64_t>(g * H + c0 + v) * H + k0 + k])
                     : A(0);
     W[idx] = to_operand<E, kMma>(w);
   }
-  if constexpr (kMma) zero_columns(X.base, X.rows(), H, ld);
+  // X's columns past this block's (tensor cores: also the padding to ld) stay zero
+  if (kMma || kq < ld) zero_columns(X.base, X.rows(), kq, ld);
   for (int r = threadIdx.x; r < R; r += kThreads) {
     const int g = r / U, u = r - g * U;
     const int64_t i = static_cast<int64_t>(g) * H + j0 + u;
@@ -681,7 +783,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                         : A(0);
     }
   }
-  const bool h_staged = Bc >= Bq;  // X holds all rows of h_prev after the staging
+  const bool h_staged = Bc >= Bq && !split;  // X holds all of h_prev after the staging
   const int n_el = Bq * units;     // pointwise elements of this block
   const int64_t T = p.steps;
   // segment (b, g) of step s: x_t[b_lo + b, g*H + j0 .. + units)
@@ -704,6 +806,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // every block of the cluster runs before any writes into another
   if (dsmem || shared) cluster_sync();
   PhaseClock clock(phases);
+  A* const prod = split ? gp : gh;  // where the products go
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = step_time(s, T, p.reverse);
     E* const Xs = X.step(s);  // this step's h_prev rows
@@ -717,8 +820,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int b0 = 0; b0 < Bq; b0 += Bc) {
       const int nb = min(Bc, Bq - b0);
       // X is free: in this block, and with shared staging in every block of the cluster (for
-      // the first pass the step barrier saw to that: all blocks had finished their products)
-      block_or_cluster_sync(shared && staging && b0 > 0);
+      // the first pass the step barrier saw to that: all blocks had finished their products);
+      // split: every block of the cluster has summed the previous pass's partial sums in gp
+      block_or_cluster_sync(((shared && staging) || split) && b0 > 0);
       bool staged = !staging;
       if constexpr (kTaggable) {
         if (tagged && s > 0) {  // polls the words of step s - 1 (no step barrier before)
@@ -727,15 +831,21 @@ __global__ void __launch_bounds__(kThreads, 1)
           staged = true;
         }
       }
-      if (!staged) stage(Xs, ld, h_prev, h_prev_row, b_lo + b0, nb, H, flags);
+      if (!staged && kq > 0) stage(Xs, ld, h_prev + k0, h_prev_row, b_lo + b0, nb, kq, flags);
       if (b0 == 0) cp_async_wait_all();  // this step's slots (issued a step ago) have landed
       // the rows are in X (shared staging: every block of the cluster has stored its part)
       block_or_cluster_sync(shared && staging);
       clock.lap(0, false);
+      // (split: the pass's partial sums into gp's rows from 0, else gh's rows from b0)
       if constexpr (kMma) {
-        block_mma(W, R, Xs, nb, H, ld, gh, R, b0, P);
+        block_mma(W, Rs, Xs, nb, Kc, ld, prod, Rs, split ? 0 : b0, P);
       } else {
-        block_matvec_any<kBW>(W, R, Xs, nb, H, gh, R, b0, P);
+        block_matvec_any<kBW>(W, Rs, Xs, nb, Kc, prod, Rs, split ? 0 : b0, P);
+      }
+      if (split) {  // gh of this block's units, the pass's rows: the cluster's partial sums
+        cluster_sync();  // every block of the cluster has the pass's partial sums in gp
+        sum_split(gh + b0 * R, gp, nb, R, U, Rs, place.rank * U, Uc, false);
+        __syncthreads();
       }
       clock.lap(1, false);  // block_matvec ends with a block barrier
     }
@@ -815,10 +925,11 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 // A block's rows as in the forward kernel (Bq rows from b_lo). Shared memory: xs (slots of the
 // forward's values an element reads, this step's and the next's: slot_bytes<S>(Bq*kIn, U)), then
-// in operand_t<S, kMma> (ld = row_stride(G*H), Uw = padded_rows(U)): Wt [Uw, ld], X [nX, Bc, ld]
-// (nX = 2 with kDsmemExchange: step s's d_gates rows in buffer s % 2, written there by the
-// cluster's pointwise phase; else 1); then in elements of acc_t<S>: mv [Bq, U], dh [Bq, U],
-// dc [Bq, U], P [kWarps * scratch_per_warp].
+// in operand_t<S, kMma> (ld = row_stride(Kc), Uw = padded_rows(Uc); without kSplitK Kc = G*H,
+// Uc = U): Wt [Uw, ld], X [nX, Bc, ld] (nX = 2 with kDsmemExchange: step s's d_gates rows in
+// buffer s % 2, written there by the cluster's pointwise phase; else 1); then in elements of
+// acc_t<S>: mv [Bq, U], dh [Bq, U], dc [Bq, U], P [kWarps * scratch_per_warp], and with kSplitK
+// mvp [Bc, Uc].
 template <Cell kCell, int kBW, typename S, bool kMma>
 __global__ void __launch_bounds__(kThreads, 1)
     recurrence_backward_kernel(RecurrenceBackward<S> p, int U, int Bc, int flags, int group_rows,
@@ -831,10 +942,17 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int H = static_cast<int>(p.hidden), B = static_cast<int>(p.batch), K = G * H;
   const BlockShare share = block_share(flags, B, group_rows);
   const int Bq = share.rows, b_lo = share.b_lo;
-  const int ld = row_stride(K, sizeof(E), kMma), Uw = padded_rows(U, kMma);
+  // split reduction (see the forward kernel): the cluster's Uc units from c0, this block's
+  // reduction rows [k0, k0 + kq) of W_hh (columns of d_gates), Kc of them
+  constexpr bool kSplittable = !std::is_same_v<S, double>;  // (not float64: see the forward)
+  const bool split = kSplittable && (flags & kSplitK) != 0;
+  const ClusterPlace place = split ? cluster_place() : ClusterPlace{0, 1};
+  const int Q = place.blocks, Uc = Q * U, c0 = (share.rank / Q) * Uc;
+  const int Kc = split_chunk(K, Q), k0 = place.rank * Kc, kq = max(0, min(Kc, K - k0));
+  const int ld = row_stride(Kc, sizeof(E), kMma), Uw = padded_rows(Uc, kMma);
   constexpr int kIn = backward_inputs_of(G);  // see input_ptr
   unsigned* xs = reinterpret_cast<unsigned*>(smem_raw);  // xs: [2][Bq*kIn][slot_words] words
-  // Wt: [Uw, ld], row u = W_hh[:, j0 + u]
+  // Wt: [Uw, ld], row v = W_hh[k0 .. k0 + kq, c0 + v]
   E* Wt = reinterpret_cast<E*>(smem_raw + slot_bytes<S>(Bq * kIn, U));
   const bool dsmem = (flags & kDsmemExchange) != 0;
   const StagedRows<E> X{Wt + Uw * ld, Bc, ld, dsmem};  // X: [nX, Bc, ld]  rows of d_gates
@@ -842,16 +960,18 @@ __global__ void __launch_bounds__(kThreads, 1)
   A* dh = mv + Bq * U;                     // dh: [Bq, U]  running dL/dh
   A* dc = dh + Bq * U;                     // dc: [Bq, U]  running dL/dc (LSTM)
   A* P = dc + Bq * U;                      // P: [kWarps * scratch_per_warp]
+  A* mvp = P + kWarps * scratch_per_warp(kMma);  // mvp: [Bc, Uc]  split: a pass's partial sums
   const int j0 = share.rank * U, units = max(0, min(U, H - j0));  // 0: see the forward kernel
-  for (int idx = threadIdx.x; idx < K * Uw; idx += kThreads) {  // consecutive threads: along j
-    const int r = idx / Uw, u = idx - r * Uw;
-    const A w = u < units ? static_cast<A>(p.w_hh[static_cast<int64_t>(r) * H + j0 + u]) : A(0);
-    Wt[u * ld + r] = to_operand<E, kMma>(w);
+  for (int idx = threadIdx.x; idx < Kc * Uw; idx += kThreads) {  // consecutive threads: along j
+    const int r = idx / Uw, v = idx - r * Uw;
+    const A w = v < Uc && c0 + v < H && r < kq
+                    ? static_cast<A>(p.w_hh[static_cast<int64_t>(k0 + r) * H + c0 + v])
+                    : A(0);
+    Wt[v * ld + r] = to_operand<E, kMma>(w);
   }
-  if constexpr (kMma) {
-    zero_columns(Wt, Uw, K, ld);
-    zero_columns(X.base, X.rows(), K, ld);
-  }
+  if constexpr (kMma) zero_columns(Wt, Uw, Kc, ld);
+  // X's columns past this block's (tensor cores: also the padding to ld) stay zero
+  if (kMma || kq < ld) zero_columns(X.base, X.rows(), kq, ld);
   for (int e = threadIdx.x; e < Bq * U; e += kThreads) {
     const int b = e / U, u = e - b * U;
     const int64_t i = static_cast<int64_t>(b_lo + b) * H + j0 + u;
@@ -966,8 +1086,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int b0 = 0; b0 < Bq; b0 += Bc) {
       const int nb = min(Bc, Bq - b0);
       // X is free: in this block, and with shared staging in every block of the cluster (for
-      // the first pass the step barrier saw to that)
-      block_or_cluster_sync(shared && b0 > 0);
+      // the first pass the step barrier saw to that); split: every block of the cluster has
+      // summed the previous pass's partial sums in mvp
+      block_or_cluster_sync((shared || split) && b0 > 0);
       // with the exchange through shared memory the cluster wrote the rows into Xs already
       bool staged = dsmem;
       if constexpr (kTaggable) {
@@ -977,19 +1098,28 @@ __global__ void __launch_bounds__(kThreads, 1)
           staged = true;
         }
       }
-      if (!staged) stage(Xs, ld, d_h_t, p.dh_row, b_lo + b0, nb, K, flags);
+      if (!staged && kq > 0) stage(Xs, ld, d_h_t + k0, p.dh_row, b_lo + b0, nb, kq, flags);
       block_or_cluster_sync(shared);  // the rows are in X
       clock.lap(0, false);
+      // (split: the pass's partial sums into mvp's rows from 0, else mv's rows from b0)
       if constexpr (kMma) {
-        block_mma(Wt, U, Xs, nb, K, ld, mv, U, b0, P);
+        block_mma(Wt, Uc, Xs, nb, Kc, ld, split ? mvp : mv, Uc, split ? 0 : b0, P);
       } else {
-        block_matvec_any<kBW>(Wt, U, Xs, nb, K, mv, U, b0, P);
+        block_matvec_any<kBW>(Wt, Uc, Xs, nb, Kc, split ? mvp : mv, Uc, split ? 0 : b0, P);
+      }
+      if (split) {  // dh of this block's units, the pass's rows: + the cluster's partial sums
+        cluster_sync();  // every block of the cluster has the pass's partial sums in mvp
+        sum_split(dh + b0 * U, mvp, nb, U, U, Uc, place.rank * U, 0, true);
       }
       clock.lap(1, false);  // block_matvec ends with a block barrier
     }
-    for (int e = threadIdx.x; e < Bq * U; e += kThreads) dh[e] += mv[e];
+    if (!split) {
+      for (int e = threadIdx.x; e < Bq * U; e += kThreads) dh[e] += mv[e];
+    }
   }
   clock.finish();
+  // split: no block leaves while the others of its cluster may still read its mvp
+  if (split) cluster_sync();
   __syncthreads();
   for (int e = threadIdx.x; e < Bq * units; e += kThreads) {
     const int b = e / units, u = e - b * units;
@@ -1013,6 +1143,8 @@ struct Plan {
   int share = 0;       // shared staging (kSharedStaging): blocks per cluster that share it (the
                        // launch's cluster size in grid modes too; blocks is then a multiple of
                        // it); 0: every block stages its rows itself
+  int split = 0;       // split reduction (kSplitK): blocks per cluster that split it (grid
+                       // modes; blocks is a multiple of it); 0: each block the whole reduction
   size_t smem = 0;
 };
 
@@ -1077,6 +1209,11 @@ DeviceLimits device_limits() {
 //                                     FUSED_RNN_PERSISTENT_CLUSTER blocks, default 8, and the
 //                                     grid is padded to whole clusters with blocks that own no
 //                                     units; where it cannot, and for float64, loads)
+//   FUSED_RNN_PERSISTENT_SPLIT=n      (sm_90+, grid and counter barriers; n = 2-16, 1: off, the
+//                                     default) the split reduction (kSplitK): clusters of n
+//                                     blocks, each block a 1/n share of the reduction columns
+//                                     for the cluster's units; tried first, before shared
+//                                     staging; where it does not fit: without it
 enum class Barrier { kGrid = 0, kCounter = 1, kCluster = 2, kTagged = 3 };
 enum class Staging { kLoads = 0, kAsync = 1, kShared = 2 };
 
@@ -1088,6 +1225,7 @@ struct Tuning {
   bool profile = false;
   bool mma = false;
   Staging staging = Staging::kLoads;
+  int split = 1;  // blocks splitting the reduction; 1: none
 };
 
 // The index in `names` of environment variable `name`'s value; `fallback` when unset or empty;
@@ -1128,6 +1266,7 @@ Tuning tuning() {
   t.mma = env_choice("FUSED_RNN_PERSISTENT_PRODUCT", {"fma", "mma"}, 0) == 1;
   t.staging = static_cast<Staging>(
       env_choice("FUSED_RNN_PERSISTENT_STAGING", {"loads", "async", "shared"}, 0));
+  t.split = static_cast<int>(env_int("FUSED_RNN_PERSISTENT_SPLIT", 1, 16, 1));
   if (const char* env = std::getenv("FUSED_RNN_PERSISTENT_PROFILE"); env && *env) {
     t.profile = std::string(env) != "0";
   }
@@ -1137,10 +1276,11 @@ Tuning tuning() {
 // The plan for B rows, hidden size H, G gates, storage type S, products on tensor cores or not,
 // one grid (cluster == 0) or clusters of `cluster` blocks, exchanging rows through distributed
 // shared memory or not, staging shared within clusters of `share` blocks or not (0; cluster
-// mode: share == cluster) (shared memory as laid out in the kernels); false: does not fit.
+// mode: share == cluster), the reduction split over clusters of `split` blocks or not (0; grid
+// modes only, without sharing) (shared memory as laid out in the kernels); false: does not fit.
 template <typename S>
 bool make_plan(int G, int64_t B, int64_t H, bool backward, bool mma, int cluster, bool dsmem,
-               int share, const DeviceLimits& d, int64_t min_units, Plan& plan) {
+               int share, int split, const DeviceLimits& d, int64_t min_units, Plan& plan) {
   const int64_t asize = sizeof(acc_t<S>);             // bytes of an accumulator
   const int64_t esize = mma ? sizeof(S) : asize;      // bytes of an element of W and X
   if (B < 1 || H < 1 || d.sms < 1 || (cluster == 0 && !d.cooperative)) return false;
@@ -1156,6 +1296,13 @@ bool make_plan(int G, int64_t B, int64_t H, bool backward, bool mma, int cluster
     while (grid_blocks(U) > d.sms) ++U;  // ends: one unit-owning block fits
   }
   if (cluster > 0 && share > 0 && share != cluster) return false;
+  if (split > 0) {  // clusters of `split` blocks, each cluster split * U units
+    if (split < 2 || cluster > 0 || dsmem || share > 0 || split > d.sms) return false;
+    const auto split_blocks = [&](int64_t units) {
+      return (H + split * units - 1) / (split * units) * split;
+    };
+    while (split_blocks(U) > d.sms) ++U;  // ends: one cluster fits
+  }
   int64_t groups = 1, Bq = B;  // clusters, batch rows per block
   if (cluster > 0) {
     if (cluster > d.sms || H < cluster) return false;
@@ -1165,19 +1312,22 @@ bool make_plan(int G, int64_t B, int64_t H, bool backward, bool mma, int cluster
     groups = (B + Bq - 1) / Bq;
   }
   B = Bq;  // from here on: a block's batch rows
+  const int64_t Uc = std::max(split, 1) * U;  // units whose weights a block keeps
   // slots of the inputs fetched ahead: forward x_t W_ih^T per gate; backward the forward's
   // values an element reads
   const int64_t segments = B * (backward ? backward_inputs_of(G) : G);
   const size_t slots = static_cast<size_t>(slot_bytes<S>(segments, static_cast<int>(U)));
   if (slots >= d.smem_optin) return false;
-  const int64_t K = backward ? G * H : H;         // reduction length
-  const int64_t R = backward ? U : G * U;         // rows of the resident weight slice
+  // reduction length of a block (split: its share)
+  const int64_t K = split_chunk(static_cast<int>(backward ? G * H : H), std::max(split, 1));
+  const int64_t R = backward ? Uc : G * Uc;       // rows of the resident weight slice
   const int64_t ld = row_stride(static_cast<int>(K), static_cast<int>(esize), mma);
   const int64_t Rw = padded_rows(static_cast<int>(R), mma);
-  // forward: gh [B, R], bias_x and bias_h [R], cs [B, U]; backward: mv, dh, dc [B, U]
-  const int64_t per_batch = backward ? 3 * B * U : B * R + 2 * R + B * U;
+  // forward: gh [B, G*U], bias_x and bias_h [G*U], cs [B, U]; backward: mv, dh, dc [B, U]
+  const int64_t per_batch = backward ? 3 * B * U : B * G * U + 2 * G * U + B * U;
   const int64_t fixed = Rw * ld * esize + (per_batch + kWarps * scratch_per_warp(mma)) * asize;
-  const int64_t row_bytes = ld * esize;  // one staged row of X
+  // one staged row of X, and with the split its partial sums (gp / mvp: [rows, R])
+  const int64_t row_bytes = ld * esize + (split > 0 ? R * asize : 0);
   const int64_t room = static_cast<int64_t>(d.smem_optin - slots);
   if (fixed + row_bytes > room) return false;  // not even 1 row
   int64_t rows = (room - fixed) / row_bytes;
@@ -1193,12 +1343,15 @@ bool make_plan(int G, int64_t B, int64_t H, bool backward, bool mma, int cluster
   if (rows < B && rows > whole) rows -= rows % whole;
   plan.units = static_cast<int>(U);
   plan.staged_rows = static_cast<int>(rows);
-  plan.blocks = static_cast<int>(cluster > 0 ? groups * cluster : grid_blocks(U));
+  plan.blocks = static_cast<int>(cluster > 0 ? groups * cluster
+                                 : split > 0 ? (H + Uc - 1) / Uc * split
+                                             : grid_blocks(U));
   plan.mma = mma;
   plan.cluster = cluster;
   plan.group_rows = cluster > 0 ? static_cast<int>(Bq) : 0;
   plan.dsmem = dsmem;
   plan.share = share;
+  plan.split = split;
   plan.smem = slots + static_cast<size_t>(fixed + buffers * rows * row_bytes);
   return true;
 }
@@ -1241,12 +1394,15 @@ bool want_persistent(int G, int64_t B, int64_t H, bool fits, bool backward, bool
 int launch_flags(const Plan& plan, const Tuning& tune) {
   return (tune.staging == Staging::kAsync ? kAsyncStaging : 0) |
          (plan.cluster > 0 ? kClusterBarrier : 0) | (plan.dsmem ? kDsmemExchange : 0) |
-         (plan.share > 0 ? kSharedStaging : 0) | (plan.tagged ? kTaggedExchange : 0);
+         (plan.share > 0 ? kSharedStaging : 0) | (plan.tagged ? kTaggedExchange : 0) |
+         (plan.split > 0 ? kSplitK : 0);
 }
 
-// The launch's blocks per cluster: cluster mode's, or in grid modes the shared staging's (0:
-// no clusters).
-int launch_cluster(const Plan& plan) { return plan.cluster > 0 ? plan.cluster : plan.share; }
+// The launch's blocks per cluster: cluster mode's, or in grid modes the shared staging's or the
+// split reduction's (0: no clusters).
+int launch_cluster(const Plan& plan) {
+  return plan.cluster > 0 ? plan.cluster : plan.share > 0 ? plan.share : plan.split;
+}
 
 // How the rows were staged (the profile's element 14): 0 loads, 1 cp.async, 2 shared in clusters.
 int staging_used(const Plan& plan, const Tuning& tune) {
@@ -1348,13 +1504,15 @@ void launch_persistent(Kernel kernel, const Params& p, const Plan& plan, const D
     cudaLaunchConfig_t config = cluster_config(kernel, plan, stream, attr);
     // clusters of this shape the device holds at once
     const int64_t resident = resident_cluster_blocks(kernel, plan) / launch_cluster(plan);
-    // cluster mode: one at a time will do; grid modes (shared staging): all at once
-    const int64_t need = plan.cluster > 0 ? 1 : plan.blocks / plan.share;
+    // cluster mode: one at a time will do; grid modes (shared staging, split reduction): all
+    // at once
+    const int64_t need = plan.cluster > 0 ? 1 : plan.blocks / launch_cluster(plan);
     TORCH_CHECK(resident >= need, "fused_rnn: the device holds ", std::to_string(resident),
                 " clusters of ", std::to_string(launch_cluster(plan)), " blocks with ",
                 std::to_string(plan.smem), " bytes of shared memory each at once, this launch "
                 "needs ", std::to_string(need), "; set FUSED_RNN_PERSISTENT_CLUSTER, "
-                "FUSED_RNN_PERSISTENT_STAGING or FUSED_RNN_PERSISTENT_BARRIER");
+                "FUSED_RNN_PERSISTENT_STAGING, FUSED_RNN_PERSISTENT_SPLIT or "
+                "FUSED_RNN_PERSISTENT_BARRIER");
     C10_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, params, units, rows, flags, group_rows,
                                       barrier, exchange, phases));
   } else {
@@ -1376,7 +1534,7 @@ void launch_persistent(Kernel kernel, const Params& p, const Plan& plan, const D
                               p.hidden,         plan.blocks,     plan.units, plan.staged_rows,
                               khz,              plan.mma,        staging_used(plan, tune),
                               plan.cluster,     plan.group_rows, plan.dsmem,
-                              plan.share,       plan.tagged});
+                              plan.share,       plan.tagged,     plan.split});
   }
 #endif
 }
@@ -1451,7 +1609,17 @@ bool choose_plan(int G, int64_t B, int64_t H, bool backward, const DeviceLimits&
   const bool tagged = tune.barrier == Barrier::kTagged && !std::is_same_v<S, double>;
   const bool share = tune.staging == Staging::kShared && d.major >= 9 &&
                      !std::is_same_v<S, double> && !tagged;
+  // The split reduction where asked for (sm_90+, the grid or counter barrier), tried first: with
+  // tensor cores where asked for, then CUDA cores; then the plans below.
+  // (not float64: its kernels are compiled without it, see the forward kernel)
+  const bool split = tune.split > 1 && d.major >= 9 && !std::is_same_v<S, double> &&
+                     (tune.barrier == Barrier::kGrid || tune.barrier == Barrier::kCounter);
   bool fits = false;
+  for (const bool tensor_cores : {true, false}) {
+    if (fits || !split || (tensor_cores && !mma)) continue;
+    fits = make_plan<S>(G, B, H, backward, tensor_cores, 0, false, 0, tune.split, d,
+                        tune.min_units, plan);
+  }
   for (const int cluster : clusters) {
     const int shared_by = cluster > 0 ? cluster : tune.cluster_size > 0 ? tune.cluster_size : 8;
     for (const int sharing : {share ? shared_by : -1, 0}) {
@@ -1461,7 +1629,7 @@ bool choose_plan(int G, int64_t B, int64_t H, bool backward, const DeviceLimits&
               (dsmem && (!tune.dsmem || cluster == 0))) {
             continue;
           }
-          fits = make_plan<S>(G, B, H, backward, tensor_cores, cluster, dsmem, sharing, d,
+          fits = make_plan<S>(G, B, H, backward, tensor_cores, cluster, dsmem, sharing, 0, d,
                               tune.min_units, plan);
         }
       }
@@ -1481,10 +1649,10 @@ bool run_recurrence(const Params& p, bool backward) {
   const bool tf32 = at::globalContext().allowTF32CuBLAS();
   Plan plan;
   bool fits = choose_plan<S>(G, p.batch, p.hidden, backward, d, tune, tf32, plan);
-  if (fits && plan.share > 0 && plan.cluster == 0) {
-    // shared staging in a grid mode: every cluster resident at once, and a GPC holds whole
-    // clusters only, so the device may hold fewer blocks in clusters than it has SMs; plan
-    // again for as many as it holds
+  if (fits && launch_cluster(plan) > 0 && plan.cluster == 0) {
+    // shared staging or the split reduction in a grid mode: every cluster resident at once, and
+    // a GPC holds whole clusters only, so the device may hold fewer blocks in clusters than it
+    // has SMs; plan again for as many as it holds
     int64_t resident = 0;
     with_kernel<S, Pick>(p.cell, plan,
                          [&](auto kernel) { resident = resident_cluster_blocks(kernel, plan); });
