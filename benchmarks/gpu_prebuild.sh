@@ -18,7 +18,13 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 venv="${PREBUILD_VENV:-/tmp/fused_rnn_gpu_prebuild_venv}"
-py312="${PY312:-$(command -v python3.12 2>/dev/null || ls /root/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -1 || true)}"
+# a python3.12 that runs (a pyenv shim on PATH may exist without the version being active)
+py312="${PY312:-}"
+if [ -z "$py312" ]; then
+  for cand in "$(command -v python3.12 2>/dev/null || true)" /root/.pyenv/versions/3.12*/bin/python3.12; do
+    if [ -x "$cand" ] && "$cand" -c 'import sys' 2>/dev/null; then py312="$cand"; break; fi
+  done
+fi
 torch_req="${PREBUILD_TORCH:-torch==2.11.0}"   # the box's torch (2.11.0+cu130)
 arch="${TORCH_CUDA_ARCH_LIST:-9.0}"
 [ -x "$py312" ] || { echo "no python3.12 found (set PY312)" >&2; exit 2; }
