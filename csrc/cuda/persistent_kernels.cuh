@@ -961,6 +961,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   A* dc = dh + Bq * U;                     // dc: [Bq, U]  running dL/dc (LSTM)
   A* P = dc + Bq * U;                      // P: [kWarps * scratch_per_warp]
   A* mvp = P + kWarps * scratch_per_warp(kMma);  // mvp: [Bc, Uc]  split: a pass's partial sums
+  A* const prod = split ? mvp : mv;                // where the products go
   const int j0 = share.rank * U, units = max(0, min(U, H - j0));  // 0: see the forward kernel
   for (int idx = threadIdx.x; idx < Kc * Uw; idx += kThreads) {  // consecutive threads: along j
     const int r = idx / Uw, v = idx - r * Uw;
@@ -1103,9 +1104,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       clock.lap(0, false);
       // (split: the pass's partial sums into mvp's rows from 0, else mv's rows from b0)
       if constexpr (kMma) {
-        block_mma(Wt, Uc, Xs, nb, Kc, ld, split ? mvp : mv, Uc, split ? 0 : b0, P);
+        block_mma(Wt, Uc, Xs, nb, Kc, ld, prod, Uc, split ? 0 : b0, P);
       } else {
-        block_matvec_any<kBW>(Wt, Uc, Xs, nb, Kc, split ? mvp : mv, Uc, split ? 0 : b0, P);
+        block_matvec_any<kBW>(Wt, Uc, Xs, nb, Kc, prod, Uc, split ? 0 : b0, P);
       }
       if (split) {  // dh of this block's units, the pass's rows: + the cluster's partial sums
         cluster_sync();  // every block of the cluster has the pass's partial sums in mvp
@@ -1286,23 +1287,19 @@ bool make_plan(int G, int64_t B, int64_t H, bool backward, bool mma, int cluster
   if (B < 1 || H < 1 || d.sms < 1 || (cluster == 0 && !d.cooperative)) return false;
   if (B > (1 << 16) || G * H * H >= (int64_t{1} << 31)) return false;
   int64_t U = std::min(H, std::max((H + d.sms - 1) / d.sms, min_units));
-  // blocks of the grid modes: whole clusters where the staging is shared
+  // blocks of the grid modes for `units` per block: whole clusters where the staging is shared
+  // (padded with blocks that own no units) or the reduction split (clusters of split * units)
   const auto grid_blocks = [&](int64_t units) {
+    if (split > 0) return (H + split * units - 1) / (split * units) * split;
     const int64_t blocks = (H + units - 1) / units, c = std::max(share, 1);
     return (blocks + c - 1) / c * c;
   };
-  if (share > 0 && cluster == 0) {
-    if (share > d.sms) return false;
-    while (grid_blocks(U) > d.sms) ++U;  // ends: one unit-owning block fits
+  if (split > 0 && (split < 2 || cluster > 0 || dsmem || share > 0)) return false;
+  if ((share > 0 || split > 0) && cluster == 0) {
+    if (std::max(share, split) > d.sms) return false;
+    while (grid_blocks(U) > d.sms) ++U;  // ends: one unit-owning block (cluster) fits
   }
   if (cluster > 0 && share > 0 && share != cluster) return false;
-  if (split > 0) {  // clusters of `split` blocks, each cluster split * U units
-    if (split < 2 || cluster > 0 || dsmem || share > 0 || split > d.sms) return false;
-    const auto split_blocks = [&](int64_t units) {
-      return (H + split * units - 1) / (split * units) * split;
-    };
-    while (split_blocks(U) > d.sms) ++U;  // ends: one cluster fits
-  }
   int64_t groups = 1, Bq = B;  // clusters, batch rows per block
   if (cluster > 0) {
     if (cluster > d.sms || H < cluster) return false;
@@ -1343,9 +1340,7 @@ bool make_plan(int G, int64_t B, int64_t H, bool backward, bool mma, int cluster
   if (rows < B && rows > whole) rows -= rows % whole;
   plan.units = static_cast<int>(U);
   plan.staged_rows = static_cast<int>(rows);
-  plan.blocks = static_cast<int>(cluster > 0 ? groups * cluster
-                                 : split > 0 ? (H + Uc - 1) / Uc * split
-                                             : grid_blocks(U));
+  plan.blocks = static_cast<int>(cluster > 0 ? groups * cluster : grid_blocks(U));
   plan.mma = mma;
   plan.cluster = cluster;
   plan.group_rows = cluster > 0 ? static_cast<int>(Bq) : 0;
