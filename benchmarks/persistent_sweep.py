@@ -15,11 +15,15 @@ card in the same minute; --all-variants adds the counter barrier and more hidden
 (FUSED_RNN_PERSISTENT_PROFILE=1: where a step's time goes, forward and backward kernels, per
 variant). Point by point, most telling first; the markdown tables (µs per step, speed-up vs nn.*;
 phases) and the JSON are rewritten after every point, and --budget-s stops before a point that
-would not end in time, so a run cut short keeps what it measured.
+would not end in time, so a run cut short keeps what it measured. A variant that leaves the
+CUDA context unusable (a sticky error: an illegal address, a kernel's trap) ends the process with
+status 75 after writing what it has; run it again with --resume (gpu_check.sh does) and it goes
+on from the JSON in a new process without that variant.
 
   python benchmarks/persistent_sweep.py --budget-s 180 --json sweep.json --md sweep.md
 """
 import argparse
+import json
 import os
 import sys
 import time
@@ -215,17 +219,50 @@ def sweep_points(points, measure, budget_s=None, clock=None, done=lambda: None):
     return []
 
 
+# The exit status of a sweep whose CUDA context was lost: gpu_check.sh runs it again with
+# --resume, in a new process, without the variant that lost it.
+RESTART_EXIT = 75
+MAX_RESTARTS = 6
+
+
+class ContextLost(RuntimeError):
+    """A variant left this process's CUDA context unusable (an illegal address, a kernel's trap:
+    sticky errors, after which every CUDA call of the process fails): the sweep writes what it
+    has and goes on in a new process (--resume) without the variant ("all": the point itself)."""
+
+    def __init__(self, where, variant, error):
+        super().__init__(f"{where} {variant}: {error}")
+        self.where, self.variant, self.error = where, variant, error
+
+
+def cuda_context_lost():
+    """Whether this process's CUDA context still runs work (after an error: a sticky one?)."""
+    try:
+        torch.cuda.synchronize()
+        torch.ones(1, device="cuda").add_(1).cpu()
+        return False
+    except RuntimeError:
+        return True
+
+
+def variant_name(variant):
+    return "/".join(str(v) for v in variant)
+
+
 def runs(fn, variant, where, failed):
     """fn runs once under the variant's settings; a RuntimeError (a launch the device refuses, a
-    setting it cannot run) goes into `failed` and the sweep goes on without the variant."""
+    setting it cannot run) goes into `failed` and the sweep goes on without the variant; one
+    that leaves the CUDA context unusable raises ContextLost."""
     try:
         with_tuning(fn, variant)()
         torch.cuda.synchronize()
         return True
     except RuntimeError as e:
         print(f"{where} {variant}: {e}", flush=True)
-        failed.append(dict(point=where, variant="/".join(str(v) for v in variant),
-                           error=str(e).splitlines()[0]))
+        error = str(e).splitlines()[0]
+        if cuda_context_lost():
+            raise ContextLost(where, variant_name(variant), error) from e
+        failed.append(dict(point=where, variant=variant_name(variant), error=error))
         return False
     finally:
         clear_tuning()
@@ -246,18 +283,20 @@ def time_point(point, args, rows, failed):
         variants = list(VARIANTS)
         if args.all_variants:
             variants += MEASURED + [("grid", u, "fma", "loads", "l2") for u in UNITS.get(H, [])]
+        variants = [v for v in variants if variant_name(v) not in args.exclude]
         fused_fn = make_fn(fused, x, training)
-        variants = [v for v in variants if runs(fused_fn, v, f"{cell} B={B} H={H} {dtype_name} "
-                                                f"{mode}", failed)]
+        where = f"{cell} B={B} H={H} {dtype_name} {mode}"
+        variants = [v for v in variants if runs(fused_fn, v, where, failed)]
         # nn.* at PyTorch's defaults (no FUSED_RNN_PERSISTENT_*, matmul.allow_tf32 off)
         fns = [with_tuning(make_fn(ref, x, training), DEFAULT)]
         fns += [with_tuning(fused_fn, v) for v in variants]
         try:
             times = interleaved_medians(fns, "cuda", args.min_run_time)
         except RuntimeError as e:  # should not happen: every variant ran once above
-            print(f"{cell} B={B} H={H} {dtype_name} {mode}: {e}", flush=True)
-            failed.append(dict(point=f"{cell} B={B} H={H} {dtype_name} {mode}",
-                               variant="all", error=str(e).splitlines()[0]))
+            print(f"{where}: {e}", flush=True)
+            if cuda_context_lost():  # which variant is not known: the point is left out
+                raise ContextLost(where, "all", str(e).splitlines()[0]) from e
+            failed.append(dict(point=where, variant="all", error=str(e).splitlines()[0]))
             continue
         finally:
             clear_tuning()
@@ -286,39 +325,86 @@ def main(argv=None):
                          "so far are written after every point)")
     ap.add_argument("--json")
     ap.add_argument("--md")
+    ap.add_argument("--exclude", nargs="+", default=[],
+                    help="variants left out, as barrier/units/product/staging/exchange (e.g. "
+                         "tagged/None/fma/loads/l2), or profile:barrier/product/staging/exchange")
+    ap.add_argument("--resume", action="store_true",
+                    help="go on from the --json file of a sweep that exited with status "
+                         f"{RESTART_EXIT} (its CUDA context lost): the points it finished kept, "
+                         "the variant that lost it left out")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("persistent_sweep.py needs a CUDA device")
+    if args.resume and not args.json:
+        sys.exit("persistent_sweep.py: --resume needs the --json file of the sweep to go on from")
     fused_rnn.set_cuda_path("persistent")
     info = machine_info("cuda")
-    rows, profiles, failed = [], [], []
+    # done: the points finished (or left out after a lost context), as lists; restarts: the
+    # processes started after a lost context so far
+    state = dict(rows=[], profiles=[], failed=[], excluded=list(args.exclude), done=[],
+                 restarts=0)
+    if args.resume:
+        with open(args.json) as f:
+            saved = json.load(f)
+        state.update({k: saved[k] for k in state if k in saved})
+        state["excluded"] = sorted(set(state["excluded"]) | set(args.exclude))
+    args.exclude = state["excluded"]
+    rows, profiles, failed = state["rows"], state["profiles"], state["failed"]
 
     def measure(point):  # the timings, then the phase clocks of the point
-        time_point(point, args, rows, failed)
-        cell, B, H, dtype_name = point
-        for barrier, product, staging, exchange in PROFILED:
-            try:
-                profiles.extend(phase_profile(cell, B, H, getattr(torch, dtype_name), args.T,
-                                              barrier, product, staging, exchange))
-            except RuntimeError as e:
-                failed.append(dict(point=f"{cell} B={B} H={H} {dtype_name} profile",
-                                   variant=f"{barrier}/{product}/{staging}/{exchange}",
-                                   error=str(e).splitlines()[0]))
-            finally:
-                clear_tuning()
+        kept = len(rows), len(profiles), len(failed)
+        try:
+            time_point(point, args, rows, failed)
+            cell, B, H, dtype_name = point
+            for barrier, product, staging, exchange in PROFILED:
+                name = f"profile:{barrier}/{product}/{staging}/{exchange}"
+                if name in args.exclude:
+                    continue
+                try:
+                    profiles.extend(phase_profile(cell, B, H, getattr(torch, dtype_name), args.T,
+                                                  barrier, product, staging, exchange))
+                except RuntimeError as e:
+                    error = str(e).splitlines()[0]
+                    if cuda_context_lost():
+                        raise ContextLost(f"{cell} B={B} H={H} {dtype_name} profile", name,
+                                          error) from e
+                    failed.append(dict(point=f"{cell} B={B} H={H} {dtype_name} profile",
+                                       variant=name[len("profile:"):], error=error))
+                finally:
+                    clear_tuning()
+        except ContextLost as e:
+            # the point's results so far are dropped (it runs again, without the variant)
+            del rows[kept[0]:], profiles[kept[1]:], failed[kept[2]:]
+            failed.append(dict(point=e.where, variant=e.variant,
+                               error=f"CUDA context lost ({e.error}); left out, the sweep went "
+                                     "on in a new process"))
+            if e.variant == "all":
+                state["done"].append(list(point))
+            else:
+                state["excluded"].append(e.variant)
+            state["restarts"] += 1
+            write()
+            if not args.json or state["restarts"] > MAX_RESTARTS:
+                sys.exit(f"persistent_sweep.py: CUDA context lost ({e}); "
+                         + ("no --json to go on from" if not args.json
+                            else f"{MAX_RESTARTS} restarts already"))
+            print(f"CUDA context lost ({e}): exiting with {RESTART_EXIT} to go on with --resume",
+                  flush=True)
+            sys.exit(RESTART_EXIT)
+        state["done"].append(list(point))
 
-    def write():
-        write_results(args.md, report(info, args.T, rows, profiles, failed), args.json,
-                      dict(machine=info, rows=rows, profiles=profiles, failed=failed))
+    def write(text=None, **extra):
+        text = text or report(info, args.T, rows, profiles, failed)
+        write_results(args.md, text, args.json, dict(machine=info, **state, **extra))
 
-    left = sweep_points(POINTS, measure, args.budget_s, done=write)
+    points = [p for p in POINTS if list(p) not in state["done"]]
+    left = sweep_points(points, measure, args.budget_s, done=write)
     text = report(info, args.T, rows, profiles, failed)
     if left:
         text += ("\nStopped at the time budget (--budget-s " + f"{args.budget_s:g}" + "): not run: "
                  + ", ".join(f"{c} B={b} H={h} {d}" for c, b, h, d in left) + ".\n")
     print(text)
-    write_results(args.md, text, args.json,
-                  dict(machine=info, rows=rows, profiles=profiles, failed=failed, not_run=left))
+    write(text, not_run=left)
 
 
 if __name__ == "__main__":

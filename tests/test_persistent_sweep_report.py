@@ -69,6 +69,7 @@ def test_report_has_a_full_row_per_timing_and_per_profile():
 def test_a_variant_that_does_not_run_is_left_out_and_named(monkeypatch):
     """runs(): a variant whose launch raises is reported, the others run on."""
     monkeypatch.setattr(sweep.torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(sweep, "cuda_context_lost", lambda: False)  # errors that are not sticky
     seen = []
 
     def fn():
@@ -120,6 +121,7 @@ def test_main_without_a_gpu_writes_the_points_it_measured_and_names_the_rest(tmp
     monkeypatch.setattr(sweep, "machine_info", lambda device: info)
     now = [0.0]
     monkeypatch.setattr(sweep.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(sweep, "cuda_context_lost", lambda: False)
 
     def time_point(point, args, rows, failed):
         now[0] += 40
@@ -164,3 +166,139 @@ def test_split_variants_set_the_split_and_the_loads(monkeypatch):
     sweep.clear_tuning()
     assert not any(name in os.environ for name in sweep.ENV)
     assert {v[3] for v in sweep.VARIANTS} >= {"split8", "split4"}
+
+
+def fake_gpu(monkeypatch):
+    """main()'s GPU parts replaced: a device, its name, a clock that stands still."""
+    info = dict(gpu="GPU", torch="2.x", date="today", cudnn_allow_tf32=True)
+    monkeypatch.setattr(sweep.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(sweep.fused_rnn, "set_cuda_path", lambda path: None)
+    monkeypatch.setattr(sweep, "machine_info", lambda device: info)
+    monkeypatch.setattr(sweep, "phase_profile", lambda *a: [])
+
+
+def timing_row(point):
+    cell, B, H, dtype = point
+    return dict(cell=cell, mode="inference", B=B, H=H, dtype=dtype, barrier="grid",
+                units="auto", product="fma", staging="loads", exchange="l2", nn_ms=2.0,
+                fused_ms=1.0, us_per_step=3.9, speedup=2.0)
+
+
+def test_a_variant_that_loses_the_cuda_context_is_left_out_of_a_resumed_sweep(tmp_path,
+                                                                              monkeypatch):
+    """A sticky error in one variant: the sweep writes what it has and exits with RESTART_EXIT;
+    --resume goes on in a new process from the next unfinished point, without the variant, and
+    keeps the finished points' rows."""
+    fake_gpu(monkeypatch)
+    bad = "tagged/None/fma/loads/l2"
+    seen = []  # (point, variants it would time)
+
+    def time_point(point, args, rows, failed):
+        variants = [sweep.variant_name(v) for v in sweep.VARIANTS
+                    if sweep.variant_name(v) not in args.exclude]
+        seen.append((point, variants))
+        rows.append(timing_row(point))  # a row of the point, dropped if the context is lost
+        failed.append(dict(point=str(point), variant="x", error="refused"))  # dropped too
+        if point == sweep.POINTS[1] and bad in variants:
+            raise sweep.ContextLost("GRU B=1", bad, "an illegal memory access was encountered")
+
+    monkeypatch.setattr(sweep, "time_point", time_point)
+    js, md = tmp_path / "sweep.json", tmp_path / "sweep.md"
+    with pytest.raises(SystemExit) as stop:
+        sweep.main(["--json", str(js), "--md", str(md)])
+    assert stop.value.code == sweep.RESTART_EXIT
+    data = json.loads(js.read_text())
+    assert data["excluded"] == [bad] and data["restarts"] == 1
+    assert data["done"] == [list(sweep.POINTS[0])]
+    assert [(r["B"], r["H"]) for r in data["rows"]] == [sweep.POINTS[0][1:3]]  # point 2's dropped
+    assert data["failed"][-1]["variant"] == bad
+    assert "CUDA context lost (an illegal memory access" in data["failed"][-1]["error"]
+    assert len(data["failed"]) == 2  # point 1's own entry, then the lost context
+    assert bad in md.read_text()
+
+    seen.clear()
+    sweep.main(["--json", str(js), "--md", str(md), "--resume"])
+    data = json.loads(js.read_text())
+    assert [p for p, _ in seen] == sweep.POINTS[1:]  # point 1 not measured again
+    assert all(bad not in variants for _, variants in seen)
+    assert len(data["rows"]) == len(sweep.POINTS) and data["not_run"] == []
+    assert data["restarts"] == 1 and data["excluded"] == [bad]
+
+
+def test_a_lost_context_of_no_known_variant_leaves_the_point_out(tmp_path, monkeypatch):
+    """ContextLost 'all' (the interleaved timing of every variant): the point counts as done,
+    the resumed sweep starts at the next one; a profile's lost context leaves that profile out."""
+    fake_gpu(monkeypatch)
+    calls = []
+
+    def time_point(point, args, rows, failed):
+        calls.append(point)
+        if len(calls) == 1:
+            raise sweep.ContextLost("GRU B=32", "all", "unspecified launch failure")
+        rows.append(timing_row(point))
+
+    profiled = []
+
+    def phase_profile(cell, B, H, dtype, T, barrier, product, staging, exchange):
+        profiled.append((barrier, product, staging, exchange))
+        if (barrier, product, staging) == ("tagged", "fma", "loads"):
+            raise RuntimeError("CUDA error: unspecified launch failure")
+        return []
+
+    monkeypatch.setattr(sweep, "time_point", time_point)
+    monkeypatch.setattr(sweep, "phase_profile", phase_profile)
+    monkeypatch.setattr(sweep, "cuda_context_lost", lambda: True)
+    js = tmp_path / "sweep.json"
+    for resume in ([], ["--resume"]):
+        with pytest.raises(SystemExit) as stop:
+            sweep.main(["--json", str(js)] + resume)
+        assert stop.value.code == sweep.RESTART_EXIT
+    data = json.loads(js.read_text())
+    assert data["done"] == [list(sweep.POINTS[0])]  # left out after its 'all'
+    assert data["excluded"] == ["profile:tagged/fma/loads/l2"]
+    assert data["rows"] == []  # point 2's row dropped with its lost profile
+    # the third process: point 2 again, the profiles without the excluded one, then the rest
+    profiled.clear()
+    sweep.main(["--json", str(js), "--resume"])
+    data = json.loads(js.read_text())
+    assert calls == [sweep.POINTS[0], sweep.POINTS[1]] + sweep.POINTS[1:]
+    assert ("tagged", "fma", "loads", "l2") not in profiled
+    assert ("tagged", "mma", "loads", "l2") in profiled
+    assert len(data["rows"]) == len(sweep.POINTS) - 1
+    assert data["restarts"] == 2
+
+
+def test_the_sweep_stops_after_too_many_lost_contexts(tmp_path, monkeypatch):
+    fake_gpu(monkeypatch)
+
+    def time_point(point, args, rows, failed):
+        raise sweep.ContextLost("GRU", f"v{len(args.exclude)}", "unspecified launch failure")
+
+    monkeypatch.setattr(sweep, "time_point", time_point)
+    js = tmp_path / "sweep.json"
+    codes = []
+    for i in range(sweep.MAX_RESTARTS + 1):
+        with pytest.raises(SystemExit) as stop:
+            sweep.main(["--json", str(js)] + (["--resume"] if i else []))
+        codes.append(stop.value.code)
+    assert codes[:-1] == [sweep.RESTART_EXIT] * sweep.MAX_RESTARTS
+    assert "restarts already" in codes[-1]  # a message: status 1, no further restart
+    # without --json there is nothing to go on from
+    with pytest.raises(SystemExit) as stop:
+        sweep.main([])
+    assert "no --json to go on from" in stop.value.code
+
+
+def test_runs_raises_context_lost_for_a_sticky_error(monkeypatch):
+    monkeypatch.setattr(sweep.torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(sweep, "cuda_context_lost", lambda: True)
+
+    def fn():
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore")
+
+    failed = []
+    with pytest.raises(sweep.ContextLost) as lost:
+        sweep.runs(fn, sweep.VARIANTS[3], "GRU B=1", failed)
+    assert lost.value.variant == "grid/None/mma/loads/l2" and failed == []
+    assert lost.value.error == "CUDA error: an illegal memory access was encountered"
+    assert "FUSED_RNN_PERSISTENT_PRODUCT" not in os.environ

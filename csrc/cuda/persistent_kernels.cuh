@@ -332,6 +332,38 @@ __device__ __forceinline__ unsigned long long load_tagged(const unsigned long lo
   return word;
 }
 
+// The global nanosecond timer (%globaltimer; host emulation: 0).
+__device__ __forceinline__ long long globaltimer_ns() {
+  long long ns = 0;
+#if !defined(FUSED_RNN_WARP_EMULATION)
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
+#endif
+  return ns;
+}
+
+// A spin wait of this file (the counter barrier's, the tagged exchange's polls) that has not
+// ended after kSpinLimitNs is a bug (a word never written, a block gone): the kernel traps, so
+// the launch fails with an error ("unspecified launch failure") instead of hanging the process
+// and the device until a timeout kills them. A healthy wait lasts one step, microseconds
+// (milliseconds under compute-sanitizer). Host emulation: compiled out, the emulation reports a
+// poll whose value never comes by itself. (Not for cooperative groups' grid barrier or the
+// cluster barrier, which are not this file's loops.)
+constexpr long long kSpinLimitNs = 20'000'000'000LL;  // 20 s
+
+struct SpinWatchdog {
+  long long since = 0;  // %globaltimer at the first check; 0: not started
+  __device__ __forceinline__ void check() {
+#if !defined(FUSED_RNN_WARP_EMULATION)
+    const long long now = globaltimer_ns();
+    if (since == 0) {
+      since = now;
+    } else if (now - since > kSpinLimitNs) {
+      __trap();
+    }
+#endif
+  }
+};
+
 // Between two polls of a word not yet written (host emulation: the other threads run).
 __device__ __forceinline__ void poll_pause() {
 #if defined(FUSED_RNN_WARP_EMULATION)
@@ -372,6 +404,7 @@ __device__ __forceinline__ void stage_tagged(E* X, int ld, const unsigned long l
   constexpr int kBatch = 8;
   const int n = nb * K;
   src += static_cast<int64_t>(b0) * K;
+  SpinWatchdog watchdog;
   for (int base = threadIdx.x; base < n; base += kThreads * kBatch) {
     unsigned long long w[kBatch];
 #pragma unroll
@@ -383,6 +416,7 @@ __device__ __forceinline__ void stage_tagged(E* X, int ld, const unsigned long l
       const int i = base + q * kThreads;
       if (i >= n) continue;
       while (static_cast<unsigned>(w[q] >> 32) != tag) {
+        watchdog.check();
         poll_pause();
         w[q] = load_tagged(src + i);
       }
@@ -586,19 +620,12 @@ __device__ __forceinline__ void step_barrier(int flags, unsigned* counter, unsig
   __syncthreads();
   if (threadIdx.x == 0) {
     add_release(counter);
+    SpinWatchdog watchdog;
     while (static_cast<int>(load_acquire(counter) - target) < 0) {
+      watchdog.check();
     }
   }
   __syncthreads();
-}
-
-// The global nanosecond timer (%globaltimer; host emulation: 0).
-__device__ __forceinline__ long long globaltimer_ns() {
-  long long ns = 0;
-#if !defined(FUSED_RNN_WARP_EMULATION)
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns));
-#endif
-  return ns;
 }
 
 // Phase clock (FUSED_RNN_PERSISTENT_PROFILE=1), kept by thread 0 of block 0: SM clock cycles
