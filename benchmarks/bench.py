@@ -438,6 +438,20 @@ def isa_comparison(min_run_time, T=35, B=32, H=256):
     return "\n".join(lines) + "\n"
 
 
+def cuda_context_lost():
+    """Whether CUDA was started in this process and no longer runs work: after an error, whether
+    it was a sticky one (an illegal address, a kernel's trap), after which every CUDA call of the
+    process fails (persistent_sweep.py, tests/cuda_context_guard.py)."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return False
+    try:
+        torch.cuda.synchronize()
+        torch.ones(1, device="cuda").add_(1).cpu()
+        return False
+    except RuntimeError:
+        return True
+
+
 def write_results(md_path, md, json_path=None, data=None):
     """The run's markdown and JSON, each where a path was given (bench.py, persistent_sweep.py,
     cpu_profile.py)."""

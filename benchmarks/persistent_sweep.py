@@ -31,7 +31,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import interleaved_medians, machine_info, make_fn, write_results  # noqa: E402
+from bench import (cuda_context_lost, interleaved_medians, machine_info, make_fn,  # noqa: E402
+                   write_results)
 
 import fused_rnn  # noqa: E402
 
@@ -233,16 +234,6 @@ class ContextLost(RuntimeError):
     def __init__(self, where, variant, error):
         super().__init__(f"{where} {variant}: {error}")
         self.where, self.variant, self.error = where, variant, error
-
-
-def cuda_context_lost():
-    """Whether this process's CUDA context still runs work (after an error: a sticky one?)."""
-    try:
-        torch.cuda.synchronize()
-        torch.ones(1, device="cuda").add_(1).cpu()
-        return False
-    except RuntimeError:
-        return True
 
 
 def variant_name(variant):

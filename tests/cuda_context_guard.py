@@ -8,19 +8,9 @@ nothing."""
 import os
 import sys
 
-import torch
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 
-
-def cuda_context_lost():
-    """Whether CUDA was started in this process and no longer runs work."""
-    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
-        return False
-    try:
-        torch.cuda.synchronize()
-        torch.ones(1, device="cuda").add_(1).cpu()
-        return False
-    except RuntimeError:
-        return True
+from bench import cuda_context_lost  # noqa: E402
 
 
 class ContextGuard:
