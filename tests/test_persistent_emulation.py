@@ -473,3 +473,25 @@ def test_split_setting_where_it_applies_and_its_bad_values(emu, monkeypatch):
         with pytest.raises(RuntimeError, match=rf"FUSED_RNN_PERSISTENT_SPLIT must be an integer "
                                                rf"in \[1, 16\], got '{bad}'"):
             plan(SPLIT=bad)
+
+
+def test_the_watchdog_tests_stall_leaves_a_wait_that_never_ends(emu, monkeypatch):
+    """FUSED_RNN_PERSISTENT_TEST_STALL=1 (the setting of tests/test_cuda_persistent_watchdog.py):
+    block 0 never arrives at the counter barrier, so the other blocks' wait never ends (the
+    emulation reports the deadlock itself; on a GPU the kernel's watchdog must trap); 0 changes
+    nothing; with another barrier the setting raises, naming what it needs."""
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_BARRIER", "counter")
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_TEST_STALL", "1")
+    with pytest.raises(RuntimeError, match="host emulation: deadlock"):
+        run_layer(emu, 0, torch.float32, False, False, False)
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_TEST_STALL", "0")
+    r = run_layer(emu, 0, torch.float32, False, False, False)
+    out, _, _, _ = reference(0, r["xp"].double(), r["h0"].double(), r["c0"].double(),
+                             r["w_hh"].double(), r["b_ih"].double(), r["b_hh"].double(), None,
+                             False)
+    torch.testing.assert_close(r["out"].double(), out, atol=2e-5, rtol=1e-4)
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_TEST_STALL", "1")
+    monkeypatch.setenv("FUSED_RNN_PERSISTENT_BARRIER", "grid")
+    with pytest.raises(RuntimeError, match="TEST_STALL=1 .* needs FUSED_RNN_PERSISTENT_BARRIER="
+                                           "counter"):
+        run_layer(emu, 0, torch.float32, False, False, False)

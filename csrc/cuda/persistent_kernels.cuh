@@ -275,6 +275,9 @@ constexpr int kTaggedExchange = 16;  // no step barrier: the rows travel as word
                                      // their step (stage_tagged), which readers poll
 constexpr int kSplitK = 32;  // the launch has clusters (grid modes) whose blocks split the
                              // reduction of one set of hidden units (split_chunk, sum_split)
+constexpr int kTestStall = 64;  // a test's (FUSED_RNN_PERSISTENT_TEST_STALL=1, counter barrier
+                               // only): block 0 never arrives at the step barrier, so every
+                               // wait there must end in SpinWatchdog's trap
 
 // Split reduction (kSplitK, FUSED_RNN_PERSISTENT_SPLIT=Q, sm_90+, grid modes): a cluster of Q
 // blocks owns Q * U hidden units; block rank q of it keeps the weights of all of them but only
@@ -619,7 +622,7 @@ __device__ __forceinline__ void step_barrier(int flags, unsigned* counter, unsig
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    add_release(counter);
+    if (!(flags & kTestStall) || blockIdx.x != 0) add_release(counter);
     SpinWatchdog watchdog;
     while (static_cast<int>(load_acquire(counter) - target) < 0) {
       watchdog.check();
@@ -1254,6 +1257,7 @@ struct Tuning {
   bool mma = false;
   Staging staging = Staging::kLoads;
   int split = 1;  // blocks splitting the reduction; 1: none
+  bool test_stall = false;  // kTestStall: a test of the spin wait's watchdog
 };
 
 // The index in `names` of environment variable `name`'s value; `fallback` when unset or empty;
@@ -1295,6 +1299,10 @@ Tuning tuning() {
   t.staging = static_cast<Staging>(
       env_choice("FUSED_RNN_PERSISTENT_STAGING", {"loads", "async", "shared"}, 0));
   t.split = static_cast<int>(env_int("FUSED_RNN_PERSISTENT_SPLIT", 1, 16, 1));
+  t.test_stall = env_int("FUSED_RNN_PERSISTENT_TEST_STALL", 0, 1, 0) == 1;
+  TORCH_CHECK(!t.test_stall || t.barrier == Barrier::kCounter,
+              "fused_rnn: FUSED_RNN_PERSISTENT_TEST_STALL=1 (a test of the counter barrier's "
+              "watchdog) needs FUSED_RNN_PERSISTENT_BARRIER=counter");
   if (const char* env = std::getenv("FUSED_RNN_PERSISTENT_PROFILE"); env && *env) {
     t.profile = std::string(env) != "0";
   }
@@ -1417,7 +1425,7 @@ int launch_flags(const Plan& plan, const Tuning& tune) {
   return (tune.staging == Staging::kAsync ? kAsyncStaging : 0) |
          (plan.cluster > 0 ? kClusterBarrier : 0) | (plan.dsmem ? kDsmemExchange : 0) |
          (plan.share > 0 ? kSharedStaging : 0) | (plan.tagged ? kTaggedExchange : 0) |
-         (plan.split > 0 ? kSplitK : 0);
+         (plan.split > 0 ? kSplitK : 0) | (tune.test_stall ? kTestStall : 0);
 }
 
 // The launch's blocks per cluster: cluster mode's, or in grid modes the shared staging's or the
