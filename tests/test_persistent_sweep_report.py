@@ -217,10 +217,15 @@ def test_a_variant_that_loses_the_cuda_context_is_left_out_of_a_resumed_sweep(tm
     assert bad in md.read_text()
 
     seen.clear()
+    profiled = []
+    monkeypatch.setattr(sweep, "phase_profile", lambda *a: profiled.append(a[5:]) or [])
     sweep.main(["--json", str(js), "--md", str(md), "--resume"])
     data = json.loads(js.read_text())
     assert [p for p, _ in seen] == sweep.POINTS[1:]  # point 1 not measured again
     assert all(bad not in variants for _, variants in seen)
+    # nor its phase clock (the same settings), the others' clocks at every point
+    assert ("tagged", "fma", "loads", "l2") not in profiled
+    assert len(profiled) == (len(sweep.PROFILED) - 1) * (len(sweep.POINTS) - 1)
     assert len(data["rows"]) == len(sweep.POINTS) and data["not_run"] == []
     assert data["restarts"] == 1 and data["excluded"] == [bad]
 
