@@ -365,7 +365,7 @@ def markdown(rows, info, rates):
                  "per-step = each step spread over all threads; row-blocks = each thread runs "
                  "every step for its own batch rows; lanes = each thread owns a slice of the "
                  "hidden units and its part of W_hh, one barrier per step; auto = lanes at "
-                 "batch 1 (float32), row blocks where "
+                 "batch sizes up to 1-16 by hidden size (float32), row blocks where "
                  "measured faster, else per-step.\n")
     lines = [head, "| cell | mode | path | T | B | I | H | L | bi | dtype | nn.* ms | fused ms "
              "| speed-up | rounds | µs/step | GEMM floor ms | GEMM share | nn.* MB | fused MB | steal |",

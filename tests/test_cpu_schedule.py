@@ -4,7 +4,7 @@ same outputs, final states and gradients bit for bit, and both match nn.*; "lane
 thread owns a slice of the hidden units, one barrier per step, forward and backward) matches
 per-step and nn.* within rounding and gives the same bits whatever the thread count (forward
 here, forward and backward in tests/test_determinism.py); "auto" picks lanes for
-a float32 batch of one and row blocks only where measured faster (float32 with MKL, >= 16 rows
+small float32 batches and row blocks only where measured faster (float32 with MKL, >= 16 rows
 per thread, gates * H^2 <= 2^16)."""
 import os
 import subprocess
@@ -170,10 +170,11 @@ def test_schedule_from_the_environment():
 @pytest.mark.parametrize("cell", CELLS)
 def test_lanes_match_nn(cell, dtype, schedule_and_threads):
     """Lanes against nn.* (initial states given and compared), padded and packed input, batch
-    of one and of several rows."""
+    of one and of several rows (13: the kernels' row tiles of 4, 4, 4 and 1; auto runs lanes up
+    to 16 rows)."""
     torch.set_num_threads(2)
     fused_rnn.set_cpu_schedule("lanes")
-    for B in (1, 7):
+    for B in (1, 7, 13):
         torch.manual_seed(0)
         T, I, H = 6, 5, 37
         ref, fused = nn_and_fused(cell, I, H, dtype)
@@ -181,7 +182,7 @@ def test_lanes_match_nn(cell, dtype, schedule_and_threads):
         h0 = torch.randn(1, B, H, dtype=dtype, requires_grad=True)
         hx = (h0, torch.randn(1, B, H, dtype=dtype, requires_grad=True)) if cell == "LSTM" else h0
         compare_with_nn(ref, fused, x, hx, dtype)
-        lengths = torch.tensor([6, 1, 3, 6, 2, 5, 4][:B])
+        lengths = torch.tensor([6, 1, 3, 6, 2, 5, 4, 6, 1, 2, 3, 5, 6][:B])
         packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
         compare_packed_with_nn(ref, fused, x, packed, hx, dtype)
 
@@ -190,13 +191,13 @@ def test_lanes_match_nn(cell, dtype, schedule_and_threads):
 @pytest.mark.parametrize("cell", CELLS)
 def test_lanes_bits_do_not_depend_on_the_thread_count(cell, dtype, schedule_and_threads):
     """H=70: 1 to 4 lanes ([0, 70], [0, 32, 70], [0, 16, 32, 70], [0, 16, 32, 48, 70]); batches
-    of 1, 3 and 6 rows (the kernel's row tiles of 4, 3, 2, 1)."""
+    of 1, 3, 6 and 11 rows (the kernel's row tiles of 4, 3, 2, 1)."""
     fused_rnn.set_cpu_schedule("lanes")
     torch.manual_seed(0)
     _, fused = nn_and_fused(cell, 6, 70, dtype)
-    for B in (1, 3, 6):
+    for B in (1, 3, 6, 11):
         x = torch.randn(11, B, 6, dtype=dtype)
-        lengths = torch.tensor([11, 2, 7, 11, 1, 5][:B])
+        lengths = torch.tensor([11, 2, 7, 11, 1, 5, 11, 3, 9, 4, 11][:B])
         by_threads = []
         for threads in (1, 2, 3, 4):
             torch.set_num_threads(threads)
@@ -259,14 +260,23 @@ def test_lanes_from_several_python_threads_at_once(schedule_and_threads):
                 assert torch.equal(a, b)
 
 
-def test_auto_picks_lanes_for_a_float32_batch_of_one(schedule_and_threads):
+def test_auto_picks_lanes_for_small_float32_batches(schedule_and_threads):
     lanes = fused_rnn._C._cpu_lanes
     fused_rnn.set_cpu_schedule("auto")
     torch.set_num_threads(2)
     assert lanes(1, 256, True) == [0, 128, 256]
     assert lanes(1, 40, True) == [0, 16, 40]
     assert lanes(1, 20, True) == [0, 20]        # one lane of 16 units or more per thread
-    assert lanes(2, 256, True) == []            # measured slower than per-step from 2 rows
+    # batches up to 2 rows from H=128, 8 from 256, 16 from 512: measured faster than per-step
+    # (benchmarks/results/cpu_lanes_batch*_2026-12-06.md)
+    assert lanes(2, 127, True) == []
+    assert lanes(2, 128, True) == [0, 64, 128]
+    assert lanes(3, 255, True) == []
+    assert lanes(8, 256, True) == [0, 128, 256]
+    assert lanes(9, 511, True) == []
+    assert lanes(16, 512, True) == [0, 256, 512]
+    assert lanes(16, 1024, True) == [0, 512, 1024]
+    assert lanes(17, 1024, True) == []
     assert lanes(1, 256, False) == []           # not float32
     assert lanes(0, 256, True) == []
     torch.set_num_threads(1)

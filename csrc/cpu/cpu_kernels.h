@@ -48,8 +48,9 @@ const RowKernels<scalar_t>& row_kernels();
 //                 step. Forward: its units' gates for all rows, then their new state;
 //                 backward: its units' gate gradients, the barrier, then its columns of
 //                 d_h W_hh. No weight packing per call.
-//   "auto"        lanes for float32 with a batch of one row (any thread count: a lane's
-//                 results do not depend on the lanes), else row blocks for float32 with MKL
+//   "auto"        lanes for float32 with batches of up to 1 row (H < 128), 2 (H < 256), 8
+//                 (H < 512) or 16 rows (any thread count: a lane's results do not depend on
+//                 the lanes; cpu_recurrence.cpp, max_lane_rows), else row blocks for float32 with MKL
 //                 where every thread gets >= 16 rows and a row's step GEMM has
 //                 gates * H * H <= 2^16 multiply-adds, else per-step
 // The GRU textbook form and the projected LSTM always run per step.

@@ -43,16 +43,22 @@ namespace {
 constexpr int64_t kMinAutoRows = 16;
 constexpr int64_t kMaxAutoMacs = int64_t{1} << 16;
 
-// In auto, the lanes run float32 recurrences of batches of up to kMaxLaneRows rows, whatever
+// In auto, the lanes run float32 recurrences of batches of up to max_lane_rows(H) rows, whatever
 // the thread count (one lane per thread; their results do not depend on the lanes, so the
-// results stay the same for any thread count). Measured on the 2-core development machine (T=35,
-// I=H, forward; time per-step / lanes, 2 threads): B=1 1.13-1.57x (GRU, LSTM, RNN at H=256,
-// 512, LSTM 1024), 1 thread 1.20-1.61x; H=16..128 0.94-1.44x; B=2 0.78-1.17x, B=4 and 8
-// 0.53-1.02x (lane_gemm's dot products fall behind MKL's GEMM once rows reuse the weights).
-// Training with the backward in lanes too (bench.py, same run, T=35, B=1, 2 threads): GRU,
-// LSTM, RNN at H=256 and 512 1.28-1.53x less time than per-step.
+// results stay the same for any thread count). First measured at B=1 on the 2-core development
+// machine (T=35, I=H, forward; time per-step / lanes, 2 threads): 1.13-1.57x (GRU, LSTM, RNN at
+// H=256, 512, LSTM 1024), 1 thread 1.20-1.61x; H=16..128 0.94-1.44x; training with the backward
+// in lanes too 1.28-1.53x. Batches of 2-16 rows, measured again on 2026-12-06 with the kernels
+// of that day (benchmarks/results/cpu_lanes_batch*_2026-12-06.md; each schedule's speed-up over
+// nn.* in its own interleaved rounds, lanes' / per-step's; the earlier figures, B=2 0.78-1.17x
+// and B=4-8 0.53-1.02x, came from an older state of the lane kernels): 2 threads, inference and
+// training, GRU / LSTM / RNN: H=128 1.24-1.62x at B=2, 0.81-1.35x at B=4-16; H=256 1.16-2.09x at
+// B=2-8, 0.96-1.21x at B=16; H=512 1.08-2.79x at B=2-16; H=1024 1.19-2.13x at B=4 and 16;
+// 1 thread, H=256 and 512, B=2-16: 1.11-3.12x; T=1 and 4 at H=256, B=2 and 8: 1.03-1.87x.
 // Lanes start at multiples of kLaneUnits hidden units (whole vectors for the pointwise kernels).
-constexpr int64_t kMaxLaneRows = 1;
+constexpr int64_t max_lane_rows(int64_t H) {
+  return H >= 512 ? 16 : H >= 256 ? 8 : H >= 128 ? 2 : 1;
+}
 constexpr int64_t kLaneUnits = 16;
 
 CpuSchedule parse(const std::string& name) {
@@ -197,7 +203,7 @@ std::vector<int64_t> lanes(int64_t B, int64_t H, bool float32) {
 #if defined(_OPENMP)
   const CpuSchedule schedule = static_cast<CpuSchedule>(setting().load());
   const bool wanted = schedule == CpuSchedule::kLanes ||
-                      (schedule == CpuSchedule::kAuto && float32 && B <= kMaxLaneRows);
+                      (schedule == CpuSchedule::kAuto && float32 && B <= max_lane_rows(H));
   if (!wanted || B == 0 || H == 0) return {};
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
   const int64_t count = std::max<int64_t>(1, std::min(threads, H / kLaneUnits));
