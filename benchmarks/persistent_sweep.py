@@ -285,9 +285,10 @@ def time_point(point, args, rows, failed):
             times = interleaved_medians(fns, "cuda", args.min_run_time)
         except RuntimeError as e:  # should not happen: every variant ran once above
             print(f"{where}: {e}", flush=True)
+            error = str(e).splitlines()[0]
             if cuda_context_lost():  # which variant is not known: the point is left out
-                raise ContextLost(where, "all", str(e).splitlines()[0]) from e
-            failed.append(dict(point=where, variant="all", error=str(e).splitlines()[0]))
+                raise ContextLost(where, "all", error) from e
+            failed.append(dict(point=where, variant="all", error=error))
             continue
         finally:
             clear_tuning()
@@ -347,8 +348,10 @@ def main(argv=None):
         try:
             time_point(point, args, rows, failed)
             cell, B, H, dtype_name = point
+            where = f"{cell} B={B} H={H} {dtype_name} profile"
             for barrier, product, staging, exchange in PROFILED:
-                name = f"profile:{barrier}/{product}/{staging}/{exchange}"
+                settings = f"{barrier}/{product}/{staging}/{exchange}"
+                name = "profile:" + settings
                 timed = variant_name((barrier, None, product, staging, exchange))
                 if name in args.exclude or timed in args.exclude:  # (its timing lost the context)
                     continue
@@ -358,10 +361,8 @@ def main(argv=None):
                 except RuntimeError as e:
                     error = str(e).splitlines()[0]
                     if cuda_context_lost():
-                        raise ContextLost(f"{cell} B={B} H={H} {dtype_name} profile", name,
-                                          error) from e
-                    failed.append(dict(point=f"{cell} B={B} H={H} {dtype_name} profile",
-                                       variant=name[len("profile:"):], error=error))
+                        raise ContextLost(where, name, error) from e
+                    failed.append(dict(point=where, variant=settings, error=error))
                 finally:
                     clear_tuning()
         except ContextLost as e:

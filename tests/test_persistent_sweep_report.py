@@ -115,10 +115,7 @@ def test_sweep_points_writes_after_every_point_and_starts_none_past_the_budget()
 def test_main_without_a_gpu_writes_the_points_it_measured_and_names_the_rest(tmp_path,
                                                                              monkeypatch):
     """main() end to end with the GPU parts replaced: timings and records as a GPU gives them."""
-    info = dict(gpu="GPU", torch="2.x", date="today", cudnn_allow_tf32=True)
-    monkeypatch.setattr(sweep.torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(sweep.fused_rnn, "set_cuda_path", lambda path: None)
-    monkeypatch.setattr(sweep, "machine_info", lambda device: info)
+    fake_gpu(monkeypatch)
     now = [0.0]
     monkeypatch.setattr(sweep.time, "monotonic", lambda: now[0])
     monkeypatch.setattr(sweep, "cuda_context_lost", lambda: False)
@@ -169,7 +166,7 @@ def test_split_variants_set_the_split_and_the_loads(monkeypatch):
 
 
 def fake_gpu(monkeypatch):
-    """main()'s GPU parts replaced: a device, its name, a clock that stands still."""
+    """main()'s GPU parts replaced: a device, its name, phase clocks that record nothing."""
     info = dict(gpu="GPU", torch="2.x", date="today", cudnn_allow_tf32=True)
     monkeypatch.setattr(sweep.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(sweep.fused_rnn, "set_cuda_path", lambda path: None)
