@@ -145,6 +145,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("float32"),
         "First hidden units of the lanes the CPU would run a recurrence in now (and hidden at "
         "the end); empty: not in lanes (tests).");
+  m.def("_cpu_lane_packing",
+        [](int64_t batch, int64_t steps, int64_t hidden, int64_t gates, int64_t units) {
+          return std::make_pair(fused_rnn::cpu::lane_forward_packs(batch, steps),
+                                fused_rnn::cpu::lane_backward_packs(batch, steps, hidden, gates,
+                                                                     units));
+        },
+        pybind11::arg("batch"), pybind11::arg("steps"), pybind11::arg("hidden"),
+        pybind11::arg("gates"), pybind11::arg("units"),
+        "(forward, backward): whether lanes of `units` units pack their weights in a recurrence "
+        "of this size (tests).");
   m.def("_min_prepared_rows", &fused_rnn::cpu::min_prepared_rows,
         "CPU calls with at least this many rows over all steps (T * B) prepare the recurrent "
         "weight once (MKL packing or a transposed copy); smaller ones run on it as it is.");

@@ -170,8 +170,9 @@ def test_schedule_from_the_environment():
 @pytest.mark.parametrize("cell", CELLS)
 def test_lanes_match_nn(cell, dtype, schedule_and_threads):
     """Lanes against nn.* (initial states given and compared), padded and packed input, batch
-    of one and of several rows (13: the kernels' row tiles of 4, 4, 4 and 1; auto runs lanes up
-    to 16 rows)."""
+    of one and of several rows (auto runs lanes up to 16 rows). B=1 (6 rows over the steps):
+    the forward's product on W_hh in place (row tiles of 1); B=7 and 13: on the packed weights
+    (8-row tiles on AVX512: 7, then 8 + 5; 4-row tiles elsewhere)."""
     torch.set_num_threads(2)
     fused_rnn.set_cpu_schedule("lanes")
     for B in (1, 7, 13):
@@ -191,7 +192,10 @@ def test_lanes_match_nn(cell, dtype, schedule_and_threads):
 @pytest.mark.parametrize("cell", CELLS)
 def test_lanes_bits_do_not_depend_on_the_thread_count(cell, dtype, schedule_and_threads):
     """H=70: 1 to 4 lanes ([0, 70], [0, 32, 70], [0, 16, 32, 70], [0, 16, 32, 48, 70]); batches
-    of 1, 3, 6 and 11 rows (the kernel's row tiles of 4, 3, 2, 1)."""
+    of 1, 3, 6 and 11 rows (B=1: the forward on W_hh in place; else on the packed weights, row
+    tiles of 3, 6, 8 + 3 on AVX512)."""
+    assert fused_rnn._C._cpu_lane_packing(1, 11, 70, 4, 70) == (False, False)
+    assert fused_rnn._C._cpu_lane_packing(3, 11, 70, 4, 70) == (True, False)
     fused_rnn.set_cpu_schedule("lanes")
     torch.manual_seed(0)
     _, fused = nn_and_fused(cell, 6, 70, dtype)
@@ -208,6 +212,34 @@ def test_lanes_bits_do_not_depend_on_the_thread_count(cell, dtype, schedule_and_
         for got in by_threads[1:]:
             for a, b in zip(by_threads[0], got):
                 assert torch.equal(a, b), "lanes depend on the thread count"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cell", CELLS)
+def test_lanes_backward_on_packed_columns(cell, dtype, schedule_and_threads):
+    """H=520: with one lane (one thread) every cell's backward copies its columns of W_hh into
+    strips (more than 1 MB of them); with four lanes ([0, 128, 256, 384, 520]) the RNN's and the
+    GRU's stay in place (266 / 799 KB for the first lane) and the LSTM's are packed again. Either way each element of dh is the same sum in the
+    same order: the same bits for every thread count, and nn.*'s results within rounding."""
+    fused_rnn.set_cpu_schedule("lanes")
+    T, B, I, H = 2, 16, 3, 520
+    G = {"GRU": 3, "LSTM": 4}.get(cell, 1)
+    assert fused_rnn._C._cpu_lane_packing(B, T, H, G, H) == (True, True)
+    assert fused_rnn._C._cpu_lane_packing(B, T, H, G, 128) == (True, cell == "LSTM")
+    assert fused_rnn._C._cpu_lane_packing(1, 31, H, G, H) == (False, False)  # B*T < 32
+    torch.manual_seed(0)
+    ref, fused = nn_and_fused(cell, I, H, dtype)
+    x = torch.randn(T, B, I, dtype=dtype, requires_grad=True)
+    by_threads = []
+    for threads in (1, 4):
+        torch.set_num_threads(threads)
+        lanes = fused_rnn._C._cpu_lanes(B, H, dtype == torch.float32)
+        assert lanes == ([0, H] if threads == 1 else [0, 128, 256, 384, H])
+        by_threads.append(results(fused, x, None))
+    for a, b in zip(*by_threads):
+        assert torch.equal(a, b), "lanes depend on the thread count"
+    torch.set_num_threads(2)
+    compare_with_nn(ref, fused, x, None, dtype)
 
 
 def test_lanes_long_sequence_with_more_threads_than_cores(schedule_and_threads):

@@ -67,6 +67,10 @@ std::vector<int64_t> row_blocks(int64_t B, int64_t H, int64_t gates, bool float3
 // First hidden units of the lanes a recurrence of B rows and hidden size H would run in now
 // (and H at the end): multiples of kLaneUnits, one lane per thread at most; empty: not lanes.
 std::vector<int64_t> lanes(int64_t B, int64_t H, bool float32);
+// Whether a lanes recurrence of B rows and T steps packs its lane's weights for the outer-product
+// kernel (forward), and where its lanes have `units` units of G gates (backward).
+bool lane_forward_packs(int64_t B, int64_t T);
+bool lane_backward_packs(int64_t B, int64_t T, int64_t H, int64_t G, int64_t units);
 
 // The row-blocks and lanes schedules (StepKernels::recurrence_*): false where the per-step one
 // runs.

@@ -651,18 +651,23 @@ void lane_rows(const S* h, int64_t h_row, int64_t K, const S* w, int64_t units, 
   for (; j < units; ++j) lane_tile<S, R, 1>(h, h_row, K, w + j * K, out + j, out_row, accumulate);
 }
 
-// tile(R, b) for the row tiles [b, b + R) of `rows` rows: R = 4, then one tile of 1-3 rows;
-// R comes as std::integral_constant<int, R> (a compile-time tile height).
-template <typename F>
+// tile(R, b) for the row tiles [b, b + R) of `rows` rows: R = kMaxR, then one tile of the
+// 1 to kMaxR - 1 rows left; R comes as std::integral_constant<int, R> (a compile-time height).
+template <int R, typename F>
+FUSED_RNN_ALWAYS_INLINE inline void last_row_tile(int64_t left, int64_t b, const F& tile) {
+  if constexpr (R > 0) {
+    if (left == R) {
+      tile(std::integral_constant<int, R>{}, b);
+    } else {
+      last_row_tile<R - 1>(left, b, tile);
+    }
+  }
+}
+template <int kMaxR, typename F>
 void for_row_tiles(int64_t rows, const F& tile) {
   int64_t b = 0;
-  for (; b + 4 <= rows; b += 4) tile(std::integral_constant<int, 4>{}, b);
-  switch (rows - b) {
-    case 3: tile(std::integral_constant<int, 3>{}, b); break;
-    case 2: tile(std::integral_constant<int, 2>{}, b); break;
-    case 1: tile(std::integral_constant<int, 1>{}, b); break;
-    default: break;
-  }
+  for (; b + kMaxR <= rows; b += kMaxR) tile(std::integral_constant<int, kMaxR>{}, b);
+  last_row_tile<kMaxR - 1>(rows - b, b, tile);
 }
 
 template <typename S>
@@ -672,38 +677,60 @@ void lane_gemm(const S* h, int64_t h_row, int64_t rows, int64_t K, const S* w, i
   for (int64_t g = 0; g < gates; ++g) {
     const S* wg = w + g * w_gate;  // [units, K]
     S* o = out + g * out_gate;
-    for_row_tiles(rows, [&](auto R, int64_t b) {
+    for_row_tiles<4>(rows, [&](auto R, int64_t b) {
       lane_rows<S, decltype(R)::value>(h + b * h_row, h_row, K, wg, units, o + b * out_row,
                                        out_row, accumulate);
     });
   }
 }
 
+// The outer-product kernels (lane_gemm_t, lane_gemm_packed): tiles of up to kOuterRows rows
+// times NV vectors of columns, kOuterAccumulators accumulators at most: 8 rows x 3 vectors where
+// a vector is 64 bytes (AVX512's 32 registers: 24 accumulators, 3 weight vectors, a broadcast),
+// else 4 x 2. Measured on one Zen 4 core (AVX512, H=256, 128 units x 4 gates, 16 rows):
+// lane_gemm_t 116 GF/s either way at H=256, at H=512 (the lane's W_hh beyond its L2) 95 GF/s
+// with 4-row tiles, 109 with 8 (fewer passes over W_hh per step).
+template <typename S>
+constexpr int kOuterRows = sizeof(Vec<acc_t<S>>) >= 64 ? 8 : 4;
+template <typename S>
+constexpr int kOuterAccumulators = sizeof(Vec<acc_t<S>>) >= 64 ? 24 : 8;
+template <typename S, int R>
+constexpr int kOuterVectors = std::max(1, std::min(8, kOuterAccumulators<S> / R));
+
+// acc[r][c] = sum over k < K, in order, of a[r * a_row + k] * b[c][k * b_row + i] (element i
+// of vector c), one fused multiply-add per k, from zero. kTail: the last vector has `tail`
+// columns (its loads give zeros past them), known at compile time not to be there otherwise (a
+// partial-load branch in the loop kept the accumulators on the stack).
+template <typename S, typename Bt, int R, int NV, bool kTail>
+FUSED_RNN_ALWAYS_INLINE inline void outer_products(const S* a, int64_t a_row, int64_t K,
+                                                   const Bt* const (&b)[NV], int64_t b_row,
+                                                   int64_t tail, Vec<acc_t<S>> (&acc)[R][NV]) {
+  using A = acc_t<S>;
+  constexpr int64_t W = Vec<A>::size();
+  for (int r = 0; r < R; ++r) {
+    for (int c = 0; c < NV; ++c) acc[r][c] = Vec<A>(A(0));
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    Vec<A> bv[NV];
+    for (int c = 0; c < NV; ++c) bv[c] = load(b[c] + k * b_row, kTail && c == NV - 1 ? tail : W);
+    for (int r = 0; r < R; ++r) {
+      const Vec<A> av(static_cast<A>(a[r * a_row + k]));
+      for (int c = 0; c < NV; ++c) acc[r][c] = at::vec::fmadd(av, bv[c], acc[r][c]);
+    }
+  }
+}
+
 // One tile of lane_gemm_t: rows d[0, R) times the NV vectors of columns from v0 * W of the
-// weight rows w[n] (row stride w_row), n < N: out[r, j] (+)= sum_n d[r, n] * w[n, j]. Each
-// output element: a sum over n in order, one fused multiply-add per n, from zero. kTail: the
-// last vector has `tail` columns (the loads give zeros past them), known at compile time not
-// to be there otherwise (a partial-load branch in the loop kept the accumulators on the stack).
+// weight rows w[n] (row stride w_row), n < N: out[r, j] (+)= sum_n d[r, n] * w[n, j].
 template <typename S, int R, int NV, bool kTail>
 void lane_tile_t(const S* d, int64_t d_row, int64_t N, const S* w, int64_t w_row, int64_t v0,
                  int64_t tail, S* out, int64_t out_row, bool accumulate) {
   using A = acc_t<S>;
   constexpr int64_t W = Vec<A>::size();
+  const S* b[NV];
+  for (int c = 0; c < NV; ++c) b[c] = w + (v0 + c) * W;
   Vec<A> acc[R][NV];
-  for (int r = 0; r < R; ++r) {
-    for (int c = 0; c < NV; ++c) acc[r][c] = Vec<A>(A(0));
-  }
-  const S* wp = w + v0 * W;
-  for (int64_t n = 0; n < N; ++n) {
-    Vec<A> wv[NV];
-    for (int c = 0; c < NV; ++c) {
-      wv[c] = load(wp + n * w_row + c * W, kTail && c == NV - 1 ? tail : W);
-    }
-    for (int r = 0; r < R; ++r) {
-      const Vec<A> dv(static_cast<A>(d[r * d_row + n]));
-      for (int c = 0; c < NV; ++c) acc[r][c] = at::vec::fmadd(dv, wv[c], acc[r][c]);
-    }
-  }
+  outer_products<S, S, R, NV, kTail>(d, d_row, N, b, w_row, tail, acc);
   for (int r = 0; r < R; ++r) {
     for (int c = 0; c < NV; ++c) {
       const int64_t cnt = kTail && c == NV - 1 ? tail : W;
@@ -713,40 +740,188 @@ void lane_tile_t(const S* d, int64_t d_row, int64_t N, const S* w, int64_t w_row
   }
 }
 
-// Rows d[0, R): the whole vectors of the units in tiles of kNV, then of 4, 2 and 1 vectors,
-// the partial vector last.
-template <typename S, int R>
-void lane_rows_t(const S* d, int64_t d_row, int64_t N, const S* w, int64_t w_row, int64_t units,
-                 S* out, int64_t out_row, bool accumulate) {
-  constexpr int64_t W = Vec<acc_t<S>>::size();
-  constexpr int kNV = std::max(1, std::min(8, kTileAccumulators<S> / R));
-  const int64_t full = units / W, tail = units % W;
+// for_column_blocks<NV>(vectors, block): block(NVc, v) over the vectors [0, vectors) in blocks of
+// NV, then of 2 and 1 (NVc a std::integral_constant<int, NVc>).
+template <int NV, typename F>
+FUSED_RNN_ALWAYS_INLINE inline void for_column_blocks(int64_t vectors, const F& block) {
   int64_t v = 0;
-  for (; v + kNV <= full; v += kNV) {
-    lane_tile_t<S, R, kNV, false>(d, d_row, N, w, w_row, v, 0, out, out_row, accumulate);
+  for (; v + NV <= vectors; v += NV) block(std::integral_constant<int, NV>{}, v);
+  if constexpr (NV > 2) {
+    for (; v + 2 <= vectors; v += 2) block(std::integral_constant<int, 2>{}, v);
   }
-  if constexpr (kNV > 4) {
-    for (; v + 4 <= full; v += 4) {
-      lane_tile_t<S, R, 4, false>(d, d_row, N, w, w_row, v, 0, out, out_row, accumulate);
-    }
+  for (; v < vectors; ++v) block(std::integral_constant<int, 1>{}, v);
+}
+
+// The loop order of the outer-product kernels: tile(R, NV, b, v) for row tiles [b, b + R) and
+// column blocks of NV vectors from vector v. Fewer rows than a tile: one row tile, its columns
+// in blocks of kOuterVectors<S, R>. Else each column block (up to 3 vectors) runs all row tiles
+// one after the other, so that its weights come from memory once per step and from the core's
+// cache for the other tiles (H=1024 LSTM, 512 units x 4 gates per lane: 16 MB of W_hh;
+// lane_gemm_t 52 GF/s row tile by row tile, ... column block by column block).
+template <typename S, typename F>
+FUSED_RNN_ALWAYS_INLINE inline void for_outer_tiles(int64_t rows, int64_t vectors,
+                                                    const F& tile) {
+  constexpr int kR = kOuterRows<S>;
+  if (rows < kR) {
+    last_row_tile<kR - 1>(rows, 0, [&](auto R, int64_t b) FUSED_RNN_ALWAYS_INLINE {
+      for_column_blocks<kOuterVectors<S, decltype(R)::value>>(
+          vectors, [&](auto NV, int64_t v) FUSED_RNN_ALWAYS_INLINE { tile(R, NV, b, v); });
+    });
+    return;
   }
-  if constexpr (kNV > 2) {
-    for (; v + 2 <= full; v += 2) {
-      lane_tile_t<S, R, 2, false>(d, d_row, N, w, w_row, v, 0, out, out_row, accumulate);
-    }
-  }
-  for (; v < full; ++v) {
-    lane_tile_t<S, R, 1, false>(d, d_row, N, w, w_row, v, 0, out, out_row, accumulate);
-  }
-  if (tail) lane_tile_t<S, R, 1, true>(d, d_row, N, w, w_row, v, tail, out, out_row, accumulate);
+  for_column_blocks<kOuterVectors<S, kR>>(vectors, [&](auto NV, int64_t v) FUSED_RNN_ALWAYS_INLINE {
+    for_row_tiles<kR>(rows, [&](auto R, int64_t b) FUSED_RNN_ALWAYS_INLINE { tile(R, NV, b, v); });
+  });
 }
 
 template <typename S>
 void lane_gemm_t(const S* d, int64_t d_row, int64_t rows, int64_t N, const S* w, int64_t w_row,
                  int64_t units, S* out, int64_t out_row, bool accumulate) {
-  for_row_tiles(rows, [&](auto R, int64_t b) {
-    lane_rows_t<S, decltype(R)::value>(d + b * d_row, d_row, N, w, w_row, units,
-                                       out + b * out_row, out_row, accumulate);
+  constexpr int64_t W = Vec<acc_t<S>>::size();
+  const int64_t full = units / W, tail = units % W;
+  for_outer_tiles<S>(rows, full, [&](auto R, auto NV, int64_t b, int64_t v) {
+    lane_tile_t<S, decltype(R)::value, decltype(NV)::value, false>(
+        d + b * d_row, d_row, N, w, w_row, v, 0, out + b * out_row, out_row, accumulate);
+  });
+  // the partial vector of the units last
+  if (tail) {
+    for_row_tiles<kOuterRows<S>>(rows, [&](auto R, int64_t b) {
+      lane_tile_t<S, decltype(R)::value, 1, true>(d + b * d_row, d_row, N, w, w_row, full, tail,
+                                                  out + b * out_row, out_row, accumulate);
+    });
+  }
+}
+
+// 16 x 16 floats transposed: dst[c * ld_dst + r] = src[r * ld_src + c] (AVX512: unpacks of
+// 32 and 64 bits, then two rounds of 128-bit lane shuffles).
+#if defined(CPU_CAPABILITY_AVX512)
+inline void transpose_16x16(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ld_src);
+  for (int i = 0; i < 16; i += 2) {  // per 128-bit lane l: (a0 b0 a1 b1), (a2 b2 a3 b3)
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  const auto lo = [](__m512 x, __m512 y) {
+    return _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(x), _mm512_castps_pd(y)));
+  };
+  const auto hi = [](__m512 x, __m512 y) {
+    return _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(x), _mm512_castps_pd(y)));
+  };
+  for (int i = 0; i < 16; i += 4) {  // r[i + c], lane l: column 4l + c of rows i .. i + 3
+    r[i] = lo(t[i], t[i + 2]);
+    r[i + 1] = hi(t[i], t[i + 2]);
+    r[i + 2] = lo(t[i + 1], t[i + 3]);
+    r[i + 3] = hi(t[i + 1], t[i + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {  // lanes (0, 2) and (1, 3) of row groups (0, 1) and (2, 3)
+    t[c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88);
+    t[4 + c] = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xdd);
+    t[8 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+    t[12 + c] = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xdd);
+  }
+  for (int c = 0; c < 4; ++c) {  // column 4l + c: lane l of the four row groups
+    _mm512_storeu_ps(dst + c * ld_dst, _mm512_shuffle_f32x4(t[c], t[8 + c], 0x88));
+    _mm512_storeu_ps(dst + (8 + c) * ld_dst, _mm512_shuffle_f32x4(t[c], t[8 + c], 0xdd));
+    _mm512_storeu_ps(dst + (4 + c) * ld_dst, _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0x88));
+    _mm512_storeu_ps(dst + (12 + c) * ld_dst, _mm512_shuffle_f32x4(t[4 + c], t[12 + c], 0xdd));
+  }
+}
+#endif
+
+// See RowKernels::lane_pack. Blocks of 16 units x 16 k: AVX512 float transposes whole blocks
+// in registers (1.7x faster than through a buffer: H=256, 128 units x 4 gates in 34 us);
+// otherwise, and for the blocks at the edges, element by element.
+template <typename S>
+void lane_pack(const S* w, int64_t w_gate, int64_t gates, int64_t units, int64_t K,
+               lane_panel_t<S>* panel) {
+  using P = lane_panel_t<S>;
+  constexpr int64_t U = kLanePanelUnits;
+  const int64_t up = (units + U - 1) / U * U;
+  for (int64_t g = 0; g < gates; ++g) {
+    for (int64_t j0 = 0; j0 < up; j0 += U) {
+      P* strip = panel + (g * up + j0) / U * K * U;  // [K, U]
+      for (int64_t k0 = 0; k0 < K; k0 += U) {
+        const S* src = w + g * w_gate + j0 * K + k0;  // [U units, U k], row stride K
+        P* dst = strip + k0 * U;                      // [U k, U units]
+#if defined(CPU_CAPABILITY_AVX512)
+        if constexpr (std::is_same_v<S, float>) {
+          if (j0 + U <= units && k0 + U <= K) {
+            transpose_16x16(src, K, dst, U);
+            continue;
+          }
+        }
+#endif
+        const int64_t nk = std::min(U, K - k0);
+        for (int64_t k = 0; k < nk; ++k) {
+          for (int64_t j = 0; j < U; ++j) {
+            dst[k * U + j] = j0 + j < units ? static_cast<P>(src[j * K + k]) : P(0);
+          }
+        }
+      }
+    }
+  }
+}
+
+// See RowKernels::lane_pack_columns: strip by strip, row by row (copies of U columns).
+template <typename S>
+void lane_pack_columns(const S* w, int64_t w_row, int64_t N, int64_t units,
+                       lane_panel_t<S>* panel) {
+  using P = lane_panel_t<S>;
+  constexpr int64_t U = kLanePanelUnits;
+  for (int64_t j0 = 0; j0 < units; j0 += U) {
+    P* strip = panel + j0 / U * N * U;  // [N, U]
+    const int64_t nj = std::min(U, units - j0);
+    for (int64_t n = 0; n < N; ++n) {
+      const S* src = w + n * w_row + j0;
+      P* dst = strip + n * U;
+      if (nj == U) {
+        for (int64_t j = 0; j < U; ++j) dst[j] = static_cast<P>(src[j]);
+      } else {
+        for (int64_t j = 0; j < U; ++j) dst[j] = j < nj ? static_cast<P>(src[j]) : P(0);
+      }
+    }
+  }
+}
+
+// One tile of lane_gemm_packed: rows h[0, R) times the NV vectors of panel columns from v0 * W.
+template <typename S, int R, int NV>
+void lane_tile_packed(const S* h, int64_t h_row, int64_t K, const lane_panel_t<S>* panel,
+                      int64_t up, int64_t units, int64_t v0, S* out, int64_t out_row,
+                      int64_t out_gate, bool accumulate) {
+  using A = acc_t<S>;
+  static_assert(std::is_same_v<A, lane_panel_t<S>>, "the panel holds the accumulation type");
+  constexpr int64_t W = Vec<A>::size();
+  constexpr int64_t U = kLanePanelUnits;
+  static_assert(U % W == 0, "a vector never spans two strips or gates");
+  const A* b[NV];
+  for (int c = 0; c < NV; ++c) {
+    const int64_t column = (v0 + c) * W;
+    b[c] = panel + (column / U * K) * U + column % U;
+  }
+  Vec<A> acc[R][NV];
+  outer_products<S, A, R, NV, false>(h, h_row, K, b, U, 0, acc);
+  for (int c = 0; c < NV; ++c) {
+    const int64_t column = (v0 + c) * W, g = column / up, j = column % up;
+    const int64_t cnt = std::min<int64_t>(W, units - j);
+    if (cnt <= 0) continue;  // padding only
+    for (int r = 0; r < R; ++r) {
+      S* dst = out + r * out_row + g * out_gate + j;
+      store(accumulate ? load(dst, cnt) + acc[r][c] : acc[r][c], dst, cnt);
+    }
+  }
+}
+
+template <typename S>
+void lane_gemm_packed(const S* h, int64_t h_row, int64_t rows, int64_t K,
+                      const lane_panel_t<S>* panel, int64_t gates, int64_t units, S* out,
+                      int64_t out_row, int64_t out_gate, bool accumulate) {
+  constexpr int64_t W = Vec<acc_t<S>>::size();
+  const int64_t up = (units + kLanePanelUnits - 1) / kLanePanelUnits * kLanePanelUnits;
+  for_outer_tiles<S>(rows, gates * up / W, [&](auto R, auto NV, int64_t b, int64_t v) {
+    lane_tile_packed<S, decltype(R)::value, decltype(NV)::value>(
+        h + b * h_row, h_row, K, panel, up, units, v, out + b * out_row, out_row, out_gate,
+        accumulate);
   });
 }
 
@@ -796,7 +971,8 @@ constexpr RowKernels<S> row_kernels() {
           &lstm_backward_rows<S>, &rnn_forward_rows<S>, &rnn_backward_rows<S>,
           &gru_textbook_gates_rows<S>, &gru_textbook_state_rows<S>,
           &gru_textbook_state_back_rows<S>, &gru_textbook_gates_back_rows<S>, &column_sums<S>,
-          &lane_gemm<S>, &lane_gemm_t<S>};
+          &lane_gemm<S>, &lane_gemm_t<S>, &lane_pack<S>, &lane_pack_columns<S>,
+          &lane_gemm_packed<S>};
 }
 
 }  // namespace
