@@ -53,8 +53,8 @@ def set_cpu_schedule(name: str) -> None:
       place every step (it stays in its core's cache), one barrier per step, forward and
       backward; the hidden GEMMs are the library's own kernels, so results differ from
       per-step in the last bits (and do not depend on the thread count);
-    * "auto" (default): lanes for float32 at batch sizes up to 1 (hidden size below 128), 2
-      (below 256), 8 (below 512) or 16 (measured faster there than per-step); else row blocks for
+    * "auto" (default): lanes for float32 at batch sizes up to 1 (hidden size below 128), 8
+      (below 256) or 128 (measured faster there than per-step and row blocks); else row blocks for
       float32 with MKL where every thread gets at least 16 batch rows and a row's step GEMM
       has gates * hidden_size^2 <= 2^16 multiply-adds (GRU up to hidden 147, LSTM 128, RNN
       256: measured faster there); else per-step.

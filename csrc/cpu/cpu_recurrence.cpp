@@ -46,20 +46,19 @@ constexpr int64_t kMaxAutoMacs = int64_t{1} << 16;
 
 // In auto, the lanes run float32 recurrences of batches of up to max_lane_rows(H) rows, whatever
 // the thread count (one lane per thread; their results do not depend on the lanes, so the
-// results stay the same for any thread count). First measured at B=1 on the 2-core development
-// machine (T=35, I=H, forward; time per-step / lanes, 2 threads): 1.13-1.57x (GRU, LSTM, RNN at
-// H=256, 512, LSTM 1024), 1 thread 1.20-1.61x; H=16..128 0.94-1.44x; training with the backward
-// in lanes too 1.28-1.53x. Batches of 2-16 rows, measured again on 2026-12-06 with the kernels
-// of that day (benchmarks/results/cpu_lanes_batch*_2026-12-06.md; each schedule's speed-up over
-// nn.* in its own interleaved rounds, lanes' / per-step's; the earlier figures, B=2 0.78-1.17x
-// and B=4-8 0.53-1.02x, came from an older state of the lane kernels): 2 threads, inference and
-// training, GRU / LSTM / RNN: H=128 1.24-1.62x at B=2, 0.81-1.35x at B=4-16; H=256 1.16-2.09x at
-// B=2-8, 0.96-1.21x at B=16; H=512 1.08-2.79x at B=2-16; H=1024 1.19-2.13x at B=4 and 16;
-// 1 thread, H=256 and 512, B=2-16: 1.11-3.12x; T=1 and 4 at H=256, B=2 and 8: 1.03-1.87x.
+// results stay the same for any thread count). Measured on the 2-core development VM (AMD EPYC,
+// Zen 4) on 2026-12-06 with the lanes on packed W_hh (benchmarks/results/
+// cpu_lanes_packed_*_2026-12-06.md; T=35, I=H, 2 threads, GRU / LSTM / RNN, inference and
+// training; each schedule's speed-up over nn.* in the same interleaved rounds): H=256 and 512,
+// B=16-64: lanes ahead of per-step at every point but one (LSTM inference B=64 H=256, equal),
+// GRU 1.14-1.45x nn.* vs per-step's 0.99-1.43x, LSTM 0.71-0.97x vs 0.61-0.93x, RNN 1.15-2.13x
+// vs 0.97-1.72x; B=128: ahead in 11 of 12 (GRU training H=256: 1.06x vs 1.16x). H=128: lanes
+// ahead of per-step and row blocks at B=8 (1.02-3.82x nn.* vs 0.77-2.95x), mixed at B=32 (GRU
+// and LSTM inference ahead; LSTM training and RNN behind row blocks), behind at B=128. Earlier
+// measurements (2026-11-28 and the morning of 2026-12-06, lanes with dot products on W_hh in
+// place) had given lanes batch 1 only, then up to 2 / 8 / 16 rows from H=128 / 256 / 512.
 // Lanes start at multiples of kLaneUnits hidden units (whole vectors for the pointwise kernels).
-constexpr int64_t max_lane_rows(int64_t H) {
-  return H >= 512 ? 16 : H >= 256 ? 8 : H >= 128 ? 2 : 1;
-}
+constexpr int64_t max_lane_rows(int64_t H) { return H >= 256 ? 128 : H >= 128 ? 8 : 1; }
 constexpr int64_t kLaneUnits = 16;
 // Lanes pack their weights for calls of at least this many rows over all steps (B * T); the
 // backward only where a lane's columns of W_hh take more than kMaxInPlaceLaneBytes (as float).
