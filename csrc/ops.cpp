@@ -155,6 +155,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("gates"), pybind11::arg("units"),
         "(forward, backward): whether lanes of `units` units pack their weights in a recurrence "
         "of this size (tests).");
+  m.def("_cpu_packed_mm",
+        [](const at::Tensor& a, const at::Tensor& b, std::optional<at::Tensor> out) {
+          if (!out) return fused_rnn::cpu::packed_mm(a, b);
+          at::Tensor o = *out;
+          fused_rnn::cpu::packed_mm_into(o, a, b, /*accumulate=*/true);
+          return o;
+        },
+        pybind11::arg("a"), pybind11::arg("b"), pybind11::arg("out") = pybind11::none(),
+        "a @ b (float32) on the CPU's packed product kernel, or out += a @ b (tests).");
   m.def("_min_prepared_rows", &fused_rnn::cpu::min_prepared_rows,
         "CPU calls with at least this many rows over all steps (T * B) prepare the recurrent "
         "weight once (MKL packing or a transposed copy); smaller ones run on it as it is.");

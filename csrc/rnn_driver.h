@@ -67,6 +67,10 @@ bool swapped_product(int64_t rows);
 // a: [M, K] times b: [K, N] -> [M, N] in fixed tiles, one single-threaded BLAS call each:
 // bit-identical whatever the thread count (csrc/cpu/cpu_gemm.cpp).
 Tensor mm(const Tensor& a, const Tensor& b);
+// The float32 products of at least packed_products(M) rows on the library's own kernel, as
+// bit-identical (csrc/cpu/packed_products.cpp).
+bool packed_products(int64_t rows);
+Tensor packed_mm(const Tensor& a, const Tensor& b);
 // dW: [G, K] = d_g2d^T rows on the CPU, bit-identical whatever the thread count
 // (csrc/cpu/cpu_gemm.cpp); add_weight_grad adds d_g2d^T rows into dw likewise.
 Tensor weight_grad(const Tensor& d_g2d, const Tensor& rows);
@@ -75,14 +79,24 @@ void add_weight_grad(Tensor& dw, const Tensor& d_g2d, const Tensor& rows);
 Tensor bias_grad(const Tensor& d_g2d);
 }  // namespace cpu
 
-// rows: [N, K], w: [G, K] -> rows W^T: [N, G] contiguous. CPU: in fixed tiles (cpu::mm), as
-// (W x^T)^T for the row counts of swapped_product.
+// a: [M, K] times b: [K, N] on the CPU, bit-identical whatever the thread count: float32 from
+// 16 rows on the library's own kernel (cpu::packed_mm), else in fixed BLAS tiles (cpu::mm).
+inline Tensor cpu_product(const Tensor& a, const Tensor& b) {
+  if (a.scalar_type() == at::kFloat && cpu::packed_products(a.size(0))) {
+    return cpu::packed_mm(a, b);
+  }
+  return cpu::mm(a, b);
+}
+
+// rows: [N, K], w: [G, K] -> rows W^T: [N, G] contiguous. CPU: cpu_product, below its packed
+// rows as (W x^T)^T for the row counts of swapped_product.
 inline Tensor project_rows(const Tensor& rows, const Tensor& w) {
   if (!rows.is_cpu()) return at::mm(rows, w.t());
-  if (rows.scalar_type() == at::kFloat && cpu::swapped_product(rows.size(0))) {
+  if (rows.scalar_type() == at::kFloat && !cpu::packed_products(rows.size(0)) &&
+      cpu::swapped_product(rows.size(0))) {
     return cpu::mm(w, rows.t()).t().contiguous();
   }
-  return cpu::mm(rows, w.t());
+  return cpu_product(rows, w.t());
 }
 
 // gi: [T, B, G] = x W^T for all steps at once; x: [T, B, I] in `lay`, w: [G, I]. Biases are
@@ -136,7 +150,7 @@ inline Tensor input_grad(const SeqLayout& lay, const Tensor& x, const Tensor& d_
   TORCH_CHECK(!(compute && is_token_input(x)),
               "fused_rnn: token-id input has no gradient (compute_input_grad must be False)");
   if (!compute) return at::empty({0}, w_ih.options());
-  return lay.unrows(d_g2d.is_cpu() ? cpu::mm(d_g2d, w_ih) : at::mm(d_g2d, w_ih), x.size(0),
+  return lay.unrows(d_g2d.is_cpu() ? cpu_product(d_g2d, w_ih) : at::mm(d_g2d, w_ih), x.size(0),
                     x.size(1));
 }
 

@@ -333,6 +333,10 @@ constexpr int64_t kWeightGradPiece = 256;
 
 void add_weight_grad(at::Tensor& dw, const at::Tensor& d_g2d, const at::Tensor& rows) {
   // dw: [G, K], d_g2d: [N, G], rows: [N, K]
+  if (dw.scalar_type() == at::kFloat && packed_products(dw.size(0))) {
+    packed_mm_into(dw, d_g2d.t(), rows, /*accumulate=*/true);
+    return;
+  }
   const int64_t N = d_g2d.size(0);
   for_tiles(dw.size(0), dw.size(1), kProductTileRows,
             [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
@@ -346,6 +350,9 @@ void add_weight_grad(at::Tensor& dw, const at::Tensor& d_g2d, const at::Tensor& 
 }
 
 at::Tensor weight_grad(const at::Tensor& d_g2d, const at::Tensor& rows) {
+  if (rows.scalar_type() == at::kFloat && packed_products(d_g2d.size(1))) {
+    return packed_mm(d_g2d.t(), rows);  // dw: [G, K]
+  }
   at::Tensor dw = at::zeros({d_g2d.size(1), rows.size(1)}, rows.options());  // dw: [G, K]
   add_weight_grad(dw, d_g2d, rows);
   return dw;

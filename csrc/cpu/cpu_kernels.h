@@ -67,6 +67,13 @@ std::vector<int64_t> row_blocks(int64_t B, int64_t H, int64_t gates, bool float3
 // First hidden units of the lanes a recurrence of B rows and hidden size H would run in now
 // (and H at the end): multiples of kLaneUnits, one lane per thread at most; empty: not lanes.
 std::vector<int64_t> lanes(int64_t B, int64_t H, bool float32);
+// The one-shot float32 products on the library's own kernel (csrc/cpu/packed_products.cpp):
+// out: [M, N] (+)= a: [M, K] b: [K, N], bit-identical whatever the thread count; for products of
+// at least packed_products(M) rows.
+bool packed_products(int64_t rows);
+void packed_mm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate);
+at::Tensor packed_mm(const at::Tensor& a, const at::Tensor& b);
+
 // Whether a lanes recurrence of B rows and T steps packs its lane's weights for the outer-product
 // kernel (forward), and where its lanes have `units` units of G gates (backward).
 bool lane_forward_packs(int64_t B, int64_t T);

@@ -697,14 +697,16 @@ constexpr int kOuterAccumulators = sizeof(Vec<acc_t<S>>) >= 64 ? 24 : 8;
 template <typename S, int R>
 constexpr int kOuterVectors = std::max(1, std::min(8, kOuterAccumulators<S> / R));
 
-// acc[r][c] = sum over k < K, in order, of a[r * a_row + k] * b[c][k * b_row + i] (element i
-// of vector c), one fused multiply-add per k, from zero. kTail: the last vector has `tail`
-// columns (its loads give zeros past them), known at compile time not to be there otherwise (a
-// partial-load branch in the loop kept the accumulators on the stack).
-template <typename S, typename Bt, int R, int NV, bool kTail>
+// acc[r][c] = sum over k < K, in order, of a[r * a_row + k * a_k] * b[c][k * b_row + i]
+// (element i of vector c), one fused multiply-add per k, from zero. a_k is 1 unless kStridedK.
+// kTail: the last vector has `tail` columns (its loads give zeros past them), known at compile
+// time not to be there otherwise (a partial-load branch in the loop kept the accumulators on the
+// stack).
+template <typename S, typename Bt, int R, int NV, bool kTail, bool kStridedK = false>
 FUSED_RNN_ALWAYS_INLINE inline void outer_products(const S* a, int64_t a_row, int64_t K,
                                                    const Bt* const (&b)[NV], int64_t b_row,
-                                                   int64_t tail, Vec<acc_t<S>> (&acc)[R][NV]) {
+                                                   int64_t tail, Vec<acc_t<S>> (&acc)[R][NV],
+                                                   int64_t a_k = 1) {
   using A = acc_t<S>;
   constexpr int64_t W = Vec<A>::size();
   for (int r = 0; r < R; ++r) {
@@ -714,7 +716,7 @@ FUSED_RNN_ALWAYS_INLINE inline void outer_products(const S* a, int64_t a_row, in
     Vec<A> bv[NV];
     for (int c = 0; c < NV; ++c) bv[c] = load(b[c] + k * b_row, kTail && c == NV - 1 ? tail : W);
     for (int r = 0; r < R; ++r) {
-      const Vec<A> av(static_cast<A>(a[r * a_row + k]));
+      const Vec<A> av(static_cast<A>(a[r * a_row + (kStridedK ? k * a_k : k)]));
       for (int c = 0; c < NV; ++c) acc[r][c] = at::vec::fmadd(av, bv[c], acc[r][c]);
     }
   }
@@ -885,10 +887,10 @@ void lane_pack_columns(const S* w, int64_t w_row, int64_t N, int64_t units,
 }
 
 // One tile of lane_gemm_packed: rows h[0, R) times the NV vectors of panel columns from v0 * W.
-template <typename S, int R, int NV>
+template <typename S, int R, int NV, bool kStridedK = false>
 void lane_tile_packed(const S* h, int64_t h_row, int64_t K, const lane_panel_t<S>* panel,
                       int64_t up, int64_t units, int64_t v0, S* out, int64_t out_row,
-                      int64_t out_gate, bool accumulate) {
+                      int64_t out_gate, bool accumulate, int64_t h_k = 1) {
   using A = acc_t<S>;
   static_assert(std::is_same_v<A, lane_panel_t<S>>, "the panel holds the accumulation type");
   constexpr int64_t W = Vec<A>::size();
@@ -900,7 +902,7 @@ void lane_tile_packed(const S* h, int64_t h_row, int64_t K, const lane_panel_t<S
     b[c] = panel + (column / U * K) * U + column % U;
   }
   Vec<A> acc[R][NV];
-  outer_products<S, A, R, NV, false>(h, h_row, K, b, U, 0, acc);
+  outer_products<S, A, R, NV, false, kStridedK>(h, h_row, K, b, U, 0, acc, h_k);
   for (int c = 0; c < NV; ++c) {
     const int64_t column = (v0 + c) * W, g = column / up, j = column % up;
     const int64_t cnt = std::min<int64_t>(W, units - j);
@@ -922,6 +924,24 @@ void lane_gemm_packed(const S* h, int64_t h_row, int64_t rows, int64_t K,
     lane_tile_packed<S, decltype(R)::value, decltype(NV)::value>(
         h + b * h_row, h_row, K, panel, up, units, v, out + b * out_row, out_row, out_gate,
         accumulate);
+  });
+}
+
+// See RowKernels::gemm_packed.
+template <typename S>
+void gemm_packed(const S* a, int64_t a_row, int64_t a_k, int64_t rows, int64_t K,
+                 const lane_panel_t<S>* panel, int64_t cols, S* out, int64_t out_row,
+                 bool accumulate) {
+  if (a_k == 1) {
+    lane_gemm_packed(a, a_row, rows, K, panel, 1, cols, out, out_row, 0, accumulate);
+    return;
+  }
+  constexpr int64_t W = Vec<acc_t<S>>::size();
+  const int64_t up = (cols + kLanePanelUnits - 1) / kLanePanelUnits * kLanePanelUnits;
+  for_outer_tiles<S>(rows, up / W, [&](auto R, auto NV, int64_t b, int64_t v) {
+    lane_tile_packed<S, decltype(R)::value, decltype(NV)::value, true>(
+        a + b * a_row, a_row, K, panel, up, cols, v, out + b * out_row, out_row, 0, accumulate,
+        a_k);
   });
 }
 
@@ -972,7 +992,7 @@ constexpr RowKernels<S> row_kernels() {
           &gru_textbook_gates_rows<S>, &gru_textbook_state_rows<S>,
           &gru_textbook_state_back_rows<S>, &gru_textbook_gates_back_rows<S>, &column_sums<S>,
           &lane_gemm<S>, &lane_gemm_t<S>, &lane_pack<S>, &lane_pack_columns<S>,
-          &lane_gemm_packed<S>};
+          &lane_gemm_packed<S>, &gemm_packed<S>};
 }
 
 }  // namespace
