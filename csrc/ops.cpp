@@ -155,6 +155,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("gates"), pybind11::arg("units"),
         "(forward, backward): whether lanes of `units` units pack their weights in a recurrence "
         "of this size (tests).");
+  m.def("_cpu_intel", &fused_rnn::cpu::intel_cpu,
+        "Whether the CPU is an Intel one (auto's lane limits and the packed products depend on "
+        "it; tests).");
   m.def("_cpu_packed_mm",
         [](const at::Tensor& a, const at::Tensor& b, std::optional<at::Tensor> out) {
           if (!out) return fused_rnn::cpu::packed_mm(a, b);

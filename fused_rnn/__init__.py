@@ -54,7 +54,9 @@ def set_cpu_schedule(name: str) -> None:
       backward; the hidden GEMMs are the library's own kernels, so results differ from
       per-step in the last bits (and do not depend on the thread count);
     * "auto" (default): lanes for float32 at batch sizes up to 1 (hidden size below 128), 8
-      (below 256) or 128 (measured faster there than per-step and row blocks); else row blocks for
+      (below 256) or 128 (measured faster there than per-step and row blocks on an AMD EPYC; on
+      Intel CPUs, where MKL's GEMMs were measured faster, up to 2 from hidden size 128, 8 from
+      256, 16 from 512); else row blocks for
       float32 with MKL where every thread gets at least 16 batch rows and a row's step GEMM
       has gates * hidden_size^2 <= 2^16 multiply-adds (GRU up to hidden 147, LSTM 128, RNN
       256: measured faster there); else per-step.

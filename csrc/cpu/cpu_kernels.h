@@ -67,6 +67,13 @@ std::vector<int64_t> row_blocks(int64_t B, int64_t H, int64_t gates, bool float3
 // First hidden units of the lanes a recurrence of B rows and hidden size H would run in now
 // (and H at the end): multiples of kLaneUnits, one lane per thread at most; empty: not lanes.
 std::vector<int64_t> lanes(int64_t B, int64_t H, bool float32);
+// Whether this is an Intel CPU (cpuid's vendor). auto's lane limits and the packed products were
+// measured faster than MKL on an AMD EPYC (Zen 4), where MKL's float32 GEMMs ran at ~85% of the
+// library's own kernel; on the Intel Xeon of earlier sessions MKL's per-step GEMM ran at ~97% of
+// that machine's rate and beat lanes at 32 rows, so there auto keeps its earlier limits and the
+// products stay on MKL.
+bool intel_cpu();
+
 // The one-shot float32 products on the library's own kernel (csrc/cpu/packed_products.cpp):
 // out: [M, N] (+)= a: [M, K] b: [K, N], bit-identical whatever the thread count; for products of
 // at least packed_products(M) rows.

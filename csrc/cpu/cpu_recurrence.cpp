@@ -56,9 +56,15 @@ constexpr int64_t kMaxAutoMacs = int64_t{1} << 16;
 // ahead of per-step and row blocks at B=8 (1.02-3.82x nn.* vs 0.77-2.95x), mixed at B=32 (GRU
 // and LSTM inference ahead; LSTM training and RNN behind row blocks), behind at B=128. Earlier
 // measurements (2026-11-28 and the morning of 2026-12-06, lanes with dot products on W_hh in
-// place) had given lanes batch 1 only, then up to 2 / 8 / 16 rows from H=128 / 256 / 512.
+// place) had given lanes batch 1 only, then up to 2 / 8 / 16 rows from H=128 / 256 / 512. Those
+// limits stay on Intel CPUs (intel_cpu()): on the Intel Xeon of the eighth session MKL's
+// per-step GEMM beat a lane kernel of this kind at 32 rows (GRU H=256 backward recurrence
+// 3.53 ms vs 5.02, benchmarks/cpu_notes.md); the lanes' batch-1 rule was measured there.
 // Lanes start at multiples of kLaneUnits hidden units (whole vectors for the pointwise kernels).
-constexpr int64_t max_lane_rows(int64_t H) { return H >= 256 ? 128 : H >= 128 ? 8 : 1; }
+int64_t max_lane_rows(int64_t H) {
+  if (intel_cpu()) return H >= 512 ? 16 : H >= 256 ? 8 : H >= 128 ? 2 : 1;
+  return H >= 256 ? 128 : H >= 128 ? 8 : 1;
+}
 constexpr int64_t kLaneUnits = 16;
 // Lanes pack their weights for calls of at least this many rows over all steps (B * T); the
 // backward only where a lane's columns of W_hh take more than kMaxInPlaceLaneBytes (as float).

@@ -8,6 +8,8 @@
 // MKL alongside in the same process): [560, 256] x [256, 1024] 216 GF/s vs at::mm 201;
 // [1120, 256] x [256, 1024] 208 vs 192; [560, 512] x [512, 2048] 206 vs 164 (packing included).
 // MKL ran the same products in the fixed tiles of cpu_gemm.cpp at ~155-175 GF/s in the layers.
+// Not measured on an Intel CPU, where MKL's products ran at 76-92% of the large-GEMM rate in the
+// layers (benchmarks/cpu_notes.md): there (intel_cpu()) the products stay on MKL.
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
@@ -39,7 +41,7 @@ std::pair<int64_t, int64_t> part(int64_t count, int64_t n, int64_t i, int64_t al
 
 }  // namespace
 
-bool packed_products(int64_t rows) { return rows >= kMinPackedProductRows; }
+bool packed_products(int64_t rows) { return !intel_cpu() && rows >= kMinPackedProductRows; }
 
 void packed_mm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
   // out: [M, N] (unit column stride), a: [M, K] (any strides), b: [K, N] (rows or columns of
