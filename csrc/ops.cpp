@@ -128,9 +128,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Instruction-set builds compiled in that this CPU can run, best last.");
   m.def("set_cpu_isa", &fused_rnn::cpu::set_isa, "Use another instruction-set build.");
   m.def("cpu_gemm_backend", &fused_rnn::cpu::gemm_backend,
-        "Per-step GEMM of the CPU kernels: 'mkl-packed' (float32 with MKL) or 'aten'.");
+        "Per-step GEMM of the CPU kernels: 'own-packed' (float32, the library's own kernel; "
+        "default off Intel CPUs), 'mkl-packed' (float32 with MKL; default on Intel CPUs) or "
+        "'aten'.");
   m.def("set_cpu_gemm_backend", &fused_rnn::cpu::set_gemm_backend,
-        "Choose 'mkl-packed' or 'aten' for the per-step GEMMs (testing, benchmarking).");
+        "Choose 'own-packed', 'mkl-packed' or 'aten' for the per-step GEMMs (testing, "
+        "benchmarking).");
   m.def("cpu_schedule", &fused_rnn::cpu::cpu_schedule,
         "How the CPU runs GRU / LSTM / RNN recurrences: 'auto', 'per-step', 'row-blocks' or "
         "'lanes'.");

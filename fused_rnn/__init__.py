@@ -57,7 +57,7 @@ def set_cpu_schedule(name: str) -> None:
       (below 256) or 128 (measured faster there than per-step and row blocks on an AMD EPYC; on
       Intel CPUs, where MKL's GEMMs were measured faster, up to 2 from hidden size 128, 8 from
       256, 16 from 512); else row blocks for
-      float32 with MKL where every thread gets at least 16 batch rows and a row's step GEMM
+      float32 on a packed per-step GEMM (own or MKL's) where every thread gets at least 16 batch rows and a row's step GEMM
       has gates * hidden_size^2 <= 2^16 multiply-adds (GRU up to hidden 147, LSTM 128, RNN
       256: measured faster there); else per-step.
     The GRU textbook form (reset_after=False) and the projected LSTM always run per step.

@@ -22,13 +22,14 @@ const StepKernels<scalar_t>& step_kernels();
 constexpr int64_t kTileRows = 8;
 
 // The per-step hidden GEMM (see hidden_gemm.h) of a call with `steps` steps of `rows` rows:
-// from min_prepared_rows() rows in all on, MKL's packed GEMM for float where torch has MKL,
-// else ATen's mm on a contiguous copy of op(W); below, ATen's mm on W as it is (preparing W
-// costs more than it saves there). All in fixed tiles (kTileRows).
+// from min_prepared_rows() rows in all on, for float the library's own kernel on W packed into
+// strips ("own-packed", off Intel CPUs) or MKL's packed GEMM ("mkl-packed", Intel CPUs where
+// torch has MKL), else ATen's mm on a contiguous copy of op(W) ("aten"); below, ATen's mm on W
+// as it is (preparing W costs more than it saves there). All in fixed tiles (kTileRows).
 template <typename scalar_t>
 std::unique_ptr<HiddenGemm<scalar_t>> hidden_gemm(const at::Tensor& w, bool transpose_w,
                                                   int64_t rows, int64_t steps);
-std::string gemm_backend();                     // "mkl-packed" or "aten"
+std::string gemm_backend();                     // "own-packed", "mkl-packed" or "aten"
 void set_gemm_backend(const std::string& name);  // for tests and benchmarks
 int64_t min_prepared_rows();
 void set_min_prepared_rows(int64_t rows);  // for tests and benchmarks

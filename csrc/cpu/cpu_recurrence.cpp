@@ -33,7 +33,7 @@
 namespace fused_rnn::cpu {
 namespace {
 
-// In auto, the row blocks run for float32 with MKL where every thread gets at least
+// In auto, the row blocks run for float32 on a packed GEMM (own or MKL's) where every thread gets at least
 // kMinAutoRows rows and a row's step GEMM has at most kMaxAutoMacs = gates * H * H
 // multiply-adds. Measured on the 2-core development machine (T=35, I=H, float32; fused time
 // row blocks / per step, B=32, two runs; benchmarks/results/cpu_schedules{,_h512}_2026-11-28.md):
@@ -98,7 +98,7 @@ std::vector<int64_t> row_blocks(int64_t B, int64_t H, int64_t gates, bool float3
   int64_t blocks = 0;
   if (schedule == CpuSchedule::kRowBlocks) {
     blocks = std::max<int64_t>(1, std::min(threads, tiles));
-  } else if (schedule == CpuSchedule::kAuto && float32 && gemm_backend() == "mkl-packed" &&
+  } else if (schedule == CpuSchedule::kAuto && float32 && gemm_backend() != "aten" &&
              threads >= 2 && B >= kMinAutoRows * threads && gates * H * H <= kMaxAutoMacs) {
     blocks = std::min(threads, tiles);
   }
