@@ -53,13 +53,13 @@ def set_cpu_schedule(name: str) -> None:
       place every step (it stays in its core's cache), one barrier per step, forward and
       backward; the hidden GEMMs are the library's own kernels, so results differ from
       per-step in the last bits (and do not depend on the thread count);
-    * "auto" (default): lanes for float32 at batch sizes up to 1 (hidden size below 128), 8
-      (below 256) or 128 (measured faster there than per-step and row blocks on an AMD EPYC; on
-      Intel CPUs, where MKL's GEMMs were measured faster, up to 2 from hidden size 128, 8 from
-      256, 16 from 512); else row blocks for
-      float32 on a packed per-step GEMM (own or MKL's) where every thread gets at least 16 batch rows and a row's step GEMM
-      has gates * hidden_size^2 <= 2^16 multiply-adds (GRU up to hidden 147, LSTM 128, RNN
-      256: measured faster there); else per-step.
+    * "auto" (default), as measured faster: off Intel CPUs (the per-step GEMM on the library's
+      own packed kernel), lanes for float32 batches of 1 row (hidden size below 128) or up to 8
+      rows, row blocks for larger float32 batches where every thread gets at least 8 rows;
+      on Intel CPUs (MKL's packed GEMM), lanes for float32 batches of up to 1 row (hidden size
+      below 128), 2 (below 256), 8 (below 512) or 16, row blocks where every thread gets at
+      least 16 rows and a row's step GEMM has gates * hidden_size^2 <= 2^16 multiply-adds
+      (GRU up to hidden 147, LSTM 128, RNN 256); else per-step.
     The GRU textbook form (reset_after=False) and the projected LSTM always run per step.
     Whatever the schedule, results do not depend on the number of threads.
     """

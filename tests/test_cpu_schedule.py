@@ -4,8 +4,8 @@ same outputs, final states and gradients bit for bit, and both match nn.*; "lane
 thread owns a slice of the hidden units, one barrier per step, forward and backward) matches
 per-step and nn.* within rounding and gives the same bits whatever the thread count (forward
 here, forward and backward in tests/test_determinism.py); "auto" picks lanes for
-small float32 batches and row blocks only where measured faster (float32 with MKL, >= 16 rows
-per thread, gates * H^2 <= 2^16)."""
+small float32 batches and row blocks where measured faster (float32; on the own packed GEMM
+from one 8-row tile per thread, on MKL's from 16 rows per thread with gates * H^2 <= 2^16)."""
 import os
 import subprocess
 import sys
@@ -116,15 +116,36 @@ def test_auto_picks_row_blocks_where_measured_faster(schedule_and_threads):
     fused_rnn.set_cpu_schedule("auto")
     torch.set_num_threads(2)
     row_blocks = fused_rnn._C._cpu_row_blocks
-    if fused_rnn._C.cpu_gemm_backend() != "aten":
-        assert row_blocks(32, 128, 4, True) == [0, 16, 32]   # LSTM H=128
-        assert row_blocks(33, 256, 1, True) == [0, 16, 33]   # RNN H=256
-        assert row_blocks(64, 147, 3, True) == [0, 32, 64]   # GRU H=147
-    assert row_blocks(32, 256, 3, True) == []   # GRU H=256: 3 * 256^2 > 2^16, per-step
-    assert row_blocks(32, 148, 3, True) == []
-    assert row_blocks(32, 512, 1, True) == []   # RNN H=512
-    assert row_blocks(31, 128, 1, True) == []   # fewer than 16 rows per thread
-    assert row_blocks(64, 128, 1, False) == []  # not float32
+    backend = fused_rnn._C.cpu_gemm_backend()
+    try:
+        # the own packed GEMM (default off Intel CPUs): every thread at least one 8-row tile
+        fused_rnn._C.set_cpu_gemm_backend("own-packed")
+        assert row_blocks(9, 256, 3, True) == [0, 8, 9]
+        assert row_blocks(32, 512, 4, True) == [0, 16, 32]
+        assert row_blocks(8, 256, 3, True) == []     # one tile (lanes run it in auto)
+        assert row_blocks(64, 128, 1, False) == []   # not float32
+        torch.set_num_threads(4)
+        assert row_blocks(24, 256, 1, True) == []    # 3 tiles for 4 threads: per-step
+        assert row_blocks(25, 256, 1, True) == [0, 8, 16, 24, 25]
+        torch.set_num_threads(2)
+        # MKL's packed GEMM (default on Intel CPUs, where torch has MKL): >= 16 rows per thread
+        # and gates * H^2 <= 2^16
+        try:
+            fused_rnn._C.set_cpu_gemm_backend("mkl-packed")
+        except RuntimeError:
+            pass
+        else:
+            assert row_blocks(32, 128, 4, True) == [0, 16, 32]   # LSTM H=128
+            assert row_blocks(33, 256, 1, True) == [0, 16, 33]   # RNN H=256
+            assert row_blocks(64, 147, 3, True) == [0, 32, 64]   # GRU H=147
+            assert row_blocks(32, 256, 3, True) == []   # GRU H=256: 3 * 256^2 > 2^16, per-step
+            assert row_blocks(32, 148, 3, True) == []
+            assert row_blocks(32, 512, 1, True) == []   # RNN H=512
+            assert row_blocks(31, 128, 1, True) == []   # fewer than 16 rows per thread
+        fused_rnn._C.set_cpu_gemm_backend("aten")        # never in auto
+        assert row_blocks(64, 128, 1, True) == []
+    finally:
+        fused_rnn._C.set_cpu_gemm_backend(backend)
     torch.set_num_threads(1)
     assert row_blocks(64, 128, 1, True) == []   # one thread: nothing to spread
     fused_rnn.set_cpu_schedule("per-step")
@@ -310,13 +331,11 @@ def test_auto_picks_lanes_for_small_float32_batches(schedule_and_threads):
         assert lanes(16, 1024, True) == [0, 512, 1024]
         assert lanes(17, 1024, True) == []
     else:
-        # elsewhere (measured on an AMD EPYC): up to 8 rows from H=128, 128 from 256, faster
-        # than per-step and row blocks there (benchmarks/results/cpu_lanes_packed_*_2026-12-06.md)
+        # elsewhere (measured on an AMD EPYC): up to 8 rows from H=128, row blocks on the own
+        # packed GEMM above (benchmarks/results/cpu_schedules_own_packed*_2026-12-06.md)
         assert lanes(8, 128, True) == [0, 64, 128]
-        assert lanes(9, 255, True) == []
-        assert lanes(128, 256, True) == [0, 128, 256]
-        assert lanes(64, 1024, True) == [0, 512, 1024]
-        assert lanes(129, 1024, True) == []
+        assert lanes(8, 1024, True) == [0, 512, 1024]
+        assert lanes(9, 1024, True) == []
     assert lanes(1, 256, False) == []           # not float32
     assert lanes(0, 256, True) == []
     torch.set_num_threads(1)

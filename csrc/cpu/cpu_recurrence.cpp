@@ -33,10 +33,15 @@
 namespace fused_rnn::cpu {
 namespace {
 
-// In auto, the row blocks run for float32 on a packed GEMM (own or MKL's) where every thread gets at least
-// kMinAutoRows rows and a row's step GEMM has at most kMaxAutoMacs = gates * H * H
-// multiply-adds. Measured on the 2-core development machine (T=35, I=H, float32; fused time
-// row blocks / per step, B=32, two runs; benchmarks/results/cpu_schedules{,_h512}_2026-11-28.md):
+// In auto, the row blocks run for float32 past the lanes' batches. On the library's own packed
+// GEMM (gemm_backend "own-packed", off Intel CPUs) wherever every thread gets at least one 8-row
+// tile: measured ahead of per-step, or level, at every point of
+// benchmarks/results/cpu_schedules_own_packed_2026-12-06.md (B=32 and 128, H=128 and 256, GRU /
+// LSTM / RNN, inference and training; the other way only LSTM training B=128 H=256, 0.84x nn.*
+// vs 0.87x). On MKL's packed GEMM (Intel CPUs) where every thread gets at least kMinAutoRows
+// rows and a row's step GEMM has at most kMaxAutoMacs = gates * H * H multiply-adds, measured
+// on the Intel development machine of 2026-11-28 (T=35, I=H, float32; fused time row blocks /
+// per step, B=32, two runs; benchmarks/results/cpu_schedules{,_h512}_2026-11-28.md):
 // up to 2^16 (GRU, LSTM, RNN at H=128) 0.80-0.85 forward and 0.85-0.94 training, RNN H=256
 // 0.95 / 1.00; GRU and LSTM at H=256 (2^17.6, 2^18) 1.00-1.05, all at H=512 1.00-1.03:
 // there MKL's 2-thread GEMM of the whole batch beats two 1-thread GEMMs of half of it by more
@@ -61,9 +66,18 @@ constexpr int64_t kMaxAutoMacs = int64_t{1} << 16;
 // per-step GEMM beat a lane kernel of this kind at 32 rows (GRU H=256 backward recurrence
 // 3.53 ms vs 5.02, benchmarks/cpu_notes.md); the lanes' batch-1 rule was measured there.
 // Lanes start at multiples of kLaneUnits hidden units (whole vectors for the pointwise kernels).
+//
+// With the per-step GEMM on the library's own packed kernel (gemm_backend "own-packed", the
+// default off Intel CPUs; benchmarks/results/cpu_schedules_own_packed*_2026-12-06.md, the same
+// grid against row blocks): lanes ahead at B=8 (H=256: 1.05-2.83x nn.* vs row blocks'
+// 0.95-2.33x; H=512 within 3% either way), about even at B=16 and 64 (GRU H=256 B=16: row blocks
+// 1.76 / 2.02x vs lanes 1.54 / 1.86x; the rest within ~5%), row blocks ahead at B=32 and 128
+// (GRU H=256 B=32 inference 1.85x vs 1.55x, LSTM H=256 B=128 inference 0.92x vs 0.72x; H=128
+// B=128 1.36-1.98x vs 0.64-1.62x). So off Intel CPUs lanes run up to 8 rows and row blocks
+// above (row_blocks).
 int64_t max_lane_rows(int64_t H) {
   if (intel_cpu()) return H >= 512 ? 16 : H >= 256 ? 8 : H >= 128 ? 2 : 1;
-  return H >= 256 ? 128 : H >= 128 ? 8 : 1;
+  return H >= 128 ? 8 : 1;
 }
 constexpr int64_t kLaneUnits = 16;
 // Lanes pack their weights for calls of at least this many rows over all steps (B * T); the
@@ -98,9 +112,12 @@ std::vector<int64_t> row_blocks(int64_t B, int64_t H, int64_t gates, bool float3
   int64_t blocks = 0;
   if (schedule == CpuSchedule::kRowBlocks) {
     blocks = std::max<int64_t>(1, std::min(threads, tiles));
-  } else if (schedule == CpuSchedule::kAuto && float32 && gemm_backend() != "aten" &&
-             threads >= 2 && B >= kMinAutoRows * threads && gates * H * H <= kMaxAutoMacs) {
-    blocks = std::min(threads, tiles);
+  } else if (schedule == CpuSchedule::kAuto && float32 && threads >= 2) {
+    const std::string backend = gemm_backend();
+    if ((backend == "own-packed" && tiles >= threads) ||
+        (backend == "mkl-packed" && B >= kMinAutoRows * threads && gates * H * H <= kMaxAutoMacs)) {
+      blocks = std::min(threads, tiles);
+    }
   }
   if (blocks == 0 || B == 0) return {};
   std::vector<int64_t> starts(blocks + 1);  // whole tiles, as evenly as they go
