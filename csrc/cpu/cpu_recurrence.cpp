@@ -318,7 +318,8 @@ bool lane_forward_packs(int64_t B, int64_t T) { return B * T >= kMinPackedRowSte
 // The backward's lanes read W_hh's columns in place (lane_gemm_t: the same outer products, each
 // row a contiguous piece of W_hh) where a lane's columns fit its core's cache, else copied into
 // strips first (lane_pack_columns): at H=1024 (LSTM, 512 units, 8 MB) every n of the in-place
-// product is on a page of its own (one Zen 4 core, 16 rows: 66 GF/s in place, ~110 packed).
+// product is on a page of its own (one Zen 4 core, 16 rows, harness: 66-79 GF/s in place, 112 on
+// strips, the same bits; packing 1.1 ms, about two steps; at H=512 109 vs 117).
 bool lane_backward_packs(int64_t B, int64_t T, int64_t H, int64_t G, int64_t units) {
   return B * T >= kMinPackedRowSteps &&
          G * H * units * static_cast<int64_t>(sizeof(float)) > kMaxInPlaceLaneBytes;
