@@ -175,22 +175,22 @@ struct OwnPackedGemm final : HiddenGemm<float> {
   std::unique_ptr<float[]> panel;  // lane_panel_size(1, n, k) floats: op(W) in strips
   int64_t n, k, tc;                // op(W): [k, n]; columns per tile (multiples of 16)
 
-  // w_: [N, K] if transpose_w else [K, N]
+  // w_: [N, K] if transpose_w else [K, N], not empty (prepared_gemm): n, k > 0
   OwnPackedGemm(const at::Tensor& w_, bool transpose_w) {
+    TORCH_INTERNAL_ASSERT(w_.numel() > 0, "OwnPackedGemm of an empty weight");
     const at::Tensor w = w_.contiguous();
     n = transpose_w ? w.size(0) : w.size(1);
     k = transpose_w ? w.size(1) : w.size(0);
     tc = tile_cols(n);
-    panel.reset(new float[std::max<int64_t>(1, lane_panel_size(1, n, k))]);
+    panel.reset(new float[lane_panel_size(1, n, k)]);
     const RowKernels<float>& kernels = row_kernels<float>();
     const float* src = w.data_ptr<float>();
     float* dst = panel.get();
-    const int64_t strips_per_tile = tc / kLanePanelUnits;
     // the strips of each column tile packed by the thread of that tile
     at::parallel_for(0, (n + tc - 1) / tc, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t c0 = t * tc, nc = std::min(tc, n - c0);
-        float* strips = dst + t * strips_per_tile * k * kLanePanelUnits;
+        float* strips = dst + lane_strip_offset(c0, k);
         if (transpose_w) {  // rows c0 .. c0 + nc of w: [N, K]
           kernels.lane_pack(src + c0 * k, 0, 1, nc, k, strips);
         } else {            // columns c0 .. c0 + nc of w: [K, N]
@@ -202,17 +202,11 @@ struct OwnPackedGemm final : HiddenGemm<float> {
 
   void run(const float* h, int64_t h_row, float* out, int64_t out_row, int64_t rows,
            bool accumulate) const override {
-    if (rows == 0 || n == 0) return;
-    if (k == 0) {
-      if (!accumulate) {
-        for (int64_t r = 0; r < rows; ++r) std::fill(out + r * out_row, out + r * out_row + n, 0.f);
-      }
-      return;
-    }
+    if (rows == 0) return;
     const RowKernels<float>& kernels = row_kernels<float>();
     for_tiles(rows, n, kTileRows, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
       kernels.gemm_packed(h + r0 * h_row, h_row, 1, r1 - r0, k,
-                          panel.get() + c0 / kLanePanelUnits * k * kLanePanelUnits, c1 - c0,
+                          panel.get() + lane_strip_offset(c0, k), c1 - c0,
                           out + r0 * out_row + c0, out_row, accumulate);
     });
   }

@@ -29,8 +29,6 @@ constexpr int64_t U = kLanePanelUnits;
 // over it per call, as long as ~2 rows of the product.
 constexpr int64_t kMinPackedProductRows = 16;
 
-int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
 // [begin, end) of part i of n parts of `count` elements, boundaries at multiples of `align`.
 std::pair<int64_t, int64_t> part(int64_t count, int64_t n, int64_t i, int64_t align) {
   const auto edge = [&](int64_t j) {
@@ -77,7 +75,7 @@ void packed_mm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, b
   std::vector<int64_t> offsets(tiles + 1, 0);
   for (int64_t t = 0; t < tiles; ++t) {
     const auto [c0, c1] = part(N, col_parts, t % col_parts, U);
-    offsets[t + 1] = offsets[t] + K * round_up(c1 - c0, U);
+    offsets[t + 1] = offsets[t] + lane_panel_size(1, c1 - c0, K);
   }
   std::unique_ptr<float[]> panels(new float[offsets.back()]);  // not zeroed: packing writes all
   at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {

@@ -840,10 +840,10 @@ void lane_pack(const S* w, int64_t w_gate, int64_t gates, int64_t units, int64_t
                lane_panel_t<S>* panel) {
   using P = lane_panel_t<S>;
   constexpr int64_t U = kLanePanelUnits;
-  const int64_t up = (units + U - 1) / U * U;
+  const int64_t up = lane_padded_units(units);
   for (int64_t g = 0; g < gates; ++g) {
     for (int64_t j0 = 0; j0 < up; j0 += U) {
-      P* strip = panel + (g * up + j0) / U * K * U;  // [K, U]
+      P* strip = panel + lane_strip_offset(g * up + j0, K);  // [K, U]
       for (int64_t k0 = 0; k0 < K; k0 += U) {
         const S* src = w + g * w_gate + j0 * K + k0;  // [U units, U k], row stride K
         P* dst = strip + k0 * U;                      // [U k, U units]
@@ -873,7 +873,7 @@ void lane_pack_columns(const S* w, int64_t w_row, int64_t N, int64_t units,
   using P = lane_panel_t<S>;
   constexpr int64_t U = kLanePanelUnits;
   for (int64_t j0 = 0; j0 < units; j0 += U) {
-    P* strip = panel + j0 / U * N * U;  // [N, U]
+    P* strip = panel + lane_strip_offset(j0, N);  // [N, U]
     const int64_t nj = std::min(U, units - j0);
     for (int64_t n = 0; n < N; ++n) {
       const S* src = w + n * w_row + j0;
@@ -900,7 +900,7 @@ void lane_tile_packed(const S* h, int64_t h_row, int64_t K, const lane_panel_t<S
   const A* b[NV];
   for (int c = 0; c < NV; ++c) {
     const int64_t column = (v0 + c) * W;
-    b[c] = panel + (column / U * K) * U + column % U;
+    b[c] = panel + lane_strip_offset(column, K) + column % U;
   }
   Vec<A> acc[R][NV];
   outer_products<S, A, R, NV, false, kStridedK>(h, h_row, K, b, U, 0, acc, h_k);
@@ -920,7 +920,7 @@ void lane_gemm_packed(const S* h, int64_t h_row, int64_t rows, int64_t K,
                       const lane_panel_t<S>* panel, int64_t gates, int64_t units, S* out,
                       int64_t out_row, int64_t out_gate, bool accumulate) {
   constexpr int64_t W = Vec<acc_t<S>>::size();
-  const int64_t up = (units + kLanePanelUnits - 1) / kLanePanelUnits * kLanePanelUnits;
+  const int64_t up = lane_padded_units(units);
   for_outer_tiles<S>(rows, gates * up / W, [&](auto R, auto NV, int64_t b, int64_t v) {
     lane_tile_packed<S, decltype(R)::value, decltype(NV)::value>(
         h + b * h_row, h_row, K, panel, up, units, v, out + b * out_row, out_row, out_gate,
@@ -938,7 +938,7 @@ void gemm_packed(const S* a, int64_t a_row, int64_t a_k, int64_t rows, int64_t K
     return;
   }
   constexpr int64_t W = Vec<acc_t<S>>::size();
-  const int64_t up = (cols + kLanePanelUnits - 1) / kLanePanelUnits * kLanePanelUnits;
+  const int64_t up = lane_padded_units(cols);
   for_outer_tiles<S>(rows, up / W, [&](auto R, auto NV, int64_t b, int64_t v) {
     lane_tile_packed<S, decltype(R)::value, decltype(NV)::value, true>(
         a + b * a_row, a_row, K, panel, up, cols, v, out + b * out_row, out_row, 0, accumulate,

@@ -23,9 +23,18 @@ using UnitRowKernel = void (*)(const Step&, int64_t b_begin, int64_t b_end, int6
 template <typename scalar_t>
 using lane_panel_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 constexpr int64_t kLanePanelUnits = 16;
+// A gate's columns in a panel: `units` rounded up to whole strips.
+constexpr int64_t lane_padded_units(int64_t units) {
+  return (units + kLanePanelUnits - 1) / kLanePanelUnits * kLanePanelUnits;
+}
 // Elements of a lane's panel of `gates` gates of `units` units over K inputs.
 constexpr int64_t lane_panel_size(int64_t gates, int64_t units, int64_t K) {
-  return K * gates * ((units + kLanePanelUnits - 1) / kLanePanelUnits * kLanePanelUnits);
+  return K * gates * lane_padded_units(units);
+}
+// Where the strip holding panel column `column` (a multiple of kLanePanelUnits for a strip's
+// start) begins in a panel over K inputs: strips of K x kLanePanelUnits, one after the other.
+constexpr int64_t lane_strip_offset(int64_t column, int64_t K) {
+  return column / kLanePanelUnits * K * kLanePanelUnits;
 }
 
 template <typename scalar_t>
