@@ -170,7 +170,7 @@ struct MklPackedGemm final : HiddenGemm<float> {
 // W packed once into the library's 16-column strips (RowKernels::lane_pack / lane_pack_columns)
 // and every step's tiles run its outer-product kernel (gemm_packed) on their columns' strips:
 // each output element one sum over k in order, so per-step and row blocks give the same bits.
-// Off Intel CPUs (see intel_cpu): on the AMD EPYC of 2026-12-06 MKL's GEMMs ran at ~85% of it.
+// The default back end: MKL's packed GEMMs ran at ~85% of its rate on the AMD EPYC of 2026-12-06.
 struct OwnPackedGemm final : HiddenGemm<float> {
   std::unique_ptr<float[]> panel;  // lane_panel_size(1, n, k) floats: op(W) in strips
   int64_t n, k, tc;                // op(W): [k, n]; columns per tile (multiples of 16)
@@ -259,13 +259,17 @@ std::unique_ptr<HiddenGemm<S>> aten_gemm(const at::Tensor& w_, bool transpose_w)
   return std::make_unique<TiledAtenGemm<S>>(w_t);
 }
 
-// The prepared per-step GEMM (gemm_backend): the library's own packed kernel off Intel CPUs,
-// MKL's packed API on Intel ones (where torch has MKL), else ATen's mm.
+// The prepared per-step GEMM (gemm_backend): the library's own packed kernel by default (with
+// auto's rule set for it, cpu_recurrence.cpp, and the one-shot products on it, packed_products);
+// "mkl-packed" (MKL's packed API, where torch has MKL) and "aten" for tests and A/Bs. Measured
+// as complete rule sets, own / mkl time (benchmarks/cpu_gemm_backends.py --auto; T=35, H=256 and
+// 512, B=1-128, 2 threads): AMD EPYC (Zen 4) 0.69-0.97 (results/cpu_gemm_backends_2026-12-06.md);
+// Intel Xeon (Sapphire Rapids) inference 0.68-0.92, training 0.81-1.08 with the weight
+// gradients on MKL there (packed_weight_grads; one outlier, GRU B=1 H=256 training 1.40, 0.94
+// in the run before; results/cpu_rule_sets_intel_2026-12-06b.md).
 enum class Backend : int { kOwnPacked, kMklPacked, kAten };
 std::atomic<int>& backend() {
-  static std::atomic<int> value{static_cast<int>(
-      !intel_cpu() ? Backend::kOwnPacked
-                   : mkl_packed_available() ? Backend::kMklPacked : Backend::kAten)};
+  static std::atomic<int> value{static_cast<int>(Backend::kOwnPacked)};
   return value;
 }
 
@@ -365,6 +369,10 @@ std::string gemm_backend() {
   }
 }
 
+bool own_packed_backend() {
+  return static_cast<Backend>(backend().load(std::memory_order_relaxed)) == Backend::kOwnPacked;
+}
+
 void set_gemm_backend(const std::string& name) {
   if (name == "aten") {
     backend() = static_cast<int>(Backend::kAten);
@@ -395,7 +403,7 @@ constexpr int64_t kWeightGradPiece = 256;
 
 void add_weight_grad(at::Tensor& dw, const at::Tensor& d_g2d, const at::Tensor& rows) {
   // dw: [G, K], d_g2d: [N, G], rows: [N, K]
-  if (dw.scalar_type() == at::kFloat && packed_products(dw.size(0))) {
+  if (dw.scalar_type() == at::kFloat && packed_weight_grads(dw.size(0))) {
     packed_mm_into(dw, d_g2d.t(), rows, /*accumulate=*/true);
     return;
   }
@@ -412,7 +420,7 @@ void add_weight_grad(at::Tensor& dw, const at::Tensor& d_g2d, const at::Tensor& 
 }
 
 at::Tensor weight_grad(const at::Tensor& d_g2d, const at::Tensor& rows) {
-  if (rows.scalar_type() == at::kFloat && packed_products(d_g2d.size(1))) {
+  if (rows.scalar_type() == at::kFloat && packed_weight_grads(d_g2d.size(1))) {
     return packed_mm(d_g2d.t(), rows);  // dw: [G, K]
   }
   at::Tensor dw = at::zeros({d_g2d.size(1), rows.size(1)}, rows.options());  // dw: [G, K]

@@ -23,13 +23,17 @@ constexpr int64_t kTileRows = 8;
 
 // The per-step hidden GEMM (see hidden_gemm.h) of a call with `steps` steps of `rows` rows:
 // from min_prepared_rows() rows in all on, for float the library's own kernel on W packed into
-// strips ("own-packed", off Intel CPUs) or MKL's packed GEMM ("mkl-packed", Intel CPUs where
-// torch has MKL), else ATen's mm on a contiguous copy of op(W) ("aten"); below, ATen's mm on W
+// strips ("own-packed", the default) or MKL's packed GEMM ("mkl-packed", where torch has MKL),
+// else ATen's mm on a contiguous copy of op(W) ("aten"); below, ATen's mm on W
 // as it is (preparing W costs more than it saves there). All in fixed tiles (kTileRows).
 template <typename scalar_t>
 std::unique_ptr<HiddenGemm<scalar_t>> hidden_gemm(const at::Tensor& w, bool transpose_w,
                                                   int64_t rows, int64_t steps);
 std::string gemm_backend();                     // "own-packed", "mkl-packed" or "aten"
+// Whether the back end is "own-packed": then the one-shot float32 products (packed_products)
+// and auto's limits (cpu_recurrence.cpp) follow the library's kernel too, so that one setting
+// switches between the two complete rule sets for an A/B on the same machine.
+bool own_packed_backend();
 void set_gemm_backend(const std::string& name);  // for tests and benchmarks
 int64_t min_prepared_rows();
 void set_min_prepared_rows(int64_t rows);  // for tests and benchmarks
@@ -68,17 +72,16 @@ std::vector<int64_t> row_blocks(int64_t B, int64_t H, int64_t gates, bool float3
 // First hidden units of the lanes a recurrence of B rows and hidden size H would run in now
 // (and H at the end): multiples of kLaneUnits, one lane per thread at most; empty: not lanes.
 std::vector<int64_t> lanes(int64_t B, int64_t H, bool float32);
-// Whether this is an Intel CPU (cpuid's vendor). auto's lane limits and the packed products were
-// measured faster than MKL on an AMD EPYC (Zen 4), where MKL's float32 GEMMs ran at ~85% of the
-// library's own kernel; on the Intel Xeon of earlier sessions MKL's per-step GEMM ran at ~97% of
-// that machine's rate and beat lanes at 32 rows, so there auto keeps its earlier limits and the
-// products stay on MKL.
+// Whether this is an Intel CPU (cpuid's vendor): there the weight gradients stay on MKL
+// (packed_weight_grads; measured on a Sapphire Rapids Xeon, 2026-12-06).
 bool intel_cpu();
 
 // The one-shot float32 products on the library's own kernel (csrc/cpu/packed_products.cpp):
 // out: [M, N] (+)= a: [M, K] b: [K, N], bit-identical whatever the thread count; for products of
 // at least packed_products(M) rows.
 bool packed_products(int64_t rows);
+// The weight gradients (long reductions over T*B rows) on that kernel too: off Intel CPUs.
+bool packed_weight_grads(int64_t rows);
 void packed_mm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate);
 at::Tensor packed_mm(const at::Tensor& a, const at::Tensor& b);
 

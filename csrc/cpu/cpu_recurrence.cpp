@@ -34,11 +34,11 @@ namespace fused_rnn::cpu {
 namespace {
 
 // In auto, the row blocks run for float32 past the lanes' batches. On the library's own packed
-// GEMM (gemm_backend "own-packed", off Intel CPUs) wherever every thread gets at least one 8-row
+// GEMM (gemm_backend "own-packed", the default) wherever every thread gets at least one 8-row
 // tile: measured ahead of per-step, or level, at every point of
 // benchmarks/results/cpu_schedules_own_packed_2026-12-06.md (B=32 and 128, H=128 and 256, GRU /
 // LSTM / RNN, inference and training; the other way only LSTM training B=128 H=256, 0.84x nn.*
-// vs 0.87x). On MKL's packed GEMM (Intel CPUs) where every thread gets at least kMinAutoRows
+// vs 0.87x). On MKL's packed GEMM ("mkl-packed") where every thread gets at least kMinAutoRows
 // rows and a row's step GEMM has at most kMaxAutoMacs = gates * H * H multiply-adds, measured
 // on the Intel development machine of 2026-11-28 (T=35, I=H, float32; fused time row blocks /
 // per step, B=32, two runs; benchmarks/results/cpu_schedules{,_h512}_2026-11-28.md):
@@ -62,21 +62,24 @@ constexpr int64_t kMaxAutoMacs = int64_t{1} << 16;
 // and LSTM inference ahead; LSTM training and RNN behind row blocks), behind at B=128. Earlier
 // measurements (2026-11-28 and the morning of 2026-12-06, lanes with dot products on W_hh in
 // place) had given lanes batch 1 only, then up to 2 / 8 / 16 rows from H=128 / 256 / 512. Those
-// limits stay on Intel CPUs (intel_cpu()): on the Intel Xeon of the eighth session MKL's
-// per-step GEMM beat a lane kernel of this kind at 32 rows (GRU H=256 backward recurrence
-// 3.53 ms vs 5.02, benchmarks/cpu_notes.md); the lanes' batch-1 rule was measured there.
+// limits stay with the "mkl-packed" back end (no longer a default): on the Intel Xeon of the
+// eighth session MKL's per-step GEMM beat a lane kernel of this kind at 32 rows (GRU H=256
+// backward recurrence 3.53 ms vs 5.02, benchmarks/cpu_notes.md). On the Sapphire Rapids Xeon
+// of 2026-12-06 the own-packed rule set below took at most its time at 42 of 48 points (the
+// rest 1.01-1.08x its time, and 1.40x at GRU B=1 H=256 training: 0.94x in the run before;
+// results/cpu_rule_sets_intel_2026-12-06b.md).
 // Lanes start at multiples of kLaneUnits hidden units (whole vectors for the pointwise kernels).
 //
 // With the per-step GEMM on the library's own packed kernel (gemm_backend "own-packed", the
-// default off Intel CPUs; benchmarks/results/cpu_schedules_own_packed*_2026-12-06.md, the same
+// default; benchmarks/results/cpu_schedules_own_packed*_2026-12-06.md, the same
 // grid against row blocks): lanes ahead at B=8 (H=256: 1.05-2.83x nn.* vs row blocks'
 // 0.95-2.33x; H=512 within 3% either way), about even at B=16 and 64 (GRU H=256 B=16: row blocks
 // 1.76 / 2.02x vs lanes 1.54 / 1.86x; the rest within ~5%), row blocks ahead at B=32 and 128
 // (GRU H=256 B=32 inference 1.85x vs 1.55x, LSTM H=256 B=128 inference 0.92x vs 0.72x; H=128
-// B=128 1.36-1.98x vs 0.64-1.62x). So off Intel CPUs lanes run up to 8 rows and row blocks
+// B=128 1.36-1.98x vs 0.64-1.62x). So on it lanes run up to 8 rows and row blocks
 // above (row_blocks).
 int64_t max_lane_rows(int64_t H) {
-  if (intel_cpu()) return H >= 512 ? 16 : H >= 256 ? 8 : H >= 128 ? 2 : 1;
+  if (!own_packed_backend()) return H >= 512 ? 16 : H >= 256 ? 8 : H >= 128 ? 2 : 1;
   return H >= 128 ? 8 : 1;
 }
 constexpr int64_t kLaneUnits = 16;
@@ -113,9 +116,10 @@ std::vector<int64_t> row_blocks(int64_t B, int64_t H, int64_t gates, bool float3
   if (schedule == CpuSchedule::kRowBlocks) {
     blocks = std::max<int64_t>(1, std::min(threads, tiles));
   } else if (schedule == CpuSchedule::kAuto && float32 && threads >= 2) {
-    const std::string backend = gemm_backend();
-    if ((backend == "own-packed" && tiles >= threads) ||
-        (backend == "mkl-packed" && B >= kMinAutoRows * threads && gates * H * H <= kMaxAutoMacs)) {
+    const bool own = own_packed_backend();
+    if ((own && tiles >= threads) ||
+        (!own && gemm_backend() == "mkl-packed" && B >= kMinAutoRows * threads &&
+         gates * H * H <= kMaxAutoMacs)) {
       blocks = std::min(threads, tiles);
     }
   }

@@ -8,8 +8,10 @@
 // MKL alongside in the same process): [560, 256] x [256, 1024] 216 GF/s vs at::mm 201;
 // [1120, 256] x [256, 1024] 208 vs 192; [560, 512] x [512, 2048] 206 vs 164 (packing included).
 // MKL ran the same products in the fixed tiles of cpu_gemm.cpp at ~155-175 GF/s in the layers.
-// Not measured on an Intel CPU, where MKL's products ran at 76-92% of the large-GEMM rate in the
-// layers (benchmarks/cpu_notes.md): there (intel_cpu()) the products stay on MKL.
+// On an Intel Xeon (Sapphire Rapids, 2 vCPUs, 2026-12-06; 2 threads, packing included): at
+// 265-343 GF/s vs at::mm's 328-384 alone, but in the layers the input projection ran at 78% of
+// the large-GEMM rate vs MKL's 72%, the input gradient 81% vs 90% (LSTM T=35 B=64 H=256); the
+// weight gradients there: packed_weight_grads below.
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
@@ -39,7 +41,19 @@ std::pair<int64_t, int64_t> part(int64_t count, int64_t n, int64_t i, int64_t al
 
 }  // namespace
 
-bool packed_products(int64_t rows) { return !intel_cpu() && rows >= kMinPackedProductRows; }
+bool packed_products(int64_t rows) {
+  return own_packed_backend() && rows >= kMinPackedProductRows;
+}
+
+// The kernel has no blocking of the reduction: a tile sums all k (here the T*B rows of the
+// call) in one pass over its strips, [T*B, 16] floats per strip. On the AMD EPYC above the
+// weight gradients ran faster on it than on MKL's fixed tiles (LSTM T=35 B=16 H=256: 3.63 ->
+// 3.11 ms); on the Intel Xeon (Sapphire Rapids, 2 vCPUs) of 2026-12-06 at a third of MKL's
+// rate: LSTM T=35 B=64 H=256 training, phase clock, weight-gradient phase 25.3 ms vs 10.9 on
+// MKL; alone, 2 threads, [2240, 1024]^T x [2240, 256]: 115 GF/s (152 with d_g transposed
+// first) vs at::mm 281; the other products there within +-10% of MKL. So on Intel CPUs the
+// weight gradients stay on cpu_gemm.cpp's BLAS tiles.
+bool packed_weight_grads(int64_t rows) { return packed_products(rows) && !intel_cpu(); }
 
 void packed_mm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
   // out: [M, N] (unit column stride), a: [M, K] (any strides), b: [K, N] (rows or columns of
