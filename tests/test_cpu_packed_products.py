@@ -73,3 +73,28 @@ def test_packed_mm_with_empty_reduction(threads):
 def test_packed_mm_refuses_other_dtypes():
     with pytest.raises(RuntimeError, match="float32 only"):
         packed_mm(torch.randn(16, 4, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("M,K,N", [(150, 300, 70), (7, 260, 33), (200, 1030, 40), (64, 129, 16)])
+def test_packed_mm_in_chunks_keeps_one_pass_bits(M, K, N, threads):
+    """Sizes past the kernel's chunks (row_kernels.cpp gemm_packed_blocked: 128 rows of a
+    contiguous a; 64 rows x 128 k of a strided a, packed, its sums spilled between k chunks):
+    every element is still one sum over k in order from zero, so a transposed a (packed, k in
+    chunks) gives the bits of the same a contiguous (read in place, k in one pass), for 1 to 3
+    threads, and both match float64."""
+    g = torch.Generator().manual_seed(M + K + N)
+    a_t = torch.randn(K, M, generator=g).t()      # strided along k, as d_g^T
+    a_c = a_t.contiguous()
+    b = torch.randn(N, K, generator=g).t()
+    want = a_c.double() @ b.double()
+    results = []
+    for t in (1, 2, 3):
+        torch.set_num_threads(t)
+        for a in (a_t, a_c):
+            got = packed_mm(a, b)
+            torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * K ** 0.5)
+            results.append(got)
+    for got in results[1:]:
+        assert torch.equal(got, results[0]), "chunking or threads changed the bits"
+    base = torch.randn(M, N, generator=g)
+    assert torch.equal(packed_mm(a_t, b, base.clone()), base + results[0])

@@ -25,7 +25,8 @@ constexpr int64_t kTileRows = 8;
 // from min_prepared_rows() rows in all on, for float the library's own kernel on W packed into
 // strips ("own-packed", the default) or MKL's packed GEMM ("mkl-packed", where torch has MKL),
 // else ATen's mm on a contiguous copy of op(W) ("aten"); below, ATen's mm on W
-// as it is (preparing W costs more than it saves there). All in fixed tiles (kTileRows).
+// as it is (preparing W costs more than it saves there). The BLAS ones in fixed tiles
+// (kTileRows); the own kernel's bits do not depend on how a step is split (gemm_on_panel).
 template <typename scalar_t>
 std::unique_ptr<HiddenGemm<scalar_t>> hidden_gemm(const at::Tensor& w, bool transpose_w,
                                                   int64_t rows, int64_t steps);
@@ -84,6 +85,10 @@ bool packed_products(int64_t rows);
 bool packed_weight_grads(int64_t rows);
 void packed_mm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate);
 at::Tensor packed_mm(const at::Tensor& a, const at::Tensor& b);
+// out: [rows, N] (+)= a: [rows, K] (row stride a_row) times op(W): [K, N] packed in strips
+// (lane_pack / lane_pack_columns): column parts over the threads, then row parts.
+void gemm_on_panel(const float* a, int64_t a_row, int64_t rows, int64_t K, const float* panel,
+                   int64_t N, float* out, int64_t out_row, bool accumulate);
 
 // Whether a lanes recurrence of B rows and T steps packs its lane's weights for the outer-product
 // kernel (forward), and where its lanes have `units` units of G gates (backward).

@@ -39,20 +39,37 @@ std::pair<int64_t, int64_t> part(int64_t count, int64_t n, int64_t i, int64_t al
   return {edge(i), edge(i + 1)};
 }
 
+// The tiles of an [M, N] product on the packed kernel for this thread's team: column parts
+// (multiples of U) over the threads, then row parts (multiples of 8) for threads left over; one
+// tile where the caller already runs inside a parallel region (the row blocks' hidden GEMM).
+struct ProductTiles {
+  int64_t M, N, col_parts, row_parts;
+  ProductTiles(int64_t M_, int64_t N_) : M(M_), N(N_) {
+    const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+    col_parts = std::max<int64_t>(1, std::min(threads, (N + U - 1) / U));
+    row_parts = std::max<int64_t>(1, std::min(threads / col_parts, M / 8));
+  }
+  int64_t count() const { return col_parts * row_parts; }
+  std::pair<int64_t, int64_t> cols(int64_t t) const { return part(N, col_parts, t % col_parts, U); }
+  std::pair<int64_t, int64_t> rows(int64_t t) const { return part(M, row_parts, t / col_parts, 8); }
+};
+
 }  // namespace
 
 bool packed_products(int64_t rows) {
   return own_packed_backend() && rows >= kMinPackedProductRows;
 }
 
-// The kernel has no blocking of the reduction: a tile sums all k (here the T*B rows of the
-// call) in one pass over its strips, [T*B, 16] floats per strip. On the AMD EPYC above the
-// weight gradients ran faster on it than on MKL's fixed tiles (LSTM T=35 B=16 H=256: 3.63 ->
-// 3.11 ms); on the Intel Xeon (Sapphire Rapids, 2 vCPUs) of 2026-12-06 at a third of MKL's
-// rate: LSTM T=35 B=64 H=256 training, phase clock, weight-gradient phase 25.3 ms vs 10.9 on
-// MKL; alone, 2 threads, [2240, 1024]^T x [2240, 256]: 115 GF/s (152 with d_g transposed
-// first) vs at::mm 281; the other products there within +-10% of MKL. So on Intel CPUs the
-// weight gradients stay on cpu_gemm.cpp's BLAS tiles.
+// The weight gradients' left operand is d_g^T, strided along k (the T*B rows of the call).
+// Until 2026-12-06 the kernel read it in place, a page per k at G = 1024: on the AMD EPYC above
+// the weight gradients still ran faster on it than on MKL's fixed tiles (LSTM T=35 B=16 H=256:
+// 3.63 -> 3.11 ms); on the Intel Xeon (Sapphire Rapids, 2 vCPUs) at a third of MKL's rate
+// (LSTM T=35 B=64 H=256 training, phase clock, weight-gradient phase 25.3 ms vs 10.9 on MKL;
+// alone, 2 threads, [2240, 1024]^T x [2240, 256]: 115 GF/s vs at::mm 281). Since it packs that
+// operand chunk by chunk (row_kernels.cpp gemm_packed_blocked: 250-264 GF/s on that product vs
+// at::mm 290-350) the layers' training steps on the Xeon with the weight gradients on it / on
+// MKL, interleaved (T=35): LSTM B=32 H=256 1.04, B=64 H=256 1.02, B=128 H=512 0.93; GRU B=32
+// H=256 1.02, B=8 1.00; RNN B=32 H=256 1.01: level, so they stay on MKL's tiles there.
 bool packed_weight_grads(int64_t rows) { return packed_products(rows) && !intel_cpu(); }
 
 void packed_mm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) {
@@ -80,22 +97,18 @@ void packed_mm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, b
   float* op = out.data_ptr<float>();
   const RowKernels<float>& k = row_kernels<float>();
 
-  // tiles: column parts (multiples of U) over the threads, then row parts (multiples of 8) for
-  // threads left over; each tile packs its own columns
-  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
-  const int64_t col_parts = std::max<int64_t>(1, std::min(threads, (N + U - 1) / U));
-  const int64_t row_parts = std::max<int64_t>(1, std::min(threads / col_parts, M / 8));
-  const int64_t tiles = col_parts * row_parts;
-  std::vector<int64_t> offsets(tiles + 1, 0);
-  for (int64_t t = 0; t < tiles; ++t) {
-    const auto [c0, c1] = part(N, col_parts, t % col_parts, U);
+  // each tile packs its own columns
+  const ProductTiles tiles(M, N);
+  std::vector<int64_t> offsets(tiles.count() + 1, 0);
+  for (int64_t t = 0; t < tiles.count(); ++t) {
+    const auto [c0, c1] = tiles.cols(t);
     offsets[t + 1] = offsets[t] + lane_panel_size(1, c1 - c0, K);
   }
   std::unique_ptr<float[]> panels(new float[offsets.back()]);  // not zeroed: packing writes all
-  at::parallel_for(0, tiles, 1, [&](int64_t t0, int64_t t1) {
+  at::parallel_for(0, tiles.count(), 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const auto [c0, c1] = part(N, col_parts, t % col_parts, U);
-      const auto [r0, r1] = part(M, row_parts, t / col_parts, 8);
+      const auto [c0, c1] = tiles.cols(t);
+      const auto [r0, r1] = tiles.rows(t);
       if (c1 <= c0 || r1 <= r0) continue;
       float* panel = panels.get() + offsets[t];
       if (b_transposed) {  // w: [N, K], its rows c0 .. c1
@@ -105,6 +118,23 @@ void packed_mm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, b
       }
       k.gemm_packed(ap + r0 * a_row, a_row, a_k, r1 - r0, K, panel, c1 - c0,
                     op + r0 * out.stride(0) + c0, out.stride(0), accumulate);
+    }
+  });
+}
+
+void gemm_on_panel(const float* a, int64_t a_row, int64_t rows, int64_t K, const float* panel,
+                   int64_t N, float* out, int64_t out_row, bool accumulate) {
+  // a: [rows, K] (row stride a_row), panel: op(W) [K, N] in strips, out: [rows, N]
+  if (rows <= 0 || N <= 0) return;
+  const RowKernels<float>& k = row_kernels<float>();
+  const ProductTiles tiles(rows, N);
+  at::parallel_for(0, tiles.count(), 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const auto [c0, c1] = tiles.cols(t);
+      const auto [r0, r1] = tiles.rows(t);
+      if (c1 <= c0 || r1 <= r0) continue;
+      k.gemm_packed(a + r0 * a_row, a_row, 1, r1 - r0, K, panel + lane_strip_offset(c0, K),
+                    c1 - c0, out + r0 * out_row + c0, out_row, accumulate);
     }
   });
 }

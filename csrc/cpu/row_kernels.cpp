@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #include "../gates.h"
 #include "row_kernels.h"
@@ -698,7 +699,9 @@ template <typename S, int R>
 constexpr int kOuterVectors = std::max(1, std::min(8, kOuterAccumulators<S> / R));
 
 // acc[r][c] = sum over k < K, in order, of a[r * a_row + k * a_k] * b[c][k * b_row + i]
-// (element i of vector c), one fused multiply-add per k, from zero. a_k is 1 unless kStridedK.
+// (element i of vector c), one fused multiply-add per k, from zero, or from the R x NV vectors
+// at `resume` (acc[r][c] at resume + (r * NV + c) * W: a sum over earlier k spilled there, so
+// that a sum split into chunks of k has the same bits as one pass). a_k is 1 unless kStridedK.
 // kTail: the last vector has `tail` columns (its loads give zeros past them), known at compile
 // time not to be there otherwise (a partial-load branch in the loop kept the accumulators on the
 // stack).
@@ -706,11 +709,14 @@ template <typename S, typename Bt, int R, int NV, bool kTail, bool kStridedK = f
 FUSED_RNN_ALWAYS_INLINE inline void outer_products(const S* a, int64_t a_row, int64_t K,
                                                    const Bt* const (&b)[NV], int64_t b_row,
                                                    int64_t tail, Vec<acc_t<S>> (&acc)[R][NV],
-                                                   int64_t a_k = 1) {
+                                                   int64_t a_k = 1,
+                                                   const acc_t<S>* resume = nullptr) {
   using A = acc_t<S>;
   constexpr int64_t W = Vec<A>::size();
   for (int r = 0; r < R; ++r) {
-    for (int c = 0; c < NV; ++c) acc[r][c] = Vec<A>(A(0));
+    for (int c = 0; c < NV; ++c) {
+      acc[r][c] = resume ? Vec<A>::loadu(resume + (r * NV + c) * W) : Vec<A>(A(0));
+    }
   }
   for (int64_t k = 0; k < K; ++k) {
     Vec<A> bv[NV];
@@ -888,10 +894,10 @@ void lane_pack_columns(const S* w, int64_t w_row, int64_t N, int64_t units,
 }
 
 // One tile of lane_gemm_packed: rows h[0, R) times the NV vectors of panel columns from v0 * W.
-template <typename S, int R, int NV, bool kStridedK = false>
+template <typename S, int R, int NV>
 void lane_tile_packed(const S* h, int64_t h_row, int64_t K, const lane_panel_t<S>* panel,
                       int64_t up, int64_t units, int64_t v0, S* out, int64_t out_row,
-                      int64_t out_gate, bool accumulate, int64_t h_k = 1) {
+                      int64_t out_gate, bool accumulate) {
   using A = acc_t<S>;
   static_assert(std::is_same_v<A, lane_panel_t<S>>, "the panel holds the accumulation type");
   constexpr int64_t W = Vec<A>::size();
@@ -903,7 +909,7 @@ void lane_tile_packed(const S* h, int64_t h_row, int64_t K, const lane_panel_t<S
     b[c] = panel + lane_strip_offset(column, K) + column % U;
   }
   Vec<A> acc[R][NV];
-  outer_products<S, A, R, NV, false, kStridedK>(h, h_row, K, b, U, 0, acc, h_k);
+  outer_products<S, A, R, NV, false>(h, h_row, K, b, U, 0, acc);
   for (int c = 0; c < NV; ++c) {
     const int64_t column = (v0 + c) * W, g = column / up, j = column % up;
     const int64_t cnt = std::min<int64_t>(W, units - j);
@@ -928,22 +934,143 @@ void lane_gemm_packed(const S* h, int64_t h_row, int64_t rows, int64_t K,
   });
 }
 
+// gemm_packed's blocking (the bits are those of one pass over k: each tile's sums run over k in
+// order from zero; between chunks of k they are spilled to memory and resumed, exactly). Measured
+// on a 2-vCPU Sapphire Rapids-class Xeon VM (2026-12-06, 2 threads, packing included, GF/s
+// before -> after, at::mm alongside; the machine's rate moved 260-400 between runs):
+//   a contiguous along k, in chunks of kDirectChunkRows rows (each chunk's rows stay in L2 while
+//   every column block runs over them, instead of all rows streaming from memory per column
+//   block), not split along k: [4480, 512] x [512, 2048] 210 -> 233 (mm 257), [4480, 256] x
+//   [256, 1024] 259-266 -> 298-303 (mm 353), [2240, 1024] x [1024, 256] 272-277 -> 280-292;
+//   above K = kDirectChunkMaxK all rows at once, as before ([4480, 2048] x [2048, 512]: 276 ->
+//   261 in chunks). Splitting k as well (chunks of 64-256) lost there (input gradients 0.85x).
+//   a strided along k (the weight gradients' d_g^T: the 8 rows of a tile are 8 floats of one
+//   row of d_g, each k a row 4 G bytes further, a page apart at G = 1024): packed chunk by chunk
+//   (kPackedChunkRows x kPackedChunkK) into [tile][k][kOuterRows] order, each chunk used by all
+//   column blocks: [1024, 2240] (d_g^T) x [2240, 256] 98-114 -> 250-264 (mm 290-350),
+//   [2048, 4480] x [4480, 512] 77-92 -> 239-257 (mm 300-377).
+constexpr int64_t kDirectChunkRows = 128;
+constexpr int64_t kDirectChunkMaxK = 1024;
+constexpr int64_t kPackedChunkRows = 64;
+constexpr int64_t kPackedChunkK = 128;
+
+// One tile of gemm_packed_blocked: rows [0, R) of a (packed: ap is [kn][kOuterRows], else rows
+// a_row apart from column k0) times the NV vectors of panel columns from v0 * W over k0 ..
+// k0 + kn; resumed from `spill` (R x NV vectors) after the first chunk of k, spilled there before
+// the last, written to out (+=) after it.
+template <typename S, int R, int NV, bool kPackedA>
+FUSED_RNN_ALWAYS_INLINE inline void packed_chunk_tile(const S* ap, int64_t a_row, int64_t k0,
+                                                      int64_t kn, int64_t K,
+                                                      const lane_panel_t<S>* panel, int64_t cols,
+                                                      int64_t v0, acc_t<S>* spill, S* out,
+                                                      int64_t out_row, bool accumulate) {
+  using A = acc_t<S>;
+  constexpr int64_t W = Vec<A>::size();
+  constexpr int64_t U = kLanePanelUnits;
+  constexpr int kR = kOuterRows<S>;
+  const A* b[NV];
+  for (int c = 0; c < NV; ++c) {
+    const int64_t column = (v0 + c) * W;
+    b[c] = panel + lane_strip_offset(column, K) + column % U + k0 * U;
+  }
+  Vec<A> acc[R][NV];
+  outer_products<S, A, R, NV, false, kPackedA>(ap, kPackedA ? 1 : a_row, kn, b, U, 0, acc,
+                                               kPackedA ? kR : 1, k0 > 0 ? spill : nullptr);
+  if (k0 + kn < K) {
+    for (int r = 0; r < R; ++r) {
+      for (int c = 0; c < NV; ++c) acc[r][c].store(spill + (r * NV + c) * W);
+    }
+    return;
+  }
+  for (int c = 0; c < NV; ++c) {
+    const int64_t column = (v0 + c) * W;
+    const int64_t cnt = std::min<int64_t>(W, cols - column);
+    if (cnt <= 0) continue;  // padding only
+    for (int r = 0; r < R; ++r) {
+      S* dst = out + r * out_row + column;
+      store(accumulate ? load(dst, cnt) + acc[r][c] : acc[r][c], dst, cnt);
+    }
+  }
+}
+
+// gemm_packed in chunks of mc rows; in each, chunks of kc of k (kc >= K: one); in each, the
+// column blocks (for_column_blocks, as for_outer_tiles), each over all row tiles of the chunk.
+// kPackA: each (rows, k) chunk of a is first copied into [tile][k][kOuterRows] order.
+template <typename S, bool kPackA>
+void gemm_packed_blocked(const S* a, int64_t a_row, int64_t a_k, int64_t rows, int64_t K,
+                         const lane_panel_t<S>* panel, int64_t cols, S* out, int64_t out_row,
+                         bool accumulate, int64_t mc, int64_t kc) {
+  using A = acc_t<S>;
+  constexpr int64_t W = Vec<A>::size();
+  constexpr int kR = kOuterRows<S>;
+  const int64_t vectors = lane_padded_units(cols) / W;
+  const int64_t max_tiles = (std::min(mc, rows) + kR - 1) / kR;
+  // per thread, kept between calls: a's packed chunk, [max_tiles][kc][kR]; the spilled sums,
+  // [max_tiles][vectors][kR] vectors
+  thread_local std::vector<S> apack;
+  thread_local std::vector<A> spill;
+  if (kPackA) apack.resize(std::max<size_t>(apack.size(), max_tiles * kR * std::min(K, kc)));
+  if (K > kc) spill.resize(std::max<size_t>(spill.size(), max_tiles * vectors * kR * W));
+  for (int64_t m0 = 0; m0 < rows; m0 += mc) {
+    const int64_t mr = std::min(mc, rows - m0);
+    for (int64_t k0 = 0; k0 < K; k0 += kc) {
+      const int64_t kn = std::min(kc, K - k0);
+      for (int64_t t = 0; kPackA && t * kR < mr; ++t) {  // rows m0 + t * kR + r, k0 + k
+        const int64_t rt = std::min<int64_t>(kR, mr - t * kR);
+        S* dst = apack.data() + t * kn * kR;
+        const S* src = a + (m0 + t * kR) * a_row + k0 * a_k;
+        if (a_row == 1 && rt == kR) {  // kR contiguous values per k
+          for (int64_t k = 0; k < kn; ++k) {
+            for (int r = 0; r < kR; ++r) dst[k * kR + r] = src[k * a_k + r];
+          }
+        } else {
+          for (int64_t r = 0; r < rt; ++r) {
+            for (int64_t k = 0; k < kn; ++k) dst[k * kR + r] = src[r * a_row + k * a_k];
+          }
+        }
+      }
+      const auto tile = [&](auto R, auto NV, int64_t b, int64_t v) FUSED_RNN_ALWAYS_INLINE {
+        const int64_t t = b / kR;
+        packed_chunk_tile<S, decltype(R)::value, decltype(NV)::value, kPackA>(
+            kPackA ? apack.data() + t * kn * kR : a + (m0 + b) * a_row + k0, a_row, k0, kn, K,
+            panel, cols, v, K > kc ? spill.data() + (t * vectors + v) * kR * W : nullptr,
+            out + (m0 + b) * out_row, out_row, accumulate);
+      };
+      if (mr < kR) {  // one tile of fewer rows: wider column blocks
+        last_row_tile<kR - 1>(mr, 0, [&](auto R, int64_t) FUSED_RNN_ALWAYS_INLINE {
+          for_column_blocks<kOuterVectors<S, decltype(R)::value>>(
+              vectors, [&](auto NV, int64_t v) FUSED_RNN_ALWAYS_INLINE { tile(R, NV, 0, v); });
+        });
+        continue;
+      }
+      for_column_blocks<kOuterVectors<S, kR>>(
+          vectors, [&](auto NV, int64_t v) FUSED_RNN_ALWAYS_INLINE {
+            for_row_tiles<kR>(
+                mr, [&](auto R, int64_t b) FUSED_RNN_ALWAYS_INLINE { tile(R, NV, b, v); });
+          });
+    }
+  }
+}
+
 // See RowKernels::gemm_packed.
 template <typename S>
 void gemm_packed(const S* a, int64_t a_row, int64_t a_k, int64_t rows, int64_t K,
                  const lane_panel_t<S>* panel, int64_t cols, S* out, int64_t out_row,
                  bool accumulate) {
-  if (a_k == 1) {
-    lane_gemm_packed(a, a_row, rows, K, panel, 1, cols, out, out_row, 0, accumulate);
+  if (rows <= 0) return;
+  if (K == 0) {
+    if (!accumulate) {
+      for (int64_t r = 0; r < rows; ++r) std::fill(out + r * out_row, out + r * out_row + cols, S(0));
+    }
     return;
   }
-  constexpr int64_t W = Vec<acc_t<S>>::size();
-  const int64_t up = lane_padded_units(cols);
-  for_outer_tiles<S>(rows, up / W, [&](auto R, auto NV, int64_t b, int64_t v) {
-    lane_tile_packed<S, decltype(R)::value, decltype(NV)::value, true>(
-        a + b * a_row, a_row, K, panel, up, cols, v, out + b * out_row, out_row, 0, accumulate,
-        a_k);
-  });
+  if (a_k == 1) {  // rows of a contiguous: read in place, chunks of 128 rows where K <= 1024
+    gemm_packed_blocked<S, false>(a, a_row, 1, rows, K, panel, cols, out, out_row, accumulate,
+                                  K <= kDirectChunkMaxK ? kDirectChunkRows : rows, K);
+  } else {  // a strided along k (d_g^T in the weight gradients): packed chunk by chunk
+    gemm_packed_blocked<S, true>(a, a_row, a_k, rows, K, panel, cols, out, out_row, accumulate,
+                                 kPackedChunkRows, kPackedChunkK);
+  }
 }
 
 // out[j] = sum of m[r, j] over the rows r, for the columns [c_begin, c_end); m: [rows, *] with

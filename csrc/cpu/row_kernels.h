@@ -98,7 +98,9 @@ struct RowKernels {
   // A product on a panel of one gate (lane_pack or lane_pack_columns with cols columns):
   //   out[r * out_row + j] (+)= sum_k a[r * a_row + k * a_k] * (column j of the panel at k)
   // for r < rows, j < cols; each element summed over k in order from zero, as lane_gemm_packed
-  // (which this is where a_k = 1). The CPU's one-shot float32 products (cpu::packed_mm).
+  // (the same bits), in chunks of rows and, where a is strided along k, of k (row_kernels.cpp
+  // gemm_packed_blocked). The CPU's one-shot float32 products (cpu::packed_mm) and the
+  // own-packed hidden GEMM (cpu::gemm_on_panel).
   void (*gemm_packed)(const scalar_t* a, int64_t a_row, int64_t a_k, int64_t rows, int64_t K,
                       const lane_panel_t<scalar_t>* panel, int64_t cols, scalar_t* out,
                       int64_t out_row, bool accumulate);
