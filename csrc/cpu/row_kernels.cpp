@@ -946,15 +946,17 @@ void lane_gemm_packed(const S* h, int64_t h_row, int64_t rows, int64_t K,
 //   every column block runs over them, instead of all rows streaming from memory per column
 //   block), not split along k: [4480, 512] x [512, 2048] 210 -> 233 (mm 257), [4480, 256] x
 //   [256, 1024] 259-266 -> 298-303 (mm 353), [2240, 1024] x [1024, 256] 272-277 -> 280-292;
-//   above K = kDirectChunkMaxK all rows at once, as before ([4480, 2048] x [2048, 512]: 276 ->
-//   261 in chunks). Splitting k as well (chunks of 64-256) lost there (input gradients 0.85x).
+//   at K = 2048 276 -> 261 ([4480, 2048] x [2048, 512]) before the prefetch below, level with
+//   it (all rows / chunks of 128 / 64 / 32, GF/s: [4480, 2048] x [2048, 512] 283 / 290 / 281 /
+//   279, [1120, 2048] x [2048, 512] 288 / 297 / 288 / 281, [4480, 1536] x [1536, 512] 308 /
+//   301 / 299 / 308, [2240, 4096] x [4096, 1024] 283 / 289 / 272 / 254), so chunks at any K.
+//   Splitting k as well (chunks of 64-256) lost there (input gradients 0.85x).
 //   a strided along k (the weight gradients' d_g^T: the 8 rows of a tile are 8 floats of one
 //   row of d_g, each k a row 4 G bytes further, a page apart at G = 1024): packed chunk by chunk
 //   (kPackedChunkRows x kPackedChunkK) into [tile][k][kOuterRows] order, each chunk used by all
 //   column blocks: [1024, 2240] (d_g^T) x [2240, 256] 98-114 -> 250-264 (mm 290-350),
 //   [2048, 4480] x [4480, 512] 77-92 -> 239-257 (mm 300-377).
 constexpr int64_t kDirectChunkRows = 128;
-constexpr int64_t kDirectChunkMaxK = 1024;
 constexpr int64_t kPackedChunkRows = 64;
 constexpr int64_t kPackedChunkK = 128;
 // The panel's rows kPrefetchK k ahead prefetched (one line per strip per k). Xeon VM, processes
@@ -1073,9 +1075,9 @@ void gemm_packed(const S* a, int64_t a_row, int64_t a_k, int64_t rows, int64_t K
     }
     return;
   }
-  if (a_k == 1) {  // rows of a contiguous: read in place, chunks of 128 rows where K <= 1024
+  if (a_k == 1) {  // rows of a contiguous: read in place, in chunks of rows
     gemm_packed_blocked<S, false>(a, a_row, 1, rows, K, panel, cols, out, out_row, accumulate,
-                                  K <= kDirectChunkMaxK ? kDirectChunkRows : rows, K);
+                                  kDirectChunkRows, K);
   } else {  // a strided along k (d_g^T in the weight gradients): packed chunk by chunk
     gemm_packed_blocked<S, true>(a, a_row, a_k, rows, K, panel, cols, out, out_row, accumulate,
                                  kPackedChunkRows, kPackedChunkK);
