@@ -329,15 +329,15 @@ def test_auto_picks_lanes_for_small_float32_batches(schedule_and_threads):
         except RuntimeError:  # torch without MKL
             mkl = False
         if mkl:
-            # on MKL's per-step GEMM (the default on Intel CPUs): up to 2 rows from H=128, 8 from
-            # 256, 16 from 512 (MKL's per-step GEMM beat the lanes at 32 rows on an Intel Xeon)
+            # on MKL's per-step GEMM ("mkl-packed"): up to 2 rows from H=128, 8 from 256, 16
+            # from 512 (MKL's per-step GEMM beat the lanes at 32 rows on an Intel Xeon)
             assert lanes(2, 128, True) == [0, 64, 128]
             assert lanes(3, 255, True) == []
             assert lanes(8, 256, True) == [0, 128, 256]
             assert lanes(9, 511, True) == []
             assert lanes(16, 1024, True) == [0, 512, 1024]
             assert lanes(17, 1024, True) == []
-        # on the own packed GEMM (the default elsewhere; measured on an AMD EPYC): up to 8 rows
+        # on the own packed GEMM (the default; measured on an AMD EPYC): up to 8 rows
         # from H=128, row blocks above (benchmarks/results/cpu_schedules_own_packed*_2026-12-06.md)
         fused_rnn._C.set_cpu_gemm_backend("own-packed")
         assert lanes(8, 128, True) == [0, 64, 128]

@@ -14,11 +14,12 @@ namespace fused_rnn::cpu {
 template <typename scalar_t>
 const StepKernels<scalar_t>& step_kernels();
 
-// Rows per tile of the per-step hidden GEMMs. Every CPU product runs as fixed tiles of its
-// output (kTileRows rows from row 0, columns in equal parts of at most 256), one single-threaded
-// BLAS call per tile, the tiles spread over the threads (csrc/cpu/cpu_gemm.cpp): the same bits
-// whatever the thread count, and the row blocks (which start at multiples of kTileRows) run
-// the same tiles as the per-step schedule.
+// Rows per tile of the per-step hidden GEMMs on a BLAS ("mkl-packed", "aten"): such a product
+// runs as fixed tiles of its output (kTileRows rows from row 0, columns in equal parts of at
+// most 256), one single-threaded BLAS call per tile, the tiles spread over the threads
+// (csrc/cpu/cpu_gemm.cpp): the same bits whatever the thread count, and the row blocks (which
+// start at multiples of kTileRows) run the same tiles as the per-step schedule. The own kernel
+// ("own-packed") needs no fixed tiles: each of its elements is one sum over k in order.
 constexpr int64_t kTileRows = 8;
 
 // The per-step hidden GEMM (see hidden_gemm.h) of a call with `steps` steps of `rows` rows:
@@ -54,9 +55,11 @@ const RowKernels<scalar_t>& row_kernels();
 //                 step. Forward: its units' gates for all rows, then their new state;
 //                 backward: its units' gate gradients, the barrier, then its columns of
 //                 d_h W_hh. No weight packing per call.
-//   "auto"        lanes for float32 with batches of up to 1 row (H < 128), 2 (H < 256), 8
-//                 (H < 512) or 16 rows (any thread count: a lane's results do not depend on
-//                 the lanes; cpu_recurrence.cpp, max_lane_rows), else row blocks for float32 with MKL
+//   "auto"        on the own packed GEMM (the default): lanes for float32 batches of up to 8
+//                 rows from H=128 (1 below; any thread count: a lane's results do not depend
+//                 on the lanes; cpu_recurrence.cpp, max_lane_rows), else row blocks for float32
+//                 where every thread gets a kTileRows-row tile, else per-step. On "mkl-packed":
+//                 lanes up to 1 / 2 / 8 / 16 rows (H < 128 / 256 / 512 / from 512), row blocks
 //                 where every thread gets >= 16 rows and a row's step GEMM has
 //                 gates * H * H <= 2^16 multiply-adds, else per-step
 // The GRU textbook form and the projected LSTM always run per step.

@@ -8,7 +8,8 @@
 // per-step schedule instead spreads every step over all threads: two fork-joins per step (MKL's
 // GEMM, then the pointwise kernel), and the threads wait at both.
 //
-// Same results bit for bit as the per-step schedule (and whatever the thread count): the
+// Same results bit for bit as the per-step schedule (and whatever the thread count): on the own
+// packed GEMM every element is one sum over k in order however the step is split; on a BLAS the
 // blocks are whole tiles of the hidden GEMM (kTileRows rows; csrc/cpu/cpu_gemm.cpp), and every
 // tile is one single-threaded BLAS call on the same operands in both schedules.
 // tests/test_determinism.py and tests/test_cpu_schedule.py check it.
