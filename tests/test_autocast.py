@@ -16,12 +16,23 @@ def test_cpu_autocast_output_dtypes_and_values_match_nn(cell, kw):
     fused.load_state_dict(ref.state_dict())
     x = torch.randn(3, 5, 6, requires_grad=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        want, want_state = ref(x)
         got, got_state = fused(x)
-    assert got.dtype == want.dtype
-    want_h = want_state[0] if cell == "LSTM" else want_state
+        try:
+            want, want_state = ref(x)
+            want_dtype = want.dtype
+        except RuntimeError as error:
+            # nn.LSTM's bfloat16 path under CPU autocast is oneDNN's, which needs AVX-512
+            # (an AVX2-only CPU, e.g. AMD Zen 3, raises "could not create a primitive
+            # descriptor"). The dtype is then the one nn.LSTM gives where it runs (bfloat16, as
+            # nn.RNN here), the values are compared with nn.LSTM's in float32.
+            if cell != "LSTM" or "primitive descriptor" not in str(error):
+                raise
+            want_dtype = torch.bfloat16
+            with torch.autocast("cpu", enabled=False):
+                want, want_state = ref(x)
+    assert got.dtype == want_dtype
     got_h = got_state[0] if cell == "LSTM" else got_state
-    assert got_h.dtype == want_h.dtype
+    assert got_h.dtype == want_dtype
     torch.testing.assert_close(got.float(), want.float(), atol=3e-2, rtol=3e-2)
     got.float().square().sum().backward()
     assert x.grad is not None and x.grad.dtype == torch.float32
