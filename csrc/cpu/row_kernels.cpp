@@ -685,18 +685,28 @@ void lane_gemm(const S* h, int64_t h_row, int64_t rows, int64_t K, const S* w, i
   }
 }
 
-// The outer-product kernels (lane_gemm_t, lane_gemm_packed): tiles of up to kOuterRows rows
-// times NV vectors of columns, kOuterAccumulators accumulators at most: 8 rows x 3 vectors where
-// a vector is 64 bytes (AVX512's 32 registers: 24 accumulators, 3 weight vectors, a broadcast),
-// else 4 x 2. Measured on one Zen 4 core (AVX512, H=256, 128 units x 4 gates, 16 rows):
-// lane_gemm_t 116 GF/s either way at H=256, at H=512 (the lane's W_hh beyond its L2) 95 GF/s
-// with 4-row tiles, 109 with 8 (fewer passes over W_hh per step).
+// The outer-product kernels (lane_gemm_t, lane_gemm_packed, gemm_packed): tiles of up to
+// kOuterRows rows times NV vectors of columns, kOuterAccumulators accumulators at most: 8 rows x
+// 3 vectors where a vector is 64 bytes (AVX512's 32 registers: 24 accumulators, 3 weight
+// vectors, a broadcast), else 4 x 3 (AVX2's 16: 12 accumulators, 3 weight vectors, a
+// broadcast; a tile of R rows keeps its R x NV accumulators and NV weight vectors in registers
+// where R > 1, so on 16 registers NV <= 15 / (R + 1)). Measured on one Zen 4 core (AVX512,
+// H=256, 128 units x 4 gates, 16 rows): lane_gemm_t 116 GF/s either way at H=256, at H=512 (the
+// lane's W_hh beyond its L2) 95 GF/s with 4-row tiles, 109 with 8 (fewer passes over W_hh per
+// step). On one Zen 3 core (AVX2, 2-vCPU VM, 2026-12-06; gemm_packed alone, 1 thread, the
+// builds alternated in one process; the VM's speed swung ~1.7x between runs, so medians and
+// bests of each run): 4 x 2 -> 4 x 3 1.19-1.38x in slow runs ([32, 256] x [256, 1024] 44 -> 57
+// GF/s, [128, 512] x [512, 2048] 37 -> 49, [1120, 256] x [256, 1024] 41 -> 47), 0.95-1.07x in
+// fast ones (~80 either way, MKL's at::mm 51-78 alongside; a register-only FMA loop 125-137);
+// 6 x 2 and 3 x 4 (one register short: spills) no better than 4 x 3 anywhere.
 template <typename S>
 constexpr int kOuterRows = sizeof(Vec<acc_t<S>>) >= 64 ? 8 : 4;
 template <typename S>
-constexpr int kOuterAccumulators = sizeof(Vec<acc_t<S>>) >= 64 ? 24 : 8;
+constexpr int kOuterAccumulators = sizeof(Vec<acc_t<S>>) >= 64 ? 24 : 12;
 template <typename S, int R>
-constexpr int kOuterVectors = std::max(1, std::min(8, kOuterAccumulators<S> / R));
+constexpr int kOuterVectors = std::max(
+    1, std::min({8, kOuterAccumulators<S> / R,
+                 sizeof(Vec<acc_t<S>>) >= 64 || R == 1 ? 8 : 15 / (R + 1)}));
 
 // acc[r][c] = sum over k < K, in order, of a[r * a_row + k * a_k] * b[c][k * b_row + i]
 // (element i of vector c), one fused multiply-add per k, from zero, or from the R x NV vectors
