@@ -39,7 +39,8 @@ def operands(M, K, N, a_layout, b_layout):
 
 @pytest.mark.parametrize("b_layout", ["row-major", "weight-transposed", "strided"])
 @pytest.mark.parametrize("a_layout", ["row-major", "transposed", "narrowed"])
-@pytest.mark.parametrize("M,K,N", [(16, 7, 5), (37, 64, 48), (129, 33, 70), (16, 1, 17)])
+@pytest.mark.parametrize("M,K,N", [(16, 7, 5), (37, 64, 48), (129, 33, 70), (16, 1, 17),
+                                   (2, 40, 90), (3, 17, 50), (6, 9, 130)])  # partial row tiles
 def test_packed_mm_matches_float64(M, K, N, a_layout, b_layout, threads):
     a, b, want = operands(M, K, N, a_layout, b_layout)
     by_threads = []
