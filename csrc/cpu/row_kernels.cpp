@@ -1015,7 +1015,7 @@ FUSED_RNN_ALWAYS_INLINE inline void packed_chunk_tile(const S* ap, int64_t a_row
 }
 
 // gemm_packed in chunks of mc rows; in each, chunks of kc of k (kc >= K: one); in each, the
-// column blocks (for_column_blocks, as for_outer_tiles), each over all row tiles of the chunk.
+// chunk's tiles in for_outer_tiles' order (column blocks, each over all row tiles of the chunk).
 // kPackA: each (rows, k) chunk of a is first copied into [tile][k][kOuterRows] order.
 template <typename S, bool kPackA>
 void gemm_packed_blocked(const S* a, int64_t a_row, int64_t a_k, int64_t rows, int64_t K,
@@ -1057,18 +1057,7 @@ void gemm_packed_blocked(const S* a, int64_t a_row, int64_t a_k, int64_t rows, i
             panel, cols, v, K > kc ? spill.data() + (t * vectors + v) * kR * W : nullptr,
             out + (m0 + b) * out_row, out_row, accumulate);
       };
-      if (mr < kR) {  // one tile of fewer rows: wider column blocks
-        last_row_tile<kR - 1>(mr, 0, [&](auto R, int64_t) FUSED_RNN_ALWAYS_INLINE {
-          for_column_blocks<kOuterVectors<S, decltype(R)::value>>(
-              vectors, [&](auto NV, int64_t v) FUSED_RNN_ALWAYS_INLINE { tile(R, NV, 0, v); });
-        });
-        continue;
-      }
-      for_column_blocks<kOuterVectors<S, kR>>(
-          vectors, [&](auto NV, int64_t v) FUSED_RNN_ALWAYS_INLINE {
-            for_row_tiles<kR>(
-                mr, [&](auto R, int64_t b) FUSED_RNN_ALWAYS_INLINE { tile(R, NV, b, v); });
-          });
+      for_outer_tiles<S>(mr, vectors, tile);
     }
   }
 }
