@@ -114,3 +114,33 @@ def test_16_to_63_rows_match_nn_and_keep_their_bits(cell, kw, T, B, settings):
     x = torch.randn(T, B, 6, requires_grad=True)
     compare_with_nn(ref, fused, x, None, torch.float32)
     assert_same_bits_for_1_to_3_threads(fused, x)
+
+
+@pytest.mark.parametrize("schedule", ["per-step", "row-blocks"])
+@pytest.mark.parametrize("cell,kw", CELLS, ids=IDS)
+def test_single_step_of_many_rows_on_the_packed_kernel(cell, kw, schedule, settings):
+    """T=1 with B >= _min_prepared_rows(): on the own kernel ("own-packed") W_hh is packed for
+    the one step (forward h W_hh^T, backward d_g W_hh), on the other back ends it is used as it
+    is. Given initial states (which the step's hidden GEMM reads): nn.*'s outputs, states and
+    gradients, the same bits for 1, 2 and 3 threads, and the same values as W as it is."""
+    if fused_rnn._C.cpu_gemm_backend() != "own-packed":
+        pytest.skip("the own kernel's back end is not the one in use")
+    fused_rnn.set_cpu_schedule(schedule)
+    torch.manual_seed(0)
+    B = fused_rnn._C._min_prepared_rows() + 8
+    ref, fused = nn_and_fused(cell, 6, 40, torch.float32, num_layers=2, bidirectional=True, **kw)
+    x = torch.randn(1, B, 6, requires_grad=True)
+    n_state = ref.proj_size if kw.get("proj_size") else 40
+    h0 = torch.randn(4, B, n_state, requires_grad=True)
+    hx = (h0, torch.randn(4, B, 40, requires_grad=True)) if cell == "LSTM" else h0
+    compare_with_nn(ref, fused, x, hx, torch.float32)
+    assert_same_bits_for_1_to_3_threads(fused, x)
+    results = []
+    for rows in (fused_rnn._C._min_prepared_rows(), 10**9):
+        fused_rnn._C._set_min_prepared_rows(rows)
+        got = flat(*fused(x, hx))
+        leaves = [x, *(hx if isinstance(hx, tuple) else (hx,)), *fused.parameters()]
+        results.append([g.detach() for g in got] +
+                       grads(got, leaves, [torch.ones_like(g) for g in got]))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -5,7 +5,7 @@
 // ATen's mm runs each step (MKL/OpenBLAS run a plain B much faster than a transposed view
 // when B has few rows). Both preparations cost a pass over W per call (packing a 3 MB W_hh:
 // ~1 ms here); a call with fewer than min_prepared_rows() rows over all its steps, or with a
-// single step, runs ATen's mm on W as it is.
+// single step (except on the own kernel, see hidden_gemm), runs ATen's mm on W as it is.
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 
@@ -348,10 +348,17 @@ std::unique_ptr<HiddenGemm<S>> prepared_gemm(const at::Tensor& w, bool transpose
 template <typename S>
 std::unique_ptr<HiddenGemm<S>> hidden_gemm(const at::Tensor& w, bool transpose_w, int64_t rows,
                                            int64_t steps) {
-  // A weight that only one step uses is never prepared: packing reads and writes all of W
-  // before the one GEMM reads it again (T=1, H=256, training, 2 threads, one run, time without
-  // / with packing at B=32 and 128: RNN 0.83 / 0.82, GRU 0.85 / 0.81, LSTM 0.97 / 0.89).
-  if (steps < 2 || rows * steps < min_prepared_rows()) {
+  // MKL's packing (or the transposed copy) of a weight that only one step uses costs more than
+  // it saves: it reads and writes all of W before the one GEMM reads it again (T=1, H=256,
+  // training, 2 threads, one run, time without / with MKL's packing at B=32 and 128: RNN 0.83 /
+  // 0.82, GRU 0.85 / 0.81, LSTM 0.97 / 0.89). The own kernel's packing into strips is a pass
+  // over W as long as ~2 rows of its product, and the packed product beat ATen's mm on W as it
+  // is at a single step too (AMD EPYC Zen 4, 2 threads, 2026-12-07, [B, 256] x W^T [256, 4H],
+  // packing included / mm / (W h^T)^T, us: B=32 H=256 103 / 155 / 145, B=16 62 / 94 / 87, B=4
+  // 28 / 58 / 47, B=32 H=512 372 / 643 / 549), so for float on the own kernel a single step is
+  // prepared too.
+  const bool own_kernel = std::is_same_v<S, float> && own_packed_backend();
+  if ((steps < 2 && !own_kernel) || rows * steps < min_prepared_rows()) {
     return unprepared_gemm<S>(w, transpose_w, rows);
   }
   return prepared_gemm<S>(w, transpose_w, rows);
