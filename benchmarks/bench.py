@@ -139,18 +139,28 @@ def cell_flops(cell, T, B, I, H, layers, dirs, training):
     return total * (3 if training else 1)
 
 
-def make_fn(module, x, training):
+def make_fn(module, x, training, hx=None):
+    """One timed call: module(x[, hx]) under no_grad, or forward + backward of the output
+    (x: [T, B, I] requiring grad; hx: initial states, as a decoder step passes them, or None)."""
+    args = (x,) if hx is None else (x, hx)
     if not training:
         def fn():
             with torch.no_grad():
-                module(x)
+                module(*args)
         return fn
     xg = x.detach().requires_grad_(True)
+    args = (xg,) + args[1:]
 
     def fn():
-        out, _ = module(xg)
+        out, _ = module(*args)
         out.backward(torch.ones_like(out))
     return fn
+
+
+def initial_states(cell, B, H, layers, bidir, device, dtype):
+    """Random initial states for the --states points: h0 ([L*D, B, H]), and c0 for LSTM."""
+    h0 = torch.randn(layers * (2 if bidir else 1), B, H, device=device, dtype=dtype)
+    return (h0, torch.randn_like(h0)) if cell == "LSTM" else h0
 
 
 def rounds_for(min_run_time):
@@ -249,24 +259,26 @@ def on_schedule(fn, schedule):
 
 
 def run_point(cell, T, B, I, H, layers, bidir, dtype, device, mode, rate, min_run_time,
-              paths=("auto",), schedules=("auto",), gemm=None):
+              paths=("auto",), schedules=("auto",), gemm=None, states=False):
     """One grid point; the fused layer is timed on each of `paths` (CUDA) or `schedules` (CPU)
     in the same interleaved run as nn.* (one row each; the row's "path" names it).
     gemm: None, or large_gemm's (function, FLOPs): then the reference GEMM is timed in the same
     interleaved rounds, and the point's GEMM share uses the rate measured there instead of
     `rate` (the shared CPU's speed drifts within a run: the share then drifts with it no more
-    than the speed-up does)."""
+    than the speed-up does). states: both layers are given random initial states (else None:
+    zeros)."""
     torch.manual_seed(0)
     kw = dict(num_layers=layers, bidirectional=bidir, device=device, dtype=dtype)
     ref = getattr(nn, cell)(I, H, **kw)
     fused = getattr(fused_rnn, cell)(I, H, **kw)
     fused.load_state_dict(ref.state_dict())
     x = torch.randn(T, B, I, device=device, dtype=dtype)
+    hx = initial_states(cell, B, H, layers, bidir, device, dtype) if states else None
     training = mode == "training"
     paths = list(paths) if device == "cuda" else list(schedules)
-    fused_fn = make_fn(fused, x, training)
+    fused_fn = make_fn(fused, x, training, hx)
     wrap = on_path if device == "cuda" else on_schedule
-    fns = [make_fn(ref, x, training)] + [wrap(fused_fn, p) for p in paths]
+    fns = [make_fn(ref, x, training, hx)] + [wrap(fused_fn, p) for p in paths]
     saved_path, saved_schedule = fused_rnn.cuda_path(), fused_rnn.cpu_schedule()
     try:
         jiffies = cpu_jiffies()
@@ -290,7 +302,7 @@ def run_point(cell, T, B, I, H, layers, bidir, dtype, device, mode, rate, min_ru
                 share = flops / rate / t_fused
             row = dict(cell=cell, T=T, B=B, I=I, H=H, layers=layers, bidirectional=bidir,
                        dtype=str(dtype).replace("torch.", ""), device=device, mode=mode,
-                       path=path, nn_ms=t_ref * 1e3, fused_ms=t_fused * 1e3,
+                       path=path, states=bool(states), nn_ms=t_ref * 1e3, fused_ms=t_fused * 1e3,
                        speedup=t_ref / t_fused, speedup_rounds=[min(ratios), max(ratios)],
                        rounds_ms=dict(nn=[t * 1e3 for t in per_round[0]],
                                       fused=[t * 1e3 for t in fused_rounds],
@@ -354,6 +366,9 @@ def markdown(rows, info, rates):
             f"Memory: {mem} (MB), training only. Steal: share of the host's CPU time taken "
             f"by the hypervisor for other guests while the point was timed (/proc/stat; a "
             f"point with more than a few percent is not to be trusted).\n")
+    if any(r.get("states") for r in rows):
+        head += ("\nInitial states: random h0 (and c0) given to both layers (--states), as a "
+                 "decoder passes its state from step to step.\n")
     if info["device"] == "cuda":
         head += (f"\nTF32: cudnn.allow_tf32={info['cudnn_allow_tf32']}, "
                  f"cuda.matmul.allow_tf32={info['matmul_allow_tf32']}.\n")
@@ -485,6 +500,9 @@ def main(argv=None):
                     help="CPU: time the fused layer in each of these schedules (one row each)")
     ap.add_argument("--min-run-time", type=float, default=None, help="seconds per measurement")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--states", action="store_true",
+                    help="give both layers random initial states (h0, and c0 for LSTM), as a "
+                         "step-by-step decoder does (default: none, i.e. zeros)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--md", default=None)
     ap.add_argument("--plot", default=None, help="PNG path (needs matplotlib)")
@@ -510,7 +528,7 @@ def main(argv=None):
     for dtype_name, (cell, T, B, H, layers, bidir, mode) in itertools.product(args.dtype, points):
         for r in run_point(cell, T, B, H, H, layers, bidir, getattr(torch, dtype_name),
                            args.device, mode, rates[dtype_name], min_run_time, args.cuda_path,
-                           args.cpu_schedule, gemms.get(dtype_name)):
+                           args.cpu_schedule, gemms.get(dtype_name), args.states):
             rows.append(r)
             print(f"{cell:4s} {dtype_name} {mode:9s} {r['path']:10s} T={T} B={B:<3d} H={H:<4d} "
                   f"L={layers} bi={int(bidir)}: nn {r['nn_ms']:8.2f} ms, fused "

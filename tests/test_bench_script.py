@@ -87,6 +87,32 @@ def test_run_point_and_report(tmp_path):
     assert md.count("\n| ") == len(rows) + 1
 
 
+def test_states_reach_both_modules():
+    """--states: make_fn passes the same initial states to nn.* and the fused module (an LSTM
+    gets (h0, c0) of [L*D, B, H]); run_point records it and the report says so."""
+    import torch
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x, hx=None):
+            seen.append(hx)
+            return x * 2, hx
+    h0, c0 = bench.initial_states("LSTM", 3, 5, 2, True, "cpu", torch.float32)
+    assert h0.shape == c0.shape == (4, 3, 5)
+    assert bench.initial_states("GRU", 3, 5, 1, False, "cpu", torch.float32).shape == (1, 3, 5)
+    x = torch.randn(2, 3, 4)
+    for training in (False, True):
+        bench.make_fn(Recorder(), x, training, (h0, c0))()
+        bench.make_fn(Recorder(), x, training)()
+    assert [s is None for s in seen] == [False, True, False, True]
+    assert all(s[0] is h0 and s[1] is c0 for s in seen if s is not None)
+    rows = bench.run_point("LSTM", 2, 3, 4, 5, 1, False, torch.float32, "cpu", "inference", 1e11,
+                           0.01, states=True)
+    assert rows[0]["states"] is True
+    assert "Initial states: random h0" in bench.markdown(rows, bench.machine_info("cpu"),
+                                                         {"float32": 1e11})
+
+
 def test_cpu_peak_bytes_sees_what_a_function_allocates():
     """The CPU peak: two 4 MB tensors live at once, then freed: ~8 MB (the memory timeline
     counts allocations made inside the function)."""

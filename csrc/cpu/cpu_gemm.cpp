@@ -355,10 +355,14 @@ std::unique_ptr<HiddenGemm<S>> hidden_gemm(const at::Tensor& w, bool transpose_w
   // over W as long as ~2 rows of its product, and the packed product beat ATen's mm on W as it
   // is at a single step too (AMD EPYC Zen 4, 2 threads, 2026-12-07, [B, 256] x W^T [256, 4H],
   // packing included / mm / (W h^T)^T, us: B=32 H=256 103 / 155 / 145, B=16 62 / 94 / 87, B=4
-  // 28 / 58 / 47, B=32 H=512 372 / 643 / 549), so for float on the own kernel a single step is
-  // prepared too.
-  const bool own_kernel = std::is_same_v<S, float> && own_packed_backend();
-  if ((steps < 2 && !own_kernel) || rows * steps < min_prepared_rows()) {
+  // 28 / 58 / 47, B=32 H=512 372 / 643 / 549), so for float on the own kernel the forward's
+  // single step (h W^T: W's rows packed into strips) is prepared too. Not the backward's
+  // (d_g W, W's columns gathered into strips: lane_pack_columns): a T=1 training step's
+  // backward recurrence phase took 2.5-3x as long with it (phase clock, B=32 H=256, GRU
+  // 441-556 vs 161-174 us, RNN 187 vs 60-68), while its forward recurrence phase gained (GRU
+  // 192-289 vs 390-441 us, RNN 60-62 vs 146-152).
+  const bool own_single_step = std::is_same_v<S, float> && own_packed_backend() && transpose_w;
+  if ((steps < 2 && !own_single_step) || rows * steps < min_prepared_rows()) {
     return unprepared_gemm<S>(w, transpose_w, rows);
   }
   return prepared_gemm<S>(w, transpose_w, rows);
