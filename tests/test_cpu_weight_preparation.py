@@ -20,15 +20,22 @@ def fused_module(cell, kw, I, H, dtype=torch.float32, **more):
     return getattr(fused_rnn, cell)(I, H, dtype=dtype, **kw, **more)
 
 
-def assert_same_bits_for_1_to_3_threads(fused, x):
-    """Outputs, states and the gradients of x and every parameter: bit-identical with 1, 2
-    and 3 threads."""
+def outputs_and_grads(module, x, hx=None):
+    """module(x, hx)'s outputs and states, then the gradients (all-ones seeds) of x, of the
+    states in hx and of every parameter."""
+    got = flat(*module(x, hx))
+    states = [] if hx is None else list(hx) if isinstance(hx, tuple) else [hx]
+    return [g.detach() for g in got] + grads(got, [x, *states, *module.parameters()],
+                                             [torch.ones_like(g) for g in got])
+
+
+def assert_same_bits_for_1_to_3_threads(fused, x, hx=None):
+    """Outputs, states and the gradients of x, of the states in hx and of every parameter:
+    bit-identical with 1, 2 and 3 threads."""
     by_threads = []
     for threads in (1, 2, 3):
         torch.set_num_threads(threads)
-        got = flat(*fused(x))
-        seeds = [torch.ones_like(g) for g in got]
-        by_threads.append([g.detach() for g in got] + grads(got, [x, *fused.parameters()], seeds))
+        by_threads.append(outputs_and_grads(fused, x, hx))
     for other in by_threads[1:]:
         for a, b in zip(by_threads[0], other):
             assert torch.equal(a, b)
@@ -72,9 +79,7 @@ def test_textbook_gru_both_ways_agree(settings):
     results = []
     for rows in (0, 10**9):
         fused_rnn._C._set_min_prepared_rows(rows)
-        got = flat(*m(x))
-        results.append([g.detach() for g in got] +
-                       grads(got, [x, *m.parameters()], [torch.ones_like(g) for g in got]))
+        results.append(outputs_and_grads(m, x))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
 
@@ -121,8 +126,9 @@ def test_16_to_63_rows_match_nn_and_keep_their_bits(cell, kw, T, B, settings):
 def test_single_step_of_many_rows_on_the_packed_kernel(cell, kw, schedule, settings):
     """T=1 with B >= _min_prepared_rows(): on the own kernel ("own-packed") W_hh is packed for
     the forward's one step (h W_hh^T; the backward's d_g W_hh and the other back ends use W_hh
-    as it is). Given initial states (which the step's hidden GEMM reads): nn.*'s outputs, states and
-    gradients, the same bits for 1, 2 and 3 threads, and the same values as W as it is."""
+    as it is). Given initial states (which the step's hidden GEMM reads): nn.*'s outputs,
+    states and gradients, the same bits for 1, 2 and 3 threads, and the same values as W as it
+    is."""
     if fused_rnn._C.cpu_gemm_backend() != "own-packed":
         pytest.skip("the own kernel's back end is not the one in use")
     fused_rnn.set_cpu_schedule(schedule)
@@ -134,13 +140,10 @@ def test_single_step_of_many_rows_on_the_packed_kernel(cell, kw, schedule, setti
     h0 = torch.randn(4, B, n_state, requires_grad=True)
     hx = (h0, torch.randn(4, B, 40, requires_grad=True)) if cell == "LSTM" else h0
     compare_with_nn(ref, fused, x, hx, torch.float32)
-    assert_same_bits_for_1_to_3_threads(fused, x)
+    assert_same_bits_for_1_to_3_threads(fused, x, hx)
     results = []
     for rows in (fused_rnn._C._min_prepared_rows(), 10**9):
         fused_rnn._C._set_min_prepared_rows(rows)
-        got = flat(*fused(x, hx))
-        leaves = [x, *(hx if isinstance(hx, tuple) else (hx,)), *fused.parameters()]
-        results.append([g.detach() for g in got] +
-                       grads(got, leaves, [torch.ones_like(g) for g in got]))
+        results.append(outputs_and_grads(fused, x, hx))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

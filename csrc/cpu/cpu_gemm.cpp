@@ -5,7 +5,8 @@
 // ATen's mm runs each step (MKL/OpenBLAS run a plain B much faster than a transposed view
 // when B has few rows). Both preparations cost a pass over W per call (packing a 3 MB W_hh:
 // ~1 ms here); a call with fewer than min_prepared_rows() rows over all its steps, or with a
-// single step (except on the own kernel, see hidden_gemm), runs ATen's mm on W as it is.
+// single step (except the forward's on the own kernel, see hidden_gemm), runs ATen's mm on W
+// as it is.
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 

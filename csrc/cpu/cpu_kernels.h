@@ -26,8 +26,9 @@ constexpr int64_t kTileRows = 8;
 // from min_prepared_rows() rows in all on, for float the library's own kernel on W packed into
 // strips ("own-packed", the default) or MKL's packed GEMM ("mkl-packed", where torch has MKL),
 // else ATen's mm on a contiguous copy of op(W) ("aten"); below, and for a single step except
-// on the own kernel, ATen's mm on W as it is (preparing W costs more than it saves there). The BLAS ones in fixed tiles
-// (kTileRows); the own kernel's bits do not depend on how a step is split (gemm_on_panel).
+// the forward's on the own kernel, ATen's mm on W as it is (preparing W costs more than it
+// saves there). The BLAS ones in fixed tiles (kTileRows); the own kernel's bits do not depend
+// on how a step is split (gemm_on_panel).
 template <typename scalar_t>
 std::unique_ptr<HiddenGemm<scalar_t>> hidden_gemm(const at::Tensor& w, bool transpose_w,
                                                   int64_t rows, int64_t steps);
