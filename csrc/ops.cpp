@@ -141,13 +141,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Choose the CPU schedule: 'auto', 'per-step', 'row-blocks' or 'lanes' (testing, "
         "benchmarking).");
   m.def("_cpu_row_blocks", &fused_rnn::cpu::row_blocks, pybind11::arg("batch"),
-        pybind11::arg("hidden"), pybind11::arg("gates"), pybind11::arg("float32"),
-        "First batch rows of the row blocks the CPU would run a recurrence in now (and batch at "
-        "the end); empty: per-step (tests).");
+        pybind11::arg("hidden"), pybind11::arg("gates"), pybind11::arg("float32"), pybind11::arg("steps") = 1000,
+        "First batch rows of the row blocks the CPU would run a recurrence of `steps` steps in "
+        "now (and batch at the end); empty: per-step (tests).");
   m.def("_cpu_lanes", &fused_rnn::cpu::lanes, pybind11::arg("batch"), pybind11::arg("hidden"),
-        pybind11::arg("float32"),
-        "First hidden units of the lanes the CPU would run a recurrence in now (and hidden at "
-        "the end); empty: not in lanes (tests).");
+        pybind11::arg("float32"), pybind11::arg("steps") = 1000,
+        "First hidden units of the lanes the CPU would run a recurrence of `steps` steps in now "
+        "(and hidden at the end); empty: not in lanes (tests).");
   m.def("_cpu_lane_packing",
         [](int64_t batch, int64_t steps, int64_t hidden, int64_t gates, int64_t units) {
           return std::make_pair(fused_rnn::cpu::lane_forward_packs(batch, steps),
@@ -158,6 +158,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("gates"), pybind11::arg("units"),
         "(forward, backward): whether lanes of `units` units pack their weights in a recurrence "
         "of this size (tests).");
+  m.def("_cpu_l2_cache_bytes", &fused_rnn::cpu::l2_cache_bytes,
+        "A core's L2 cache in bytes as auto's row-block rule takes it (tests).");
   m.def("_cpu_intel", &fused_rnn::cpu::intel_cpu,
         "Whether the CPU is an Intel one (auto's lane limits and the packed products depend on "
         "it; tests).");
@@ -170,6 +172,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         },
         pybind11::arg("a"), pybind11::arg("b"), pybind11::arg("out") = pybind11::none(),
         "a @ b (float32) on the CPU's packed product kernel, or out += a @ b (tests).");
+  m.def("_packed_chunk_rows", &fused_rnn::cpu::packed_chunk_rows,
+        "CPU one-shot products of fewer rows than this pack their right operand chunk by chunk "
+        "(the same bits as whole panels).");
+  m.def("_set_packed_chunk_rows", &fused_rnn::cpu::set_packed_chunk_rows, pybind11::arg("rows"),
+        "Set _packed_chunk_rows (tests, benchmarks; 0: whole panels always).");
   m.def("_min_prepared_rows", &fused_rnn::cpu::min_prepared_rows,
         "CPU calls with at least this many rows over all steps (T * B) prepare the recurrent "
         "weight once (MKL packing or a transposed copy); smaller ones run on it as it is.");

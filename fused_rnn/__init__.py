@@ -55,7 +55,9 @@ def set_cpu_schedule(name: str) -> None:
       per-step in the last bits (and do not depend on the thread count);
     * "auto" (default), as measured faster: off Intel CPUs (the per-step GEMM on the library's
       own packed kernel), lanes for float32 batches of 1 row (hidden size below 128) or up to 8
-      rows, row blocks for larger float32 batches where every thread gets at least 8 rows;
+      rows, and for short calls of fewer than 32 rows over all steps; row blocks for larger
+      float32 batches where every thread gets at least 8 rows, in sequences of at least 8 steps
+      whose W_hh fits a core's L2 cache;
       on Intel CPUs (MKL's packed GEMM), lanes for float32 batches of up to 1 row (hidden size
       below 128), 2 (below 256), 8 (below 512) or 16, row blocks where every thread gets at
       least 16 rows and a row's step GEMM has gates * hidden_size^2 <= 2^16 multiply-adds

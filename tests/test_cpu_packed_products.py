@@ -99,3 +99,39 @@ def test_packed_mm_in_chunks_keeps_one_pass_bits(M, K, N, threads):
         assert torch.equal(got, results[0]), "chunking or threads changed the bits"
     base = torch.randn(M, N, generator=g)
     assert torch.equal(packed_mm(a_t, b, base.clone()), base + results[0])
+
+
+@pytest.fixture
+def chunk_rows():
+    saved = fused_rnn._C._packed_chunk_rows()
+    yield
+    fused_rnn._C._set_packed_chunk_rows(saved)
+
+
+@pytest.mark.parametrize("b_layout", ["row-major", "weight-transposed"])
+@pytest.mark.parametrize("M,K,N", [(32, 1030, 70), (16, 300, 200), (40, 520, 130)])
+def test_packed_mm_chunks_of_the_right_operand_keep_the_bits(M, K, N, b_layout, threads,
+                                                           chunk_rows):
+    """Products of fewer than _packed_chunk_rows() rows pack b chunk by chunk (~128 KB of
+    columns at a time: 16 columns at K=1030, 96 at K=300, 48 at K=520, so several chunks per
+    thread's tile here): every element is still one sum over k in order, so the bits of whole
+    panels, for 1 to 3 threads, and float64's values."""
+    assert fused_rnn._C._packed_chunk_rows() > M   # the default chunks these products
+    a, b, want = operands(M, K, N, "row-major", b_layout)
+    results = []
+    for t in (1, 2, 3):
+        torch.set_num_threads(t)
+        for rows in (M + 1, 0):                    # in chunks, then whole panels
+            fused_rnn._C._set_packed_chunk_rows(rows)
+            got = packed_mm(a, b)
+            torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5 * K ** 0.5)
+            results.append(got)
+            base = torch.randn(M, N)
+            assert torch.equal(packed_mm(a, b, base.clone()), base + got)
+    for got in results[1:]:
+        assert torch.equal(got, results[0]), "chunks or threads changed the bits"
+
+
+def test_packed_chunk_rows_refuses_a_negative_count(chunk_rows):
+    with pytest.raises(RuntimeError, match="packed_chunk_rows must be >= 0, got -1"):
+        fused_rnn._C._set_packed_chunk_rows(-1)

@@ -118,11 +118,19 @@ def test_auto_picks_row_blocks_where_measured_faster(schedule_and_threads):
     row_blocks = fused_rnn._C._cpu_row_blocks
     backend = fused_rnn._C.cpu_gemm_backend()
     try:
-        # the own packed GEMM (default off Intel CPUs): every thread at least one 8-row tile
+        # the own packed GEMM (default off Intel CPUs): every thread at least one 8-row tile,
+        # at least 8 steps, W_hh (float32) within a core's L2 cache
         fused_rnn._C.set_cpu_gemm_backend("own-packed")
-        assert row_blocks(9, 256, 3, True) == [0, 8, 9]
-        assert row_blocks(32, 512, 4, True) == [0, 16, 32]
-        assert row_blocks(8, 256, 3, True) == []     # one tile (lanes run it in auto)
+        l2 = fused_rnn._C._cpu_l2_cache_bytes()
+        assert l2 > 0
+        assert row_blocks(9, 256, 3, True) == ([0, 8, 9] if 3 * 256 * 256 * 4 <= l2 else [])
+        assert row_blocks(32, 128, 4, True) == [0, 16, 32]
+        assert row_blocks(32, 128, 4, True, steps=8) == [0, 16, 32]
+        assert row_blocks(32, 128, 4, True, steps=7) == []   # short: per-step
+        assert row_blocks(32, 128, 4, True, steps=1) == []
+        big = int((l2 // 4) ** 0.5) + 16                       # 1 gate: W_hh past L2
+        assert row_blocks(32, big, 1, True) == []
+        assert row_blocks(8, 128, 3, True) == []     # one tile (lanes run it in auto)
         assert row_blocks(64, 128, 1, False) == []   # not float32
         torch.set_num_threads(4)
         assert row_blocks(24, 256, 1, True) == []    # 3 tiles for 4 threads: per-step
@@ -343,6 +351,14 @@ def test_auto_picks_lanes_for_small_float32_batches(schedule_and_threads):
         assert lanes(8, 128, True) == [0, 64, 128]
         assert lanes(8, 1024, True) == [0, 512, 1024]
         assert lanes(9, 1024, True) == []
+        # and calls of fewer than _min_prepared_rows() rows over all steps (B * T), from H=128:
+        # per-step would run them on W as it is
+        rows = fused_rnn._C._min_prepared_rows()
+        assert lanes(16, 256, True, steps=1) == [0, 128, 256]
+        assert lanes(rows - 1, 256, True, steps=1) == [0, 128, 256]
+        assert lanes(rows, 256, True, steps=1) == []
+        assert lanes(16, 256, True, steps=2) == []
+        assert lanes(16, 127, True, steps=1) == []
     finally:
         fused_rnn._C.set_cpu_gemm_backend(saved_backend)
     assert lanes(1, 256, False) == []           # not float32

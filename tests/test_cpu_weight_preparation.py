@@ -124,11 +124,11 @@ def test_16_to_63_rows_match_nn_and_keep_their_bits(cell, kw, T, B, settings):
 @pytest.mark.parametrize("schedule", ["per-step", "row-blocks"])
 @pytest.mark.parametrize("cell,kw", CELLS, ids=IDS)
 def test_single_step_of_many_rows_on_the_packed_kernel(cell, kw, schedule, settings):
-    """T=1 with B >= _min_prepared_rows(): on the own kernel ("own-packed") W_hh is packed for
-    the forward's one step (h W_hh^T; the backward's d_g W_hh and the other back ends use W_hh
-    as it is). Given initial states (which the step's hidden GEMM reads): nn.*'s outputs,
-    states and gradients, the same bits for 1, 2 and 3 threads, and the same values as W as it
-    is."""
+    """T=1 with B >= _min_prepared_rows(): on the own kernel ("own-packed") the step's hidden
+    GEMMs run as one-shot packed products (h W_hh^T forward, d_g W_hh backward: W_hh packed in
+    the call, chunk by chunk; the other back ends use W_hh as it is). Given initial states
+    (which the step's hidden GEMM reads): nn.*'s outputs, states and gradients, the same bits
+    for 1, 2 and 3 threads, and the same values as W as it is."""
     if fused_rnn._C.cpu_gemm_backend() != "own-packed":
         pytest.skip("the own kernel's back end is not the one in use")
     fused_rnn.set_cpu_schedule(schedule)

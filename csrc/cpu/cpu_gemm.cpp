@@ -5,8 +5,8 @@
 // ATen's mm runs each step (MKL/OpenBLAS run a plain B much faster than a transposed view
 // when B has few rows). Both preparations cost a pass over W per call (packing a 3 MB W_hh:
 // ~1 ms here); a call with fewer than min_prepared_rows() rows over all its steps, or with a
-// single step (except the forward's on the own kernel, see hidden_gemm), runs ATen's mm on W
-// as it is.
+// single step (except on the own kernel from min_prepared_rows() rows, see hidden_gemm), runs
+// ATen's mm on W as it is.
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 
@@ -215,6 +215,23 @@ struct OwnPackedGemm final : HiddenGemm<float> {
   }
 };
 
+// A single step's product on the own kernel: out (+)= h op(W) as a one-shot product
+// (packed_mm_into: op(W) packed per call, in chunks for few rows), W as it is between calls.
+struct OneShotPackedGemm final : HiddenGemm<float> {
+  at::Tensor w_op;  // op(W): [K, N], a transposed view of w: [N, K] or w itself
+  explicit OneShotPackedGemm(at::Tensor w_op_) : w_op(std::move(w_op_)) {}
+  void run(const float* h, int64_t h_row, float* out, int64_t out_row, int64_t rows,
+           bool accumulate) const override {
+    if (rows == 0) return;
+    const int64_t K = w_op.size(0), N = w_op.size(1);
+    const at::Tensor h_t = at::for_blob(const_cast<float*>(h), {rows, K})  // h_t: [rows, K]
+                               .strides({h_row, 1}).options(w_op.options()).make_tensor();
+    at::Tensor out_t = at::for_blob(out, {rows, N})                        // out_t: [rows, N]
+                           .strides({out_row, 1}).options(w_op.options()).make_tensor();
+    packed_mm_into(out_t, h_t, w_op, accumulate);
+  }
+};
+
 // ATen's mm per tile on op(W) given as `w_op`: [K, N] (a contiguous copy or a transposed view):
 // hidden_gemm.h's one-call AtenHiddenGemm on each column tile of w_op.
 template <typename S>
@@ -356,14 +373,21 @@ std::unique_ptr<HiddenGemm<S>> hidden_gemm(const at::Tensor& w, bool transpose_w
   // over W as long as ~2 rows of its product, and the packed product beat ATen's mm on W as it
   // is at a single step too (AMD EPYC Zen 4, 2 threads, 2026-12-07, [B, 256] x W^T [256, 4H],
   // packing included / mm / (W h^T)^T, us: B=32 H=256 103 / 155 / 145, B=16 62 / 94 / 87, B=4
-  // 28 / 58 / 47, B=32 H=512 372 / 643 / 549), so for float on the own kernel the forward's
-  // single step (h W^T: W's rows packed into strips) is prepared too. Not the backward's
-  // (d_g W, W's columns gathered into strips: lane_pack_columns): a T=1 training step's
-  // backward recurrence phase took 2.5-3x as long with it (phase clock, B=32 H=256, GRU
-  // 441-556 vs 161-174 us, RNN 187 vs 60-68), while its forward recurrence phase gained (GRU
-  // 192-289 vs 390-441 us, RNN 60-62 vs 146-152).
-  const bool own_single_step = std::is_same_v<S, float> && own_packed_backend() && transpose_w;
-  if ((steps < 2 && !own_single_step) || rows * steps < min_prepared_rows()) {
+  // 28 / 58 / 47, B=32 H=512 372 / 643 / 549), so for float on the own kernel a single step of
+  // min_prepared_rows() rows or more runs as a one-shot product (OneShotPackedGemm: op(W)
+  // packed in the call, chunk by chunk where the rows are few, packed_products.cpp), forward
+  // (h W^T) and backward (d_g W). Until 2026-12-07 the forward's step packed all of W first
+  // (OwnPackedGemm: a fresh buffer of W's size per call) and the backward's ran ATen's mm on W
+  // as it is: packing all of W's columns had made the backward's phase 2.5-3x as long (phase
+  // clock, B=32 H=256, GRU 441-556 vs 161-174 us). With the chunks, T=1 training on the Zen 4
+  // VM (per-step schedule, 12 interleaved rounds, new / old time): GRU H=512 B=32 0.96, B=128
+  // 0.86; RNN H=512 B=32 0.94, B=128 0.91; inference 0.92-1.0.
+  if constexpr (std::is_same_v<S, float>) {
+    if (steps < 2 && own_packed_backend() && rows >= min_prepared_rows()) {
+      return std::make_unique<OneShotPackedGemm>(transpose_w ? w.t() : w);
+    }
+  }
+  if (steps < 2 || rows * steps < min_prepared_rows()) {
     return unprepared_gemm<S>(w, transpose_w, rows);
   }
   return prepared_gemm<S>(w, transpose_w, rows);

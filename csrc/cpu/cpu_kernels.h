@@ -58,8 +58,10 @@ const RowKernels<scalar_t>& row_kernels();
 //                 d_h W_hh. No weight packing per call.
 //   "auto"        on the own packed GEMM (the default): lanes for float32 batches of up to 8
 //                 rows from H=128 (1 below; any thread count: a lane's results do not depend
-//                 on the lanes; cpu_recurrence.cpp, max_lane_rows), else row blocks for float32
-//                 where every thread gets a kTileRows-row tile, else per-step. On "mkl-packed":
+//                 on the lanes; cpu_recurrence.cpp, max_lane_rows), and where the rows of all
+//                 steps (B * T) are fewer than min_prepared_rows(); else row blocks for
+//                 float32 where every thread gets a kTileRows-row tile, the sequence has at
+//                 least 8 steps and W_hh fits a core's L2 cache; else per-step. On "mkl-packed":
 //                 lanes up to 1 / 2 / 8 / 16 rows (H < 128 / 256 / 512 / from 512), row blocks
 //                 where every thread gets >= 16 rows and a row's step GEMM has
 //                 gates * H * H <= 2^16 multiply-adds, else per-step
@@ -68,15 +70,19 @@ enum class CpuSchedule : int { kAuto = 0, kPerStep = 1, kRowBlocks = 2, kLanes =
 std::string cpu_schedule();
 void set_cpu_schedule(const std::string& name);  // raises on an unknown name
 
-// First batch rows of the row blocks a recurrence of B rows, hidden size H and `gates` gates
-// (GRU 3, LSTM 4, RNN 1) would run in now (and B at the end); empty: the per-step schedule.
+// First batch rows of the row blocks a recurrence of B rows, hidden size H, `gates` gates
+// (GRU 3, LSTM 4, RNN 1) and `steps` steps would run in now (and B at the end); empty: the per-step schedule.
 // Blocks are whole tiles of kTileRows rows (the last one may be partial), so that they run the
 // hidden GEMM's tiles of the per-step schedule.
-std::vector<int64_t> row_blocks(int64_t B, int64_t H, int64_t gates, bool float32);
+std::vector<int64_t> row_blocks(int64_t B, int64_t H, int64_t gates, bool float32,
+                                int64_t steps);
 
-// First hidden units of the lanes a recurrence of B rows and hidden size H would run in now
+// First hidden units of the lanes a recurrence of B rows, hidden size H and `steps` steps
+// would run in now
 // (and H at the end): multiples of kLaneUnits, one lane per thread at most; empty: not lanes.
-std::vector<int64_t> lanes(int64_t B, int64_t H, bool float32);
+std::vector<int64_t> lanes(int64_t B, int64_t H, bool float32, int64_t steps);
+// The L2 cache of a core (sysconf; 1 MB where it does not say).
+int64_t l2_cache_bytes();
 // Whether this is an Intel CPU (cpuid's vendor): there the weight gradients stay on MKL
 // (packed_weight_grads; measured on a Sapphire Rapids Xeon, 2026-12-06).
 bool intel_cpu();
@@ -87,6 +93,9 @@ bool intel_cpu();
 bool packed_products(int64_t rows);
 // The weight gradients (long reductions over T*B rows) on that kernel too: off Intel CPUs.
 bool packed_weight_grads(int64_t rows);
+// Products of fewer rows than this pack their right operand chunk by chunk (the same bits).
+int64_t packed_chunk_rows();
+void set_packed_chunk_rows(int64_t rows);  // for tests and benchmarks
 void packed_mm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate);
 at::Tensor packed_mm(const at::Tensor& a, const at::Tensor& b);
 // out: [rows, N] (+)= a: [rows, K] (row stride a_row) times op(W): [K, N] packed in strips

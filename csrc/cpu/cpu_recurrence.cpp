@@ -22,6 +22,7 @@
 #include <memory>
 #include <thread>
 #include <type_traits>
+#include <unistd.h>
 #include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -48,6 +49,20 @@ namespace {
 // there MKL's 2-thread GEMM of the whole batch beats two 1-thread GEMMs of half of it by more
 // than the fork-joins cost.
 constexpr int64_t kMinAutoRows = 16;
+// On the own packed GEMM the row blocks also need a sequence of at least kMinRowBlockSteps steps
+// and a float32 W_hh no larger than a core's L2 cache (l2_cache_bytes): every thread reads all
+// of W every step (the per-step schedule and the lanes each read their part), from its own L2
+// only where it fits there, and the first step reads it from memory (half of it packed by the
+// other thread). Measured on the 2-core development VM (AMD EPYC Zen 4, 1 MB L2 per core;
+// 2026-12-07; I=H, B=16-128, given states, 10 interleaved rounds of 40 ms each): at T=1
+// inference row blocks took 1.6-2.7x the time of per-step at B=32 (GRU H=256 466 vs 264 us,
+// H=512 2156 vs 817); at T=2 and 4 per-step or level (LSTM H=256 T=4 B=16: 0.67x of the row
+// blocks' time); at T=8 level for H=256 (per-step / row blocks 0.89-1.19) and per-step ahead at
+// H=512 (0.71-1.01); at T=16 and 35 row blocks ahead at H=256 (GRU T=35 B=32 6.0 vs 6.6 ms,
+// RNN B=16 1.06 vs 1.41 ms) and level at H=512 (W 3-4 MB; within 2% at T=35). Whole rule set
+// against the one before: /tmp/t1 grid in benchmarks/cpu_notes.md.
+constexpr int64_t kMinRowBlockSteps = 8;
+constexpr int64_t kDefaultL2Bytes = int64_t{1} << 20;
 constexpr int64_t kMaxAutoMacs = int64_t{1} << 16;
 
 // In auto, the lanes run float32 recurrences of batches of up to max_lane_rows(H) rows, whatever
@@ -78,7 +93,7 @@ constexpr int64_t kMaxAutoMacs = int64_t{1} << 16;
 // 1.76 / 2.02x vs lanes 1.54 / 1.86x; the rest within ~5%), row blocks ahead at B=32 and 128
 // (GRU H=256 B=32 inference 1.85x vs 1.55x, LSTM H=256 B=128 inference 0.92x vs 0.72x; H=128
 // B=128 1.36-1.98x vs 0.64-1.62x). So on it lanes run up to 8 rows and row blocks
-// above (row_blocks).
+// above (row_blocks) in long sequences; short ones see row_blocks and lanes below.
 int64_t max_lane_rows(int64_t H) {
   if (!own_packed_backend()) return H >= 512 ? 16 : H >= 256 ? 8 : H >= 128 ? 2 : 1;
   return H >= 128 ? 8 : 1;
@@ -108,7 +123,19 @@ std::atomic<int>& setting() {
 
 }  // namespace
 
-std::vector<int64_t> row_blocks(int64_t B, int64_t H, int64_t gates, bool float32) {
+int64_t l2_cache_bytes() {
+  static const int64_t bytes = [] {
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    const long value = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (value > 0) return static_cast<int64_t>(value);
+#endif
+    return kDefaultL2Bytes;
+  }();
+  return bytes;
+}
+
+std::vector<int64_t> row_blocks(int64_t B, int64_t H, int64_t gates, bool float32,
+                                int64_t steps) {
   const CpuSchedule schedule = static_cast<CpuSchedule>(setting().load());
   if (schedule == CpuSchedule::kLanes) return {};
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
@@ -118,7 +145,8 @@ std::vector<int64_t> row_blocks(int64_t B, int64_t H, int64_t gates, bool float3
     blocks = std::max<int64_t>(1, std::min(threads, tiles));
   } else if (schedule == CpuSchedule::kAuto && float32 && threads >= 2) {
     const bool own = own_packed_backend();
-    if ((own && tiles >= threads) ||
+    if ((own && tiles >= threads && steps >= kMinRowBlockSteps &&
+         gates * H * H * static_cast<int64_t>(sizeof(float)) <= l2_cache_bytes()) ||
         (!own && gemm_backend() == "mkl-packed" && B >= kMinAutoRows * threads &&
          gates * H * H <= kMaxAutoMacs)) {
       blocks = std::min(threads, tiles);
@@ -231,11 +259,18 @@ struct BackwardSteps {
 
 }  // namespace
 
-std::vector<int64_t> lanes(int64_t B, int64_t H, bool float32) {
+std::vector<int64_t> lanes(int64_t B, int64_t H, bool float32, int64_t steps) {
 #if defined(_OPENMP)
   const CpuSchedule schedule = static_cast<CpuSchedule>(setting().load());
+  // On the own packed GEMM also batches of fewer than min_prepared_rows() rows over all steps
+  // (H >= 128): the per-step schedule runs those on W as it is (ATen's mm per tile), and the
+  // lanes (W_hh in place, dot products) took 0.63-0.75x its time at T=1 B=16 inference (GRU,
+  // LSTM, RNN, H=256 and 512; 2026-12-07, Zen 4 VM) and 0.53-0.83x in training.
+  const bool short_unprepared =
+      own_packed_backend() && H >= 128 && B * steps < min_prepared_rows();
   const bool wanted = schedule == CpuSchedule::kLanes ||
-                      (schedule == CpuSchedule::kAuto && float32 && B <= max_lane_rows(H));
+                      (schedule == CpuSchedule::kAuto && float32 &&
+                       (B <= max_lane_rows(H) || short_unprepared));
   if (!wanted || B == 0 || H == 0) return {};
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
   const int64_t count = std::max<int64_t>(1, std::min(threads, H / kLaneUnits));
@@ -246,7 +281,7 @@ std::vector<int64_t> lanes(int64_t B, int64_t H, bool float32) {
 #else
   // at::parallel_for without OpenMP (ATen's own thread pool) may run the lanes one after
   // another, and a lane waiting at the step barrier would then wait forever.
-  (void)B, (void)H, (void)float32;
+  (void)B, (void)H, (void)float32, (void)steps;
   return {};
 #endif
 }
@@ -415,9 +450,9 @@ bool lanes_backward(const RecurrenceBackward<S>& p, const std::vector<int64_t>& 
 template <typename S>
 bool recurrence_forward(const RecurrenceForward<S>& p) {
   const int64_t T = p.steps, B = p.batch, H = p.hidden, G = gates_of(p.cell);
-  const std::vector<int64_t> units = lanes(B, H, std::is_same_v<S, float>);
+  const std::vector<int64_t> units = lanes(B, H, std::is_same_v<S, float>, T);
   if (!units.empty()) return lanes_forward(p, units);
-  const std::vector<int64_t> starts = row_blocks(B, H, G, std::is_same_v<S, float>);
+  const std::vector<int64_t> starts = row_blocks(B, H, G, std::is_same_v<S, float>, T);
   if (starts.empty()) return false;
   const RowKernels<S>& k = row_kernels<S>();
   // gh = h_prev W_hh^T (GRU: a buffer of its own; LSTM / RNN: added to x in place)
@@ -438,9 +473,9 @@ bool recurrence_forward(const RecurrenceForward<S>& p) {
 template <typename S>
 bool recurrence_backward(const RecurrenceBackward<S>& p) {
   const int64_t T = p.steps, B = p.batch, H = p.hidden, G = gates_of(p.cell);
-  const std::vector<int64_t> units = lanes(B, H, std::is_same_v<S, float>);
+  const std::vector<int64_t> units = lanes(B, H, std::is_same_v<S, float>, T);
   if (!units.empty()) return lanes_backward(p, units);
-  const std::vector<int64_t> starts = row_blocks(B, H, G, std::is_same_v<S, float>);
+  const std::vector<int64_t> starts = row_blocks(B, H, G, std::is_same_v<S, float>, T);
   if (starts.empty()) return false;
   const RowKernels<S>& k = row_kernels<S>();
   // dh += d_h W_hh (d_h: GRU's d_gh, LSTM's d_gates, RNN's d_pre)
