@@ -59,8 +59,9 @@ constexpr int64_t kMinAutoRows = 16;
 // H=512 2156 vs 817); at T=2 and 4 per-step or level (LSTM H=256 T=4 B=16: 0.67x of the row
 // blocks' time); at T=8 level for H=256 (per-step / row blocks 0.89-1.19) and per-step ahead at
 // H=512 (0.71-1.01); at T=16 and 35 row blocks ahead at H=256 (GRU T=35 B=32 6.0 vs 6.6 ms,
-// RNN B=16 1.06 vs 1.41 ms) and level at H=512 (W 3-4 MB; within 2% at T=35). Whole rule set
-// against the one before: /tmp/t1 grid in benchmarks/cpu_notes.md.
+// RNN B=16 1.06 vs 1.41 ms) and level at H=512 (W 3-4 MB; within 2% at T=35). With this rule,
+// forced row blocks / auto time: T=1 0.93-1.78, T=4 0.90-1.66, T=8 0.96-1.26
+// (benchmarks/results/cpu_short_schedules_zen4_2026-12-07.md; benchmarks/cpu_notes.md).
 constexpr int64_t kMinRowBlockSteps = 8;
 constexpr int64_t kDefaultL2Bytes = int64_t{1} << 20;
 constexpr int64_t kMaxAutoMacs = int64_t{1} << 16;
