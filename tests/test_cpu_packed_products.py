@@ -109,13 +109,13 @@ def chunk_rows():
 
 
 @pytest.mark.parametrize("b_layout", ["row-major", "weight-transposed"])
-@pytest.mark.parametrize("M,K,N", [(32, 1030, 70), (16, 300, 200), (40, 520, 130)])
+@pytest.mark.parametrize("M,K,N", [(32, 1030, 200), (16, 2100, 90), (40, 520, 300)])
 def test_packed_mm_chunks_of_the_right_operand_keep_the_bits(M, K, N, b_layout, threads,
                                                            chunk_rows):
-    """Products of fewer than _packed_chunk_rows() rows pack b chunk by chunk (~128 KB of
-    columns at a time: 16 columns at K=1030, 96 at K=300, 48 at K=520, so several chunks per
-    thread's tile here): every element is still one sum over k in order, so the bits of whole
-    panels, for 1 to 3 threads, and float64's values."""
+    """Products of fewer than _packed_chunk_rows() rows pack b chunk by chunk (~256 KB of
+    columns at a time, at least 64: 64 columns at K=1030 and 2100, 112 at K=520, so several
+    chunks per thread's tile here, and a partial last one): every element is still one sum over
+    k in order, so the bits of whole panels, for 1 to 3 threads, and float64's values."""
     assert fused_rnn._C._packed_chunk_rows() > M   # the default chunks these products
     a, b, want = operands(M, K, N, "row-major", b_layout)
     results = []

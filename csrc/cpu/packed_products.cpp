@@ -38,9 +38,11 @@ constexpr int64_t kMinPackedProductRows = 16;
 // such sizes fresh pages now and then: up to ~2000 page faults per T=1 GRU training step at
 // B=32 H=512 on the Zen 4 VM, 2026-12-07) and read it back from memory. Alone, with hot caches,
 // chunks of 64-256 KB took 0.91-1.0x the time of whole panels at 16-512 rows ([M, 512] x W^T
-// [512, 1536] and [M, 1536] x W [1536, 512], 2 threads; 10 interleaved rounds).
+// [512, 1536] and [M, 1536] x W [1536, 512], 2 threads; 10 interleaved rounds); at least 64
+// columns of 256 KB 0.98-1.02x at 16-128 rows in a second run.
 constexpr int64_t kDefaultChunkRows = 512;
-constexpr int64_t kChunkBytes = int64_t{1} << 17;
+constexpr int64_t kChunkBytes = int64_t{1} << 18;
+constexpr int64_t kMinChunkCols = 4 * U;
 std::atomic<int64_t>& chunk_rows() {
   static std::atomic<int64_t> rows{kDefaultChunkRows};
   return rows;
@@ -69,10 +71,11 @@ struct ProductTiles {
   std::pair<int64_t, int64_t> rows(int64_t t) const { return part(M, row_parts, t / col_parts, 8); }
 };
 
-// Columns of a chunk of the right operand packed at a time (see packed_mm_into): ~kChunkBytes.
+// Columns of a chunk of the right operand packed at a time (see packed_mm_into): ~kChunkBytes,
+// at least kMinChunkCols (4 strips: whole register tiles of the kernel where K is long).
 int64_t chunk_cols(int64_t K) {
   const int64_t cols = kChunkBytes / (K * static_cast<int64_t>(sizeof(float))) / U * U;
-  return std::max<int64_t>(U, cols);
+  return std::max<int64_t>(kMinChunkCols, cols);
 }
 
 }  // namespace
