@@ -141,7 +141,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Choose the CPU schedule: 'auto', 'per-step', 'row-blocks' or 'lanes' (testing, "
         "benchmarking).");
   m.def("_cpu_row_blocks", &fused_rnn::cpu::row_blocks, pybind11::arg("batch"),
-        pybind11::arg("hidden"), pybind11::arg("gates"), pybind11::arg("float32"), pybind11::arg("steps") = 1000,
+        pybind11::arg("hidden"), pybind11::arg("gates"), pybind11::arg("float32"),
+        pybind11::arg("steps") = 1000,
         "First batch rows of the row blocks the CPU would run a recurrence of `steps` steps in "
         "now (and batch at the end); empty: per-step (tests).");
   m.def("_cpu_lanes", &fused_rnn::cpu::lanes, pybind11::arg("batch"), pybind11::arg("hidden"),

@@ -215,6 +215,14 @@ struct OwnPackedGemm final : HiddenGemm<float> {
   }
 };
 
+// A [rows, cols] tensor over a step's rows at p (row stride `row_stride`, unit column stride):
+// no copy, no ownership.
+at::Tensor row_view(const float* p, int64_t rows, int64_t cols, int64_t row_stride,
+                    const at::TensorOptions& options) {
+  return at::for_blob(const_cast<float*>(p), {rows, cols}).strides({row_stride, 1})
+      .options(options).make_tensor();
+}
+
 // A single step's product on the own kernel: out (+)= h op(W) as a one-shot product
 // (packed_mm_into: op(W) packed per call, in chunks for few rows), W as it is between calls.
 struct OneShotPackedGemm final : HiddenGemm<float> {
@@ -224,10 +232,8 @@ struct OneShotPackedGemm final : HiddenGemm<float> {
            bool accumulate) const override {
     if (rows == 0) return;
     const int64_t K = w_op.size(0), N = w_op.size(1);
-    const at::Tensor h_t = at::for_blob(const_cast<float*>(h), {rows, K})  // h_t: [rows, K]
-                               .strides({h_row, 1}).options(w_op.options()).make_tensor();
-    at::Tensor out_t = at::for_blob(out, {rows, N})                        // out_t: [rows, N]
-                           .strides({out_row, 1}).options(w_op.options()).make_tensor();
+    const at::Tensor h_t = row_view(h, rows, K, h_row, w_op.options());  // h_t: [rows, K]
+    at::Tensor out_t = row_view(out, rows, N, out_row, w_op.options());  // out_t: [rows, N]
     packed_mm_into(out_t, h_t, w_op, accumulate);
   }
 };
@@ -314,10 +320,8 @@ struct SwappedGemm final : HiddenGemm<float> {
            bool accumulate) const override {
     if (rows == 0) return;
     const int64_t N = w.size(0), K = w.size(1);
-    const at::Tensor h_t = at::for_blob(const_cast<float*>(h), {rows, K})  // h_t: [rows, K]
-                               .strides({h_row, 1}).options(w.options()).make_tensor();
-    at::Tensor out_t = at::for_blob(out, {rows, N})                        // out_t: [rows, N]
-                           .strides({out_row, 1}).options(w.options()).make_tensor();
+    const at::Tensor h_t = row_view(h, rows, K, h_row, w.options());  // h_t: [rows, K]
+    at::Tensor out_t = row_view(out, rows, N, out_row, w.options());  // out_t: [rows, N]
     for_tiles(rows, N, kTileRows, [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
       // product: [c1 - c0, r1 - r0]
       const at::Tensor product =

@@ -26,8 +26,8 @@ constexpr int64_t kTileRows = 8;
 // from min_prepared_rows() rows in all on, for float the library's own kernel on W packed into
 // strips ("own-packed", the default) or MKL's packed GEMM ("mkl-packed", where torch has MKL),
 // else ATen's mm on a contiguous copy of op(W) ("aten"); below, and for a single step except
-// the forward's on the own kernel, ATen's mm on W as it is (preparing W costs more than it
-// saves there). The BLAS ones in fixed tiles (kTileRows); the own kernel's bits do not depend
+// on the own kernel (a one-shot packed product from min_prepared_rows() rows), ATen's mm on W
+// as it is (preparing W costs more than it saves there). The BLAS ones in fixed tiles (kTileRows); the own kernel's bits do not depend
 // on how a step is split (gemm_on_panel).
 template <typename scalar_t>
 std::unique_ptr<HiddenGemm<scalar_t>> hidden_gemm(const at::Tensor& w, bool transpose_w,
@@ -71,15 +71,16 @@ std::string cpu_schedule();
 void set_cpu_schedule(const std::string& name);  // raises on an unknown name
 
 // First batch rows of the row blocks a recurrence of B rows, hidden size H, `gates` gates
-// (GRU 3, LSTM 4, RNN 1) and `steps` steps would run in now (and B at the end); empty: the per-step schedule.
+// (GRU 3, LSTM 4, RNN 1) and `steps` steps would run in now (and B at the end); empty: the
+// per-step schedule.
 // Blocks are whole tiles of kTileRows rows (the last one may be partial), so that they run the
 // hidden GEMM's tiles of the per-step schedule.
 std::vector<int64_t> row_blocks(int64_t B, int64_t H, int64_t gates, bool float32,
                                 int64_t steps);
 
 // First hidden units of the lanes a recurrence of B rows, hidden size H and `steps` steps
-// would run in now
-// (and H at the end): multiples of kLaneUnits, one lane per thread at most; empty: not lanes.
+// would run in now (and H at the end): multiples of kLaneUnits, one lane per thread at most;
+// empty: not lanes.
 std::vector<int64_t> lanes(int64_t B, int64_t H, bool float32, int64_t steps);
 // The L2 cache of a core (sysconf; 1 MB where it does not say).
 int64_t l2_cache_bytes();

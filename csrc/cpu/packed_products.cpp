@@ -127,6 +127,18 @@ void packed_mm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, b
   float* op = out.data_ptr<float>();
   const RowKernels<float>& k = row_kernels<float>();
 
+  // out's columns [c0, c0 + nc) for a's rows [r0, r1): b's columns packed into `panel`, then
+  // multiplied
+  const auto pack_and_multiply = [&](int64_t c0, int64_t nc, int64_t r0, int64_t r1,
+                                     float* panel) {
+    if (b_transposed) {  // w: [N, K], its rows c0 .. c0 + nc
+      k.lane_pack(bp + c0 * K, 0, 1, nc, K, panel);
+    } else {
+      k.lane_pack_columns(bp + c0, b_.stride(0), K, nc, panel);
+    }
+    k.gemm_packed(ap + r0 * a_row, a_row, a_k, r1 - r0, K, panel, nc,
+                  op + r0 * out.stride(0) + c0, out.stride(0), accumulate);
+  };
   const ProductTiles tiles(M, N);
   const int64_t chunk = M < packed_chunk_rows() ? chunk_cols(K) : 0;
   if (chunk > 0) {
@@ -141,19 +153,13 @@ void packed_mm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, b
           const int64_t nc = std::min(chunk, c1 - cc);
           const size_t size = static_cast<size_t>(lane_panel_size(1, nc, K));
           if (buffer.size() < size) buffer.resize(size);
-          if (b_transposed) {  // w: [N, K], its rows cc .. cc + nc
-            k.lane_pack(bp + cc * K, 0, 1, nc, K, buffer.data());
-          } else {
-            k.lane_pack_columns(bp + cc, b_.stride(0), K, nc, buffer.data());
-          }
-          k.gemm_packed(ap + r0 * a_row, a_row, a_k, r1 - r0, K, buffer.data(), nc,
-                        op + r0 * out.stride(0) + cc, out.stride(0), accumulate);
+          pack_and_multiply(cc, nc, r0, r1, buffer.data());
         }
       }
     });
     return;
   }
-  // each tile packs its own columns
+  // each tile packs all its columns first
   std::vector<int64_t> offsets(tiles.count() + 1, 0);
   for (int64_t t = 0; t < tiles.count(); ++t) {
     const auto [c0, c1] = tiles.cols(t);
@@ -165,14 +171,7 @@ void packed_mm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, b
       const auto [c0, c1] = tiles.cols(t);
       const auto [r0, r1] = tiles.rows(t);
       if (c1 <= c0 || r1 <= r0) continue;
-      float* panel = panels.get() + offsets[t];
-      if (b_transposed) {  // w: [N, K], its rows c0 .. c1
-        k.lane_pack(bp + c0 * K, 0, 1, c1 - c0, K, panel);
-      } else {
-        k.lane_pack_columns(bp + c0, b_.stride(0), K, c1 - c0, panel);
-      }
-      k.gemm_packed(ap + r0 * a_row, a_row, a_k, r1 - r0, K, panel, c1 - c0,
-                    op + r0 * out.stride(0) + c0, out.stride(0), accumulate);
+      pack_and_multiply(c0, c1 - c0, r0, r1, panels.get() + offsets[t]);
     }
   });
 }
