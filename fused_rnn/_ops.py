@@ -24,23 +24,37 @@ def _call(op, *args):
       register_autograd but skips that wrapper's per-call work (its redispatch from Python and
       torch's `fill_defaults`, which rebuilds the argument list from the schema on every call):
       ~190-290 us less per T=1 training step of one layer here. Not under autocast (its
-      kernels sit above autograd and cast the arguments that autograd then saves) nor under
-      functorch transforms, where the operator is called as it is, as are the other operators
-      (the backward ones, differentiated again only under create_graph).
+      kernels sit above autograd and cast the arguments that autograd then saves), where the
+      operator is called as it is, as are the other operators (the backward ones,
+      differentiated again only under create_graph).
+    - torch.jit.trace: the operator itself, so the traced graph holds fused_rnn::* (it can be
+      saved and loaded, and traces the same whether grad mode is on or not: trace's check).
+    - Under torch.func transforms (grad, vjp, jacrev, vmap, functional_call inside them): every
+      operator with an autograd formula through `_FUNCTORCH_AUTOGRAD`'s autograd.Function, which
+      has a separate setup_context and a generated vmap rule, as torch.func needs. The Function
+      that register_autograd installs has no setup_context, and torch.func refuses it
+      (pytorch/pytorch#168393, #170834: "must override the setup_context staticmethod").
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return op(*args)
-    if not torch.is_grad_enabled():
+    if not torch.is_grad_enabled() and not _functorch_active():
         with torch._C._AutoDispatchBelowAutograd():
             return op(*args)
-    function = _EAGER_AUTOGRAD.get(op._qualified_op_name)
-    if function is None or _autocast_enabled() or _functorch_active():
+    if _autocast_enabled():
         return op(*args)
-    return function.apply(*args)
+    name = op._qualified_op_name
+    if _functorch_active():
+        function = _FUNCTORCH_AUTOGRAD.get(name)
+        return op(*args) if function is None else function.apply(*args)
+    function = _EAGER_AUTOGRAD.get(name)
+    return op(*args) if function is None else function.apply(*args)
 
 
 # qualified forward operator name -> autograd.Function running it eagerly (see _call).
 _EAGER_AUTOGRAD = {}
+# qualified operator name (forward and backward operators) -> autograd.Function in the form
+# torch.func transforms accept (see _call).
+_FUNCTORCH_AUTOGRAD = {}
 # torch's own checks (private: a torch without them gets the operator itself every time)
 _autocast_enabled = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
 _functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: True)
@@ -61,7 +75,38 @@ def _register_autograd(name: str, backward, setup_context) -> None:
 
     _EAGER_AUTOGRAD[name] = type(f"Fused_{op_name}", (torch.autograd.Function,),
                                  {"forward": staticmethod(forward),
-                                  "backward": staticmethod(backward)})
+                                  "backward": staticmethod(backward),
+                                  "jvp": staticmethod(_no_forward_mode(name))})
+    _register_functorch_autograd(name, backward, setup_context)
+
+
+def _no_forward_mode(name: str):
+    """A jvp staticmethod that says forward-mode AD is not supported, naming the operator
+    (torch's own message would name no library)."""
+    def jvp(ctx, *tangents):
+        raise NotImplementedError(
+            f"fused_rnn: forward-mode AD (torch.func.jvp / jacfwd / hessian, "
+            f"torch.autograd.forward_ad) is not supported by the fused layers (operator {name}); "
+            f"reverse mode is (backward, torch.func.grad / vjp / jacrev / vmap of grad). Use the "
+            f"nn.* layer for forward-mode derivatives.")
+    return jvp
+
+
+def _register_functorch_autograd(name: str, backward, setup_context) -> None:
+    """The operator `name` with this backward and setup_context as an autograd.Function that
+    torch.func transforms accept: forward without ctx, setup_context apart, and a vmap rule
+    generated from forward (under vmap the operator itself runs once per batch element)."""
+    op = getattr(ops, name.split("::")[1])
+
+    def forward(*args):
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+
+    _FUNCTORCH_AUTOGRAD[name] = type(
+        f"FusedFunc_{name.split('::')[1]}", (torch.autograd.Function,),
+        {"forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
+         "backward": staticmethod(backward), "jvp": staticmethod(_no_forward_mode(name)),
+         "generate_vmap_rule": True})
 
 
 def _batch_major(input: Tensor) -> bool:
@@ -366,6 +411,7 @@ def _register_no_double_backward(backward_op: str, layer: str) -> None:
 
     torch.library.register_autograd(f"fused_rnn::{backward_op}", backward,
                                     setup_context=setup_context)
+    _register_functorch_autograd(f"fused_rnn::{backward_op}", backward, setup_context)
 
 
 for _op, _layer in [("gru_backward", "GRU"), ("gru_textbook_backward", "GRU"),
@@ -379,6 +425,11 @@ for _op, _layer in [("gru_backward", "GRU"), ("gru_textbook_backward", "GRU"),
 # --------------------------------------------------------------------------------------------
 
 def _needs_grad(*tensors: Optional[Tensor]) -> bool:
+    """Whether the forward operator saves its activations for a backward. Always while
+    torch.jit.trace records: the traced graph keeps the value as a constant and must serve
+    training as well (trace's own check traces again under no_grad and compares)."""
+    if torch.jit.is_tracing():
+        return True
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 

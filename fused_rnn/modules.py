@@ -55,6 +55,16 @@ class _FusedRNNBase(nn.RNNBase):
     """Layer / direction loop shared by the fused modules; one fused op call per layer and
     direction. Subclasses give the number of state tensors and the one-layer function."""
 
+    def __prepare_scriptable__(self):
+        """torch.jit.script calls this first: the forward is Python (PackedSequence, token ids,
+        lengths, the operators' autograd), not TorchScript, so say what works instead of
+        failing inside the script compiler."""
+        raise RuntimeError(
+            f"fused_rnn.{type(self).__name__} cannot be compiled by torch.jit.script "
+            f"(TorchScript); use torch.compile, torch.export.export or torch.jit.trace, which "
+            f"record the fused operators (fused_rnn::*), or nn.{type(self).__name__} for "
+            f"TorchScript.")
+
     def _layer_weights(self, idx: int):
         """w_ih: [G*H, I_l], w_hh: [G*H, H], b_ih, b_hh: [G*H] or None, of layer*dirs + dir
         (LSTM with proj_size: w_hh: [4H, P], and w_hr: [P, H] follows)."""
