@@ -83,7 +83,7 @@ def test_schedules_against_per_step(cell, variant, batch, threads, schedule_and_
         torch.testing.assert_close(b, a, **tol)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("cell", CELLS)
 def test_schedules_give_identical_bits_in_other_dtypes(cell, dtype, schedule_and_threads):
     torch.set_num_threads(2)
@@ -217,7 +217,7 @@ def test_lanes_match_nn(cell, dtype, schedule_and_threads):
         compare_packed_with_nn(ref, fused, x, packed, hx, dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("cell", CELLS)
 def test_lanes_bits_do_not_depend_on_the_thread_count(cell, dtype, schedule_and_threads):
     """H=70: 1 to 4 lanes ([0, 70], [0, 32, 70], [0, 16, 32, 70], [0, 16, 32, 48, 70]); batches

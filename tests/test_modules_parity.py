@@ -47,6 +47,18 @@ def test_module_matches_nn_sizes_float64(device, cell, T, B, I, H):
 
 
 @pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_module_float16_on_cpu_matches_nn(cell, bidirectional):
+    """module.half() on the CPU, as nn.* runs it there (the fused kernels store float16 and
+    compute in float)."""
+    torch.manual_seed(0)
+    ref, fused = nn_and_fused(cell, 6, 9, torch.float16, num_layers=2,
+                              bidirectional=bidirectional)
+    x = torch.randn(5, 3, 6, dtype=torch.float16, requires_grad=True)
+    compare_with_nn(ref, fused, x, None, torch.float16)
+
+
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_unbatched_input_matches_nn(cell, batch_first):
     torch.manual_seed(0)

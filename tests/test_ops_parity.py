@@ -133,11 +133,13 @@ def test_op_half_types_on_cuda_match_reference(cell, dtype, T, B, I, H):
 
 
 @pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 @pytest.mark.parametrize("T,B,I,H", SIZES)
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-def test_op_bfloat16_on_cpu_matches_reference(cell, T, B, I, H, reverse):
-    """bfloat16 on the CPU (what CPU autocast gives nn.LSTM / nn.RNN): computed in float."""
-    check_against_reference(cell, T, B, I, H, torch.bfloat16, True, reverse, "seq_major", "cpu")
+def test_op_half_types_on_cpu_match_reference(cell, dtype, T, B, I, H, reverse):
+    """bfloat16 (what CPU autocast gives nn.LSTM / nn.RNN) and float16 (nn.*'s .half() on the
+    CPU) on the CPU: stored in the half type, computed in float."""
+    check_against_reference(cell, T, B, I, H, dtype, True, reverse, "seq_major", "cpu")
 
 
 @pytest.mark.parametrize("cell", CELLS)

@@ -365,11 +365,40 @@ std::unique_ptr<HiddenGemm<S>> prepared_gemm(const at::Tensor& w, bool transpose
   return aten_gemm<S>(w, transpose_w);
 }
 
+// float16: the float32 product of the float32 copy of W (hidden_gemm<float>'s choice for the
+// same shapes), the step's rows converted to float32 on the way in and the result rounded to
+// float16 once on the way out (after the sum with out's values where it accumulates): ATen's
+// float16 GEMMs are ~40x slower than float32 ones (rnn_driver.h cpu_half).
+struct HalfViaFloatGemm final : HiddenGemm<c10::Half> {
+  at::Tensor w_float;                         // w as float32 (what `inner` runs on)
+  std::unique_ptr<HiddenGemm<float>> inner;   // op(W) products in float32
+  int64_t k, n;                               // op(W): [k, n]
+  HalfViaFloatGemm(const at::Tensor& w, bool transpose_w, int64_t rows, int64_t steps);
+  void run(const c10::Half* h, int64_t h_row, c10::Half* out, int64_t out_row, int64_t rows,
+           bool accumulate) const override {
+    if (rows == 0 || n == 0) return;
+    thread_local std::vector<float> h_f, out_f;  // [rows, k], [rows, n]
+    h_f.resize(static_cast<size_t>(rows * k));
+    out_f.resize(static_cast<size_t>(rows * n));
+    for (int64_t r = 0; r < rows; ++r) {
+      std::copy(h + r * h_row, h + r * h_row + k, h_f.data() + r * k);
+      if (accumulate) std::copy(out + r * out_row, out + r * out_row + n, out_f.data() + r * n);
+    }
+    inner->run(h_f.data(), k, out_f.data(), n, rows, accumulate);
+    for (int64_t r = 0; r < rows; ++r) {
+      std::copy(out_f.data() + r * n, out_f.data() + (r + 1) * n, out + r * out_row);
+    }
+  }
+};
+
 }  // namespace
 
 template <typename S>
 std::unique_ptr<HiddenGemm<S>> hidden_gemm(const at::Tensor& w, bool transpose_w, int64_t rows,
                                            int64_t steps) {
+  if constexpr (std::is_same_v<S, c10::Half>) {
+    return std::make_unique<HalfViaFloatGemm>(w, transpose_w, rows, steps);
+  }
   // MKL's packing (or the transposed copy) of a weight that only one step uses costs more than
   // it saves: it reads and writes all of W before the one GEMM reads it again (T=1, H=256,
   // training, 2 threads, one run, time without / with MKL's packing at B=32 and 128: RNN 0.83 /
@@ -398,10 +427,21 @@ std::unique_ptr<HiddenGemm<S>> hidden_gemm(const at::Tensor& w, bool transpose_w
 }
 template std::unique_ptr<HiddenGemm<float>> hidden_gemm<float>(const at::Tensor&, bool, int64_t,
                                                                int64_t);
+
+namespace {
+HalfViaFloatGemm::HalfViaFloatGemm(const at::Tensor& w, bool transpose_w, int64_t rows,
+                                   int64_t steps)
+    : w_float(w.to(at::kFloat)),
+      inner(hidden_gemm<float>(w_float, transpose_w, rows, steps)),
+      k(transpose_w ? w.size(1) : w.size(0)),
+      n(transpose_w ? w.size(0) : w.size(1)) {}
+}  // namespace
 template std::unique_ptr<HiddenGemm<double>> hidden_gemm<double>(const at::Tensor&, bool,
                                                                  int64_t, int64_t);
 template std::unique_ptr<HiddenGemm<c10::BFloat16>> hidden_gemm<c10::BFloat16>(
     const at::Tensor&, bool, int64_t, int64_t);
+template std::unique_ptr<HiddenGemm<c10::Half>> hidden_gemm<c10::Half>(const at::Tensor&, bool,
+                                                                       int64_t, int64_t);
 
 std::string gemm_backend() {
   switch (static_cast<Backend>(backend().load())) {

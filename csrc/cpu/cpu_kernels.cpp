@@ -67,6 +67,10 @@ template <>
 const RowKernels<c10::BFloat16>& row_kernels<c10::BFloat16>() {
   return active().load(std::memory_order_relaxed)->bf16;
 }
+template <>
+const RowKernels<c10::Half>& row_kernels<c10::Half>() {
+  return active().load(std::memory_order_relaxed)->f16;
+}
 
 namespace {
 
@@ -144,6 +148,7 @@ const StepKernels<scalar_t>& step_kernels() {
 template const StepKernels<float>& step_kernels<float>();
 template const StepKernels<double>& step_kernels<double>();
 template const StepKernels<c10::BFloat16>& step_kernels<c10::BFloat16>();
+template const StepKernels<c10::Half>& step_kernels<c10::Half>();
 
 template <typename S>
 void column_sums_parallel(const at::Tensor& m, at::Tensor& out) {
@@ -165,6 +170,7 @@ at::Tensor bias_grad(const at::Tensor& d_g2d_) {
     case at::kFloat: column_sums_parallel<float>(d_g2d, out); break;
     case at::kDouble: column_sums_parallel<double>(d_g2d, out); break;
     case at::kBFloat16: column_sums_parallel<c10::BFloat16>(d_g2d, out); break;
+    case at::kHalf: column_sums_parallel<c10::Half>(d_g2d, out); break;
     default: TORCH_CHECK(false, "fused_rnn: bias_grad: unsupported dtype ", d_g2d.scalar_type());
   }
   return out;

@@ -495,9 +495,11 @@ bool recurrence_backward(const RecurrenceBackward<S>& p) {
 template bool recurrence_forward<float>(const RecurrenceForward<float>&);
 template bool recurrence_forward<double>(const RecurrenceForward<double>&);
 template bool recurrence_forward<c10::BFloat16>(const RecurrenceForward<c10::BFloat16>&);
+template bool recurrence_forward<c10::Half>(const RecurrenceForward<c10::Half>&);
 template bool recurrence_backward<float>(const RecurrenceBackward<float>&);
 template bool recurrence_backward<double>(const RecurrenceBackward<double>&);
 template bool recurrence_backward<c10::BFloat16>(const RecurrenceBackward<c10::BFloat16>&);
+template bool recurrence_backward<c10::Half>(const RecurrenceBackward<c10::Half>&);
 
 std::string cpu_schedule() {
   switch (static_cast<CpuSchedule>(setting().load())) {

@@ -26,9 +26,10 @@ struct CpuBackend {
       case at::kFloat: return f(float{});
       case at::kDouble: return f(double{});
       case at::kBFloat16: return f(c10::BFloat16{});
+      case at::kHalf: return f(c10::Half{});
       default:
-        TORCH_CHECK(false, op, ": the CPU kernels support float32, float64 and bfloat16, got dtype ",
-                    w.scalar_type());
+        TORCH_CHECK(false, op, ": the CPU kernels support float32, float64, bfloat16 and ",
+                    "float16, got dtype ", w.scalar_type());
     }
   }
 };

@@ -164,6 +164,10 @@ template <>
 struct Acc<c10::BFloat16> {
   using type = float;
 };
+template <>
+struct Acc<c10::Half> {
+  using type = float;
+};
 template <typename S>
 using acc_t = typename Acc<S>::type;
 
@@ -1141,7 +1145,7 @@ constexpr RowKernels<S> row_kernels() {
 
 extern const IsaKernels FUSED_RNN_CAT(kIsaKernels, CPU_CAPABILITY) = {
     FUSED_RNN_STR(CPU_CAPABILITY), row_kernels<float>(), row_kernels<double>(),
-    row_kernels<c10::BFloat16>()};
+    row_kernels<c10::BFloat16>(), row_kernels<c10::Half>()};
 
 }  // namespace cpu
 }  // namespace fused_rnn

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <cstdint>
 #include <type_traits>
@@ -17,7 +18,7 @@ template <typename Step>
 using UnitRowKernel = void (*)(const Step&, int64_t b_begin, int64_t b_end, int64_t j_begin,
                                int64_t j_end);
 
-// The packed lane weights (RowKernels::lane_pack): float for float and bfloat16 weights (the type
+// The packed lane weights (RowKernels::lane_pack): float for float, bfloat16 and float16 weights (the type
 // the products accumulate in), double for double; each gate's units padded to a multiple of
 // kLanePanelUnits (so that no SIMD vector spans two gates, whatever the instruction set).
 template <typename scalar_t>
@@ -111,6 +112,7 @@ struct IsaKernels {
   RowKernels<float> f32;
   RowKernels<double> f64;
   RowKernels<c10::BFloat16> bf16;
+  RowKernels<c10::Half> f16;
 };
 
 extern const IsaKernels kIsaKernelsDEFAULT;
