@@ -114,8 +114,12 @@ LARGE_GEMM_N = {"cpu": 2048, "cuda": 8192}
 
 
 def large_gemm(device, dtype):
-    """The reference GEMM of the GEMM share: (a function running it, its FLOPs)."""
+    """The reference GEMM of the GEMM share: (a function running it, its FLOPs). float16 on the
+    CPU: a float32 GEMM, as the fused layers run their float16 products in float32 there (ATen's
+    float16 GEMM ran ~40x slower than float32 on the development VM)."""
     n = LARGE_GEMM_N[device]
+    if device == "cpu" and dtype == torch.float16:
+        dtype = torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     return (lambda: torch.mm(a, b)), 2 * n ** 3
@@ -348,7 +352,9 @@ def markdown(rows, info, rates):
            "MKL's packed-weight buffers, which ask ~7.3 MB more than the weight, of which only "
            "about the weight's size is ever written), in brackets the bytes autograd saves "
            "for the backward")
-    rate_text = ", ".join(f"{d} {r / 1e9:.0f} GFLOP/s" for d, r in rates.items())
+    rate_text = ", ".join(
+        f"{d}{' (a float32 GEMM, see large_gemm)' if d == 'float16' and info['device'] == 'cpu' else ''}"
+        f" {r / 1e9:.0f} GFLOP/s" for d, r in rates.items())
     point_rates = [r["gemm_flops_per_s"] for r in rows if r.get("gemm_rate_interleaved")]
     if point_rates:
         rate_text = (f"{rate_text} at the start; in each point's own interleaved rounds "

@@ -79,17 +79,23 @@ void add_weight_grad(Tensor& dw, const Tensor& d_g2d, const Tensor& rows);
 Tensor bias_grad(const Tensor& d_g2d);
 }  // namespace cpu
 
-// float16 on the CPU: ATen's float16 GEMMs ran ~40x slower than float32 ones on the
-// development VM (AMD EPYC Zen 4, torch 2.14.1, 2026-12-07: [1120, 256] x [256, 768] 157 ms vs
-// 3.8 ms; no float16 BLAS there), so the CPU's float16 products run in float32 on float32
-// copies of their operands (exact), each result rounded to float16 once (cpu::hidden_gemm
-// likewise for the per-step products).
-inline bool cpu_half(const Tensor& t) { return t.is_cpu() && t.scalar_type() == at::kHalf; }
+// float16 and bfloat16 on the CPU: every product runs in float32 on float32 copies of its
+// operands (exact), its result rounded to the half type once (cpu::hidden_gemm likewise for the
+// per-step products), on the float32 kernels (the own packed kernel from 16 rows). Measured on
+// the development VM (AMD EPYC Zen 4, 2 threads, torch 2.14.1, 2026-12-07): ATen's float16
+// GEMMs ran ~40x slower than float32 ones ([1120, 256] x [256, 768] 157 ms vs 3.8 ms; no
+// float16 BLAS there); bfloat16 layers against ATen's bfloat16 GEMMs in the fixed tiles,
+// T=35 H=256, 7 interleaved rounds, via float32 / bfloat16 time: inference LSTM B=32 0.52,
+// B=128 0.63, GRU B=32 0.65, RNN B=32 0.57; training LSTM B=32 0.97, B=128 0.96, GRU B=32 0.83,
+// B=128 0.96, H=512 1.01, RNN B=128 0.77 (benchmarks/cpu_notes.md).
+inline bool cpu_via_float(const Tensor& t) {
+  return t.is_cpu() && (t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16);
+}
 
 // a: [M, K] times b: [K, N] on the CPU, bit-identical whatever the thread count: float32 from
 // 16 rows on the library's own kernel (cpu::packed_mm), else in fixed BLAS tiles (cpu::mm).
 inline Tensor cpu_product(const Tensor& a, const Tensor& b) {
-  if (cpu_half(a)) return cpu_product(a.to(at::kFloat), b.to(at::kFloat)).to(at::kHalf);
+  if (cpu_via_float(a)) return cpu_product(a.to(at::kFloat), b.to(at::kFloat)).to(a.scalar_type());
   if (a.scalar_type() == at::kFloat && cpu::packed_products(a.size(0))) {
     return cpu::packed_mm(a, b);
   }
@@ -100,7 +106,7 @@ inline Tensor cpu_product(const Tensor& a, const Tensor& b) {
 // rows as (W x^T)^T for the row counts of swapped_product.
 inline Tensor project_rows(const Tensor& rows, const Tensor& w) {
   if (!rows.is_cpu()) return at::mm(rows, w.t());
-  if (cpu_half(rows)) return project_rows(rows.to(at::kFloat), w.to(at::kFloat)).to(at::kHalf);
+  if (cpu_via_float(rows)) return project_rows(rows.to(at::kFloat), w.to(at::kFloat)).to(rows.scalar_type());
   if (rows.scalar_type() == at::kFloat && !cpu::packed_products(rows.size(0)) &&
       cpu::swapped_product(rows.size(0))) {
     return cpu::mm(w, rows.t()).t().contiguous();
@@ -123,8 +129,8 @@ inline Tensor input_projection(const SeqLayout& lay, const Tensor& x, const Tens
 // depend on the thread count: cpu::weight_grad avoids that. Other devices: one GEMM
 // (deterministic for given shapes).
 inline Tensor weight_grad(const Tensor& d_g2d, const Tensor& rows) {
-  if (cpu_half(d_g2d)) {
-    return cpu::weight_grad(d_g2d.to(at::kFloat), rows.to(at::kFloat)).to(at::kHalf);
+  if (cpu_via_float(d_g2d)) {
+    return cpu::weight_grad(d_g2d.to(at::kFloat), rows.to(at::kFloat)).to(d_g2d.scalar_type());
   }
   return d_g2d.is_cpu() ? cpu::weight_grad(d_g2d, rows) : at::mm(d_g2d.t(), rows);
 }
@@ -203,7 +209,7 @@ inline Tensor recurrent_weight_grad(const SeqLayout& lay, const Tensor& d_g2d,
                                     const Tensor& lengths) {
   const int64_t T = output.size(0), B = output.size(1);
   if (!d_g2d.is_cpu() || lay.batch_major || (reverse && lengths.defined()) || T < 2 ||
-      cpu_half(d_g2d)) {
+      cpu_via_float(d_g2d)) {
     return weight_grad(
         d_g2d, lay.rows(previous_states(lay, inner_contiguous(output), h0, reverse, lengths)));
   }

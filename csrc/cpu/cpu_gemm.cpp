@@ -365,16 +365,17 @@ std::unique_ptr<HiddenGemm<S>> prepared_gemm(const at::Tensor& w, bool transpose
   return aten_gemm<S>(w, transpose_w);
 }
 
-// float16: the float32 product of the float32 copy of W (hidden_gemm<float>'s choice for the
-// same shapes), the step's rows converted to float32 on the way in and the result rounded to
-// float16 once on the way out (after the sum with out's values where it accumulates): ATen's
-// float16 GEMMs are ~40x slower than float32 ones (rnn_driver.h cpu_half).
-struct HalfViaFloatGemm final : HiddenGemm<c10::Half> {
+// float16 and bfloat16: the float32 product of the float32 copy of W (hidden_gemm<float>'s choice
+// for the same shapes), the step's rows converted to float32 on the way in and the result
+// rounded to the half type once on the way out (after the sum with out's values where it
+// accumulates), as the one-shot products (rnn_driver.h cpu_via_float, with the measurements).
+template <typename S>
+struct ViaFloatGemm final : HiddenGemm<S> {
   at::Tensor w_float;                         // w as float32 (what `inner` runs on)
   std::unique_ptr<HiddenGemm<float>> inner;   // op(W) products in float32
   int64_t k, n;                               // op(W): [k, n]
-  HalfViaFloatGemm(const at::Tensor& w, bool transpose_w, int64_t rows, int64_t steps);
-  void run(const c10::Half* h, int64_t h_row, c10::Half* out, int64_t out_row, int64_t rows,
+  ViaFloatGemm(const at::Tensor& w, bool transpose_w, int64_t rows, int64_t steps);
+  void run(const S* h, int64_t h_row, S* out, int64_t out_row, int64_t rows,
            bool accumulate) const override {
     if (rows == 0 || n == 0) return;
     thread_local std::vector<float> h_f, out_f;  // [rows, k], [rows, n]
@@ -396,8 +397,8 @@ struct HalfViaFloatGemm final : HiddenGemm<c10::Half> {
 template <typename S>
 std::unique_ptr<HiddenGemm<S>> hidden_gemm(const at::Tensor& w, bool transpose_w, int64_t rows,
                                            int64_t steps) {
-  if constexpr (std::is_same_v<S, c10::Half>) {
-    return std::make_unique<HalfViaFloatGemm>(w, transpose_w, rows, steps);
+  if constexpr (std::is_same_v<S, c10::Half> || std::is_same_v<S, c10::BFloat16>) {
+    return std::make_unique<ViaFloatGemm<S>>(w, transpose_w, rows, steps);
   }
   // MKL's packing (or the transposed copy) of a weight that only one step uses costs more than
   // it saves: it reads and writes all of W before the one GEMM reads it again (T=1, H=256,
@@ -429,8 +430,9 @@ template std::unique_ptr<HiddenGemm<float>> hidden_gemm<float>(const at::Tensor&
                                                                int64_t);
 
 namespace {
-HalfViaFloatGemm::HalfViaFloatGemm(const at::Tensor& w, bool transpose_w, int64_t rows,
-                                   int64_t steps)
+template <typename S>
+ViaFloatGemm<S>::ViaFloatGemm(const at::Tensor& w, bool transpose_w, int64_t rows,
+                              int64_t steps)
     : w_float(w.to(at::kFloat)),
       inner(hidden_gemm<float>(w_float, transpose_w, rows, steps)),
       k(transpose_w ? w.size(1) : w.size(0)),
