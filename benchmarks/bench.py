@@ -352,9 +352,9 @@ def markdown(rows, info, rates):
            "MKL's packed-weight buffers, which ask ~7.3 MB more than the weight, of which only "
            "about the weight's size is ever written), in brackets the bytes autograd saves "
            "for the backward")
-    rate_text = ", ".join(
-        f"{d}{' (a float32 GEMM, see large_gemm)' if d == 'float16' and info['device'] == 'cpu' else ''}"
-        f" {r / 1e9:.0f} GFLOP/s" for d, r in rates.items())
+    def rate_name(d):  # float16 on the CPU is timed as a float32 GEMM (large_gemm)
+        return f"{d} (a float32 GEMM)" if d == "float16" and info["device"] == "cpu" else d
+    rate_text = ", ".join(f"{rate_name(d)} {r / 1e9:.0f} GFLOP/s" for d, r in rates.items())
     point_rates = [r["gemm_flops_per_s"] for r in rows if r.get("gemm_rate_interleaved")]
     if point_rates:
         rate_text = (f"{rate_text} at the start; in each point's own interleaved rounds "

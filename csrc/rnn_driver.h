@@ -95,7 +95,9 @@ inline bool cpu_via_float(const Tensor& t) {
 // a: [M, K] times b: [K, N] on the CPU, bit-identical whatever the thread count: float32 from
 // 16 rows on the library's own kernel (cpu::packed_mm), else in fixed BLAS tiles (cpu::mm).
 inline Tensor cpu_product(const Tensor& a, const Tensor& b) {
-  if (cpu_via_float(a)) return cpu_product(a.to(at::kFloat), b.to(at::kFloat)).to(a.scalar_type());
+  if (cpu_via_float(a)) {
+    return cpu_product(a.to(at::kFloat), b.to(at::kFloat)).to(a.scalar_type());
+  }
   if (a.scalar_type() == at::kFloat && cpu::packed_products(a.size(0))) {
     return cpu::packed_mm(a, b);
   }
@@ -106,7 +108,9 @@ inline Tensor cpu_product(const Tensor& a, const Tensor& b) {
 // rows as (W x^T)^T for the row counts of swapped_product.
 inline Tensor project_rows(const Tensor& rows, const Tensor& w) {
   if (!rows.is_cpu()) return at::mm(rows, w.t());
-  if (cpu_via_float(rows)) return project_rows(rows.to(at::kFloat), w.to(at::kFloat)).to(rows.scalar_type());
+  if (cpu_via_float(rows)) {
+    return project_rows(rows.to(at::kFloat), w.to(at::kFloat)).to(rows.scalar_type());
+  }
   if (rows.scalar_type() == at::kFloat && !cpu::packed_products(rows.size(0)) &&
       cpu::swapped_product(rows.size(0))) {
     return cpu::mm(w, rows.t()).t().contiguous();

@@ -37,7 +37,7 @@ def _call(op, *args):
     """
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return op(*args)
-    if not torch.is_grad_enabled() and not _functorch_active():
+    if not torch.is_grad_enabled():
         with torch._C._AutoDispatchBelowAutograd():
             return op(*args)
     if _autocast_enabled():
@@ -96,14 +96,15 @@ def _register_functorch_autograd(name: str, backward, setup_context) -> None:
     """The operator `name` with this backward and setup_context as an autograd.Function that
     torch.func transforms accept: forward without ctx, setup_context apart, and a vmap rule
     generated from forward (under vmap the operator itself runs once per batch element)."""
-    op = getattr(ops, name.split("::")[1])
+    op_name = name.split("::")[1]
+    op = getattr(ops, op_name)
 
     def forward(*args):
         with torch._C._AutoDispatchBelowAutograd():
             return op(*args)
 
     _FUNCTORCH_AUTOGRAD[name] = type(
-        f"FusedFunc_{name.split('::')[1]}", (torch.autograd.Function,),
+        f"FusedFunc_{op_name}", (torch.autograd.Function,),
         {"forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
          "backward": staticmethod(backward), "jvp": staticmethod(_no_forward_mode(name)),
          "generate_vmap_rule": True})

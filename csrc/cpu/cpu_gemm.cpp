@@ -374,7 +374,11 @@ struct ViaFloatGemm final : HiddenGemm<S> {
   at::Tensor w_float;                         // w as float32 (what `inner` runs on)
   std::unique_ptr<HiddenGemm<float>> inner;   // op(W) products in float32
   int64_t k, n;                               // op(W): [k, n]
-  ViaFloatGemm(const at::Tensor& w, bool transpose_w, int64_t rows, int64_t steps);
+  ViaFloatGemm(const at::Tensor& w, bool transpose_w, int64_t rows, int64_t steps)
+      : w_float(w.to(at::kFloat)),
+        inner(hidden_gemm<float>(w_float, transpose_w, rows, steps)),
+        k(transpose_w ? w.size(1) : w.size(0)),
+        n(transpose_w ? w.size(0) : w.size(1)) {}
   void run(const S* h, int64_t h_row, S* out, int64_t out_row, int64_t rows,
            bool accumulate) const override {
     if (rows == 0 || n == 0) return;
@@ -428,16 +432,6 @@ std::unique_ptr<HiddenGemm<S>> hidden_gemm(const at::Tensor& w, bool transpose_w
 }
 template std::unique_ptr<HiddenGemm<float>> hidden_gemm<float>(const at::Tensor&, bool, int64_t,
                                                                int64_t);
-
-namespace {
-template <typename S>
-ViaFloatGemm<S>::ViaFloatGemm(const at::Tensor& w, bool transpose_w, int64_t rows,
-                              int64_t steps)
-    : w_float(w.to(at::kFloat)),
-      inner(hidden_gemm<float>(w_float, transpose_w, rows, steps)),
-      k(transpose_w ? w.size(1) : w.size(0)),
-      n(transpose_w ? w.size(0) : w.size(1)) {}
-}  // namespace
 template std::unique_ptr<HiddenGemm<double>> hidden_gemm<double>(const at::Tensor&, bool,
                                                                  int64_t, int64_t);
 template std::unique_ptr<HiddenGemm<c10::BFloat16>> hidden_gemm<c10::BFloat16>(

@@ -18,9 +18,10 @@ template <typename Step>
 using UnitRowKernel = void (*)(const Step&, int64_t b_begin, int64_t b_end, int64_t j_begin,
                                int64_t j_end);
 
-// The packed lane weights (RowKernels::lane_pack): float for float, bfloat16 and float16 weights (the type
-// the products accumulate in), double for double; each gate's units padded to a multiple of
-// kLanePanelUnits (so that no SIMD vector spans two gates, whatever the instruction set).
+// The packed lane weights (RowKernels::lane_pack): float for float, bfloat16 and float16 weights
+// (the type the products accumulate in), double for double; each gate's units padded to a
+// multiple of kLanePanelUnits (so that no SIMD vector spans two gates, whatever the instruction
+// set).
 template <typename scalar_t>
 using lane_panel_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 constexpr int64_t kLanePanelUnits = 16;
