@@ -4,12 +4,14 @@ Environment:
   FUSED_RNN_FORCE_CPU=1   build the CPU kernels only, even where CUDA is usable.
   FORCE_CUDA=1            build the CUDA kernels even without a visible GPU (needs CUDA_HOME and
                           an explicit TORCH_CUDA_ARCH_LIST, e.g. "9.0").
-  FUSED_RNN_NO_ISA=1      skip the AVX2 / AVX512 builds of the CPU step kernels (portable only).
+  FUSED_RNN_NO_ISA=1      skip the AVX2 / AVX512 / AVX512_BF16 builds of the CPU kernels
+                          (portable only).
   MAX_JOBS                parallel compile jobs (ninja).
 """
 import glob
 import os
 import platform
+import subprocess
 
 from setuptools import find_packages, setup
 
@@ -50,32 +52,55 @@ def nvidia_include_dirs():
     return [d for d in dirs if os.path.isdir(d)]
 
 
-# Instruction-set builds of the CPU step kernels (csrc/cpu/row_kernels.cpp), chosen at run time.
-# The flags match ATen's own per-capability builds. Never -march=native: the binary must run on
-# any x86-64 CPU, and falls back to the portable DEFAULT build.
-ISA_SOURCE = os.path.join(CSRC, "cpu", "row_kernels.cpp")
+# Instruction-set builds of CPU kernels, chosen at run time: name -> (flags, sources). The step
+# kernels (csrc/cpu/row_kernels.cpp) as AVX2 and AVX512, with the flags of ATen's own
+# per-capability builds; the bfloat16 dot-product kernels (csrc/cpu/bf16_dot_kernels.cpp, used
+# where the CPU has AVX512_BF16) only as AVX512_BF16, where the compiler takes -mavx512bf16.
+# Never -march=native: the binary must run on any x86-64 CPU, and falls back to the portable
+# DEFAULT build.
+ROW_KERNELS = os.path.join(CSRC, "cpu", "row_kernels.cpp")
+BF16_DOT_KERNELS = os.path.join(CSRC, "cpu", "bf16_dot_kernels.cpp")
+AVX512_FLAGS = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"]
 ISA_BUILDS = {
-    "AVX2": ["-mavx2", "-mfma", "-mf16c"],
-    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"],
+    "AVX2": (["-mavx2", "-mfma", "-mf16c"], [ROW_KERNELS]),
+    "AVX512": (AVX512_FLAGS, [ROW_KERNELS]),
+    "AVX512_BF16": (AVX512_FLAGS + ["-mavx512bf16"], [BF16_DOT_KERNELS]),
 }
+
+
+def compiler_takes(flags):
+    """Whether the C++ compiler builds a file with these flags (an old GCC / clang may not know
+    -mavx512bf16)."""
+    cxx = os.environ.get("CXX", "c++")
+    code = "#include <immintrin.h>\nint main() { return 0; }\n"
+    try:
+        result = subprocess.run([cxx, *flags, "-x", "c++", "-c", "-", "-o", os.devnull],
+                                input=code, text=True, capture_output=True, timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return result.returncode == 0
 
 
 def isa_builds():
     if env_flag("FUSED_RNN_NO_ISA") or platform.machine().lower() not in ("x86_64", "amd64"):
         return {}
-    return ISA_BUILDS
+    builds = dict(ISA_BUILDS)
+    if not compiler_takes(builds["AVX512_BF16"][0]):
+        print("fused_rnn: the compiler does not take -mavx512bf16: no AVX512_BF16 build")
+        del builds["AVX512_BF16"]
+    return builds
 
 
 class BuildWithIsaVariants(BuildExtension):
     """BuildExtension that also compiles the per-instruction-set objects of the CPU kernels
-    (same source, other -D and -m flags) and links them into the extension."""
+    (their own -D and -m flags) and links them into the extension."""
 
     def build_extension(self, ext):
-        for name, flags in isa_builds().items():
+        for name, (flags, sources) in ISA_BUILDS_IN_USE.items():
             cxx = list(ext.extra_compile_args["cxx"]) + flags + [
                 f"-DCPU_CAPABILITY={name}", f"-DCPU_CAPABILITY_{name}"]
             objects = self.compiler.compile(
-                [ISA_SOURCE],
+                sources,
                 output_dir=os.path.join(self.build_temp, f"isa_{name}"),
                 macros=ext.define_macros,
                 include_dirs=ext.include_dirs,
@@ -86,14 +111,19 @@ class BuildWithIsaVariants(BuildExtension):
         super().build_extension(ext)
 
 
+ISA_BUILDS_IN_USE = isa_builds()
+
+
 def extension():
     with_cuda = want_cuda()
-    sources = [os.path.join(CSRC, "ops.cpp")] + sorted(glob.glob(os.path.join(CSRC, "cpu", "*.cpp")))
+    sources = [os.path.join(CSRC, "ops.cpp")] + sorted(
+        f for f in glob.glob(os.path.join(CSRC, "cpu", "*.cpp")) if f != BF16_DOT_KERNELS)
     cxx = ["-O3", "-fopenmp", "-Wall", "-Wno-unused-function", "-Wno-unknown-pragmas", "-Wno-psabi",
            "-Wno-maybe-uninitialized"]
     nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]  # -std: torch picks its own
-    macros = [(f"FUSED_RNN_CPU_{name}", None) for name in isa_builds()]
-    depends = sorted(glob.glob(os.path.join(CSRC, "**", "*.h"), recursive=True)) + [ISA_SOURCE]
+    macros = [(f"FUSED_RNN_CPU_{name}", None) for name in ISA_BUILDS_IN_USE]
+    depends = sorted(glob.glob(os.path.join(CSRC, "**", "*.h"), recursive=True)) + [
+        ROW_KERNELS, BF16_DOT_KERNELS]
     kwargs = dict(
         name="fused_rnn._C",
         define_macros=macros,

@@ -123,10 +123,24 @@ TORCH_LIBRARY(fused_rnn, m) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fused_rnn C++/CUDA kernels; the operators live in torch.ops.fused_rnn";
   m.def("cpu_isa", &fused_rnn::cpu::active_isa,
-        "Instruction-set build of the CPU step kernels in use (DEFAULT, AVX2, AVX512).");
+        "Instruction-set build of the CPU kernels in use (DEFAULT, AVX2, AVX512, AVX512_BF16).");
   m.def("available_cpu_isas", &fused_rnn::cpu::available_isas,
         "Instruction-set builds compiled in that this CPU can run, best last.");
   m.def("set_cpu_isa", &fused_rnn::cpu::set_isa, "Use another instruction-set build.");
+  m.def(
+      "_bf16_dot_mm",
+      [](const at::Tensor& a, const at::Tensor& b) {
+        // a: [M, K], b: [K, N], bfloat16 CPU tensors (any strides) -> [M, N]
+        const fused_rnn::cpu::Bf16DotKernels* dot = fused_rnn::cpu::bf16_dot_kernels();
+        TORCH_CHECK(dot != nullptr, "fused_rnn: the CPU build in use (",
+                    fused_rnn::cpu::active_isa(), ") has no bfloat16 dot products");
+        TORCH_CHECK(a.device().is_cpu() && b.device().is_cpu() && a.dim() == 2 && b.dim() == 2 &&
+                        a.size(1) == b.size(0),
+                    "fused_rnn: _bf16_dot_mm takes CPU matrices [M, K] and [K, N]; got ",
+                    a.sizes(), " and ", b.sizes());
+        return fused_rnn::cpu::bf16_dot_mm(*dot, a, b);
+      },
+      "Test hook: a @ b on the bfloat16 dot-product kernels of the AVX512_BF16 build.");
   m.def("cpu_gemm_backend", &fused_rnn::cpu::gemm_backend,
         "Per-step GEMM of the CPU kernels: 'own-packed' (float32, the library's own kernel; "
         "default off Intel CPUs), 'mkl-packed' (float32 with MKL; default on Intel CPUs) or "

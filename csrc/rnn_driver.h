@@ -77,6 +77,11 @@ Tensor weight_grad(const Tensor& d_g2d, const Tensor& rows);
 void add_weight_grad(Tensor& dw, const Tensor& d_g2d, const Tensor& rows);
 // db: [G] = d_g2d summed over its rows, likewise (csrc/cpu/cpu_kernels.cpp).
 Tensor bias_grad(const Tensor& d_g2d);
+// The bfloat16 products on AVX512_BF16's dot products where the build in use has them (else
+// null), and a: [M, K] times b: [K, N] on them, likewise bit-identical (csrc/cpu/bf16_dot.h).
+struct Bf16DotKernels;
+const Bf16DotKernels* bf16_dot_kernels();
+Tensor bf16_dot_mm(const Bf16DotKernels& dot, const Tensor& a, const Tensor& b);
 }  // namespace cpu
 
 // float16 and bfloat16 on the CPU: every product runs in float32 on float32 copies of its
@@ -88,13 +93,22 @@ Tensor bias_grad(const Tensor& d_g2d);
 // T=35 H=256, 7 interleaved rounds, via float32 / bfloat16 time: inference LSTM B=32 0.52,
 // B=128 0.63, GRU B=32 0.65, RNN B=32 0.57; training LSTM B=32 0.97, B=128 0.96, GRU B=32 0.83,
 // B=128 0.96, H=512 1.01, RNN B=128 0.77 (benchmarks/cpu_notes.md).
+// Where the CPU has AVX512_BF16 (the build "AVX512_BF16"), bfloat16 products run on its dot
+// products instead (cpu_bf16_dot; cpu::hidden_gemm likewise), from the bfloat16 operands, sums
+// in float32, rounded once.
 inline bool cpu_via_float(const Tensor& t) {
   return t.is_cpu() && (t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16);
+}
+
+// The dot-product kernels for a bfloat16 CPU product, or null.
+inline const cpu::Bf16DotKernels* cpu_bf16_dot(const Tensor& t) {
+  return t.is_cpu() && t.scalar_type() == at::kBFloat16 ? cpu::bf16_dot_kernels() : nullptr;
 }
 
 // a: [M, K] times b: [K, N] on the CPU, bit-identical whatever the thread count: float32 from
 // 16 rows on the library's own kernel (cpu::packed_mm), else in fixed BLAS tiles (cpu::mm).
 inline Tensor cpu_product(const Tensor& a, const Tensor& b) {
+  if (const cpu::Bf16DotKernels* dot = cpu_bf16_dot(a)) return cpu::bf16_dot_mm(*dot, a, b);
   if (cpu_via_float(a)) {
     return cpu_product(a.to(at::kFloat), b.to(at::kFloat)).to(a.scalar_type());
   }
@@ -108,6 +122,7 @@ inline Tensor cpu_product(const Tensor& a, const Tensor& b) {
 // rows as (W x^T)^T for the row counts of swapped_product.
 inline Tensor project_rows(const Tensor& rows, const Tensor& w) {
   if (!rows.is_cpu()) return at::mm(rows, w.t());
+  if (const cpu::Bf16DotKernels* dot = cpu_bf16_dot(rows)) return cpu::bf16_dot_mm(*dot, rows, w.t());
   if (cpu_via_float(rows)) {
     return project_rows(rows.to(at::kFloat), w.to(at::kFloat)).to(rows.scalar_type());
   }
@@ -133,6 +148,9 @@ inline Tensor input_projection(const SeqLayout& lay, const Tensor& x, const Tens
 // depend on the thread count: cpu::weight_grad avoids that. Other devices: one GEMM
 // (deterministic for given shapes).
 inline Tensor weight_grad(const Tensor& d_g2d, const Tensor& rows) {
+  if (const cpu::Bf16DotKernels* dot = cpu_bf16_dot(d_g2d)) {
+    return cpu::bf16_dot_mm(*dot, d_g2d.t(), rows);
+  }
   if (cpu_via_float(d_g2d)) {
     return cpu::weight_grad(d_g2d.to(at::kFloat), rows.to(at::kFloat)).to(d_g2d.scalar_type());
   }

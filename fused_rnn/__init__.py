@@ -20,7 +20,8 @@ __version__ = "0.1.0"
 
 
 def cpu_isa() -> str:
-    """Instruction-set build of the CPU step kernels in use: "DEFAULT", "AVX2" or "AVX512"."""
+    """Instruction-set build of the CPU kernels in use: "DEFAULT", "AVX2", "AVX512" or
+    "AVX512_BF16" (AVX512's, with the bfloat16 products on AVX512_BF16's dot products)."""
     return _C.cpu_isa()
 
 

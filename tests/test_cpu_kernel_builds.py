@@ -1,5 +1,6 @@
-"""CPU kernel builds and backends. Every instruction-set build of the CPU step kernels (DEFAULT, AVX2, AVX512 where the CPU has
-them) computes the same function, forward and backward; the best one is used by default."""
+"""CPU kernel builds and backends. Every instruction-set build of the CPU step kernels (DEFAULT, AVX2, AVX512, AVX512_BF16 where
+the CPU has them) computes the same function, forward and backward; the best one is used by default. (AVX512_BF16's bfloat16
+products: tests/test_cpu_bfloat16_dot_products.py.)"""
 import subprocess
 import sys
 

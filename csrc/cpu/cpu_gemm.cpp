@@ -396,11 +396,50 @@ struct ViaFloatGemm final : HiddenGemm<S> {
   }
 };
 
+// bfloat16 on AVX512_BF16's dot products (bf16_dot.h): op(W) packed once per call into a pair
+// panel, every step run from the bfloat16 rows, sums in float32, rounded once (after the sum
+// with out's values where it accumulates), split as gemm_on_panel: the same bits however a step
+// is split, so the row blocks match per-step.
+struct DotGemm final : HiddenGemm<c10::BFloat16> {
+  const Bf16DotKernels& dot;
+  std::unique_ptr<uint32_t[]> panel;  // dot_panel_size(k, n): op(W) in pairs
+  int64_t k, n;                       // op(W): [k, n]
+  // w_: [N, K] if transpose_w else [K, N]
+  DotGemm(const Bf16DotKernels& dot_, const at::Tensor& w_, bool transpose_w) : dot(dot_) {
+    const at::Tensor w = w_.contiguous();
+    k = transpose_w ? w.size(1) : w.size(0);
+    n = transpose_w ? w.size(0) : w.size(1);
+    panel.reset(new uint32_t[std::max<int64_t>(1, dot_panel_size(k, n))]);
+    const c10::BFloat16* src = w.data_ptr<c10::BFloat16>();
+    const int64_t tc = tile_cols(n);
+    at::parallel_for(0, (n + tc - 1) / tc, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t c0 = t * tc, nc = std::min(tc, n - c0);
+        uint32_t* dst = panel.get() + dot_strip_offset(c0, k);
+        if (transpose_w) {
+          dot.pack_rows(src + c0 * k, k, nc, k, dst);
+        } else {
+          dot.pack_columns(src + c0, n, k, nc, dst);
+        }
+      }
+    });
+  }
+  void run(const c10::BFloat16* h, int64_t h_row, c10::BFloat16* out, int64_t out_row,
+           int64_t rows, bool accumulate) const override {
+    dot_gemm_on_panel(dot, h, h_row, rows, k, panel.get(), n, out, out_row, accumulate);
+  }
+};
+
 }  // namespace
 
 template <typename S>
 std::unique_ptr<HiddenGemm<S>> hidden_gemm(const at::Tensor& w, bool transpose_w, int64_t rows,
                                            int64_t steps) {
+  if constexpr (std::is_same_v<S, c10::BFloat16>) {
+    if (const Bf16DotKernels* dot = bf16_dot_kernels()) {
+      return std::make_unique<DotGemm>(*dot, w, transpose_w);
+    }
+  }
   if constexpr (std::is_same_v<S, c10::Half> || std::is_same_v<S, c10::BFloat16>) {
     return std::make_unique<ViaFloatGemm<S>>(w, transpose_w, rows, steps);
   }

@@ -18,6 +18,31 @@
 namespace fused_rnn::cpu {
 namespace {
 
+// Whether the CPU has AVX512_BF16 (cpuid leaf 7, sub-leaf 1, EAX bit 5).
+bool cpu_has_avx512_bf16() {
+#if defined(__x86_64__) || defined(__i386__)
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid_max(0, nullptr) < 7) return false;
+  if (!__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) return false;
+  return (eax >> 5) & 1u;
+#else
+  return false;
+#endif
+}
+
+#if defined(FUSED_RNN_CPU_AVX512) && defined(FUSED_RNN_CPU_AVX512_BF16)
+// AVX512's row kernels with the bfloat16 products on the dot-product instruction.
+const IsaKernels& avx512_bf16_build() {
+  static const IsaKernels build = [] {
+    IsaKernels k = kIsaKernelsAVX512;
+    k.name = "AVX512_BF16";
+    k.bf16_dot = &kBf16DotKernels;
+    return k;
+  }();
+  return build;
+}
+#endif
+
 // Builds in this binary, best last, kept to those the CPU (and ATEN_CPU_CAPABILITY) allows.
 std::vector<const IsaKernels*> usable_builds() {
   const std::string cap = at::get_cpu_capability();  // what ATen itself uses: "AVX512", "AVX2", ...
@@ -27,6 +52,9 @@ std::vector<const IsaKernels*> usable_builds() {
 #endif
 #if defined(FUSED_RNN_CPU_AVX512)
   if (cap == "AVX512") builds.push_back(&kIsaKernelsAVX512);
+#if defined(FUSED_RNN_CPU_AVX512_BF16)
+  if (cap == "AVX512" && cpu_has_avx512_bf16()) builds.push_back(&avx512_bf16_build());
+#endif
 #endif
   return builds;
 }
@@ -53,6 +81,10 @@ bool intel_cpu() {
 #else
   return false;
 #endif
+}
+
+const Bf16DotKernels* bf16_dot_kernels() {
+  return active().load(std::memory_order_relaxed)->bf16_dot;
 }
 
 template <>

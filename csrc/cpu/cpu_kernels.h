@@ -120,7 +120,20 @@ bool recurrence_backward(const RecurrenceBackward<scalar_t>& p);
 // over threads, each column summed in row order (bit-identical whatever the thread count).
 at::Tensor bias_grad(const at::Tensor& d_g2d);
 
-// Name of the instruction-set build in use ("DEFAULT", "AVX2", "AVX512").
+// The bfloat16 dot-product kernels of the build in use (AVX512_BF16), or null: bfloat16 products
+// then run in float32 (rnn_driver.h cpu_via_float).
+const Bf16DotKernels* bf16_dot_kernels();
+// out: [M, N] = a: [M, K] b: [K, N], bfloat16, on those kernels (packed_products.cpp): b packed
+// into pair panels per call, column parts over the threads, then row parts; bit-identical
+// whatever the thread count.
+at::Tensor bf16_dot_mm(const Bf16DotKernels& dot, const at::Tensor& a, const at::Tensor& b);
+// out: [rows, N] (+)= a: [rows, K] (row stride a_row) times op(W): [K, N] in a pair panel,
+// split as gemm_on_panel.
+void dot_gemm_on_panel(const Bf16DotKernels& dot, const c10::BFloat16* a, int64_t a_row,
+                       int64_t rows, int64_t K, const uint32_t* panel, int64_t N,
+                       c10::BFloat16* out, int64_t out_row, bool accumulate);
+
+// Name of the instruction-set build in use ("DEFAULT", "AVX2", "AVX512", "AVX512_BF16").
 std::string active_isa();
 // The builds compiled into this binary that this CPU can run, best last.
 std::vector<std::string> available_isas();

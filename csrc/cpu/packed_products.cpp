@@ -193,6 +193,69 @@ void gemm_on_panel(const float* a, int64_t a_row, int64_t rows, int64_t K, const
   });
 }
 
+void dot_gemm_on_panel(const Bf16DotKernels& dot, const c10::BFloat16* a, int64_t a_row,
+                       int64_t rows, int64_t K, const uint32_t* panel, int64_t N,
+                       c10::BFloat16* out, int64_t out_row, bool accumulate) {
+  // a: [rows, K] (row stride a_row), panel: op(W) [K, N] in pairs, out: [rows, N]
+  if (rows <= 0 || N <= 0) return;
+  const ProductTiles tiles(rows, N);
+  at::parallel_for(0, tiles.count(), 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const auto [c0, c1] = tiles.cols(t);
+      const auto [r0, r1] = tiles.rows(t);
+      if (c1 <= c0 || r1 <= r0) continue;
+      dot.gemm(a + r0 * a_row, a_row, r1 - r0, K, panel + dot_strip_offset(c0, K), c1 - c0,
+               out + r0 * out_row + c0, out_row, accumulate);
+    }
+  });
+}
+
+at::Tensor bf16_dot_mm(const Bf16DotKernels& dot, const at::Tensor& a_, const at::Tensor& b_) {
+  // a: [M, K] (any strides), b: [K, N] (any strides) -> out: [M, N], all bfloat16
+  TORCH_CHECK(a_.scalar_type() == at::kBFloat16 && b_.scalar_type() == at::kBFloat16,
+              "fused_rnn: bf16_dot_mm takes bfloat16 operands");
+  const int64_t M = a_.size(0), K = a_.size(1), N = b_.size(1);
+  TORCH_CHECK(b_.size(0) == K, "fused_rnn: bf16_dot_mm shapes");
+  at::Tensor out = at::empty({M, N}, a_.options());
+  if (M == 0 || N == 0) return out;
+  const at::Tensor a = a_.stride(1) == 1 ? a_ : a_.contiguous();  // pairs along K adjacent
+  // b row-major (unit column stride), or the transposed view of a weight [N, K] (unit row
+  // stride: each column of b contiguous along K)
+  const bool b_transposed = b_.stride(1) != 1 && b_.stride(0) == 1;
+  const at::Tensor b = b_transposed || b_.stride(1) == 1 ? b_ : b_.contiguous();
+  const int64_t b_row = b_transposed ? b.stride(1) : b.stride(0);
+  const auto* ap = a.data_ptr<c10::BFloat16>();
+  const auto* bp = b.data_ptr<c10::BFloat16>();
+  auto* op = out.data_ptr<c10::BFloat16>();
+  // each tile packs its columns chunk by chunk (~kChunkBytes of pairs, whole strips) into a
+  // buffer of its thread, kept between calls, and runs all its rows on each chunk
+  const int64_t chunk = std::max<int64_t>(
+      kMinChunkCols,
+      kChunkBytes / (std::max<int64_t>(1, dot_pairs(K)) * int64_t{sizeof(uint32_t)}) / U * U);
+  const ProductTiles tiles(M, N);
+  at::parallel_for(0, tiles.count(), 1, [&](int64_t t0, int64_t t1) {
+    thread_local std::vector<uint32_t> buffer;
+    for (int64_t t = t0; t < t1; ++t) {
+      const auto [c0, c1] = tiles.cols(t);
+      const auto [r0, r1] = tiles.rows(t);
+      if (c1 <= c0 || r1 <= r0) continue;
+      for (int64_t cc = c0; cc < c1; cc += chunk) {
+        const int64_t nc = std::min(chunk, c1 - cc);
+        const size_t size = static_cast<size_t>(dot_panel_size(K, nc));
+        if (buffer.size() < size) buffer.resize(size);
+        if (b_transposed) {
+          dot.pack_rows(bp + cc * b_row, b_row, nc, K, buffer.data());
+        } else {
+          dot.pack_columns(bp + cc, b_row, K, nc, buffer.data());
+        }
+        dot.gemm(ap + r0 * a.stride(0), a.stride(0), r1 - r0, K, buffer.data(), nc,
+                 op + r0 * N + cc, N, /*accumulate=*/false);
+      }
+    }
+  });
+  return out;
+}
+
 at::Tensor packed_mm(const at::Tensor& a, const at::Tensor& b) {
   at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());  // out: [M, N]
   packed_mm_into(out, a, b, /*accumulate=*/false);

@@ -1145,7 +1145,7 @@ constexpr RowKernels<S> row_kernels() {
 
 extern const IsaKernels FUSED_RNN_CAT(kIsaKernels, CPU_CAPABILITY) = {
     FUSED_RNN_STR(CPU_CAPABILITY), row_kernels<float>(), row_kernels<double>(),
-    row_kernels<c10::BFloat16>(), row_kernels<c10::Half>()};
+    row_kernels<c10::BFloat16>(), row_kernels<c10::Half>(), /*bf16_dot=*/nullptr};
 
 }  // namespace cpu
 }  // namespace fused_rnn

@@ -9,6 +9,7 @@
 #include <type_traits>
 
 #include "../step_params.h"
+#include "bf16_dot.h"
 
 namespace fused_rnn::cpu {
 
@@ -109,11 +110,14 @@ struct RowKernels {
 };
 
 struct IsaKernels {
-  const char* name;  // "default", "avx2", "avx512"
+  const char* name;  // "DEFAULT", "AVX2", "AVX512", "AVX512_BF16"
   RowKernels<float> f32;
   RowKernels<double> f64;
   RowKernels<c10::BFloat16> bf16;
   RowKernels<c10::Half> f16;
+  // The bfloat16 products on AVX512_BF16's dot products (bf16_dot.h); null: bfloat16 products
+  // in float32. Set only in the AVX512_BF16 build (cpu_kernels.cpp: AVX512's row kernels).
+  const Bf16DotKernels* bf16_dot;
 };
 
 extern const IsaKernels kIsaKernelsDEFAULT;

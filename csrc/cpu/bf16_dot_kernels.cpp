@@ -1,0 +1,174 @@
+// The bfloat16 dot-product kernels (bf16_dot.h): compiled only by setup.py's AVX512_BF16 build
+// (-mavx512f -mavx512bw -mavx512vl -mavx512dq -mavx512bf16), never by the portable one, and
+// called only where the CPU has AVX512_BF16 (cpu_kernels.cpp).
+#if !defined(__AVX512BF16__) || !defined(__AVX512BW__)
+#error "bf16_dot_kernels.cpp needs -mavx512bf16 -mavx512bw (setup.py's AVX512_BF16 build)"
+#endif
+
+// GCC 12's AVX-512 intrinsics read _mm512_undefined_*() values (-Wuninitialized false positives)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <utility>
+
+#include "bf16_dot.h"
+
+namespace fused_rnn::cpu {
+namespace {
+
+constexpr int64_t U = kDotStripColumns;
+// A tile: up to kTileRows rows of a times up to kTileStrips strips of the panel (24 float32
+// accumulators, 3 weight vectors and a broadcast in AVX512's 32 registers), as the float32
+// outer-product kernel (row_kernels.cpp, kOuterRows).
+constexpr int kTileRows = 8;
+constexpr int kTileStrips = 3;
+// Rows of a run over all the column blocks before the next rows (they stay in L2 meanwhile).
+constexpr int64_t kChunkRows = 128;
+
+inline __m512bh as_pairs(__m512i v) { return (__m512bh)v; }  // the same 512 bits
+
+__mmask16 first_columns(int64_t n) {
+  return n >= U ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << n) - 1);
+}
+
+// float32 -> bfloat16 bits: nearest, ties to even; NaN -> 0x7FC0 (c10::BFloat16's rounding, so
+// that these products round as at::Tensor::to does).
+inline __m256i round_to_bf16(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i bias = _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, bias), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  r = _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0x7FC0));
+  return _mm512_cvtepi32_epi16(r);
+}
+
+inline __m512 widen(__m256i bits) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+// Rows a[0, R) times NV strips of the panel (strip c at panel + c * strip; cols columns in all,
+// the last strip possibly partial) -> out[0, R) x [0, cols).
+template <int R, int NV>
+void dot_tile(const uint16_t* a, int64_t a_row, int64_t K, const uint32_t* panel, int64_t strip,
+              int64_t cols, uint16_t* out, int64_t out_row, bool accumulate) {
+  __m512 acc[R][NV];
+  for (int r = 0; r < R; ++r) {
+    for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_setzero_ps();
+  }
+  const int64_t whole = K / 2;  // pairs with both rows of op(W) present
+  for (int64_t p = 0; p < whole; ++p) {
+    __m512bh w[NV];
+    for (int c = 0; c < NV; ++c) w[c] = as_pairs(_mm512_loadu_si512(panel + c * strip + p * U));
+    for (int r = 0; r < R; ++r) {
+      uint32_t pair;  // a[r, 2p] (low), a[r, 2p + 1] (high)
+      std::memcpy(&pair, a + r * a_row + 2 * p, sizeof(pair));
+      const __m512bh x = as_pairs(_mm512_set1_epi32(static_cast<int>(pair)));
+      for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], x, w[c]);
+    }
+  }
+  if (K % 2 != 0) {  // the last pair: a[r, K - 1] and zero (not the element past the row)
+    __m512bh w[NV];
+    for (int c = 0; c < NV; ++c) {
+      w[c] = as_pairs(_mm512_loadu_si512(panel + c * strip + whole * U));
+    }
+    for (int r = 0; r < R; ++r) {
+      const __m512bh x = as_pairs(_mm512_set1_epi32(static_cast<int>(a[r * a_row + K - 1])));
+      for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], x, w[c]);
+    }
+  }
+  for (int c = 0; c < NV; ++c) {
+    const __mmask16 mask = first_columns(cols - c * U);
+    for (int r = 0; r < R; ++r) {
+      uint16_t* dst = out + r * out_row + c * U;
+      __m512 v = acc[r][c];
+      if (accumulate) v = _mm512_add_ps(widen(_mm256_maskz_loadu_epi16(mask, dst)), v);
+      _mm256_mask_storeu_epi16(dst, mask, round_to_bf16(v));
+    }
+  }
+}
+
+using TileFn = void (*)(const uint16_t*, int64_t, int64_t, const uint32_t*, int64_t, int64_t,
+                        uint16_t*, int64_t, bool);
+
+template <int R, int... NV>
+constexpr std::array<TileFn, sizeof...(NV)> tiles_of_height(std::integer_sequence<int, NV...>) {
+  return {&dot_tile<R, NV + 1>...};
+}
+template <int... R>
+constexpr std::array<std::array<TileFn, kTileStrips>, sizeof...(R)> all_tiles(
+    std::integer_sequence<int, R...>) {
+  return {tiles_of_height<R + 1>(std::make_integer_sequence<int, kTileStrips>{})...};
+}
+// kTiles[R - 1][NV - 1]: the tile of R rows and NV strips.
+constexpr auto kTiles = all_tiles(std::make_integer_sequence<int, kTileRows>{});
+
+void gemm(const c10::BFloat16* a_, int64_t a_row, int64_t rows, int64_t K, const uint32_t* panel,
+          int64_t cols, c10::BFloat16* out_, int64_t out_row, bool accumulate) {
+  // a: [rows, K], panel: op(W) [K, cols] as pairs, out: [rows, cols]
+  const auto* a = reinterpret_cast<const uint16_t*>(a_);
+  auto* out = reinterpret_cast<uint16_t*>(out_);
+  const int64_t strip = dot_pairs(K) * U, strips = (cols + U - 1) / U;
+  for (int64_t m0 = 0; m0 < rows; m0 += kChunkRows) {
+    const int64_t m1 = std::min(rows, m0 + kChunkRows);
+    for (int64_t v = 0; v < strips; v += kTileStrips) {
+      const int64_t nv = std::min<int64_t>(kTileStrips, strips - v);
+      const int64_t nc = std::min(cols - v * U, nv * U);
+      for (int64_t r = m0; r < m1; r += kTileRows) {
+        const int64_t nr = std::min<int64_t>(kTileRows, m1 - r);
+        kTiles[nr - 1][nv - 1](a + r * a_row, a_row, K, panel + v * strip, strip, nc,
+                               out + r * out_row + v * U, out_row, accumulate);
+      }
+    }
+  }
+}
+
+void pack_columns(const c10::BFloat16* w_, int64_t w_row, int64_t K, int64_t cols,
+                  uint32_t* panel) {
+  // w: [K, cols] (rows w_row apart)
+  const auto* w = reinterpret_cast<const uint16_t*>(w_);
+  const int64_t pairs = dot_pairs(K);
+  for (int64_t c0 = 0; c0 < cols; c0 += U) {
+    const __mmask16 mask = first_columns(cols - c0);
+    uint32_t* dst = panel + dot_strip_offset(c0, K);
+    for (int64_t p = 0; p < pairs; ++p) {
+      const uint16_t* even = w + 2 * p * w_row + c0;
+      const __m512i lo = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, even));
+      const __m512i hi = 2 * p + 1 < K
+          ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, even + w_row))
+          : _mm512_setzero_si512();
+      _mm512_storeu_si512(dst + p * U, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+    }
+  }
+}
+
+void pack_rows(const c10::BFloat16* w_, int64_t w_row, int64_t cols, int64_t K, uint32_t* panel) {
+  // w: [cols, K] (rows w_row apart): column j of op(W) is row j of w, its pairs adjacent
+  const auto* w = reinterpret_cast<const uint16_t*>(w_);
+  const int64_t pairs = dot_pairs(K), whole = K / 2;
+  for (int64_t c0 = 0; c0 < cols; c0 += U) {
+    uint32_t* dst = panel + dot_strip_offset(c0, K);
+    for (int64_t j = 0; j < U; ++j) {
+      if (c0 + j >= cols) {
+        for (int64_t p = 0; p < pairs; ++p) dst[p * U + j] = 0;
+        continue;
+      }
+      const uint16_t* row = w + (c0 + j) * w_row;
+      for (int64_t p = 0; p < whole; ++p) {
+        std::memcpy(dst + p * U + j, row + 2 * p, sizeof(uint32_t));
+      }
+      if (whole < pairs) dst[whole * U + j] = row[K - 1];
+    }
+  }
+}
+
+}  // namespace
+
+extern const Bf16DotKernels kBf16DotKernels = {&pack_rows, &pack_columns, &gemm};
+
+}  // namespace fused_rnn::cpu
