@@ -46,7 +46,8 @@ def test_best_build_is_default_choice():
 # registers of a group empty, for every build's vector width.
 @pytest.mark.parametrize("hidden", [37, 70])
 @pytest.mark.parametrize("cell", ["GRU", "GRU-textbook", "LSTM", "RNN"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16],
+                         ids=["f32", "f64", "bf16", "f16"])
 def test_every_build_matches_portable_build(cell, dtype, hidden, restore_isa):
     base_out, base_grads = run(cell, "DEFAULT", dtype, hidden)
     for isa in fused_rnn.available_cpu_isas()[1:]:

@@ -18,6 +18,7 @@
 // lines of these headers.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#include <ATen/cpu/vec/functional.h>  // convert_from_float<BFloat16 / Half>
 #include <ATen/cpu/vec/vec.h>
 #pragma GCC diagnostic pop
 
@@ -177,6 +178,14 @@ inline Vec<acc_t<S>> load(const S* p, int64_t n) {
   using A = acc_t<S>;
   if constexpr (std::is_same_v<S, A>) {
     return n == Vec<S>::size() ? Vec<S>::loadu(p) : Vec<S>::loadu(p, n);
+  } else if (n == Vec<A>::size()) {  // ATen's conversion (vectorised in the AVX2 / AVX512 builds)
+    Vec<A> v;
+    if constexpr (std::is_same_v<S, c10::BFloat16>) {
+      at::vec::load_fp32_from_bf16(p, v);
+    } else {
+      at::vec::load_fp32_from_fp16(p, v);
+    }
+    return v;
   } else {
     alignas(64) A tmp[Vec<A>::size()] = {};
     for (int64_t i = 0; i < n; ++i) tmp[i] = static_cast<A>(p[i]);
@@ -192,6 +201,9 @@ inline void store(const Vec<acc_t<S>>& v, S* p, int64_t n) {
     } else {
       v.store(p, n);
     }
+  } else if (n == Vec<A>::size()) {
+    // rounded to nearest, ties to even, as static_cast<S> rounds (NaN stays NaN)
+    at::vec::convert_from_float<S>(v, v).store(p, static_cast<int>(n));
   } else {
     alignas(64) A tmp[Vec<A>::size()];
     v.store(tmp);
