@@ -67,7 +67,7 @@ def assert_product_close(got, a, b):
 
 # rows: tails of the 8-row tiles and the 128-row chunks; K: odd (the last pair half empty), 1, 2;
 # N: partial strips, tails of the 3-strip tiles; K=2049: pair panels of 1025 pairs, so that a
-# column chunk of the one-shot products is 64 columns and N=200 takes 4 chunks.
+# column chunk of the one-shot products is 48 columns and N=200 takes several chunks per tile.
 SHAPES = [(1, 1, 1), (3, 2, 5), (8, 7, 16), (9, 17, 17), (13, 256, 49), (129, 37, 33),
           (300, 64, 100), (5, 2049, 200)]
 

@@ -22,6 +22,8 @@ namespace fused_rnn::cpu {
 // holding op(W)[2p, j] in its low half and op(W)[2p + 1, j] in its high half (zero past K and
 // past N).
 constexpr int64_t kDotStripColumns = 16;
+// Strips of the kernel's register tile (Bf16DotKernels::gemm: 8 rows x 3 strips).
+constexpr int64_t kDotTileStrips = 3;
 constexpr int64_t dot_pairs(int64_t K) { return (K + 1) / 2; }
 // uint32 elements of the pair panel of an op(W) of K rows and N columns.
 constexpr int64_t dot_panel_size(int64_t K, int64_t N) {

@@ -26,7 +26,7 @@ constexpr int64_t U = kDotStripColumns;
 // accumulators, 3 weight vectors and a broadcast in AVX512's 32 registers), as the float32
 // outer-product kernel (row_kernels.cpp, kOuterRows).
 constexpr int kTileRows = 8;
-constexpr int kTileStrips = 3;
+constexpr int kTileStrips = static_cast<int>(kDotTileStrips);
 // Rows of a run over all the column blocks before the next rows (they stay in L2 meanwhile).
 constexpr int64_t kChunkRows = 128;
 

@@ -227,11 +227,14 @@ at::Tensor bf16_dot_mm(const Bf16DotKernels& dot, const at::Tensor& a_, const at
   const auto* ap = a.data_ptr<c10::BFloat16>();
   const auto* bp = b.data_ptr<c10::BFloat16>();
   auto* op = out.data_ptr<c10::BFloat16>();
-  // each tile packs its columns chunk by chunk (~kChunkBytes of pairs, whole strips) into a
-  // buffer of its thread, kept between calls, and runs all its rows on each chunk
+  // each tile packs its columns chunk by chunk (~kChunkBytes of pairs, whole groups of
+  // kDotTileStrips strips, at least one: no narrower tiles than the kernel's where the columns
+  // allow; the weight gradients' K = T*B made chunks of 4 strips run as 3 + 1) into a buffer of
+  // its thread, kept between calls, and runs all its rows on each chunk
+  constexpr int64_t kGroup = kDotTileStrips * U;
   const int64_t chunk = std::max<int64_t>(
-      kMinChunkCols,
-      kChunkBytes / (std::max<int64_t>(1, dot_pairs(K)) * int64_t{sizeof(uint32_t)}) / U * U);
+      1, kChunkBytes / (std::max<int64_t>(1, dot_pairs(K)) * int64_t{sizeof(uint32_t)}) /
+             kGroup) * kGroup;
   const ProductTiles tiles(M, N);
   at::parallel_for(0, tiles.count(), 1, [&](int64_t t0, int64_t t1) {
     thread_local std::vector<uint32_t> buffer;
