@@ -184,21 +184,23 @@ def test_layers_match_nn_in_float64_and_the_float32_products(cell, I, H, kw, res
 @needs_dot
 @pytest.mark.parametrize("cell", ["GRU", "LSTM", "RNN"])
 def test_layer_bits_do_not_depend_on_threads_or_schedule(cell, restore):
-    """Per-step (1 and 3 threads) and row blocks: the same bits on the dot products."""
+    """Per-step (1 and 3 threads), row blocks and lanes (2 and 3 lanes; their products are the
+    dot kernel's too): the same bits on the dot products."""
     fused_rnn.set_cpu_isa("AVX512_BF16")
     torch.manual_seed(0)
-    _, fused = nn_and_fused(cell, 9, 40, torch.bfloat16)
+    _, fused = nn_and_fused(cell, 9, 50, torch.bfloat16)  # 3 lanes: 16, 16 and 18 units
     x = bf16(8, 33, 9).requires_grad_(True)
     schedule = fused_rnn.cpu_schedule()
     got = {}
     try:
         for name, sched, threads in [("per-step 1", "per-step", 1), ("per-step 3", "per-step", 3),
-                                     ("row-blocks 2", "row-blocks", 2)]:
+                                     ("row-blocks 2", "row-blocks", 2), ("lanes 2", "lanes", 2),
+                                     ("lanes 3", "lanes", 3)]:
             fused_rnn.set_cpu_schedule(sched)
             torch.set_num_threads(threads)
             got[name] = results(fused, x)
     finally:
         fused_rnn.set_cpu_schedule(schedule)
-    for name in ("per-step 3", "row-blocks 2"):
+    for name in ("per-step 3", "row-blocks 2", "lanes 2", "lanes 3"):
         for a, b in zip(got["per-step 1"], got[name]):
             assert torch.equal(a, b), name

@@ -446,13 +446,97 @@ bool lanes_backward(const RecurrenceBackward<S>& p, const std::vector<int64_t>& 
   return true;
 }
 
+// bfloat16 lanes on the dot products (bf16_dot.h), where the build has them: the same schedules
+// as lanes_forward / lanes_backward with the lane's weights in pair panels, always packed (the
+// dot products need k in pairs), each product the dot kernel's (bits that depend only on the
+// row and column: the same for any lanes or thread count, and as the per-step schedule's
+// DotGemm).
+// Forward: lane l's panel holds its rows of each gate of W_hh, gate g from column g * up (up =
+// its units rounded up to whole strips).
+bool lanes_forward_dot(const RecurrenceForward<c10::BFloat16>& p,
+                       const std::vector<int64_t>& units, const Bf16DotKernels& dot) {
+  using S = c10::BFloat16;
+  const int64_t T = p.steps, B = p.batch, H = p.hidden, G = gates_of(p.cell);
+  const int64_t L = static_cast<int64_t>(units.size()) - 1;
+  const RowKernels<S>& k = row_kernels<S>();
+  // allocation before the threads start: nothing inside may throw past the barrier
+  std::vector<S> gh_buffer(p.cell == Cell::kGru ? B * 3 * H : 0);  // gh: [B, 3H] (GRU)
+  std::vector<int64_t> offsets{0};
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t up = lane_padded_units(units[l + 1] - units[l]);
+    offsets.push_back(offsets.back() + dot_panel_size(H, G * up));
+  }
+  std::unique_ptr<uint32_t[]> panels(new uint32_t[std::max<int64_t>(1, offsets.back())]);
+  const ForwardSteps<S> seq{p, gh_buffer.data()};
+  StepBarrier barrier(L);
+  at::parallel_for(0, L, 1, [&](int64_t l0, int64_t l1) {
+    for (int64_t l = l0; l < l1; ++l) {
+      const int64_t u0 = units[l], n = units[l + 1] - u0, up = lane_padded_units(n);
+      for (int64_t g = 0; g < G; ++g) {  // rows g * H + u0 .. of W_hh: [G*H, H]
+        dot.pack_rows(p.w_hh + (g * H + u0) * H, H, n, H,
+                      panels.get() + offsets[l] + dot_strip_offset(g * up, H));
+      }
+    }
+    for (int64_t s = 0; s < T; ++s) {
+      for (int64_t l = l0; l < l1; ++l) {
+        const int64_t u0 = units[l], n = units[l + 1] - u0, up = lane_padded_units(n);
+        for (int64_t g = 0; g < G; ++g) {
+          dot.gemm(seq.h_prev(s), seq.h_prev_row(s), B, H,
+                   panels.get() + offsets[l] + dot_strip_offset(g * up, H), n,
+                   seq.hidden(s) + g * H + u0, seq.hidden_row(), seq.hidden_adds());
+        }
+        seq.pointwise(k, s, 0, B, u0, units[l + 1]);
+      }
+      if (s + 1 < T) barrier.arrive_and_wait(l1 - l0);
+    }
+  });
+  return true;
+}
+
+// Backward: lane l's panel holds its columns of W_hh ([G*H, H]: K = G*H).
+bool lanes_backward_dot(const RecurrenceBackward<c10::BFloat16>& p,
+                        const std::vector<int64_t>& units, const Bf16DotKernels& dot) {
+  using S = c10::BFloat16;
+  const int64_t T = p.steps, B = p.batch, H = p.hidden, G = gates_of(p.cell);
+  const int64_t L = static_cast<int64_t>(units.size()) - 1;
+  const RowKernels<S>& k = row_kernels<S>();
+  std::vector<int64_t> offsets{0};
+  for (int64_t l = 0; l < L; ++l) {
+    offsets.push_back(offsets.back() + dot_panel_size(G * H, units[l + 1] - units[l]));
+  }
+  std::unique_ptr<uint32_t[]> panels(new uint32_t[std::max<int64_t>(1, offsets.back())]);
+  const BackwardSteps<S> seq{p};
+  StepBarrier barrier(L);
+  at::parallel_for(0, L, 1, [&](int64_t l0, int64_t l1) {
+    for (int64_t l = l0; l < l1; ++l) {
+      dot.pack_columns(p.w_hh + units[l], H, G * H, units[l + 1] - units[l],
+                       panels.get() + offsets[l]);
+    }
+    for (int64_t s = T - 1; s >= 0; --s) {
+      for (int64_t l = l0; l < l1; ++l) seq.pointwise(k, s, 0, B, units[l], units[l + 1]);
+      barrier.arrive_and_wait(l1 - l0);
+      for (int64_t l = l0; l < l1; ++l) {
+        const int64_t u0 = units[l];
+        dot.gemm(seq.d_h(s), p.dh_row, B, G * H, panels.get() + offsets[l], units[l + 1] - u0,
+                 p.dh + u0, H, /*accumulate=*/true);
+      }
+    }
+  });
+  return true;
+}
+
 }  // namespace
 
 template <typename S>
 bool recurrence_forward(const RecurrenceForward<S>& p) {
   const int64_t T = p.steps, B = p.batch, H = p.hidden, G = gates_of(p.cell);
   const std::vector<int64_t> units = lanes(B, H, std::is_same_v<S, float>, T);
-  if (!units.empty()) return lanes_forward(p, units);
+  if (!units.empty()) {
+    if constexpr (std::is_same_v<S, c10::BFloat16>) {
+      if (const Bf16DotKernels* dot = bf16_dot_kernels()) return lanes_forward_dot(p, units, *dot);
+    }
+    return lanes_forward(p, units);
+  }
   const std::vector<int64_t> starts = row_blocks(B, H, G, std::is_same_v<S, float>, T);
   if (starts.empty()) return false;
   const RowKernels<S>& k = row_kernels<S>();
@@ -475,7 +559,12 @@ template <typename S>
 bool recurrence_backward(const RecurrenceBackward<S>& p) {
   const int64_t T = p.steps, B = p.batch, H = p.hidden, G = gates_of(p.cell);
   const std::vector<int64_t> units = lanes(B, H, std::is_same_v<S, float>, T);
-  if (!units.empty()) return lanes_backward(p, units);
+  if (!units.empty()) {
+    if constexpr (std::is_same_v<S, c10::BFloat16>) {
+      if (const Bf16DotKernels* dot = bf16_dot_kernels()) return lanes_backward_dot(p, units, *dot);
+    }
+    return lanes_backward(p, units);
+  }
   const std::vector<int64_t> starts = row_blocks(B, H, G, std::is_same_v<S, float>, T);
   if (starts.empty()) return false;
   const RowKernels<S>& k = row_kernels<S>();
