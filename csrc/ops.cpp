@@ -159,10 +159,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("steps") = 1000,
         "First batch rows of the row blocks the CPU would run a recurrence of `steps` steps in "
         "now (and batch at the end); empty: per-step (tests).");
-  m.def("_cpu_lanes", &fused_rnn::cpu::lanes, pybind11::arg("batch"), pybind11::arg("hidden"),
-        pybind11::arg("float32"), pybind11::arg("steps") = 1000,
-        "First hidden units of the lanes the CPU would run a recurrence of `steps` steps in now "
-        "(and hidden at the end); empty: not in lanes (tests).");
+  m.def(
+      "_cpu_lanes",
+      [](int64_t batch, int64_t hidden, bool float32, int64_t steps, bool bfloat16) {
+        const at::ScalarType dtype =
+            float32 ? at::kFloat : bfloat16 ? at::kBFloat16 : at::kDouble;
+        return fused_rnn::cpu::lanes(batch, hidden, dtype, steps);
+      },
+      pybind11::arg("batch"), pybind11::arg("hidden"), pybind11::arg("float32"),
+      pybind11::arg("steps") = 1000, pybind11::arg("bfloat16") = false,
+      "First hidden units of the lanes the CPU would run a recurrence of `steps` steps in now "
+      "(and hidden at the end) in float32, else bfloat16 or another dtype; empty: not in lanes "
+      "(tests).");
   m.def("_cpu_lane_packing",
         [](int64_t batch, int64_t steps, int64_t hidden, int64_t gates, int64_t units) {
           return std::make_pair(fused_rnn::cpu::lane_forward_packs(batch, steps),

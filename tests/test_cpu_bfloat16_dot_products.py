@@ -204,3 +204,25 @@ def test_layer_bits_do_not_depend_on_threads_or_schedule(cell, restore):
     for name in ("per-step 3", "row-blocks 2", "lanes 2", "lanes 3"):
         for a, b in zip(got["per-step 1"], got[name]):
             assert torch.equal(a, b), name
+
+
+@needs_dot
+def test_auto_picks_lanes_for_small_bfloat16_batches(restore):
+    """On the dot products auto runs bfloat16 as lanes up to 16 rows at H=128-511 and 1 row
+    elsewhere (cpu_recurrence.cpp max_dot_lane_rows); not on the float32-products build."""
+    lanes = fused_rnn._C._cpu_lanes
+    schedule = fused_rnn.cpu_schedule()
+    try:
+        fused_rnn.set_cpu_schedule("auto")
+        torch.set_num_threads(2)
+        fused_rnn.set_cpu_isa("AVX512_BF16")
+        assert lanes(16, 256, False, bfloat16=True) == [0, 128, 256]
+        assert lanes(17, 256, False, bfloat16=True) == []
+        assert lanes(1, 512, False, bfloat16=True) == [0, 256, 512]
+        assert lanes(2, 512, False, bfloat16=True) == []
+        assert lanes(1, 64, False, bfloat16=True) == [0, 32, 64]  # 1 row below H=128
+        assert lanes(2, 64, False, bfloat16=True) == []
+        fused_rnn.set_cpu_isa("AVX512")
+        assert lanes(1, 256, False, bfloat16=True) == []
+    finally:
+        fused_rnn.set_cpu_schedule(schedule)

@@ -59,7 +59,9 @@ const RowKernels<scalar_t>& row_kernels();
 //   "auto"        on the own packed GEMM (the default): lanes for float32 batches of up to 8
 //                 rows from H=128 (1 below; any thread count: a lane's results do not depend
 //                 on the lanes; cpu_recurrence.cpp, max_lane_rows), and where the rows of all
-//                 steps (B * T) are fewer than min_prepared_rows(); else row blocks for
+//                 steps (B * T) are fewer than min_prepared_rows(); lanes for bfloat16 on
+//                 the dot products (AVX512_BF16) up to 16 rows at H=128-511, 1 from 512
+//                 (max_dot_lane_rows); else row blocks for
 //                 float32 where every thread gets a kTileRows-row tile, the sequence has at
 //                 least 8 steps and W_hh fits a core's L2 cache; else per-step. On "mkl-packed":
 //                 lanes up to 1 / 2 / 8 / 16 rows (H < 128 / 256 / 512 / from 512), row blocks
@@ -80,8 +82,8 @@ std::vector<int64_t> row_blocks(int64_t B, int64_t H, int64_t gates, bool float3
 
 // First hidden units of the lanes a recurrence of B rows, hidden size H and `steps` steps
 // would run in now (and H at the end): multiples of kLaneUnits, one lane per thread at most;
-// empty: not lanes.
-std::vector<int64_t> lanes(int64_t B, int64_t H, bool float32, int64_t steps);
+// empty: not lanes. In auto: float32, and bfloat16 on the dot products (AVX512_BF16).
+std::vector<int64_t> lanes(int64_t B, int64_t H, at::ScalarType dtype, int64_t steps);
 // The L2 cache of a core (sysconf; 1 MB where it does not say).
 int64_t l2_cache_bytes();
 // Whether this is an Intel CPU (cpuid's vendor): there the weight gradients stay on MKL

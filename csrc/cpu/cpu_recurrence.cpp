@@ -99,6 +99,14 @@ int64_t max_lane_rows(int64_t H) {
   if (!own_packed_backend()) return H >= 512 ? 16 : H >= 256 ? 8 : H >= 128 ? 2 : 1;
   return H >= 128 ? 8 : 1;
 }
+// In auto, bfloat16 recurrences on the dot products (the AVX512_BF16 build: lanes_forward_dot /
+// lanes_backward_dot) run as lanes for batches of up to max_dot_lane_rows(H) rows. Measured on
+// the 2-core development VM (AMD EPYC Zen 4, 2026-12-07, twenty-third session; T=35, I=H, GRU /
+// LSTM / RNN, inference and training, 3 interleaved rounds, their medians; lanes / per-step
+// time): H=256 B=1-16 0.74-0.97 at every point, B=32 0.89-1.24 (GRU and LSTM inference
+// 1.20-1.24); H=512 B=1 0.81-1.01, B=4-16 0.91-1.10 (mixed), B=32 1.00-1.11. H below 256 not
+// measured: the float32 rule's 1 row below H=128.
+int64_t max_dot_lane_rows(int64_t H) { return H >= 512 ? 1 : H >= 128 ? 16 : 1; }
 constexpr int64_t kLaneUnits = 16;
 // Lanes pack their weights for calls of at least this many rows over all steps (B * T); the
 // backward only where a lane's columns of W_hh take more than kMaxInPlaceLaneBytes (as float).
@@ -260,8 +268,10 @@ struct BackwardSteps {
 
 }  // namespace
 
-std::vector<int64_t> lanes(int64_t B, int64_t H, bool float32, int64_t steps) {
+std::vector<int64_t> lanes(int64_t B, int64_t H, at::ScalarType dtype, int64_t steps) {
 #if defined(_OPENMP)
+  const bool float32 = dtype == at::kFloat;
+  const bool bf16_dot = dtype == at::kBFloat16 && bf16_dot_kernels() != nullptr;
   const CpuSchedule schedule = static_cast<CpuSchedule>(setting().load());
   // On the own packed GEMM also batches of fewer than min_prepared_rows() rows over all steps
   // (H >= 128): the per-step schedule runs those on W as it is (ATen's mm per tile), and the
@@ -269,9 +279,11 @@ std::vector<int64_t> lanes(int64_t B, int64_t H, bool float32, int64_t steps) {
   // LSTM, RNN, H=256 and 512; 2026-12-07, Zen 4 VM) and 0.53-0.83x in training.
   const bool short_unprepared =
       own_packed_backend() && H >= 128 && B * steps < min_prepared_rows();
-  const bool wanted = schedule == CpuSchedule::kLanes ||
-                      (schedule == CpuSchedule::kAuto && float32 &&
-                       (B <= max_lane_rows(H) || short_unprepared));
+  const bool wanted =
+      schedule == CpuSchedule::kLanes ||
+      (schedule == CpuSchedule::kAuto &&
+       ((float32 && (B <= max_lane_rows(H) || short_unprepared)) ||
+        (bf16_dot && B <= max_dot_lane_rows(H))));
   if (!wanted || B == 0 || H == 0) return {};
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
   const int64_t count = std::max<int64_t>(1, std::min(threads, H / kLaneUnits));
@@ -282,7 +294,7 @@ std::vector<int64_t> lanes(int64_t B, int64_t H, bool float32, int64_t steps) {
 #else
   // at::parallel_for without OpenMP (ATen's own thread pool) may run the lanes one after
   // another, and a lane waiting at the step barrier would then wait forever.
-  (void)B, (void)H, (void)float32, (void)steps;
+  (void)B, (void)H, (void)dtype, (void)steps;
   return {};
 #endif
 }
@@ -530,7 +542,7 @@ bool lanes_backward_dot(const RecurrenceBackward<c10::BFloat16>& p,
 template <typename S>
 bool recurrence_forward(const RecurrenceForward<S>& p) {
   const int64_t T = p.steps, B = p.batch, H = p.hidden, G = gates_of(p.cell);
-  const std::vector<int64_t> units = lanes(B, H, std::is_same_v<S, float>, T);
+  const std::vector<int64_t> units = lanes(B, H, c10::CppTypeToScalarType<S>::value, T);
   if (!units.empty()) {
     if constexpr (std::is_same_v<S, c10::BFloat16>) {
       if (const Bf16DotKernels* dot = bf16_dot_kernels()) return lanes_forward_dot(p, units, *dot);
@@ -558,7 +570,7 @@ bool recurrence_forward(const RecurrenceForward<S>& p) {
 template <typename S>
 bool recurrence_backward(const RecurrenceBackward<S>& p) {
   const int64_t T = p.steps, B = p.batch, H = p.hidden, G = gates_of(p.cell);
-  const std::vector<int64_t> units = lanes(B, H, std::is_same_v<S, float>, T);
+  const std::vector<int64_t> units = lanes(B, H, c10::CppTypeToScalarType<S>::value, T);
   if (!units.empty()) {
     if constexpr (std::is_same_v<S, c10::BFloat16>) {
       if (const Bf16DotKernels* dot = bf16_dot_kernels()) return lanes_backward_dot(p, units, *dot);
