@@ -208,8 +208,8 @@ def test_layer_bits_do_not_depend_on_threads_or_schedule(cell, restore):
 
 @needs_dot
 def test_auto_picks_lanes_for_small_bfloat16_batches(restore):
-    """On the dot products auto runs bfloat16 as lanes up to 16 rows at H=128-511 and 1 row
-    elsewhere (cpu_recurrence.cpp max_dot_lane_rows); not on the float32-products build."""
+    """On the dot products auto runs bfloat16 as lanes up to 16 rows at H=128-511, 4 from 512,
+    1 below 128 (cpu_recurrence.cpp max_dot_lane_rows); not on the float32-products build."""
     lanes = fused_rnn._C._cpu_lanes
     schedule = fused_rnn.cpu_schedule()
     try:
@@ -218,8 +218,8 @@ def test_auto_picks_lanes_for_small_bfloat16_batches(restore):
         fused_rnn.set_cpu_isa("AVX512_BF16")
         assert lanes(16, 256, False, bfloat16=True) == [0, 128, 256]
         assert lanes(17, 256, False, bfloat16=True) == []
-        assert lanes(1, 512, False, bfloat16=True) == [0, 256, 512]
-        assert lanes(2, 512, False, bfloat16=True) == []
+        assert lanes(4, 512, False, bfloat16=True) == [0, 256, 512]
+        assert lanes(5, 512, False, bfloat16=True) == []
         assert lanes(1, 64, False, bfloat16=True) == [0, 32, 64]  # 1 row below H=128
         assert lanes(2, 64, False, bfloat16=True) == []
         fused_rnn.set_cpu_isa("AVX512")

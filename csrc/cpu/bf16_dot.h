@@ -53,6 +53,13 @@ struct Bf16DotKernels {
   void (*gemm)(const c10::BFloat16* a, int64_t a_row, int64_t rows, int64_t K,
                const uint32_t* panel, int64_t cols, c10::BFloat16* out, int64_t out_row,
                bool accumulate);
+  // gemm on a panel of `gates` gates of `units` columns each, every gate's columns padded to
+  // whole strips (gate g from column g * up, up = units rounded up to kDotStripColumns), gate
+  // g's column j written to out[r, g * out_gate + j]: all gates in one pass over a (the lanes'
+  // products). The same bits as gemm per gate.
+  void (*gemm_gates)(const c10::BFloat16* a, int64_t a_row, int64_t rows, int64_t K,
+                     const uint32_t* panel, int64_t gates, int64_t units, c10::BFloat16* out,
+                     int64_t out_row, int64_t out_gate, bool accumulate);
 };
 
 #if defined(FUSED_RNN_CPU_AVX512_BF16)

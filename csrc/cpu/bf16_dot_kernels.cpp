@@ -52,11 +52,17 @@ inline __m512 widen(__m256i bits) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
 }
 
-// Rows a[0, R) times NV strips of the panel (strip c at panel + c * strip; cols columns in all,
-// the last strip possibly partial) -> out[0, R) x [0, cols).
+// Where a strip's columns go: row 0 of its out columns, and how many of its 16 columns are real.
+struct StripOut {
+  uint16_t* dst;
+  int64_t count;
+};
+
+// Rows a[0, R) times NV strips of the panel (strip c at panel + c * strip) -> the strips' outputs
+// (rows out_row apart).
 template <int R, int NV>
 void dot_tile(const uint16_t* a, int64_t a_row, int64_t K, const uint32_t* panel, int64_t strip,
-              int64_t cols, uint16_t* out, int64_t out_row, bool accumulate) {
+              const StripOut* outs, int64_t out_row, bool accumulate) {
   __m512 acc[R][NV];
   for (int r = 0; r < R; ++r) {
     for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_setzero_ps();
@@ -83,9 +89,9 @@ void dot_tile(const uint16_t* a, int64_t a_row, int64_t K, const uint32_t* panel
     }
   }
   for (int c = 0; c < NV; ++c) {
-    const __mmask16 mask = first_columns(cols - c * U);
+    const __mmask16 mask = first_columns(outs[c].count);
     for (int r = 0; r < R; ++r) {
-      uint16_t* dst = out + r * out_row + c * U;
+      uint16_t* dst = outs[c].dst + r * out_row;
       __m512 v = acc[r][c];
       if (accumulate) v = _mm512_add_ps(widen(_mm256_maskz_loadu_epi16(mask, dst)), v);
       _mm256_mask_storeu_epi16(dst, mask, round_to_bf16(v));
@@ -93,8 +99,8 @@ void dot_tile(const uint16_t* a, int64_t a_row, int64_t K, const uint32_t* panel
   }
 }
 
-using TileFn = void (*)(const uint16_t*, int64_t, int64_t, const uint32_t*, int64_t, int64_t,
-                        uint16_t*, int64_t, bool);
+using TileFn = void (*)(const uint16_t*, int64_t, int64_t, const uint32_t*, int64_t,
+                        const StripOut*, int64_t, bool);
 
 template <int R, int... NV>
 constexpr std::array<TileFn, sizeof...(NV)> tiles_of_height(std::integer_sequence<int, NV...>) {
@@ -108,24 +114,52 @@ constexpr std::array<std::array<TileFn, kTileStrips>, sizeof...(R)> all_tiles(
 // kTiles[R - 1][NV - 1]: the tile of R rows and NV strips.
 constexpr auto kTiles = all_tiles(std::make_integer_sequence<int, kTileRows>{});
 
-void gemm(const c10::BFloat16* a_, int64_t a_row, int64_t rows, int64_t K, const uint32_t* panel,
-          int64_t cols, c10::BFloat16* out_, int64_t out_row, bool accumulate) {
-  // a: [rows, K], panel: op(W) [K, cols] as pairs, out: [rows, cols]
-  const auto* a = reinterpret_cast<const uint16_t*>(a_);
-  auto* out = reinterpret_cast<uint16_t*>(out_);
-  const int64_t strip = dot_pairs(K) * U, strips = (cols + U - 1) / U;
+// a: [rows, K] times the panel's `strips` strips; strip_out(v) -> StripOut of strip v for row 0:
+// chunks of kChunkRows rows, in each the column blocks of kTileStrips strips, in each the row
+// tiles.
+template <typename F>
+void run_strips(const uint16_t* a, int64_t a_row, int64_t rows, int64_t K, const uint32_t* panel,
+                int64_t strips, const F& strip_out, int64_t out_row, bool accumulate) {
+  const int64_t strip = dot_pairs(K) * U;
   for (int64_t m0 = 0; m0 < rows; m0 += kChunkRows) {
     const int64_t m1 = std::min(rows, m0 + kChunkRows);
     for (int64_t v = 0; v < strips; v += kTileStrips) {
       const int64_t nv = std::min<int64_t>(kTileStrips, strips - v);
-      const int64_t nc = std::min(cols - v * U, nv * U);
+      StripOut outs[kTileStrips];
+      for (int64_t c = 0; c < nv; ++c) outs[c] = strip_out(v + c);
       for (int64_t r = m0; r < m1; r += kTileRows) {
         const int64_t nr = std::min<int64_t>(kTileRows, m1 - r);
-        kTiles[nr - 1][nv - 1](a + r * a_row, a_row, K, panel + v * strip, strip, nc,
-                               out + r * out_row + v * U, out_row, accumulate);
+        StripOut at_r[kTileStrips];
+        for (int64_t c = 0; c < nv; ++c) at_r[c] = {outs[c].dst + r * out_row, outs[c].count};
+        kTiles[nr - 1][nv - 1](a + r * a_row, a_row, K, panel + v * strip, strip, at_r, out_row,
+                               accumulate);
       }
     }
   }
+}
+
+void gemm(const c10::BFloat16* a, int64_t a_row, int64_t rows, int64_t K, const uint32_t* panel,
+          int64_t cols, c10::BFloat16* out_, int64_t out_row, bool accumulate) {
+  // a: [rows, K], panel: op(W) [K, cols] as pairs, out: [rows, cols]
+  auto* out = reinterpret_cast<uint16_t*>(out_);
+  run_strips(reinterpret_cast<const uint16_t*>(a), a_row, rows, K, panel, (cols + U - 1) / U,
+             [&](int64_t v) { return StripOut{out + v * U, std::min(U, cols - v * U)}; },
+             out_row, accumulate);
+}
+
+void gemm_gates(const c10::BFloat16* a, int64_t a_row, int64_t rows, int64_t K,
+                const uint32_t* panel, int64_t gates, int64_t units, c10::BFloat16* out_,
+                int64_t out_row, int64_t out_gate, bool accumulate) {
+  // a: [rows, K], panel: `gates` gates of `units` columns, each padded to whole strips; gate g's
+  // column j -> out[r, g * out_gate + j]
+  auto* out = reinterpret_cast<uint16_t*>(out_);
+  const int64_t per_gate = (units + U - 1) / U;  // strips
+  run_strips(reinterpret_cast<const uint16_t*>(a), a_row, rows, K, panel, gates * per_gate,
+             [&](int64_t v) {
+               const int64_t g = v / per_gate, j = v % per_gate * U;
+               return StripOut{out + g * out_gate + j, std::min(U, units - j)};
+             },
+             out_row, accumulate);
 }
 
 void pack_columns(const c10::BFloat16* w_, int64_t w_row, int64_t K, int64_t cols,
@@ -169,6 +203,6 @@ void pack_rows(const c10::BFloat16* w_, int64_t w_row, int64_t cols, int64_t K, 
 
 }  // namespace
 
-extern const Bf16DotKernels kBf16DotKernels = {&pack_rows, &pack_columns, &gemm};
+extern const Bf16DotKernels kBf16DotKernels = {&pack_rows, &pack_columns, &gemm, &gemm_gates};
 
 }  // namespace fused_rnn::cpu

@@ -60,7 +60,7 @@ const RowKernels<scalar_t>& row_kernels();
 //                 rows from H=128 (1 below; any thread count: a lane's results do not depend
 //                 on the lanes; cpu_recurrence.cpp, max_lane_rows), and where the rows of all
 //                 steps (B * T) are fewer than min_prepared_rows(); lanes for bfloat16 on
-//                 the dot products (AVX512_BF16) up to 16 rows at H=128-511, 1 from 512
+//                 the dot products (AVX512_BF16) up to 16 rows at H=128-511, 4 from 512
 //                 (max_dot_lane_rows); else row blocks for
 //                 float32 where every thread gets a kTileRows-row tile, the sequence has at
 //                 least 8 steps and W_hh fits a core's L2 cache; else per-step. On "mkl-packed":

@@ -102,11 +102,12 @@ int64_t max_lane_rows(int64_t H) {
 // In auto, bfloat16 recurrences on the dot products (the AVX512_BF16 build: lanes_forward_dot /
 // lanes_backward_dot) run as lanes for batches of up to max_dot_lane_rows(H) rows. Measured on
 // the 2-core development VM (AMD EPYC Zen 4, 2026-12-07, twenty-third session; T=35, I=H, GRU /
-// LSTM / RNN, inference and training, 3 interleaved rounds, their medians; lanes / per-step
-// time): H=256 B=1-16 0.74-0.97 at every point, B=32 0.89-1.24 (GRU and LSTM inference
-// 1.20-1.24); H=512 B=1 0.81-1.01, B=4-16 0.91-1.10 (mixed), B=32 1.00-1.11. H below 256 not
-// measured: the float32 rule's 1 row below H=128.
-int64_t max_dot_lane_rows(int64_t H) { return H >= 512 ? 1 : H >= 128 ? 16 : 1; }
+// LSTM (/ RNN), inference and training, 3 interleaved rounds, their medians; lanes / per-step
+// time) with each lane's gates in one pass (gemm_gates): H=256 B=8-16 0.87-0.97 at every point,
+// B=32 0.99-1.09, B=64-128 0.96-1.06; H=512 B=1 0.89-1.00, B=4 0.93-0.95, B=8 0.88-1.07, B=16
+// 1.05-1.10. (With one product per gate, before gemm_gates: H=256 B=1-16 0.74-0.97, B=32
+// 0.89-1.24.) Not measured below H=256 (the float32 rule's 1 row below H=128) nor above 512.
+int64_t max_dot_lane_rows(int64_t H) { return H >= 512 ? 4 : H >= 128 ? 16 : 1; }
 constexpr int64_t kLaneUnits = 16;
 // Lanes pack their weights for calls of at least this many rows over all steps (B * T); the
 // backward only where a lane's columns of W_hh take more than kMaxInPlaceLaneBytes (as float).
@@ -464,7 +465,9 @@ bool lanes_backward(const RecurrenceBackward<S>& p, const std::vector<int64_t>& 
 // row and column: the same for any lanes or thread count, and as the per-step schedule's
 // DotGemm).
 // Forward: lane l's panel holds its rows of each gate of W_hh, gate g from column g * up (up =
-// its units rounded up to whole strips).
+// its units rounded up to whole strips), all gates multiplied in one pass over h_prev
+// (gemm_gates; one product per gate read h_prev G times and ran narrower tiles: 1.20-1.24x
+// per-step's time at H=256 B=32 inference against 1.01-1.09x in one pass).
 bool lanes_forward_dot(const RecurrenceForward<c10::BFloat16>& p,
                        const std::vector<int64_t>& units, const Bf16DotKernels& dot) {
   using S = c10::BFloat16;
@@ -491,12 +494,10 @@ bool lanes_forward_dot(const RecurrenceForward<c10::BFloat16>& p,
     }
     for (int64_t s = 0; s < T; ++s) {
       for (int64_t l = l0; l < l1; ++l) {
-        const int64_t u0 = units[l], n = units[l + 1] - u0, up = lane_padded_units(n);
-        for (int64_t g = 0; g < G; ++g) {
-          dot.gemm(seq.h_prev(s), seq.h_prev_row(s), B, H,
-                   panels.get() + offsets[l] + dot_strip_offset(g * up, H), n,
-                   seq.hidden(s) + g * H + u0, seq.hidden_row(), seq.hidden_adds());
-        }
+        const int64_t u0 = units[l];
+        dot.gemm_gates(seq.h_prev(s), seq.h_prev_row(s), B, H, panels.get() + offsets[l], G,
+                       units[l + 1] - u0, seq.hidden(s) + u0, seq.hidden_row(), H,
+                       seq.hidden_adds());
         seq.pointwise(k, s, 0, B, u0, units[l + 1]);
       }
       if (s + 1 < T) barrier.arrive_and_wait(l1 - l0);
