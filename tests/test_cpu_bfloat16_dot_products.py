@@ -226,3 +226,23 @@ def test_auto_picks_lanes_for_small_bfloat16_batches(restore):
         assert lanes(1, 256, False, bfloat16=True) == []
     finally:
         fused_rnn.set_cpu_schedule(schedule)
+
+
+@needs_dot
+@pytest.mark.parametrize("schedule", ["per-step", "row-blocks", "lanes"])
+def test_operators_with_no_hidden_units(schedule, restore):
+    """H=0 at the operator level (the modules refuse it, as nn.* does): empty outputs, no crash
+    (an empty weight once divided by zero while packing its pair panel)."""
+    fused_rnn.set_cpu_isa("AVX512_BF16")
+    saved = fused_rnn.cpu_schedule()
+    try:
+        fused_rnn.set_cpu_schedule(schedule)
+        x, h = bf16(5, 3, 4), torch.zeros(3, 0, dtype=torch.bfloat16)
+        w_ih, w_hh = torch.zeros(0, 4, dtype=torch.bfloat16), torch.zeros(0, 0, dtype=torch.bfloat16)
+        out, h_n = torch.ops.fused_rnn.rnn_forward(x, h, w_ih, w_hh, None, None, None, False, False)
+        assert out.shape == (5, 3, 0) and h_n.shape == (3, 0)
+        out, h_n, _ = torch.ops.fused_rnn.gru_forward(x, h, w_ih, w_hh, None, None, None, False,
+                                                       False)
+        assert out.shape == (5, 3, 0) and h_n.shape == (3, 0)
+    finally:
+        fused_rnn.set_cpu_schedule(saved)

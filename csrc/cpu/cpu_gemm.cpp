@@ -411,6 +411,7 @@ struct DotGemm final : HiddenGemm<c10::BFloat16> {
     n = transpose_w ? w.size(0) : w.size(1);
     panel.reset(new uint32_t[std::max<int64_t>(1, dot_panel_size(k, n))]);
     const c10::BFloat16* src = w.data_ptr<c10::BFloat16>();
+    if (n == 0) return;  // nothing to pack (tile_cols(0) is 0)
     const int64_t tc = tile_cols(n);
     at::parallel_for(0, (n + tc - 1) / tc, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
