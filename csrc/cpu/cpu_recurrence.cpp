@@ -333,23 +333,24 @@ class StepBarrier {
   std::atomic<int64_t> generation_{0};
 };
 
-// A lane's weights for the outer-product kernel (RowKernels::lane_pack, lane_pack_columns):
-// one buffer for every lane, allocated before the threads start (nothing inside may throw past
-// the step barrier), not zeroed (each lane writes all of its panel).
-template <typename S>
+// A lane's weights packed for its products (elements P: lane_panel_t<S> for the outer-product
+// kernel's RowKernels::lane_pack / lane_pack_columns, uint32_t pairs for the bfloat16 dot
+// products): one buffer for every lane, allocated before the threads start (nothing inside may
+// throw past the step barrier), not zeroed (each lane writes all of its panel).
+template <typename P>
 class LanePanels {
  public:
   // sizes[l]: the elements of lane l's panel; none where `packed` is false
   LanePanels(bool packed, const std::vector<int64_t>& sizes) : offsets_(sizes.size() + 1, 0) {
     if (!packed) return;
     for (size_t l = 0; l < sizes.size(); ++l) offsets_[l + 1] = offsets_[l] + sizes[l];
-    data_.reset(new lane_panel_t<S>[offsets_.back()]);
+    data_.reset(new P[offsets_.back()]);
   }
-  lane_panel_t<S>* operator[](int64_t l) const { return data_ ? data_.get() + offsets_[l] : nullptr; }
+  P* operator[](int64_t l) const { return data_ ? data_.get() + offsets_[l] : nullptr; }
 
  private:
   std::vector<int64_t> offsets_;
-  std::unique_ptr<lane_panel_t<S>[]> data_;
+  std::unique_ptr<P[]> data_;
 };
 
 template <typename F>
@@ -393,7 +394,7 @@ bool lanes_forward(const RecurrenceForward<S>& p, const std::vector<int64_t>& un
   const RowKernels<S>& k = row_kernels<S>();
   // allocation before the threads start: nothing inside may throw past the barrier
   std::vector<S> gh_buffer(p.cell == Cell::kGru ? B * 3 * H : 0);  // gh: [B, 3H] (GRU)
-  const LanePanels<S> panels(lane_forward_packs(B, T), per_lane(units, [&](int64_t n) {
+  const LanePanels<lane_panel_t<S>> panels(lane_forward_packs(B, T), per_lane(units, [&](int64_t n) {
                                return lane_panel_size(G, n, H);
                              }));
   const ForwardSteps<S> seq{p, gh_buffer.data()};
@@ -432,7 +433,7 @@ bool lanes_backward(const RecurrenceBackward<S>& p, const std::vector<int64_t>& 
   const int64_t T = p.steps, B = p.batch, H = p.hidden, G = gates_of(p.cell);
   const int64_t L = static_cast<int64_t>(units.size()) - 1;
   const RowKernels<S>& k = row_kernels<S>();
-  const LanePanels<S> panels(lane_backward_packs(B, T, H, G, units[1] - units[0]),
+  const LanePanels<lane_panel_t<S>> panels(lane_backward_packs(B, T, H, G, units[1] - units[0]),
                              per_lane(units, [&](int64_t n) { return lane_panel_size(1, n, G * H); }));
   const BackwardSteps<S> seq{p};
   StepBarrier barrier(L);
@@ -476,26 +477,22 @@ bool lanes_forward_dot(const RecurrenceForward<c10::BFloat16>& p,
   const RowKernels<S>& k = row_kernels<S>();
   // allocation before the threads start: nothing inside may throw past the barrier
   std::vector<S> gh_buffer(p.cell == Cell::kGru ? B * 3 * H : 0);  // gh: [B, 3H] (GRU)
-  std::vector<int64_t> offsets{0};
-  for (int64_t l = 0; l < L; ++l) {
-    const int64_t up = lane_padded_units(units[l + 1] - units[l]);
-    offsets.push_back(offsets.back() + dot_panel_size(H, G * up));
-  }
-  std::unique_ptr<uint32_t[]> panels(new uint32_t[std::max<int64_t>(1, offsets.back())]);
+  const LanePanels<uint32_t> panels(/*packed=*/true, per_lane(units, [&](int64_t n) {
+                                      return dot_panel_size(H, G * lane_padded_units(n));
+                                    }));
   const ForwardSteps<S> seq{p, gh_buffer.data()};
   StepBarrier barrier(L);
   at::parallel_for(0, L, 1, [&](int64_t l0, int64_t l1) {
     for (int64_t l = l0; l < l1; ++l) {
       const int64_t u0 = units[l], n = units[l + 1] - u0, up = lane_padded_units(n);
       for (int64_t g = 0; g < G; ++g) {  // rows g * H + u0 .. of W_hh: [G*H, H]
-        dot.pack_rows(p.w_hh + (g * H + u0) * H, H, n, H,
-                      panels.get() + offsets[l] + dot_strip_offset(g * up, H));
+        dot.pack_rows(p.w_hh + (g * H + u0) * H, H, n, H, panels[l] + dot_strip_offset(g * up, H));
       }
     }
     for (int64_t s = 0; s < T; ++s) {
       for (int64_t l = l0; l < l1; ++l) {
         const int64_t u0 = units[l];
-        dot.gemm_gates(seq.h_prev(s), seq.h_prev_row(s), B, H, panels.get() + offsets[l], G,
+        dot.gemm_gates(seq.h_prev(s), seq.h_prev_row(s), B, H, panels[l], G,
                        units[l + 1] - u0, seq.hidden(s) + u0, seq.hidden_row(), H,
                        seq.hidden_adds());
         seq.pointwise(k, s, 0, B, u0, units[l + 1]);
@@ -513,24 +510,20 @@ bool lanes_backward_dot(const RecurrenceBackward<c10::BFloat16>& p,
   const int64_t T = p.steps, B = p.batch, H = p.hidden, G = gates_of(p.cell);
   const int64_t L = static_cast<int64_t>(units.size()) - 1;
   const RowKernels<S>& k = row_kernels<S>();
-  std::vector<int64_t> offsets{0};
-  for (int64_t l = 0; l < L; ++l) {
-    offsets.push_back(offsets.back() + dot_panel_size(G * H, units[l + 1] - units[l]));
-  }
-  std::unique_ptr<uint32_t[]> panels(new uint32_t[std::max<int64_t>(1, offsets.back())]);
+  const LanePanels<uint32_t> panels(
+      /*packed=*/true, per_lane(units, [&](int64_t n) { return dot_panel_size(G * H, n); }));
   const BackwardSteps<S> seq{p};
   StepBarrier barrier(L);
   at::parallel_for(0, L, 1, [&](int64_t l0, int64_t l1) {
     for (int64_t l = l0; l < l1; ++l) {
-      dot.pack_columns(p.w_hh + units[l], H, G * H, units[l + 1] - units[l],
-                       panels.get() + offsets[l]);
+      dot.pack_columns(p.w_hh + units[l], H, G * H, units[l + 1] - units[l], panels[l]);
     }
     for (int64_t s = T - 1; s >= 0; --s) {
       for (int64_t l = l0; l < l1; ++l) seq.pointwise(k, s, 0, B, units[l], units[l + 1]);
       barrier.arrive_and_wait(l1 - l0);
       for (int64_t l = l0; l < l1; ++l) {
         const int64_t u0 = units[l];
-        dot.gemm(seq.d_h(s), p.dh_row, B, G * H, panels.get() + offsets[l], units[l + 1] - u0,
+        dot.gemm(seq.d_h(s), p.dh_row, B, G * H, panels[l], units[l + 1] - u0,
                  p.dh + u0, H, /*accumulate=*/true);
       }
     }

@@ -69,7 +69,36 @@ struct ProductTiles {
   int64_t count() const { return col_parts * row_parts; }
   std::pair<int64_t, int64_t> cols(int64_t t) const { return part(N, col_parts, t % col_parts, U); }
   std::pair<int64_t, int64_t> rows(int64_t t) const { return part(M, row_parts, t / col_parts, 8); }
+  // tile(t, c0, c1, r0, r1) for every tile t with columns and rows, the tiles over the threads
+  template <typename F>
+  void for_each(const F& tile) const {
+    at::parallel_for(0, count(), 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const auto [c0, c1] = cols(t);
+        const auto [r0, r1] = rows(t);
+        if (c1 > c0 && r1 > r0) tile(t, c0, c1, r0, r1);
+      }
+    });
+  }
 };
+
+// Each tile's columns chunk by chunk (`chunk` columns, the last one shorter):
+// body(cc, nc, r0, r1, buffer) for the nc columns from cc with the tile's rows [r0, r1), buffer
+// a buffer of the thread (kept between calls) of at least size_of(nc) elements of P, for the
+// chunk's packed right operand.
+template <typename P, typename Size, typename F>
+void for_tile_chunks(const ProductTiles& tiles, int64_t chunk, const Size& size_of,
+                     const F& body) {
+  tiles.for_each([&](int64_t, int64_t c0, int64_t c1, int64_t r0, int64_t r1) {
+    thread_local std::vector<P> buffer;
+    for (int64_t cc = c0; cc < c1; cc += chunk) {
+      const int64_t nc = std::min(chunk, c1 - cc);
+      const size_t size = static_cast<size_t>(size_of(nc));
+      if (buffer.size() < size) buffer.resize(size);
+      body(cc, nc, r0, r1, buffer.data());
+    }
+  });
+}
 
 // Columns of a chunk of the right operand packed at a time (see packed_mm_into): ~kChunkBytes,
 // at least kMinChunkCols (4 strips: whole register tiles of the kernel where K is long).
@@ -143,20 +172,8 @@ void packed_mm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, b
   const int64_t chunk = M < packed_chunk_rows() ? chunk_cols(K) : 0;
   if (chunk > 0) {
     // each tile packs its columns chunk by chunk into a buffer of its thread, kept between calls
-    at::parallel_for(0, tiles.count(), 1, [&](int64_t t0, int64_t t1) {
-      thread_local std::vector<float> buffer;
-      for (int64_t t = t0; t < t1; ++t) {
-        const auto [c0, c1] = tiles.cols(t);
-        const auto [r0, r1] = tiles.rows(t);
-        if (c1 <= c0 || r1 <= r0) continue;
-        for (int64_t cc = c0; cc < c1; cc += chunk) {
-          const int64_t nc = std::min(chunk, c1 - cc);
-          const size_t size = static_cast<size_t>(lane_panel_size(1, nc, K));
-          if (buffer.size() < size) buffer.resize(size);
-          pack_and_multiply(cc, nc, r0, r1, buffer.data());
-        }
-      }
-    });
+    for_tile_chunks<float>(tiles, chunk, [&](int64_t nc) { return lane_panel_size(1, nc, K); },
+                           pack_and_multiply);
     return;
   }
   // each tile packs all its columns first
@@ -166,13 +183,8 @@ void packed_mm_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, b
     offsets[t + 1] = offsets[t] + lane_panel_size(1, c1 - c0, K);
   }
   std::unique_ptr<float[]> panels(new float[offsets.back()]);  // not zeroed: packing writes all
-  at::parallel_for(0, tiles.count(), 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const auto [c0, c1] = tiles.cols(t);
-      const auto [r0, r1] = tiles.rows(t);
-      if (c1 <= c0 || r1 <= r0) continue;
-      pack_and_multiply(c0, c1 - c0, r0, r1, panels.get() + offsets[t]);
-    }
+  tiles.for_each([&](int64_t t, int64_t c0, int64_t c1, int64_t r0, int64_t r1) {
+    pack_and_multiply(c0, c1 - c0, r0, r1, panels.get() + offsets[t]);
   });
 }
 
@@ -181,15 +193,9 @@ void gemm_on_panel(const float* a, int64_t a_row, int64_t rows, int64_t K, const
   // a: [rows, K] (row stride a_row), panel: op(W) [K, N] in strips, out: [rows, N]
   if (rows <= 0 || N <= 0) return;
   const RowKernels<float>& k = row_kernels<float>();
-  const ProductTiles tiles(rows, N);
-  at::parallel_for(0, tiles.count(), 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const auto [c0, c1] = tiles.cols(t);
-      const auto [r0, r1] = tiles.rows(t);
-      if (c1 <= c0 || r1 <= r0) continue;
-      k.gemm_packed(a + r0 * a_row, a_row, 1, r1 - r0, K, panel + lane_strip_offset(c0, K),
-                    c1 - c0, out + r0 * out_row + c0, out_row, accumulate);
-    }
+  ProductTiles(rows, N).for_each([&](int64_t, int64_t c0, int64_t c1, int64_t r0, int64_t r1) {
+    k.gemm_packed(a + r0 * a_row, a_row, 1, r1 - r0, K, panel + lane_strip_offset(c0, K),
+                  c1 - c0, out + r0 * out_row + c0, out_row, accumulate);
   });
 }
 
@@ -198,15 +204,9 @@ void dot_gemm_on_panel(const Bf16DotKernels& dot, const c10::BFloat16* a, int64_
                        c10::BFloat16* out, int64_t out_row, bool accumulate) {
   // a: [rows, K] (row stride a_row), panel: op(W) [K, N] in pairs, out: [rows, N]
   if (rows <= 0 || N <= 0) return;
-  const ProductTiles tiles(rows, N);
-  at::parallel_for(0, tiles.count(), 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      const auto [c0, c1] = tiles.cols(t);
-      const auto [r0, r1] = tiles.rows(t);
-      if (c1 <= c0 || r1 <= r0) continue;
-      dot.gemm(a + r0 * a_row, a_row, r1 - r0, K, panel + dot_strip_offset(c0, K), c1 - c0,
-               out + r0 * out_row + c0, out_row, accumulate);
-    }
+  ProductTiles(rows, N).for_each([&](int64_t, int64_t c0, int64_t c1, int64_t r0, int64_t r1) {
+    dot.gemm(a + r0 * a_row, a_row, r1 - r0, K, panel + dot_strip_offset(c0, K), c1 - c0,
+             out + r0 * out_row + c0, out_row, accumulate);
   });
 }
 
@@ -235,27 +235,17 @@ at::Tensor bf16_dot_mm(const Bf16DotKernels& dot, const at::Tensor& a_, const at
   const int64_t chunk = std::max<int64_t>(
       1, kChunkBytes / (std::max<int64_t>(1, dot_pairs(K)) * int64_t{sizeof(uint32_t)}) /
              kGroup) * kGroup;
-  const ProductTiles tiles(M, N);
-  at::parallel_for(0, tiles.count(), 1, [&](int64_t t0, int64_t t1) {
-    thread_local std::vector<uint32_t> buffer;
-    for (int64_t t = t0; t < t1; ++t) {
-      const auto [c0, c1] = tiles.cols(t);
-      const auto [r0, r1] = tiles.rows(t);
-      if (c1 <= c0 || r1 <= r0) continue;
-      for (int64_t cc = c0; cc < c1; cc += chunk) {
-        const int64_t nc = std::min(chunk, c1 - cc);
-        const size_t size = static_cast<size_t>(dot_panel_size(K, nc));
-        if (buffer.size() < size) buffer.resize(size);
+  for_tile_chunks<uint32_t>(
+      ProductTiles(M, N), chunk, [&](int64_t nc) { return dot_panel_size(K, nc); },
+      [&](int64_t cc, int64_t nc, int64_t r0, int64_t r1, uint32_t* panel) {
         if (b_transposed) {
-          dot.pack_rows(bp + cc * b_row, b_row, nc, K, buffer.data());
+          dot.pack_rows(bp + cc * b_row, b_row, nc, K, panel);
         } else {
-          dot.pack_columns(bp + cc, b_row, K, nc, buffer.data());
+          dot.pack_columns(bp + cc, b_row, K, nc, panel);
         }
-        dot.gemm(ap + r0 * a.stride(0), a.stride(0), r1 - r0, K, buffer.data(), nc,
-                 op + r0 * N + cc, N, /*accumulate=*/false);
-      }
-    }
-  });
+        dot.gemm(ap + r0 * a.stride(0), a.stride(0), r1 - r0, K, panel, nc, op + r0 * N + cc,
+                 N, /*accumulate=*/false);
+      });
   return out;
 }
 
