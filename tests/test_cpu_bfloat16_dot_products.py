@@ -87,6 +87,23 @@ def test_products_match_float64(M, K, N, restore):
 
 
 @needs_dot
+@pytest.mark.parametrize("K,pad", [(32, 0), (40, 2), (40, 1), (64, 3), (256, 6), (33, 0)])
+def test_transposed_weights_pack_as_row_major_ones(K, pad, restore):
+    """A weight's transposed view (its rows K + pad elements apart: whole 16 x 16 blocks of
+    pairs transposed in registers where the row stride is even, element by element elsewhere and
+    at the edges) gives the same bits as the same op(W) copied row-major (packed column by
+    column)."""
+    fused_rnn.set_cpu_isa("AVX512_BF16")
+    torch.manual_seed(K * 10 + pad)
+    a = bf16(19, K)
+    for N in (16, 37, 96):
+        w = bf16(N, K + pad, scale=0.1)[:, :K]  # w: [N, K], rows K + pad apart
+        got = fused_rnn._C._bf16_dot_mm(a, w.t())
+        assert torch.equal(got, fused_rnn._C._bf16_dot_mm(a, w.t().contiguous()))
+        assert_product_close(got, a, w.t())
+
+
+@needs_dot
 def test_empty_and_zero_k_products(restore):
     fused_rnn.set_cpu_isa("AVX512_BF16")
     z = fused_rnn._C._bf16_dot_mm(bf16(4, 0), bf16(0, 5))

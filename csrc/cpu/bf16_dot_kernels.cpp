@@ -17,6 +17,7 @@
 #include <utility>
 
 #include "bf16_dot.h"
+#include "transpose_16x16.h"
 
 namespace fused_rnn::cpu {
 namespace {
@@ -198,15 +199,24 @@ void pack_rows(const c10::BFloat16* w_, int64_t w_row, int64_t cols, int64_t K, 
   // w: [cols, K] (rows w_row apart): column j of op(W) is row j of w, its pairs adjacent
   const auto* w = reinterpret_cast<const uint16_t*>(w_);
   const int64_t pairs = dot_pairs(K), whole = K / 2;
+  // Blocks of 16 columns x 16 pairs whole in w (rows an even number of elements apart, so that
+  // every pair is a 32-bit element of a row): transposed in registers. [1024, 256] on one Zen 5
+  // core: 12 us vs 38 us element by element (the Zen 5 VM, 2026-12-07).
+  const int64_t vector_pairs = w_row % 2 == 0 ? whole / U * U : 0;
   for (int64_t c0 = 0; c0 < cols; c0 += U) {
     uint32_t* dst = panel + dot_strip_offset(c0, K);
+    const int64_t first_scalar = c0 + U <= cols ? vector_pairs : 0;
+    for (int64_t p0 = 0; p0 < first_scalar; p0 += U) {
+      transpose_16x16(reinterpret_cast<const float*>(w + c0 * w_row + 2 * p0), w_row / 2,
+                      reinterpret_cast<float*>(dst + p0 * U), U);
+    }
     for (int64_t j = 0; j < U; ++j) {
       if (c0 + j >= cols) {
         for (int64_t p = 0; p < pairs; ++p) dst[p * U + j] = 0;
         continue;
       }
       const uint16_t* row = w + (c0 + j) * w_row;
-      for (int64_t p = 0; p < whole; ++p) {
+      for (int64_t p = first_scalar; p < whole; ++p) {
         std::memcpy(dst + p * U + j, row + 2 * p, sizeof(uint32_t));
       }
       if (whole < pairs) dst[whole * U + j] = row[K - 1];
