@@ -154,11 +154,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_cpu_schedule", &fused_rnn::cpu::set_cpu_schedule,
         "Choose the CPU schedule: 'auto', 'per-step', 'row-blocks' or 'lanes' (testing, "
         "benchmarking).");
-  m.def("_cpu_row_blocks", &fused_rnn::cpu::row_blocks, pybind11::arg("batch"),
-        pybind11::arg("hidden"), pybind11::arg("gates"), pybind11::arg("float32"),
-        pybind11::arg("steps") = 1000,
-        "First batch rows of the row blocks the CPU would run a recurrence of `steps` steps in "
-        "now (and batch at the end); empty: per-step (tests).");
+  m.def(
+      "_cpu_row_blocks",
+      [](int64_t batch, int64_t hidden, int64_t gates, bool float32, int64_t steps,
+         bool bfloat16) {
+        const at::ScalarType dtype =
+            float32 ? at::kFloat : bfloat16 ? at::kBFloat16 : at::kDouble;
+        return fused_rnn::cpu::row_blocks(batch, hidden, gates, dtype, steps);
+      },
+      pybind11::arg("batch"), pybind11::arg("hidden"), pybind11::arg("gates"),
+      pybind11::arg("float32"), pybind11::arg("steps") = 1000, pybind11::arg("bfloat16") = false,
+      "First batch rows of the row blocks the CPU would run a recurrence of `steps` steps in "
+      "now (and batch at the end) in float32, else bfloat16 or another dtype; empty: per-step "
+      "(tests).");
   m.def(
       "_cpu_lanes",
       [](int64_t batch, int64_t hidden, bool float32, int64_t steps, bool bfloat16) {

@@ -225,7 +225,7 @@ def test_layer_bits_do_not_depend_on_threads_or_schedule(cell, restore):
 
 @needs_dot
 def test_auto_picks_lanes_for_small_bfloat16_batches(restore):
-    """On the dot products auto runs bfloat16 as lanes up to 16 rows at H=128-511, 4 from 512,
+    """On the dot products auto runs bfloat16 as lanes up to 8 rows at H=128-511, 4 from 512,
     1 below 128 (cpu_recurrence.cpp max_dot_lane_rows); not on the float32-products build."""
     lanes = fused_rnn._C._cpu_lanes
     schedule = fused_rnn.cpu_schedule()
@@ -233,14 +233,44 @@ def test_auto_picks_lanes_for_small_bfloat16_batches(restore):
         fused_rnn.set_cpu_schedule("auto")
         torch.set_num_threads(2)
         fused_rnn.set_cpu_isa("AVX512_BF16")
-        assert lanes(16, 256, False, bfloat16=True) == [0, 128, 256]
-        assert lanes(17, 256, False, bfloat16=True) == []
+        assert lanes(8, 256, False, bfloat16=True) == [0, 128, 256]
+        assert lanes(9, 256, False, bfloat16=True) == []
         assert lanes(4, 512, False, bfloat16=True) == [0, 256, 512]
         assert lanes(5, 512, False, bfloat16=True) == []
         assert lanes(1, 64, False, bfloat16=True) == [0, 32, 64]  # 1 row below H=128
         assert lanes(2, 64, False, bfloat16=True) == []
         fused_rnn.set_cpu_isa("AVX512")
         assert lanes(1, 256, False, bfloat16=True) == []
+    finally:
+        fused_rnn.set_cpu_schedule(schedule)
+
+
+@needs_dot
+def test_auto_picks_row_blocks_for_bfloat16_where_the_panel_fits_l2(restore):
+    """On the dot products auto runs bfloat16 recurrences as row blocks as it does float32 ones
+    (whole 8-row tiles for every thread, at least 8 steps), where W_hh's pair panel (2 bytes per
+    weight) fits a core's L2 cache (cpu_recurrence.cpp row_blocks); not on the float32-products
+    build, where bfloat16 products run on float32 copies."""
+    row_blocks = fused_rnn._C._cpu_row_blocks
+    l2 = fused_rnn._C._cpu_l2_cache_bytes()
+    schedule = fused_rnn.cpu_schedule()
+    try:
+        fused_rnn.set_cpu_schedule("auto")
+        torch.set_num_threads(2)
+        fused_rnn.set_cpu_isa("AVX512_BF16")
+        assert row_blocks(16, 256, 4, False, bfloat16=True) == (
+            [0, 8, 16] if 4 * 256 * 256 * 2 <= l2 else [])
+        assert row_blocks(128, 128, 3, False, bfloat16=True) == [0, 64, 128]
+        assert row_blocks(128, 128, 3, False, steps=7, bfloat16=True) == []  # short: per-step
+        assert row_blocks(8, 128, 3, False, bfloat16=True) == []             # one tile: lanes
+        fits = int((l2 // 2) ** 0.5) // 16 * 16                              # 1 gate
+        assert row_blocks(32, fits, 1, False, bfloat16=True) == [0, 16, 32]
+        assert row_blocks(32, fits + 16, 1, False, bfloat16=True) == []      # past L2
+        torch.set_num_threads(1)
+        assert row_blocks(32, 128, 3, False, bfloat16=True) == []            # nothing to spread
+        torch.set_num_threads(2)
+        fused_rnn.set_cpu_isa("AVX512")
+        assert row_blocks(32, 128, 3, False, bfloat16=True) == []
     finally:
         fused_rnn.set_cpu_schedule(schedule)
 

@@ -74,10 +74,11 @@ void set_cpu_schedule(const std::string& name);  // raises on an unknown name
 
 // First batch rows of the row blocks a recurrence of B rows, hidden size H, `gates` gates
 // (GRU 3, LSTM 4, RNN 1) and `steps` steps would run in now (and B at the end); empty: the
-// per-step schedule.
+// per-step schedule. In auto: float32 on the own packed GEMM, and bfloat16 on the dot
+// products (AVX512_BF16).
 // Blocks are whole tiles of kTileRows rows (the last one may be partial), so that they run the
 // hidden GEMM's tiles of the per-step schedule.
-std::vector<int64_t> row_blocks(int64_t B, int64_t H, int64_t gates, bool float32,
+std::vector<int64_t> row_blocks(int64_t B, int64_t H, int64_t gates, at::ScalarType dtype,
                                 int64_t steps);
 
 // First hidden units of the lanes a recurrence of B rows, hidden size H and `steps` steps

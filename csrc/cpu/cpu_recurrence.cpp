@@ -62,6 +62,14 @@ constexpr int64_t kMinAutoRows = 16;
 // RNN B=16 1.06 vs 1.41 ms) and level at H=512 (W 3-4 MB; within 2% at T=35). With this rule,
 // forced row blocks / auto time: T=1 0.93-1.78, T=4 0.90-1.66, T=8 0.96-1.26
 // (benchmarks/results/cpu_short_schedules_zen4_2026-12-07.md; benchmarks/cpu_notes.md).
+// bfloat16 on the dot products likewise, with the pair panel's 2 bytes per weight: on the AMD
+// EPYC Zen 5 VM (2026-12-07, T=35, I=H, 2 threads, 9 interleaved rounds; nn.* / fused with
+// forced row blocks vs auto's choice then, lanes or per-step) at H=256, B=16-128: row blocks ahead
+// at 21 of 24 points (GRU training B=32 2.29x vs 1.98x, RNN inference B=32 4.51x vs 3.32x,
+// LSTM inference B=32 1.09x vs 0.93x), behind at 3 by 2-7% (GRU training B=16, LSTM inference
+// B=64, RNN training B=128); at H=128 B=16-128 ahead or level at all but GRU inference B=128
+// (2.94x vs lanes' 2.95x); at H=512 (RNN's panel 512 KB; GRU's and LSTM's past L2) RNN row
+// blocks 1.66-2.56x vs per-step 1.15-2.44x.
 constexpr int64_t kMinRowBlockSteps = 8;
 constexpr int64_t kDefaultL2Bytes = int64_t{1} << 20;
 constexpr int64_t kMaxAutoMacs = int64_t{1} << 16;
@@ -107,7 +115,13 @@ int64_t max_lane_rows(int64_t H) {
 // B=32 0.99-1.09, B=64-128 0.96-1.06; H=512 B=1 0.89-1.00, B=4 0.93-0.95, B=8 0.88-1.07, B=16
 // 1.05-1.10. (With one product per gate, before gemm_gates: H=256 B=1-16 0.74-0.97, B=32
 // 0.89-1.24.) Not measured below H=256 (the float32 rule's 1 row below H=128) nor above 512.
-int64_t max_dot_lane_rows(int64_t H) { return H >= 512 ? 4 : H >= 128 ? 16 : 1; }
+// From 16 rows the row blocks take over where W_hh's pair panel fits a core's L2 (row_blocks):
+// on the AMD EPYC Zen 5 VM (2026-12-07, T=35, I=H, 2 threads, 9 interleaved rounds, nn.* /
+// fused per schedule, benchmarks/cpu_notes.md) row blocks ahead of lanes at B=16 in 11 of 12
+// points at H=128 and 256 (GRU / LSTM / RNN, inference and training; H=128 LSTM inference 1.49x
+// vs 1.10x, RNN 8.35x vs 5.43x; H=256 GRU training 2.73x vs 2.86x the one behind), lanes ahead
+// at B=8 (H=256 LSTM inference 1.13x vs 0.91x). So lanes up to 8 rows at H=128-511.
+int64_t max_dot_lane_rows(int64_t H) { return H >= 512 ? 4 : H >= 128 ? 8 : 1; }
 constexpr int64_t kLaneUnits = 16;
 // Lanes pack their weights for calls of at least this many rows over all steps (B * T); the
 // backward only where a lane's columns of W_hh take more than kMaxInPlaceLaneBytes (as float).
@@ -144,8 +158,10 @@ int64_t l2_cache_bytes() {
   return bytes;
 }
 
-std::vector<int64_t> row_blocks(int64_t B, int64_t H, int64_t gates, bool float32,
+std::vector<int64_t> row_blocks(int64_t B, int64_t H, int64_t gates, at::ScalarType dtype,
                                 int64_t steps) {
+  const bool float32 = dtype == at::kFloat;
+  const bool bf16_dot = dtype == at::kBFloat16 && bf16_dot_kernels() != nullptr;
   const CpuSchedule schedule = static_cast<CpuSchedule>(setting().load());
   if (schedule == CpuSchedule::kLanes) return {};
   const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
@@ -153,10 +169,12 @@ std::vector<int64_t> row_blocks(int64_t B, int64_t H, int64_t gates, bool float3
   int64_t blocks = 0;
   if (schedule == CpuSchedule::kRowBlocks) {
     blocks = std::max<int64_t>(1, std::min(threads, tiles));
-  } else if (schedule == CpuSchedule::kAuto && float32 && threads >= 2) {
-    const bool own = own_packed_backend();
+  } else if (schedule == CpuSchedule::kAuto && (float32 || bf16_dot) && threads >= 2) {
+    // the hidden GEMM's panel of W_hh: float32, or bfloat16 pairs on the dot products
+    const bool own = own_packed_backend() || bf16_dot;
+    const int64_t element_bytes = bf16_dot ? 2 : 4;
     if ((own && tiles >= threads && steps >= kMinRowBlockSteps &&
-         gates * H * H * static_cast<int64_t>(sizeof(float)) <= l2_cache_bytes()) ||
+         gates * H * H * element_bytes <= l2_cache_bytes()) ||
         (!own && gemm_backend() == "mkl-packed" && B >= kMinAutoRows * threads &&
          gates * H * H <= kMaxAutoMacs)) {
       blocks = std::min(threads, tiles);
@@ -543,7 +561,7 @@ bool recurrence_forward(const RecurrenceForward<S>& p) {
     }
     return lanes_forward(p, units);
   }
-  const std::vector<int64_t> starts = row_blocks(B, H, G, std::is_same_v<S, float>, T);
+  const std::vector<int64_t> starts = row_blocks(B, H, G, c10::CppTypeToScalarType<S>::value, T);
   if (starts.empty()) return false;
   const RowKernels<S>& k = row_kernels<S>();
   // gh = h_prev W_hh^T (GRU: a buffer of its own; LSTM / RNN: added to x in place)
@@ -571,7 +589,7 @@ bool recurrence_backward(const RecurrenceBackward<S>& p) {
     }
     return lanes_backward(p, units);
   }
-  const std::vector<int64_t> starts = row_blocks(B, H, G, std::is_same_v<S, float>, T);
+  const std::vector<int64_t> starts = row_blocks(B, H, G, c10::CppTypeToScalarType<S>::value, T);
   if (starts.empty()) return false;
   const RowKernels<S>& k = row_kernels<S>();
   // dh += d_h W_hh (d_h: GRU's d_gh, LSTM's d_gates, RNN's d_pre)
