@@ -80,10 +80,31 @@ def test_products_match_float64(M, K, N, restore):
     a, w = bf16(M, K), bf16(N, K, scale=0.1)
     for b in (w.t(), w.t().contiguous()):  # the transposed view of a weight, a row-major matrix
         assert_product_close(fused_rnn._C._bf16_dot_mm(a, b), a, b)
-    # a strided along K (the weight gradients' d_g^T), b a strided view
+    # a strided along K (the weight gradients' d_g^T: packed as a pair panel), b a strided view
     at = bf16(K, M).t()
     bs = bf16(K, 2 * N)[:, ::2]
-    assert_product_close(fused_rnn._C._bf16_dot_mm(at, bs), at, bs)
+    got = fused_rnn._C._bf16_dot_mm(at, bs)
+    assert_product_close(got, at, bs)
+    assert torch.equal(got, fused_rnn._C._bf16_dot_mm(at.contiguous(), bs))
+
+
+@needs_dot
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_a_strided_along_k_gives_the_bits_of_its_row_major_copy(threads, restore):
+    """a = X^T (unit stride along its rows' index, as the weight gradients' d_g^T): packed into a
+    pair panel and read there; row parts of the product over the threads start at multiples of
+    8, i.e. also half-way into a strip of 16 rows (M=24 on 3 threads: rows 8-15)."""
+    fused_rnn.set_cpu_isa("AVX512_BF16")
+    torch.set_num_threads(threads)
+    torch.manual_seed(threads)
+    for M, K, N in [(24, 37, 16), (40, 64, 16), (33, 1, 20), (129, 300, 50), (8, 2, 3)]:
+        at = bf16(K + 3, M)[:K].t()  # a: [M, K], rows of X = a^T M + 0 apart, X cut from taller
+        x_wide = bf16(K, M + 5)[:, :M]  # X rows M + 5 apart
+        b = bf16(K, N, scale=0.1)
+        for a in (at, x_wide.t()):
+            got = fused_rnn._C._bf16_dot_mm(a, b)
+            assert torch.equal(got, fused_rnn._C._bf16_dot_mm(a.contiguous(), b)), (M, K, N)
+            assert_product_close(got, a, b)
 
 
 @needs_dot

@@ -60,6 +60,12 @@ struct Bf16DotKernels {
   void (*gemm_gates)(const c10::BFloat16* a, int64_t a_row, int64_t rows, int64_t K,
                      const uint32_t* panel, int64_t gates, int64_t units, c10::BFloat16* out,
                      int64_t out_row, int64_t out_gate, bool accumulate);
+  // gemm with a given as the pair panel of a^T ([K, *], as pack_rows / pack_columns pack an
+  // op(W)), its rows row0 .. row0 + rows (row0 a multiple of 8): for an a strided along K (the
+  // weight gradients' d_g^T), packed once instead of copied row-major. The same bits as gemm.
+  void (*gemm_packed_a)(const uint32_t* a_panel, int64_t row0, int64_t rows, int64_t K,
+                        const uint32_t* panel, int64_t cols, c10::BFloat16* out, int64_t out_row,
+                        bool accumulate);
 };
 
 #if defined(FUSED_RNN_CPU_AVX512_BF16)

@@ -59,11 +59,15 @@ struct StripOut {
   int64_t count;
 };
 
+// Where a tile's rows of a are: rows a_row elements apart, each with its pairs adjacent (a
+// row-major a), or (kPackedA) the pair panel of a^T, the tile's 8 rows (at most) within one
+// strip of 16: row r's pair p the uint32 at a + p * U + r.
 // Rows a[0, R) times NV strips of the panel (strip c at panel + c * strip) -> the strips' outputs
 // (rows out_row apart).
-template <int R, int NV>
+template <int R, int NV, bool kPackedA>
 void dot_tile(const uint16_t* a, int64_t a_row, int64_t K, const uint32_t* panel, int64_t strip,
               const StripOut* outs, int64_t out_row, bool accumulate) {
+  const auto* a_pairs = reinterpret_cast<const uint32_t*>(a);  // kPackedA
   // The tile's output lines, requested now, arrive while it multiplies (each strip's 16 outputs
   // span at most two lines). Without it a product whose output was not in the core's cache (the
   // input projection's [T*B, G] rows, the gates a step adds to) waited for each line at the
@@ -81,18 +85,23 @@ void dot_tile(const uint16_t* a, int64_t a_row, int64_t K, const uint32_t* panel
   for (int r = 0; r < R; ++r) {
     for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_setzero_ps();
   }
-  const int64_t whole = K / 2;  // pairs with both rows of op(W) present
+  // pairs with both rows of op(W) present (a's panel holds the last, half-empty one as a pair)
+  const int64_t whole = kPackedA ? dot_pairs(K) : K / 2;
   for (int64_t p = 0; p < whole; ++p) {
     __m512bh w[NV];
     for (int c = 0; c < NV; ++c) w[c] = as_pairs(_mm512_loadu_si512(panel + c * strip + p * U));
     for (int r = 0; r < R; ++r) {
       uint32_t pair;  // a[r, 2p] (low), a[r, 2p + 1] (high)
-      std::memcpy(&pair, a + r * a_row + 2 * p, sizeof(pair));
+      if constexpr (kPackedA) {
+        pair = a_pairs[p * U + r];
+      } else {
+        std::memcpy(&pair, a + r * a_row + 2 * p, sizeof(pair));
+      }
       const __m512bh x = as_pairs(_mm512_set1_epi32(static_cast<int>(pair)));
       for (int c = 0; c < NV; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], x, w[c]);
     }
   }
-  if (K % 2 != 0) {  // the last pair: a[r, K - 1] and zero (not the element past the row)
+  if (!kPackedA && K % 2 != 0) {  // the last pair: a[r, K - 1] and zero (not past the row)
     __m512bh w[NV];
     for (int c = 0; c < NV; ++c) {
       w[c] = as_pairs(_mm512_loadu_si512(panel + c * strip + whole * U));
@@ -116,24 +125,35 @@ void dot_tile(const uint16_t* a, int64_t a_row, int64_t K, const uint32_t* panel
 using TileFn = void (*)(const uint16_t*, int64_t, int64_t, const uint32_t*, int64_t,
                         const StripOut*, int64_t, bool);
 
-template <int R, int... NV>
+template <bool kPackedA, int R, int... NV>
 constexpr std::array<TileFn, sizeof...(NV)> tiles_of_height(std::integer_sequence<int, NV...>) {
-  return {&dot_tile<R, NV + 1>...};
+  return {&dot_tile<R, NV + 1, kPackedA>...};
 }
-template <int... R>
+template <bool kPackedA, int... R>
 constexpr std::array<std::array<TileFn, kTileStrips>, sizeof...(R)> all_tiles(
     std::integer_sequence<int, R...>) {
-  return {tiles_of_height<R + 1>(std::make_integer_sequence<int, kTileStrips>{})...};
+  return {tiles_of_height<kPackedA, R + 1>(std::make_integer_sequence<int, kTileStrips>{})...};
 }
-// kTiles[R - 1][NV - 1]: the tile of R rows and NV strips.
-constexpr auto kTiles = all_tiles(std::make_integer_sequence<int, kTileRows>{});
+// kTiles<kPackedA>[R - 1][NV - 1]: the tile of R rows and NV strips.
+template <bool kPackedA>
+constexpr auto kTiles = all_tiles<kPackedA>(std::make_integer_sequence<int, kTileRows>{});
 
 // a: [rows, K] times the panel's `strips` strips; strip_out(v) -> StripOut of strip v for row 0:
 // chunks of kChunkRows rows, in each the column blocks of kTileStrips strips, in each the row
-// tiles.
-template <typename F>
+// tiles. kPackedA: a is the pair panel of a^T and these are its rows from a_row0 on (a multiple
+// of kTileRows: every tile's rows in one strip of the panel); else rows a_row elements apart.
+template <bool kPackedA = false, typename F>
 void run_strips(const uint16_t* a, int64_t a_row, int64_t rows, int64_t K, const uint32_t* panel,
-                int64_t strips, const F& strip_out, int64_t out_row, bool accumulate) {
+                int64_t strips, const F& strip_out, int64_t out_row, bool accumulate,
+                int64_t a_row0 = 0) {
+  const auto rows_from = [&](int64_t r) {  // where row r's pairs start
+    if constexpr (kPackedA) {
+      const int64_t row = a_row0 + r;
+      return a + 2 * (dot_strip_offset(row / U * U, K) + row % U);  // uint16 units
+    } else {
+      return a + r * a_row;
+    }
+  };
   const int64_t strip = dot_pairs(K) * U;
   for (int64_t m0 = 0; m0 < rows; m0 += kChunkRows) {
     const int64_t m1 = std::min(rows, m0 + kChunkRows);
@@ -145,8 +165,8 @@ void run_strips(const uint16_t* a, int64_t a_row, int64_t rows, int64_t K, const
         const int64_t nr = std::min<int64_t>(kTileRows, m1 - r);
         StripOut at_r[kTileStrips];
         for (int64_t c = 0; c < nv; ++c) at_r[c] = {outs[c].dst + r * out_row, outs[c].count};
-        kTiles[nr - 1][nv - 1](a + r * a_row, a_row, K, panel + v * strip, strip, at_r, out_row,
-                               accumulate);
+        kTiles<kPackedA>[nr - 1][nv - 1](rows_from(r), a_row, K, panel + v * strip, strip,
+                                         at_r, out_row, accumulate);
       }
     }
   }
@@ -159,6 +179,18 @@ void gemm(const c10::BFloat16* a, int64_t a_row, int64_t rows, int64_t K, const 
   run_strips(reinterpret_cast<const uint16_t*>(a), a_row, rows, K, panel, (cols + U - 1) / U,
              [&](int64_t v) { return StripOut{out + v * U, std::min(U, cols - v * U)}; },
              out_row, accumulate);
+}
+
+void gemm_packed_a(const uint32_t* a_panel, int64_t row0, int64_t rows, int64_t K,
+                   const uint32_t* panel, int64_t cols, c10::BFloat16* out_, int64_t out_row,
+                   bool accumulate) {
+  // a_panel: the pair panel of a^T ([K, *]); a's rows row0 .. row0 + rows; panel: op(W) [K, cols]
+  // as pairs, out: [rows, cols]
+  auto* out = reinterpret_cast<uint16_t*>(out_);
+  run_strips<true>(reinterpret_cast<const uint16_t*>(a_panel), 0, rows, K, panel,
+                   (cols + U - 1) / U,
+                   [&](int64_t v) { return StripOut{out + v * U, std::min(U, cols - v * U)}; },
+                   out_row, accumulate, row0);
 }
 
 void gemm_gates(const c10::BFloat16* a, int64_t a_row, int64_t rows, int64_t K,
@@ -226,6 +258,7 @@ void pack_rows(const c10::BFloat16* w_, int64_t w_row, int64_t cols, int64_t K, 
 
 }  // namespace
 
-extern const Bf16DotKernels kBf16DotKernels = {&pack_rows, &pack_columns, &gemm, &gemm_gates};
+extern const Bf16DotKernels kBf16DotKernels = {&pack_rows, &pack_columns, &gemm, &gemm_gates,
+                                               &gemm_packed_a};
 
 }  // namespace fused_rnn::cpu
