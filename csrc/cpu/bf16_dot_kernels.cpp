@@ -232,8 +232,9 @@ void pack_rows(const c10::BFloat16* w_, int64_t w_row, int64_t cols, int64_t K, 
   const auto* w = reinterpret_cast<const uint16_t*>(w_);
   const int64_t pairs = dot_pairs(K), whole = K / 2;
   // Blocks of 16 columns x 16 pairs whole in w (rows an even number of elements apart, so that
-  // every pair is a 32-bit element of a row): transposed in registers. [1024, 256] on one Zen 5
-  // core: 12 us vs 38 us element by element (the Zen 5 VM, 2026-12-07).
+  // every pair is a 32-bit element of a row): transposed in registers. On one Zen 5 core a
+  // 1-row product on a [1024, 256] weight's W^T view, packing included, took 19.5 us this way vs
+  // 54-61 us element by element (the Zen 5 VM, 2026-12-07).
   const int64_t vector_pairs = w_row % 2 == 0 ? whole / U * U : 0;
   for (int64_t c0 = 0; c0 < cols; c0 += U) {
     uint32_t* dst = panel + dot_strip_offset(c0, K);

@@ -410,20 +410,8 @@ struct DotGemm final : HiddenGemm<c10::BFloat16> {
     k = transpose_w ? w.size(1) : w.size(0);
     n = transpose_w ? w.size(0) : w.size(1);
     panel.reset(new uint32_t[std::max<int64_t>(1, dot_panel_size(k, n))]);
-    const c10::BFloat16* src = w.data_ptr<c10::BFloat16>();
-    if (n == 0) return;  // nothing to pack (tile_cols(0) is 0)
-    const int64_t tc = tile_cols(n);
-    at::parallel_for(0, (n + tc - 1) / tc, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t c0 = t * tc, nc = std::min(tc, n - c0);
-        uint32_t* dst = panel.get() + dot_strip_offset(c0, k);
-        if (transpose_w) {
-          dot.pack_rows(src + c0 * k, k, nc, k, dst);
-        } else {
-          dot.pack_columns(src + c0, n, k, nc, dst);
-        }
-      }
-    });
+    pack_dot_panel(dot, w.data_ptr<c10::BFloat16>(), transpose_w ? k : n, transpose_w, k, n,
+                   panel.get());
   }
   void run(const c10::BFloat16* h, int64_t h_row, c10::BFloat16* out, int64_t out_row,
            int64_t rows, bool accumulate) const override {

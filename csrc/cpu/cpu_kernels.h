@@ -130,6 +130,10 @@ const Bf16DotKernels* bf16_dot_kernels();
 // into pair panels per call, column parts over the threads, then row parts; bit-identical
 // whatever the thread count.
 at::Tensor bf16_dot_mm(const Bf16DotKernels& dot, const at::Tensor& a, const at::Tensor& b);
+// op(W): [K, N] into its pair panel (dot_panel_size(K, N)), strips spread over the threads:
+// op(W) = w^T for w: [N, K] (transposed) or w: [K, N], rows w_row apart (packed_products.cpp).
+void pack_dot_panel(const Bf16DotKernels& dot, const c10::BFloat16* w, int64_t w_row,
+                    bool transposed, int64_t K, int64_t N, uint32_t* panel);
 // out: [rows, N] (+)= a: [rows, K] (row stride a_row) times op(W): [K, N] in a pair panel,
 // split as gemm_on_panel.
 void dot_gemm_on_panel(const Bf16DotKernels& dot, const c10::BFloat16* a, int64_t a_row,

@@ -107,7 +107,29 @@ int64_t chunk_cols(int64_t K) {
   return std::max<int64_t>(kMinChunkCols, cols);
 }
 
+// Columns [c0, c0 + nc) of op(W) packed into dst (where the pair panel's strip of column c0
+// goes): op(W) = w^T for w: [N, K] (transposed; pack_rows) or w: [K, N] (pack_columns), rows
+// w_row apart.
+void pack_dot_columns(const Bf16DotKernels& dot, const c10::BFloat16* w, int64_t w_row,
+                      bool transposed, int64_t K, int64_t c0, int64_t nc, uint32_t* dst) {
+  if (transposed) {
+    dot.pack_rows(w + c0 * w_row, w_row, nc, K, dst);
+  } else {
+    dot.pack_columns(w + c0, w_row, K, nc, dst);
+  }
+}
+
 }  // namespace
+
+void pack_dot_panel(const Bf16DotKernels& dot, const c10::BFloat16* w, int64_t w_row,
+                    bool transposed, int64_t K, int64_t N, uint32_t* panel) {
+  constexpr int64_t S = kDotStripColumns;
+  at::parallel_for(0, (N + S - 1) / S, 1, [&](int64_t s0, int64_t s1) {
+    const int64_t c0 = s0 * S, c1 = std::min(N, s1 * S);
+    pack_dot_columns(dot, w, w_row, transposed, K, c0, c1 - c0,
+                     panel + dot_strip_offset(c0, K));
+  });
+}
 
 int64_t packed_chunk_rows() { return chunk_rows().load(); }
 void set_packed_chunk_rows(int64_t rows) {
@@ -226,12 +248,9 @@ at::Tensor bf16_dot_mm(const Bf16DotKernels& dot, const at::Tensor& a_, const at
   std::unique_ptr<uint32_t[]> a_panel;
   if (pack_a) {
     a_panel.reset(new uint32_t[dot_panel_size(K, M)]);  // not zeroed: packing writes all
-    const auto* xp = a_.data_ptr<c10::BFloat16>();      // a^T: [K, M], rows a_.stride(1) apart
-    constexpr int64_t S = kDotStripColumns;
-    at::parallel_for(0, (M + S - 1) / S, 1, [&](int64_t s0, int64_t s1) {
-      const int64_t c0 = s0 * S, c1 = std::min(M, s1 * S);
-      dot.pack_columns(xp + c0, a_.stride(1), K, c1 - c0, a_panel.get() + dot_strip_offset(c0, K));
-    });
+    // a^T: [K, M], rows a_.stride(1) apart
+    pack_dot_panel(dot, a_.data_ptr<c10::BFloat16>(), a_.stride(1), /*transposed=*/false, K, M,
+                   a_panel.get());
   }
   // pairs along K adjacent (where not packed)
   const at::Tensor a = pack_a || a_.stride(1) == 1 ? a_ : a_.contiguous();
@@ -254,11 +273,7 @@ at::Tensor bf16_dot_mm(const Bf16DotKernels& dot, const at::Tensor& a_, const at
   for_tile_chunks<uint32_t>(
       ProductTiles(M, N), chunk, [&](int64_t nc) { return dot_panel_size(K, nc); },
       [&](int64_t cc, int64_t nc, int64_t r0, int64_t r1, uint32_t* panel) {
-        if (b_transposed) {
-          dot.pack_rows(bp + cc * b_row, b_row, nc, K, panel);
-        } else {
-          dot.pack_columns(bp + cc, b_row, K, nc, panel);
-        }
+        pack_dot_columns(dot, bp, b_row, b_transposed, K, cc, nc, panel);
         if (pack_a) {
           dot.gemm_packed_a(a_panel.get(), r0, r1 - r0, K, panel, nc, op + r0 * N + cc, N,
                             /*accumulate=*/false);
